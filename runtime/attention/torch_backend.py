@@ -1,0 +1,76 @@
+"""Pure-torch attention over the slot pool: gather each request's K/V by slot, then padded SDPA.
+
+Every request's queries are laid out in a padded [B, E, H, D] block (E = longest extend) and its keys
+in [B, L, KVH, D] (L = longest sequence); a boolean mask removes padding and enforces causality
+(query at position p sees keys at positions <= p). Decode is the E = 1 case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from loomlm.runtime.attention.base import AttentionBackend
+from loomlm.runtime.forward_context import ForwardContext
+
+
+@dataclass
+class TorchAttentionMetadata:
+    kv_index: torch.Tensor      # [B, L] int64 slots (padding -> scratch slot)
+    mask: torch.Tensor          # [B, 1, E, L] bool, True = attend
+    q_scatter: torch.Tensor     # [T] int64, flat index b * E + e of each token in the padded block
+    max_extend: int
+
+
+class TorchAttentionBackend(AttentionBackend):
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def prepare(self, ctx: ForwardContext) -> None:
+        device = ctx.input_ids.device
+        prefix = ctx.prefix_lens.to(device)
+        extend = ctx.extend_lens.to(device)
+        seq = prefix + extend
+        B = ctx.batch_size
+        E = int(ctx.extend_lens.max())
+        L = int((ctx.prefix_lens + ctx.extend_lens).max())
+        key_pos = torch.arange(L, device=device)
+        key_valid = key_pos[None, :] < seq[:, None]                              # [B, L]
+        table = ctx.req_to_token_pool.req_to_token[ctx.req_rows.to(device), :L].to(torch.int64)
+        kv_index = torch.where(key_valid, table, ctx.kv_pool.scratch_slot)
+        q_off = torch.arange(E, device=device)
+        q_valid = q_off[None, :] < extend[:, None]                               # [B, E]
+        q_pos = prefix[:, None] + q_off[None, :]                                 # [B, E]
+        mask = key_valid[:, None, :] & (key_pos[None, None, :] <= q_pos[:, :, None])
+        # Padded query rows would see no key at all (NaN softmax): let them see key 0; they are dropped.
+        mask[:, :, 0] |= ~q_valid
+        starts = torch.cumsum(extend, 0) - extend
+        tok_req = torch.repeat_interleave(torch.arange(B, device=device), extend)
+        tok_off = torch.arange(ctx.num_tokens, device=device) - starts[tok_req]
+        ctx.attn_metadata = TorchAttentionMetadata(
+            kv_index=kv_index, mask=mask[:, None], q_scatter=tok_req * E + tok_off, max_extend=E)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int,
+                ctx: ForwardContext) -> torch.Tensor:
+        md: TorchAttentionMetadata = ctx.attn_metadata
+        pool = ctx.kv_pool
+        k_buf, v_buf = pool.k_buffers[layer_id], pool.v_buffers[layer_id]
+        k_buf[ctx.out_slots] = k.to(k_buf.dtype)
+        v_buf[ctx.out_slots] = v.to(v_buf.dtype)
+        B, E = md.kv_index.shape[0], md.max_extend
+        T, H, D = q.shape
+        if E == 1 and T == B:
+            q_pad = q[:, None]                                                   # [B, 1, H, D]
+        else:
+            q_pad = q.new_zeros((B * E, H, D))
+            q_pad[md.q_scatter] = q
+            q_pad = q_pad.view(B, E, H, D)
+        keys = k_buf[md.kv_index].to(q.dtype).transpose(1, 2)                    # [B, KVH, L, D]
+        values = v_buf[md.kv_index].to(q.dtype).transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            q_pad.transpose(1, 2), keys, values, attn_mask=md.mask, scale=self.scale,
+            enable_gqa=H != keys.shape[1])                                       # [B, H, E, D]
+        out = out.transpose(1, 2).reshape(B * E, H, D)
+        return out if (E == 1 and T == B) else out[md.q_scatter]

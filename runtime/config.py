@@ -1,0 +1,85 @@
+"""EngineConfig: the one frozen set of engine/server arguments (SGLang's server-argument names)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LOAD_FORMATS = ("auto", "gguf", "safetensors", "dummy")
+ATTENTION_BACKENDS = ("torch",)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model_path: str | None = None          # None = the default model (SmolLM2-135M-Instruct GGUF)
+    tokenizer_path: str | None = None      # None = the model's own tokenizer
+    dtype: str = "auto"                    # auto: float32 on CPU, bfloat16 on CUDA
+    load_format: str = "auto"
+    context_length: int | None = None      # None = the model's max positions
+    max_total_tokens: int | None = None    # KV pool size in tokens; None = from mem_fraction_static
+    mem_fraction_static: float | None = None  # share of free memory for the KV pool (CPU 0.25, CUDA 0.85)
+    max_running_requests: int = 128
+    max_prefill_tokens: int = 8192         # new tokens per extend step (a longer prompt runs alone)
+    attention_backend: str | None = None   # None = torch (triton on CUDA once it exists)
+    random_seed: int = 0                   # seeds dummy weights and unseeded requests
+    device: str = "auto"                   # auto: cuda when available, else cpu
+    cpu_threads: int | None = None         # torch intra-op threads on CPU; None = leave torch's default
+
+    def __post_init__(self) -> None:
+        if self.dtype != "auto" and self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.load_format not in LOAD_FORMATS:
+            raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.attention_backend is not None and self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, "
+                             f"got {self.attention_backend!r}")
+        for name in ("context_length", "max_total_tokens", "cpu_threads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("max_running_requests", "max_prefill_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.mem_fraction_static is not None and not 0.0 < self.mem_fraction_static < 1.0:
+            raise ValueError(f"mem_fraction_static must be in (0, 1), got {self.mem_fraction_static!r}")
+        if not isinstance(self.random_seed, int):
+            raise ValueError(f"random_seed must be an integer, got {self.random_seed!r}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "EngineConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise ValueError(f"unknown engine argument(s): {', '.join(unknown)}")
+        return cls(**kwargs)
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device!r} but CUDA is not available")
+        return torch.device(self.device)
+
+    def resolved_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
+        return _DTYPES[self.dtype]
+
+    def resolved_attention_backend(self) -> str:
+        return self.attention_backend or "torch"
+
+    def kv_pool_budget_bytes(self, device: torch.device) -> int:
+        """Bytes the KV pool may take when max_total_tokens is not given."""
+        if device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(device)
+            return int(free * (self.mem_fraction_static or 0.85))
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return int(available * (self.mem_fraction_static or 0.25))

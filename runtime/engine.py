@@ -1,0 +1,248 @@
+"""Engine: the offline, in-process entry point (modelled on SGLang's `sgl.Engine`).
+
+    engine = Engine()                                   # default model, float32 on CPU
+    out = engine.generate("The capital of France is", {"max_new_tokens": 16, "temperature": 0})
+    out["text"], out["output_ids"], out["meta_info"]
+
+`generate` accepts one prompt or a list (or `input_ids`), one sampling-parameter dict or one per prompt,
+and returns a dict or a list of dicts; `stream=True` yields increments; `async_generate` is the asyncio
+form used by servers. Requests are validated here, on the caller's thread, before they reach the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import random
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Iterator, Sequence
+
+from loomlm.runtime.config import EngineConfig
+from loomlm.runtime.detokenizer import IncrementalDetokenizer, StopStringMatcher
+from loomlm.runtime.engine_core import EngineCore
+from loomlm.runtime.model_runner import ModelRunner
+from loomlm.runtime.request import LogprobOptions, Req, ReqOutput
+from loomlm.runtime.sampling_params import SamplingParams
+from loomlm.runtime.tokenizer import load_tokenizer
+
+
+@dataclass
+class _Collected:
+    """Accumulates the increments of one request on the caller's side."""
+    text: str = ""
+    output_ids: list[int] = field(default_factory=list)
+    meta_info: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, out: ReqOutput) -> None:
+        self.text += out.text_delta
+        self.output_ids += out.new_token_ids
+        self.meta_info = out.meta_info
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "output_ids": self.output_ids, "meta_info": self.meta_info}
+
+
+def _chunk(out: ReqOutput) -> dict[str, Any]:
+    return {"text": out.text_delta, "output_ids": out.new_token_ids, "meta_info": out.meta_info,
+            "finished": out.finished}
+
+
+class Engine:
+    def __init__(self, model_path: str | None = None, **kwargs: Any):
+        self.config = EngineConfig.from_kwargs(model_path=model_path, **kwargs)
+        self.runner = ModelRunner(self.config)
+        self.tokenizer = load_tokenizer(self.runner.model_path, self.config.tokenizer_path)
+        self.context_length = self.runner.context_length
+        self.eos_token_ids = self._eos_ids()
+        self._rng = random.Random(self.config.random_seed)
+        self.core = EngineCore(self.runner, self.tokenizer, self.config.max_prefill_tokens)
+
+    def _eos_ids(self) -> frozenset[int]:
+        ids = set(getattr(self.runner.model_config, "eos_token_ids", ()) or ())
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        return frozenset(ids)
+
+    # ---- request construction (caller's thread) ------------------------------------------------
+    def _prepare(self, prompt: str | Sequence[str] | None, sampling_params: Any,
+                 input_ids: Sequence[int] | Sequence[Sequence[int]] | None,
+                 logprobs: LogprobOptions) -> tuple[list[tuple[list[int], SamplingParams]], bool]:
+        """Validate everything and return (prompt ids, params) per request, and whether input was a list."""
+        if (prompt is None) == (input_ids is None):
+            raise ValueError("give exactly one of prompt and input_ids")
+        if prompt is not None:
+            single = isinstance(prompt, str)
+            texts = [prompt] if single else list(prompt)
+            if not all(isinstance(t, str) for t in texts):
+                raise ValueError("prompt must be a string or a list of strings")
+            id_lists = [self.tokenizer(t)["input_ids"] for t in texts]
+        else:
+            single = len(input_ids) == 0 or not isinstance(input_ids[0], (list, tuple))
+            id_lists = [list(input_ids)] if single else [list(x) for x in input_ids]
+        if isinstance(sampling_params, (list, tuple)):
+            if len(sampling_params) != len(id_lists):
+                raise ValueError(f"got {len(sampling_params)} sampling_params for {len(id_lists)} prompts")
+            params = [SamplingParams.from_dict(p) for p in sampling_params]
+        else:
+            params = [SamplingParams.from_dict(sampling_params)] * len(id_lists)
+        pool_slots = self.runner.kv_pool.num_slots
+        vocab = self.runner.vocab_size
+        for ids, p in zip(id_lists, params):
+            if not ids:
+                raise ValueError("the prompt is empty (0 tokens)")
+            if any((not isinstance(t, int)) or t < 0 or t >= vocab for t in ids):
+                raise ValueError(f"input_ids must be integers in [0, {vocab})")
+            if len(ids) >= self.context_length:
+                raise ValueError(f"the prompt has {len(ids)} tokens, more than the context length "
+                                 f"({self.context_length}) allows (at most {self.context_length - 1})")
+            worst = len(ids) + max(min(p.max_new_tokens, self.context_length - len(ids)) - 1, 0)
+            if worst > pool_slots:
+                raise ValueError(f"prompt + max_new_tokens needs {worst} KV slots, the pool has {pool_slots} "
+                                 "(raise max_total_tokens)")
+        return list(zip(id_lists, params)), single
+
+    def _make_req(self, ids: list[int], params: SamplingParams, copy: int, logprobs: LogprobOptions,
+                  sink: Callable[[ReqOutput], None], rid: str | None) -> Req:
+        if params.seed is None:
+            seed = self._rng.getrandbits(31)
+        else:
+            seed = (params.seed + 7919 * copy) & 0x7FFFFFFF   # n > 1: distinct but reproducible streams
+        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_token_ids))
+        return Req(
+            rid=rid or uuid.uuid4().hex, prompt_ids=ids, params=params, seed=seed, logprobs=logprobs,
+            sink=sink, max_new_tokens=min(params.max_new_tokens, self.context_length - len(ids)),
+            stop_token_ids=frozenset(stop_ids),
+            detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids_tail=ids[-4:],
+                                               skip_special_tokens=params.skip_special_tokens),
+            stop_matcher=StopStringMatcher(params.stop) if params.stop else None)
+
+    def _expand(self, prepared, logprobs, make_sink, rid) -> list[Req]:
+        reqs = []
+        for ids, params in prepared:
+            for copy in range(params.n):
+                one_rid = None if rid is None else (rid if len(prepared) * params.n == 1 else f"{rid}-{len(reqs)}")
+                reqs.append(self._make_req(ids, params, copy, logprobs, make_sink(len(reqs)), one_rid))
+        return reqs
+
+    # ---- public API ------------------------------------------------------------------------------
+    def generate(self, prompt: str | Sequence[str] | None = None, sampling_params: Any = None,
+                 input_ids: Any = None, return_logprob: bool = False, top_logprobs_num: int = 0,
+                 logprob_start_len: int = -1, stream: bool = False, rid: str | None = None):
+        self._check_alive()
+        logprobs = LogprobOptions(bool(return_logprob), top_logprobs_num, logprob_start_len)
+        prepared, single = self._prepare(prompt, sampling_params, input_ids, logprobs)
+        if stream:
+            if len(prepared) != 1 or prepared[0][1].n != 1:
+                raise ValueError("stream=True takes a single prompt with n=1")
+            return self._stream(prepared, logprobs, rid)
+        inbox: queue.SimpleQueue = queue.SimpleQueue()
+        reqs = self._expand(prepared, logprobs, lambda i: (lambda out, i=i: inbox.put((i, out))), rid)
+        results = [_Collected() for _ in reqs]
+        for req in reqs:
+            self.core.submit(req)
+        remaining = len(reqs)
+        while remaining:
+            i, out = inbox.get()
+            results[i].add(out)
+            remaining -= out.finished
+        dicts = [r.as_dict() for r in results]
+        return dicts[0] if single and len(dicts) == 1 else dicts
+
+    def _stream(self, prepared, logprobs: LogprobOptions, rid: str | None) -> Iterator[dict[str, Any]]:
+        inbox: queue.SimpleQueue = queue.SimpleQueue()
+        (req,) = self._expand(prepared, logprobs, lambda i: inbox.put, rid)
+        self.core.submit(req)
+        finished = False
+        try:
+            while not finished:
+                out = inbox.get()
+                finished = out.finished
+                yield _chunk(out)
+        finally:
+            if not finished:    # the consumer stopped early: free the request's memory
+                self.core.abort(req.rid)
+
+    async def async_generate(self, prompt: str | Sequence[str] | None = None, sampling_params: Any = None,
+                             input_ids: Any = None, return_logprob: bool = False, top_logprobs_num: int = 0,
+                             logprob_start_len: int = -1, stream: bool = False, rid: str | None = None):
+        """Awaitable form; with stream=True returns an async iterator of increments."""
+        self._check_alive()
+        logprobs = LogprobOptions(bool(return_logprob), top_logprobs_num, logprob_start_len)
+        prepared, single = self._prepare(prompt, sampling_params, input_ids, logprobs)
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue = asyncio.Queue()
+
+        def make_sink(i: int) -> Callable[[ReqOutput], None]:
+            return lambda out: loop.call_soon_threadsafe(inbox.put_nowait, (i, out))
+
+        if stream:
+            if len(prepared) != 1 or prepared[0][1].n != 1:
+                raise ValueError("stream=True takes a single prompt with n=1")
+            (req,) = self._expand(prepared, logprobs, make_sink, rid)
+            self.core.submit(req)
+            return self._astream(req, inbox)
+        reqs = self._expand(prepared, logprobs, make_sink, rid)
+        results = [_Collected() for _ in reqs]
+        for req in reqs:
+            self.core.submit(req)
+        remaining = len(reqs)
+        try:
+            while remaining:
+                i, out = await inbox.get()
+                results[i].add(out)
+                remaining -= out.finished
+        except asyncio.CancelledError:
+            for req in reqs:
+                self.core.abort(req.rid)
+            raise
+        dicts = [r.as_dict() for r in results]
+        return dicts[0] if single and len(dicts) == 1 else dicts
+
+    async def _astream(self, req: Req, inbox: asyncio.Queue) -> AsyncIterator[dict[str, Any]]:
+        finished = False
+        try:
+            while not finished:
+                _, out = await inbox.get()
+                finished = out.finished
+                yield _chunk(out)
+        finally:
+            if not finished:
+                self.core.abort(req.rid)
+
+    def abort(self, rid: str) -> None:
+        self.core.abort(rid)
+
+    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
+    def get_stats(self) -> dict[str, int]:
+        return self.core.call(self.core.stats.snapshot)
+
+    def check_integrity(self) -> None:
+        """Raise AssertionError unless every KV slot and request row is accounted for."""
+        self.core.check_integrity()
+
+    def idle_integrity(self) -> None:
+        """Like check_integrity, and also require that nothing is queued or running and every slot is free."""
+        def check() -> None:
+            self.core.scheduler.check_integrity()
+            sched = self.core.scheduler
+            if sched.waiting or sched.running or self.runner.kv_pool.used():
+                raise AssertionError(f"engine not idle: {len(sched.waiting)} waiting, {len(sched.running)} "
+                                     f"running, {self.runner.kv_pool.used()} slots used")
+        self.core.call(check)
+
+    def _check_alive(self) -> None:
+        if not self.core.alive:
+            raise RuntimeError("the engine is shut down")
+
+    def shutdown(self) -> None:
+        self.core.shutdown()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()

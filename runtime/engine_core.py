@@ -1,0 +1,241 @@
+"""EngineCore: the scheduler loop (one background thread) and the processing of each step's results.
+
+    batch = scheduler.schedule() -> logits = model_runner.forward(batch)
+    -> tokens = sampler.sample(logits) -> process_results(batch, logits, tokens)
+
+Other threads talk to the loop only through `submit`, `abort` and `call` (a thread-safe inbox), so all
+request and memory state is touched by the loop thread alone.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+import threading
+import traceback
+from typing import Any, Callable
+
+import torch
+
+from loomlm.runtime.forward_context import ForwardMode
+from loomlm.runtime.model_runner import ModelRunner
+from loomlm.runtime.request import FinishReason, Req, ReqOutput, ReqStatus
+from loomlm.runtime.sampler import Sampler, compute_logprobs
+from loomlm.runtime.scheduler import ScheduledBatch, Scheduler
+from loomlm.runtime.stats import EngineStats
+
+logger = logging.getLogger(__name__)
+
+
+class EngineCore:
+    def __init__(self, runner: ModelRunner, tokenizer: Any, max_prefill_tokens: int):
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.scheduler = Scheduler(runner.kv_pool, runner.req_pool, max_prefill_tokens)
+        self.sampler = Sampler(runner.vocab_size, runner.req_pool.max_requests, runner.device)
+        self.stats = EngineStats()
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="loomlm-scheduler", daemon=True)
+        self._thread.start()
+
+    # ---- thread-safe entry points ------------------------------------------------------------
+    def submit(self, req: Req) -> None:
+        self._inbox.put(("add", req))
+
+    def abort(self, rid: str) -> None:
+        self._inbox.put(("abort", rid))
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the loop thread between steps and return its result."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._inbox.put(("call", fn, fut))
+        return fut.result()
+
+    def shutdown(self) -> None:
+        if not self._stopped.is_set():
+            self._inbox.put(("stop",))
+            self._thread.join()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while not self._stopped.is_set():
+                self._drain_inbox(block=not self.scheduler.has_work())
+                if self.scheduler.has_work() and not self._stopped.is_set():
+                    self.step()
+        finally:
+            self._stopped.set()
+            for req in list(self.scheduler.waiting) + list(self.scheduler.running):
+                self._finish(req, FinishReason("abort", message="engine shut down"))
+
+    def _drain_inbox(self, block: bool) -> None:
+        try:
+            item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._handle(item)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, item: tuple) -> None:
+        kind = item[0]
+        if kind == "add":
+            self.scheduler.add(item[1])
+            self.stats.requests_received += 1
+        elif kind == "abort":
+            req = self.scheduler.find(item[1])
+            if req is not None:
+                self._finish(req, FinishReason("abort", message="aborted by the caller"))
+        elif kind == "call":
+            fn, fut = item[1], item[2]
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # handed to the calling thread
+                fut.set_exception(exc)
+        elif kind == "stop":
+            self._stopped.set()
+
+    def step(self) -> None:
+        batch = self.scheduler.schedule()
+        if batch is None:
+            return
+        if batch.mode == ForwardMode.EXTEND:
+            for req in batch.reqs:
+                self.sampler.begin_request(req.row, req.params, req.prompt_ids, req.seed, req.stop_token_ids)
+        try:
+            logits = self.runner.forward(batch)
+            rows = batch.req_rows
+            sample_logits = logits[batch.sample_rows]
+            num_generated = torch.tensor([len(r.output_ids) for r in batch.reqs], dtype=torch.int64)
+            tokens = self.sampler.sample(sample_logits, rows, num_generated)
+        except Exception as exc:  # a failed step must not hang callers or leak slots
+            logger.error("step failed:\n%s", traceback.format_exc())
+            self.scheduler.after_forward(batch)
+            for req in batch.reqs:
+                self._finish(req, FinishReason("abort", message=f"engine error: {exc!r}"))
+            return
+        self.scheduler.after_forward(batch)
+        self.sampler.record(rows, tokens)
+        self.stats.record_step(batch)
+        self._process_results(batch, logits, sample_logits, tokens)
+
+    # ---- results -----------------------------------------------------------------------------
+    def _process_results(self, batch: ScheduledBatch, logits: torch.Tensor, sample_logits: torch.Tensor,
+                         tokens: torch.Tensor) -> None:
+        token_list = tokens.tolist()
+        lp_rows = self._output_logprobs(batch, sample_logits, tokens)
+        if batch.mode == ForwardMode.EXTEND:
+            self._input_logprobs(batch, logits)
+        for i, req in enumerate(batch.reqs):
+            if req.status != ReqStatus.RUNNING:
+                continue
+            if len(req.output_ids) >= req.max_new_tokens:   # max_new_tokens == 0: prompt only
+                self._finish(req, FinishReason("length", matched=None))
+                continue
+            token = token_list[i]
+            req.output_ids.append(token)
+            if lp_rows is not None and req.logprobs.return_logprob:
+                lp, top_vals, top_ids = lp_rows
+                req.output_token_logprobs.append((lp[i], token, None))
+                k = req.logprobs.top_logprobs_num
+                if k:
+                    req.output_top_logprobs.append(list(zip(top_vals[i][:k], top_ids[i][:k], [None] * k)))
+            self._advance(req, token)
+
+    def _output_logprobs(self, batch: ScheduledBatch, sample_logits: torch.Tensor, tokens: torch.Tensor):
+        wanted = [r.logprobs.top_logprobs_num for r in batch.reqs if r.logprobs.return_logprob]
+        if not wanted:
+            return None
+        lp, top_vals, top_ids = compute_logprobs(sample_logits, tokens, max(wanted))
+        return lp.tolist(), top_vals.tolist(), top_ids.tolist()
+
+    def _input_logprobs(self, batch: ScheduledBatch, logits: torch.Tensor) -> None:
+        for req, (first, count) in zip(batch.reqs, batch.input_logprob_spans):
+            if not req.logprobs.return_logprob or req.logprobs.logprob_start_len < 0:
+                continue
+            n = len(req.prompt_ids)
+            start = n - count
+            k = req.logprobs.top_logprobs_num
+            entries: list[tuple] = [(None, req.prompt_ids[0], None)] if req.logprobs.logprob_start_len == 0 else []
+            tops: list[list[tuple]] = [[]] if req.logprobs.logprob_start_len == 0 and k else []
+            if count:
+                targets = torch.tensor(req.prompt_ids[start:], dtype=torch.int64, device=logits.device)
+                lp, tv, ti = compute_logprobs(logits[first:first + count], targets, k)
+                entries += [(v, t, None) for v, t in zip(lp.tolist(), req.prompt_ids[start:])]
+                if k:
+                    tops += [list(zip(vals, ids, [None] * k)) for vals, ids in zip(tv.tolist(), ti.tolist())]
+            req.input_token_logprobs = entries
+            req.input_top_logprobs = tops
+
+    def _advance(self, req: Req, token: int) -> None:
+        """Detokenize the new token, check every stop condition, send the increment."""
+        reason: FinishReason | None = None
+        delta = ""
+        if token in req.stop_token_ids:
+            reason = FinishReason("stop", matched=token)
+        else:
+            delta = req.detokenizer.add(token)
+            if req.stop_matcher is not None:
+                delta, matched = req.stop_matcher.feed(delta)
+                if matched is not None:
+                    reason = FinishReason("stop", matched=matched)
+        if reason is None and (len(req.output_ids) >= req.max_new_tokens
+                               or req.seq_len >= self.runner.context_length):
+            reason = FinishReason("length", matched=None)
+        if reason is not None and not isinstance(reason.matched, str):
+            delta += self._flush_text(req)   # text held back for a possible stop string is final now
+        req.output_text += delta
+        if reason is not None:
+            self._finish(req, reason, delta)
+        else:
+            req.sink(ReqOutput(req.rid, delta, [token], False, self._meta_info(req, final=False)))
+
+    @staticmethod
+    def _flush_text(req: Req) -> str:
+        tail = req.detokenizer.flush()
+        if req.stop_matcher is not None:
+            tail, matched = req.stop_matcher.feed(tail)
+            if matched is None:
+                tail += req.stop_matcher.flush()
+        return tail
+
+    def _finish(self, req: Req, reason: FinishReason, delta: str = "") -> None:
+        if req.status == ReqStatus.FINISHED:
+            return
+        row = req.row
+        self.scheduler.finish(req, reason)
+        if row >= 0:
+            self.sampler.end_request(row)
+        self.stats.requests_finished += 1
+        new_ids = req.output_ids[-1:] if req.output_ids and reason.type != "abort" else []
+        req.sink(ReqOutput(req.rid, delta, new_ids, True, self._meta_info(req, final=True)))
+
+    @staticmethod
+    def _meta_info(req: Req, final: bool) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "id": req.rid,
+            "prompt_tokens": len(req.prompt_ids),
+            "completion_tokens": len(req.output_ids),
+            "cached_tokens": 0,
+            "finish_reason": req.finish_reason.to_dict() if final and req.finish_reason else None,
+        }
+        if req.logprobs.return_logprob:
+            meta["output_token_logprobs"] = list(req.output_token_logprobs)
+            meta["input_token_logprobs"] = list(req.input_token_logprobs)
+            if req.logprobs.top_logprobs_num:
+                meta["output_top_logprobs"] = list(req.output_top_logprobs)
+                meta["input_top_logprobs"] = list(req.input_top_logprobs)
+        return meta
+
+    def check_integrity(self) -> None:
+        """Every slot and row is accounted for (run on the loop thread)."""
+        self.call(self.scheduler.check_integrity)

@@ -1,0 +1,51 @@
+"""Per-forward data, passed explicitly through the model (no globals).
+
+A forward processes T new tokens belonging to B requests, flattened in request order. Request b owns
+`extend_lens[b]` consecutive tokens whose positions are `prefix_lens[b] .. seq_lens[b]-1`; the K/V of its
+first `prefix_lens[b]` tokens are already in the pool at `req_to_token[req_rows[b], :prefix_lens[b]]`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from loomlm.runtime.attention.base import AttentionBackend
+    from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
+
+
+class ForwardMode(enum.Enum):
+    EXTEND = "extend"   # several new tokens per request, causal over prefix + themselves
+    DECODE = "decode"   # exactly one new token per request
+
+
+@dataclass
+class ForwardContext:
+    mode: ForwardMode
+    input_ids: torch.Tensor        # [T] int64
+    positions: torch.Tensor        # [T] int64, position of each token in its sequence
+    out_slots: torch.Tensor        # [T] int64, KV slot that receives each token's K/V
+    req_rows: torch.Tensor         # [B] int64, rows of req_to_token
+    prefix_lens: torch.Tensor      # [B] int64 (CPU), tokens already cached per request
+    extend_lens: torch.Tensor      # [B] int64 (CPU), new tokens per request
+    logits_indices: torch.Tensor   # [N] int64, rows of the hidden states projected to logits
+    kv_pool: "KVPool"
+    req_to_token_pool: "ReqToTokenPool"
+    attn_backend: "AttentionBackend"
+    attn_metadata: Any = field(default=None)  # filled by attn_backend.prepare(self)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.extend_lens.numel())
+
+    @property
+    def seq_lens(self) -> torch.Tensor:
+        return self.prefix_lens + self.extend_lens
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.numel())

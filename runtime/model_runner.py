@@ -1,0 +1,66 @@
+"""ModelRunner: owns the model, the KV memory and the attention backend; runs one forward per step."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from loomlm.runtime.attention import create_attention_backend
+from loomlm.runtime.config import EngineConfig
+from loomlm.runtime.forward_context import ForwardContext
+from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
+from loomlm.runtime.models.loader import load_model, resolve_model_path
+from loomlm.runtime.scheduler import ScheduledBatch
+
+logger = logging.getLogger(__name__)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.device = config.resolved_device()
+        self.dtype = config.resolved_dtype()
+        if self.device.type == "cpu" and config.cpu_threads:
+            torch.set_num_threads(config.cpu_threads)
+        self.model_path = resolve_model_path(config.model_path) if config.load_format != "dummy" or \
+            config.model_path is None else config.model_path
+        self.model, self.model_config = load_model(
+            self.model_path, load_format=config.load_format, dtype=self.dtype, device=self.device,
+            seed=config.random_seed)
+        mc = self.model_config
+        model_max = mc.max_position_embeddings
+        if config.context_length is not None and config.context_length > model_max:
+            logger.warning("context_length %d exceeds the model's %d positions", config.context_length, model_max)
+        self.context_length = config.context_length or model_max
+        self.vocab_size = mc.vocab_size
+        per_token = KVPool.bytes_per_token(mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype)
+        if config.max_total_tokens is not None:
+            num_slots = config.max_total_tokens
+        else:
+            num_slots = config.kv_pool_budget_bytes(self.device) // per_token
+            # Never more than every running request at full context could use.
+            num_slots = min(num_slots, config.max_running_requests * self.context_length)
+        if num_slots < 2:
+            raise ValueError(f"the KV pool would hold {num_slots} tokens: raise max_total_tokens or "
+                             "mem_fraction_static")
+        self.kv_pool = KVPool(num_slots, mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype, self.device)
+        for buf in self.kv_pool.k_buffers + self.kv_pool.v_buffers:
+            buf[self.kv_pool.scratch_slot].zero_()   # padding reads land here: must be finite
+        self.req_pool = ReqToTokenPool(config.max_running_requests, self.context_length, self.device)
+        self.attn_backend = create_attention_backend(config.resolved_attention_backend(), mc.head_dim ** -0.5)
+        logger.info("KV pool: %d token slots (%.1f MiB)", num_slots, num_slots * per_token / 2**20)
+
+    @torch.inference_mode()
+    def forward(self, batch: ScheduledBatch) -> torch.Tensor:
+        """Returns float32 logits [N, vocab] for the rows `batch.logits_indices`."""
+        dev = self.device
+        ctx = ForwardContext(
+            mode=batch.mode, input_ids=batch.input_ids.to(dev, non_blocking=True),
+            positions=batch.positions.to(dev, non_blocking=True),
+            out_slots=batch.out_slots.to(dev, non_blocking=True), req_rows=batch.req_rows,
+            prefix_lens=batch.prefix_lens, extend_lens=batch.extend_lens,
+            logits_indices=batch.logits_indices.to(dev, non_blocking=True), kv_pool=self.kv_pool,
+            req_to_token_pool=self.req_pool, attn_backend=self.attn_backend)
+        self.attn_backend.prepare(ctx)
+        return self.model(ctx)

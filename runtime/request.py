@@ -1,0 +1,84 @@
+"""Request state owned by the scheduler thread, and the output records it sends back."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from loomlm.runtime.sampling_params import SamplingParams
+
+
+class ReqStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class LogprobOptions:
+    return_logprob: bool = False
+    top_logprobs_num: int = 0
+    logprob_start_len: int = -1   # -1: output tokens only; k >= 0: prompt tokens from position k too
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.top_logprobs_num, int) or self.top_logprobs_num < 0:
+            raise ValueError(f"top_logprobs_num must be an integer >= 0, got {self.top_logprobs_num!r}")
+        if not isinstance(self.logprob_start_len, int) or self.logprob_start_len < -1:
+            raise ValueError(f"logprob_start_len must be -1 or an integer >= 0, got {self.logprob_start_len!r}")
+
+
+@dataclass
+class ReqOutput:
+    """One increment sent to the caller: new text/tokens, and meta info (complete when finished)."""
+    rid: str
+    text_delta: str
+    new_token_ids: list[int]
+    finished: bool
+    meta_info: dict[str, Any]
+
+
+@dataclass
+class FinishReason:
+    type: str                 # "stop" | "length" | "abort"
+    matched: int | str | None = None
+    message: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "matched": self.matched}
+        if self.message is not None:
+            out["message"] = self.message
+        return out
+
+
+@dataclass(eq=False)
+class Req:
+    rid: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    seed: int
+    logprobs: LogprobOptions
+    sink: Callable[[ReqOutput], None]        # called on the scheduler thread
+    max_new_tokens: int                      # params.max_new_tokens clamped to the context length
+    stop_token_ids: frozenset[int] = frozenset()
+    status: ReqStatus = ReqStatus.WAITING
+    row: int = -1                            # req_to_token row, also the sampler row
+    kv_len: int = 0                          # tokens whose K/V are in the pool
+    reserved_slots: int = 0                  # slots promised to this request but not yet allocated
+    output_ids: list[int] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    output_text: str = ""
+    detokenizer: Any = None
+    stop_matcher: Any = None
+    input_token_logprobs: list[tuple] = field(default_factory=list)
+    input_top_logprobs: list[list[tuple]] = field(default_factory=list)
+    output_token_logprobs: list[tuple] = field(default_factory=list)
+    output_top_logprobs: list[list[tuple]] = field(default_factory=list)
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def seq_len(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)

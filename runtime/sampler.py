@@ -1,0 +1,248 @@
+"""Batched, seeded token sampler with per-request parameter tables.
+
+Each running request owns a *row* (0..max_requests-1) of small tables (temperature, top-p, ...) filled
+once by `begin_request`; a step then only indexes those tables by the batch's `rows` tensor, so nothing
+is rebuilt from Python objects per step and no Python loop runs over batch rows or the vocabulary.
+
+`sample` applies, in order: min-new-tokens blocking of stop tokens, repetition penalty (HF rule, over
+prompt and output tokens), frequency/presence penalties (OpenAI rule, over output tokens), temperature,
+top-k, top-p, min-p, then draws. Features are gated by counters of active rows that use them, so a step
+where nobody uses top-p pays for no sort, one where nobody uses penalties touches no [R, V] table, and
+an all-greedy step is a single argmax.
+
+Draws use the exponential race: token = argmax_i(p_i / E_i) with E_i ~ Exp(1) is an exact sample from
+p. E_i = -log(U_i), where U_i is a counter-based hash of (request seed, num_generated, i) computed with
+int64 tensor ops (32-bit multiply-xorshift, constants < 2^31 so products stay < 2^63). A request's draw
+therefore depends only on its own seed, position and logits, never on the rest of the batch.
+
+Grammar masks are not applied here: callers set disallowed logits to -inf before `sample`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from loomlm.runtime.sampling_params import SamplingParams
+
+_MASK32 = 0xFFFFFFFF
+_FEATURES = ("sample", "top_k", "top_p", "min_p", "repetition", "freq_pres", "min_tokens")
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """Bijective 32-bit mixer on int64 tensors holding values in [0, 2^32)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32  # < 2^32 * 2^31: no int64 overflow
+    x = x ^ (x >> 15)
+    x = (x * 0x2C1B3C6D) & _MASK32
+    return x ^ (x >> 16)
+
+
+class Sampler:
+    """Samples one token per batch row from float32 logits, with per-request parameters by row."""
+
+    def __init__(self, vocab_size: int, max_requests: int, device: torch.device | str = "cpu"):
+        if vocab_size <= 0 or max_requests <= 0:
+            raise ValueError(f"Sampler needs vocab_size > 0 and max_requests > 0, "
+                             f"got {vocab_size} and {max_requests}")
+        self.vocab_size = vocab_size
+        self.max_requests = max_requests
+        self.device = torch.device(device)
+        f32 = dict(dtype=torch.float32, device=self.device)
+        i64 = dict(dtype=torch.int64, device=self.device)
+        R = max_requests
+        self.temperature = torch.ones(R, **f32)          # 0 = greedy (also set for top_k == 1)
+        self.top_p = torch.ones(R, **f32)
+        self.top_k = torch.full((R,), vocab_size, **i64)  # vocab_size = off
+        self.min_p = torch.zeros(R, **f32)
+        self.repetition_penalty = torch.ones(R, **f32)
+        self.frequency_penalty = torch.zeros(R, **f32)
+        self.presence_penalty = torch.zeros(R, **f32)
+        self.min_new_tokens = torch.zeros(R, **i64)
+        self.seed_hash = torch.zeros(R, **i64)           # _hash32(seed mod 2^32)
+        self._vocab_hash = _hash32(torch.arange(vocab_size, **i64))  # [V]
+        # [R, V] tables, allocated the first time a request needs them.
+        self._output_counts: torch.Tensor | None = None  # int32 occurrences of each output token
+        self._prompt_mask: torch.Tensor | None = None    # bool: token occurs in the prompt
+        self._stop_mask: torch.Tensor | None = None      # bool: token ends the request (EOS, stop ids)
+        self._row_features: list[frozenset[str] | None] = [None] * R  # None = row free
+        self._num_using = dict.fromkeys(_FEATURES, 0)
+
+    # ------------------------------------------------------------------ per-request tables
+    def begin_request(self, row: int, params: SamplingParams, prompt_ids: list[int] | torch.Tensor,
+                      seed: int, stop_token_ids: set[int]) -> None:
+        """Claim `row` for a request: write its parameters, reset its counts, record its prompt."""
+        self._check_row(row)
+        if self._row_features[row] is not None:
+            raise ValueError(f"sampler row {row} is already in use")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        V = self.vocab_size
+        greedy = params.is_greedy
+        top_k = V if params.top_k == -1 else min(params.top_k, V)
+        stop_ids = sorted(i for i in stop_token_ids if 0 <= i < V)  # ids past the vocab never occur
+        features = {
+            "sample": not greedy,
+            "top_k": not greedy and top_k < V,
+            "top_p": not greedy and params.top_p < 1.0,
+            "min_p": not greedy and params.min_p > 0.0,
+            "repetition": params.repetition_penalty != 1.0,
+            "freq_pres": params.frequency_penalty != 0.0 or params.presence_penalty != 0.0,
+            "min_tokens": params.min_new_tokens > 0 and bool(stop_ids),
+        }
+        used = frozenset(name for name, on in features.items() if on)
+
+        self.temperature[row] = 0.0 if greedy else params.temperature
+        self.top_p[row] = params.top_p
+        self.top_k[row] = top_k
+        self.min_p[row] = params.min_p
+        self.repetition_penalty[row] = params.repetition_penalty
+        self.frequency_penalty[row] = params.frequency_penalty
+        self.presence_penalty[row] = params.presence_penalty
+        self.min_new_tokens[row] = params.min_new_tokens
+        self.seed_hash[row] = int(_hash32(torch.tensor(seed & _MASK32, dtype=torch.int64)))
+
+        if used & {"repetition", "freq_pres"} and self._output_counts is None:
+            self._output_counts = torch.zeros(self.max_requests, V, dtype=torch.int32, device=self.device)
+        if self._output_counts is not None:
+            self._output_counts[row] = 0
+        if "repetition" in used and self._prompt_mask is None:
+            self._prompt_mask = torch.zeros(self.max_requests, V, dtype=torch.bool, device=self.device)
+        if self._prompt_mask is not None:
+            self._prompt_mask[row] = False
+            if "repetition" in used:
+                ids = torch.as_tensor(prompt_ids, dtype=torch.int64, device=self.device)
+                self._prompt_mask[row, ids] = True
+        if "min_tokens" in used and self._stop_mask is None:
+            self._stop_mask = torch.zeros(self.max_requests, V, dtype=torch.bool, device=self.device)
+        if self._stop_mask is not None:
+            self._stop_mask[row] = False
+            if stop_ids:
+                self._stop_mask[row, torch.tensor(stop_ids, dtype=torch.int64, device=self.device)] = True
+
+        self._row_features[row] = used
+        for name in used:
+            self._num_using[name] += 1
+
+    def end_request(self, row: int) -> None:
+        """Release `row`; its table entries are overwritten by the next `begin_request`."""
+        self._check_row(row)
+        used = self._row_features[row]
+        if used is None:
+            raise ValueError(f"sampler row {row} is not in use")
+        for name in used:
+            self._num_using[name] -= 1
+        self._row_features[row] = None
+
+    def record(self, rows: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Count generated `tokens` [B] for `rows` [B] (needed by the penalties)."""
+        if self._output_counts is None:
+            return
+        ones = torch.ones(rows.shape, dtype=torch.int32, device=self.device)
+        self._output_counts.index_put_((rows, tokens), ones, accumulate=True)
+
+    def num_active(self) -> int:
+        return sum(f is not None for f in self._row_features)
+
+    def _check_row(self, row: int) -> None:
+        if not 0 <= row < self.max_requests:
+            raise ValueError(f"sampler row must be in [0, {self.max_requests}), got {row!r}")
+
+    # ------------------------------------------------------------------ the step
+    @torch.no_grad()
+    def sample(self, logits: torch.Tensor, rows: torch.Tensor, num_generated: torch.Tensor) -> torch.Tensor:
+        """Return one token id per row: logits [B, V] float32, rows [B] int64, num_generated [B] int64."""
+        use = self._num_using
+        logits = logits.float()
+        inf = float("inf")
+
+        if use["min_tokens"]:
+            assert self._stop_mask is not None
+            blocked = num_generated < self.min_new_tokens[rows]                     # [B]
+            logits = logits.masked_fill(self._stop_mask[rows] & blocked[:, None], -inf)
+
+        if use["repetition"] or use["freq_pres"]:
+            assert self._output_counts is not None
+            counts = self._output_counts[rows]                                     # [B, V] int32
+            if use["repetition"]:
+                assert self._prompt_mask is not None
+                seen = self._prompt_mask[rows] | (counts > 0)
+                pen = self.repetition_penalty[rows][:, None]
+                penalised = torch.where(logits > 0, logits / pen, logits * pen)
+                logits = torch.where(seen, penalised, logits)
+            if use["freq_pres"]:
+                counts_f = counts.float()
+                logits = (logits - self.frequency_penalty[rows][:, None] * counts_f
+                          - self.presence_penalty[rows][:, None] * (counts_f > 0))
+
+        greedy_tokens = logits.argmax(dim=-1)
+        if not use["sample"]:
+            return greedy_tokens
+
+        temperature = self.temperature[rows]
+        greedy = temperature == 0
+        logits = logits / torch.where(greedy, 1.0, temperature)[:, None]
+        if use["top_p"]:
+            logits = self._top_k_top_p_sorted(logits, rows)
+        elif use["top_k"]:
+            logits = self._top_k(logits, rows)
+        if use["min_p"]:
+            # p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p); min_p = 0 keeps all.
+            floor = logits.amax(dim=-1, keepdim=True) + self.min_p[rows][:, None].log()
+            logits = logits.masked_fill(logits < floor, -inf)
+
+        probs = logits.softmax(dim=-1)
+        sampled = (probs / self._exponentials(rows, num_generated)).argmax(dim=-1)
+        return torch.where(greedy, greedy_tokens, sampled)
+
+    def _top_k(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Keep logits >= the row's k-th largest (ties with it are kept); topk over max k, no sort."""
+        V = logits.shape[-1]
+        k = self.top_k[rows]
+        k_on = torch.where(k < V, k, 0)
+        k_max = int(k_on.max())
+        if k_max == 0:
+            return logits
+        top_values = logits.topk(k_max, dim=-1).values                             # [B, k_max]
+        kth = top_values.gather(-1, (k_on - 1).clamp(min=0)[:, None])               # [B, 1]
+        kth = torch.where((k_on > 0)[:, None], kth, -float("inf"))
+        return logits.masked_fill(logits < kth, -float("inf"))
+
+    def _top_k_top_p_sorted(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Top-k then top-p (smallest set of mass >= p) on one descending sort of [B, V]."""
+        inf = float("inf")
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        k = self.top_k[rows].clamp(max=logits.shape[-1])
+        kth = sorted_logits.gather(-1, (k - 1)[:, None])
+        sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, -inf)
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs                                  # [B, V]
+        top_p = self.top_p[rows][:, None]
+        # The best token always survives (mass_before 0 < p); p == 1 rows are untouched by rounding.
+        drop = (mass_before >= top_p) & (top_p < 1.0)
+        sorted_logits = sorted_logits.masked_fill(drop, -inf)
+        return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+    def _exponentials(self, rows: torch.Tensor, num_generated: torch.Tensor) -> torch.Tensor:
+        """Exp(1) variates [B, V], a pure function of (row seed, num_generated, token id)."""
+        step_key = _hash32(self.seed_hash[rows] ^ (num_generated & _MASK32))            # [B]
+        bits = _hash32(self._vocab_hash[None, :] ^ step_key[:, None])                   # [B, V]
+        # The top 24 bits give U in (0, 1) exactly in float32, so -log(U) is finite and > 0.
+        uniform = ((bits >> 8).float() + 0.5) * (1.0 / (1 << 24))
+        return uniform.log_().neg_()
+
+
+def compute_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, top_k: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probabilities from raw logits [B, V]: of `token_ids` [B], and the `top_k` best per row.
+
+    Returns (token_logprobs [B], top_values [B, k], top_ids [B, k]); k = min(top_k, V), 0 allowed.
+    """
+    if top_k < 0:
+        raise ValueError(f"top_k for logprobs must be >= 0, got {top_k}")
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    token_logprobs = logprobs.gather(-1, token_ids.long()[:, None]).squeeze(-1)
+    k = min(top_k, logprobs.shape[-1])
+    top_values, top_ids = logprobs.topk(k, dim=-1) if k > 0 else (
+        logprobs.new_empty(logprobs.shape[0], 0), torch.empty(logprobs.shape[0], 0, dtype=torch.int64,
+                                                              device=logprobs.device))
+    return token_logprobs, top_values, top_ids

@@ -1,0 +1,39 @@
+"""Counters the engine keeps about its own work (read by tests, benchmarks and, later, /metrics)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from loomlm.runtime.forward_context import ForwardMode
+
+if TYPE_CHECKING:
+    from loomlm.runtime.scheduler import ScheduledBatch
+
+
+@dataclass
+class EngineStats:
+    requests_received: int = 0
+    requests_finished: int = 0
+    forward_passes: int = 0
+    extend_passes: int = 0
+    decode_passes: int = 0
+    computed_prefill_tokens: int = 0   # prompt tokens run through the model
+    cached_prefill_tokens: int = 0     # prompt tokens served from the prefix cache
+    decode_tokens: int = 0             # tokens fed by decode steps
+    max_running_batch: int = 0
+
+    def record_step(self, batch: "ScheduledBatch") -> None:
+        self.forward_passes += 1
+        n = int(batch.input_ids.numel())
+        if batch.mode == ForwardMode.EXTEND:
+            self.extend_passes += 1
+            self.computed_prefill_tokens += n
+        else:
+            self.decode_passes += 1
+            self.decode_tokens += n
+        self.max_running_batch = max(self.max_running_batch, len(batch.reqs))
+
+    def snapshot(self) -> dict[str, int]:
+        return dataclasses.asdict(self)

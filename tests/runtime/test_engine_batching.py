@@ -1,0 +1,116 @@
+"""Continuous batching: batch invariance, admission while others run, streaming, abort, accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+PROMPTS = [
+    "Hi",
+    "The quick brown fox jumps over the lazy dog. Then the dog",
+    "In 1492,",
+    "A list of fruits: apple, banana,",
+    "import numpy as np\nimport torch\n\ndef main():\n    x = ",
+    "Translate to French: good morning ->",
+    "Q: What is 12 times 12?\nA:",
+    "The history of the Roman Empire spans many centuries, beginning with the founding of Rome and",
+]
+GREEDY = {"max_new_tokens": 24, "temperature": 0, "ignore_eos": True}
+
+
+def test_batch_invariance(idle_engine):
+    together = idle_engine.generate(PROMPTS, GREEDY)
+    assert len({len(idle_engine.tokenizer(p)["input_ids"]) for p in PROMPTS}) == len(PROMPTS)
+    for prompt, out in zip(PROMPTS, together):
+        alone = idle_engine.generate(prompt, GREEDY)
+        assert alone["output_ids"] == out["output_ids"], prompt
+        assert alone["text"] == out["text"]
+
+
+def test_request_joins_running_batch(idle_engine):
+    before = idle_engine.get_stats()
+    stream = idle_engine.generate("Count from one to one hundred: one, two,",
+                                  {"max_new_tokens": 120, "temperature": 0, "ignore_eos": True}, stream=True)
+    chunks = [next(stream) for _ in range(5)]
+    assert not any(c["finished"] for c in chunks)
+    short = idle_engine.generate("Hello", {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True})
+    assert short["meta_info"]["completion_tokens"] == 4
+    rest = list(stream)
+    # The long request was still running when the short one finished: it joined and left the batch.
+    assert len(chunks) + len(rest) == 120 and rest[-1]["finished"]
+    after = idle_engine.get_stats()
+    assert after["max_running_batch"] >= 2
+    assert after["requests_finished"] - before["requests_finished"] == 2
+
+
+def test_stream_increments_concatenate_to_text(idle_engine):
+    params = {"max_new_tokens": 20, "temperature": 0}
+    whole = idle_engine.generate("Tell me about the moon.", params)
+    chunks = list(idle_engine.generate("Tell me about the moon.", params, stream=True))
+    assert "".join(c["text"] for c in chunks) == whole["text"]
+    assert sum((c["output_ids"] for c in chunks), []) == whole["output_ids"]
+    assert chunks[-1]["meta_info"]["finish_reason"] == whole["meta_info"]["finish_reason"]
+
+
+def test_stream_closed_early_frees_memory(idle_engine):
+    stream = idle_engine.generate("Write a long story.", {"max_new_tokens": 200, "ignore_eos": True}, stream=True)
+    next(stream)
+    stream.close()   # aborts the request; the fixture checks every slot came back
+
+
+def test_abort_running_requests(engine):
+    results = {}
+
+    def run(name, prompt):
+        results[name] = engine.generate(prompt, {"max_new_tokens": 300, "ignore_eos": True}, rid=name)
+
+    threads = [threading.Thread(target=run, args=(f"r{i}", f"Story number {i}:")) for i in range(3)]
+    for t in threads:
+        t.start()
+    import time
+    deadline = time.monotonic() + 60
+    while engine.get_stats()["decode_passes"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for i in range(3):
+        engine.abort(f"r{i}")
+    for t in threads:
+        t.join(timeout=60)
+    assert all(results[f"r{i}"]["meta_info"]["finish_reason"]["type"] == "abort" for i in range(3))
+    engine.idle_integrity()
+
+
+def test_async_generate(idle_engine):
+    async def main():
+        single = await idle_engine.async_generate("Paris is", {"max_new_tokens": 8, "temperature": 0})
+        many = await asyncio.gather(*[idle_engine.async_generate(p, {"max_new_tokens": 8, "temperature": 0})
+                                      for p in PROMPTS[:4]])
+        chunks = [c async for c in await idle_engine.async_generate(
+            "Paris is", {"max_new_tokens": 8, "temperature": 0}, stream=True)]
+        return single, many, chunks
+
+    single, many, chunks = asyncio.run(main())
+    assert "".join(c["text"] for c in chunks) == single["text"]
+    assert [m["output_ids"] for m in many] == [o["output_ids"] for o in idle_engine.generate(
+        PROMPTS[:4], {"max_new_tokens": 8, "temperature": 0})]
+
+
+def test_input_ids_and_max_new_tokens_zero(idle_engine):
+    ids = idle_engine.tokenizer("The capital of France is")["input_ids"]
+    by_text = idle_engine.generate("The capital of France is", {"max_new_tokens": 5, "temperature": 0})
+    by_ids = idle_engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 5, "temperature": 0})
+    assert by_ids["output_ids"] == by_text["output_ids"]
+    none = idle_engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 0})
+    assert none["output_ids"] == [] and none["meta_info"]["finish_reason"]["type"] == "length"
+
+
+def test_small_pool_queues_requests():
+    """A pool too small for all requests at once serves them in turn, with no slot lost."""
+    import loomlm
+
+    with loomlm.Engine(max_total_tokens=160, max_running_requests=4, random_seed=0) as eng:
+        outs = eng.generate([f"Number {i} is" for i in range(10)],
+                            {"max_new_tokens": 40, "temperature": 0, "ignore_eos": True})
+        assert all(o["meta_info"]["completion_tokens"] == 40 for o in outs)
+        assert outs[0]["output_ids"] == eng.generate("Number 0 is", {"max_new_tokens": 40, "temperature": 0,
+                                                                     "ignore_eos": True})["output_ids"]
+        eng.idle_integrity()

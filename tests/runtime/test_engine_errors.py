@@ -1,0 +1,73 @@
+"""Bad input gets a clear ValueError naming the problem, and the engine keeps serving."""
+
+from __future__ import annotations
+
+import pytest
+
+import loomlm
+
+OK = {"max_new_tokens": 4, "temperature": 0}
+
+
+def test_unknown_model_path():
+    with pytest.raises(ValueError, match="/no/such/model.gguf"):
+        loomlm.Engine(model_path="/no/such/model.gguf")
+
+
+def test_unknown_engine_argument():
+    with pytest.raises(ValueError, match="max_total_tokenz"):
+        loomlm.Engine(max_total_tokenz=100)
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"max_new_tokens": -1}, "max_new_tokens"),
+    ({"temperature": -0.5}, "temperature"),
+    ({"top_p": 0.0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"temprature": 0.5}, "temprature"),
+    ({"top_k": 0.5}, "top_k"),
+    ({"min_p": 2.0}, "min_p"),
+    ({"n": 0}, "n"),
+])
+def test_bad_sampling_params_name_the_field(idle_engine, params, field):
+    with pytest.raises(ValueError, match=field):
+        idle_engine.generate("Hello", params)
+    assert idle_engine.generate("Hello", OK)["meta_info"]["completion_tokens"] == 4
+
+
+def test_prompt_longer_than_context(idle_engine):
+    long_prompt = "hello " * (idle_engine.context_length + 10)
+    with pytest.raises(ValueError, match="context length"):
+        idle_engine.generate(long_prompt, OK)
+    # A batch with one bad prompt is rejected whole, before anything is queued.
+    with pytest.raises(ValueError, match="context length"):
+        idle_engine.generate(["Hi", long_prompt], OK)
+    assert idle_engine.generate("Hi", OK)["meta_info"]["completion_tokens"] == 4
+
+
+def test_bad_input_ids_and_logprob_options(idle_engine):
+    with pytest.raises(ValueError, match="input_ids"):
+        idle_engine.generate(input_ids=[1, 2, 10**9], sampling_params=OK)
+    with pytest.raises(ValueError, match="empty"):
+        idle_engine.generate("", OK)
+    with pytest.raises(ValueError, match="exactly one of prompt and input_ids"):
+        idle_engine.generate("Hi", OK, input_ids=[1, 2])
+    with pytest.raises(ValueError, match="top_logprobs_num"):
+        idle_engine.generate("Hi", OK, return_logprob=True, top_logprobs_num=-2)
+
+
+def test_request_larger_than_pool():
+    with loomlm.Engine(max_total_tokens=64, random_seed=0) as eng:
+        with pytest.raises(ValueError, match="KV slots"):
+            eng.generate("Hello there", {"max_new_tokens": 100})
+        assert eng.generate("Hello there", {"max_new_tokens": 8})["meta_info"]["completion_tokens"] <= 8
+        eng.idle_integrity()
+
+
+def test_bad_engine_config_values():
+    with pytest.raises(ValueError, match="dtype"):
+        loomlm.EngineConfig(dtype="float8")
+    with pytest.raises(ValueError, match="load_format"):
+        loomlm.EngineConfig(load_format="pickle")
+    with pytest.raises(ValueError, match="attention_backend"):
+        loomlm.EngineConfig(attention_backend="flash")
