@@ -45,8 +45,8 @@ class IncrementalDetokenizer:
 
     def add(self, token_ids: int | Iterable[int]) -> str:
         """Append one or more output ids; return the text they completed (possibly '')."""
-        if isinstance(token_ids, int):
-            self._ids.append(token_ids)
+        if isinstance(token_ids, int) or getattr(token_ids, "ndim", None) == 0:  # numpy / 0-d tensor too
+            self._ids.append(int(token_ids))  # type: ignore[arg-type]
         else:
             self._ids.extend(int(i) for i in token_ids)
         return self._advance(final=False)

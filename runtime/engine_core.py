@@ -192,7 +192,10 @@ class EngineCore:
                                or req.seq_len >= self.runner.context_length):
             reason = FinishReason("length", matched=None)
         if reason is not None and not isinstance(reason.matched, str):
-            delta += self._flush_text(req)   # text held back for a possible stop string is final now
+            tail, matched = self._flush_text(req)   # text held back for a possible stop string is final now
+            delta += tail
+            if matched is not None:
+                reason = FinishReason("stop", matched=matched)
         req.output_text += delta
         if reason is not None:
             self._finish(req, reason, delta)
@@ -200,13 +203,16 @@ class EngineCore:
             req.sink(ReqOutput(req.rid, delta, [token], False, self._meta_info(req, final=False)))
 
     @staticmethod
-    def _flush_text(req: Req) -> str:
+    def _flush_text(req: Req) -> tuple[str, str | None]:
+        """(remaining text, stop string found in it or None) at the end of a request."""
         tail = req.detokenizer.flush()
-        if req.stop_matcher is not None:
-            tail, matched = req.stop_matcher.feed(tail)
-            if matched is None:
-                tail += req.stop_matcher.flush()
-        return tail
+        if req.stop_matcher is None:
+            return tail, None
+        tail, matched = req.stop_matcher.feed(tail)
+        if matched is None:
+            tail += req.stop_matcher.flush()
+            matched = req.stop_matcher.matched
+        return tail, matched
 
     def _finish(self, req: Req, reason: FinishReason, delta: str = "") -> None:
         if req.status == ReqStatus.FINISHED:

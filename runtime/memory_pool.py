@@ -30,7 +30,9 @@ class KVPool:
         # torch.empty: pages are committed lazily on CPU, so a large pool costs only what is touched.
         self.k_buffers = [torch.empty(shape, dtype=dtype, device=self.device) for _ in range(num_layers)]
         self.v_buffers = [torch.empty(shape, dtype=dtype, device=self.device) for _ in range(num_layers)]
-        self._free = torch.arange(num_slots, dtype=torch.int64)
+        for buf in self.k_buffers + self.v_buffers:
+            buf[num_slots].zero_()   # padding reads land on the scratch slot: it must be finite (0 * NaN = NaN)
+        self._free = torch.arange(num_slots - 1, -1, -1, dtype=torch.int64)   # a stack: top = lowest slot
         self._num_free = num_slots
 
     @staticmethod
@@ -48,7 +50,7 @@ class KVPool:
         return self.num_slots - self._num_free
 
     def alloc(self, n: int) -> torch.Tensor:
-        """Return `n` free slot indices (int64, CPU); lowest first so touched memory stays compact."""
+        """Return `n` free slot indices (int64, CPU), taken from the top of the free stack."""
         if n > self._num_free:
             raise OutOfSlotsError(f"asked for {n} KV slots, {self._num_free} free")
         start = self._num_free - n
@@ -57,15 +59,13 @@ class KVPool:
         return out
 
     def free(self, slots: torch.Tensor) -> None:
+        """Push slots back on the stack: LIFO reuse keeps the touched part of the pool small."""
         n = int(slots.numel())
         if n == 0:
             return
         if self._num_free + n > self.num_slots:
             raise RuntimeError("freeing more KV slots than were allocated (double free)")
-        # Keep the free stack sorted descending so alloc() hands out low indices first.
-        merged = torch.cat([self._free[:self._num_free], slots.to(torch.int64).cpu()])
-        merged, _ = torch.sort(merged, descending=True)
-        self._free[:self._num_free + n] = merged
+        self._free[self._num_free:self._num_free + n] = slots.to(torch.int64).cpu().flip(0)
         self._num_free += n
 
     def check_integrity(self) -> None:

@@ -23,8 +23,7 @@ class ModelRunner:
         self.dtype = config.resolved_dtype()
         if self.device.type == "cpu" and config.cpu_threads:
             torch.set_num_threads(config.cpu_threads)
-        self.model_path = resolve_model_path(config.model_path) if config.load_format != "dummy" or \
-            config.model_path is None else config.model_path
+        self.model_path = resolve_model_path(config.model_path)   # dummy weights still read its config
         self.model, self.model_config = load_model(
             self.model_path, load_format=config.load_format, dtype=self.dtype, device=self.device,
             seed=config.random_seed)
@@ -45,8 +44,6 @@ class ModelRunner:
             raise ValueError(f"the KV pool would hold {num_slots} tokens: raise max_total_tokens or "
                              "mem_fraction_static")
         self.kv_pool = KVPool(num_slots, mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype, self.device)
-        for buf in self.kv_pool.k_buffers + self.kv_pool.v_buffers:
-            buf[self.kv_pool.scratch_slot].zero_()   # padding reads land here: must be finite
         self.req_pool = ReqToTokenPool(config.max_running_requests, self.context_length, self.device)
         self.attn_backend = create_attention_backend(config.resolved_attention_backend(), mc.head_dim ** -0.5)
         logger.info("KV pool: %d token slots (%.1f MiB)", num_slots, num_slots * per_token / 2**20)

@@ -7,8 +7,10 @@ is rebuilt from Python objects per step and no Python loop runs over batch rows 
 `sample` applies, in order: min-new-tokens blocking of stop tokens, repetition penalty (HF rule, over
 prompt and output tokens), frequency/presence penalties (OpenAI rule, over output tokens), temperature,
 top-k, top-p, min-p, then draws. Features are gated by counters of active rows that use them, so a step
-where nobody uses top-p pays for no sort, one where nobody uses penalties touches no [R, V] table, and
-an all-greedy step is a single argmax.
+where nobody uses top-k/top-p pays for no topk or sort, one where nobody uses penalties touches no
+[R, V] table, and an all-greedy step is a single argmax. Top-k alone is a `topk` over the batch's largest
+k; top-p looks at the best 256, then 4096 candidates, and fully sorts only the rows whose candidates
+hold less than p of the mass. Tokens tied with the k-th best logit are kept.
 
 Draws use the exponential race: token = argmax_i(p_i / E_i) with E_i ~ Exp(1) is an exact sample from
 p. E_i = -log(U_i), where U_i is a counter-based hash of (request seed, num_generated, i) computed with
@@ -20,11 +22,14 @@ Grammar masks are not applied here: callers set disallowed logits to -inf before
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from loomlm.runtime.sampling_params import SamplingParams
 
 _MASK32 = 0xFFFFFFFF
+_TOP_P_CANDIDATES = (256, 4096)  # topk sizes tried for top-p before a full sort
 _FEATURES = ("sample", "top_k", "top_p", "min_p", "repetition", "freq_pres", "min_tokens")
 
 
@@ -69,8 +74,12 @@ class Sampler:
 
     # ------------------------------------------------------------------ per-request tables
     def begin_request(self, row: int, params: SamplingParams, prompt_ids: list[int] | torch.Tensor,
-                      seed: int, stop_token_ids: set[int]) -> None:
-        """Claim `row` for a request: write its parameters, reset its counts, record its prompt."""
+                      seed: int, stop_token_ids: set[int], output_ids: Sequence[int] = ()) -> None:
+        """Claim `row` for a request: write its parameters, reset its counts, record its prompt.
+
+        `output_ids` re-counts tokens generated before (a retracted request that is resumed), so that
+        its penalties continue where they stopped.
+        """
         self._check_row(row)
         if self._row_features[row] is not None:
             raise ValueError(f"sampler row {row} is already in use")
@@ -105,6 +114,9 @@ class Sampler:
             self._output_counts = torch.zeros(self.max_requests, V, dtype=torch.int32, device=self.device)
         if self._output_counts is not None:
             self._output_counts[row] = 0
+            if len(output_ids):
+                ids = torch.as_tensor(output_ids, dtype=torch.int64, device=self.device)
+                self._output_counts[row].index_add_(0, ids, torch.ones_like(ids, dtype=torch.int32))
         if "repetition" in used and self._prompt_mask is None:
             self._prompt_mask = torch.zeros(self.max_requests, V, dtype=torch.bool, device=self.device)
         if self._prompt_mask is not None:
@@ -137,6 +149,7 @@ class Sampler:
         """Count generated `tokens` [B] for `rows` [B] (needed by the penalties)."""
         if self._output_counts is None:
             return
+        rows, tokens = rows.to(self.device), tokens.to(self.device)
         ones = torch.ones(rows.shape, dtype=torch.int32, device=self.device)
         self._output_counts.index_put_((rows, tokens), ones, accumulate=True)
 
@@ -150,9 +163,14 @@ class Sampler:
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
     def sample(self, logits: torch.Tensor, rows: torch.Tensor, num_generated: torch.Tensor) -> torch.Tensor:
-        """Return one token id per row: logits [B, V] float32, rows [B] int64, num_generated [B] int64."""
+        """Return one token id per row: logits [B, V] float32, rows [B] int64, num_generated [B] int64.
+
+        `num_generated[b]` counts the tokens row b generated so far: it drives min-new-tokens blocking
+        and keys the random draw. `logits` is not modified. A row whose logits are all -inf is invalid.
+        """
         use = self._num_using
         logits = logits.float()
+        rows, num_generated = rows.to(self.device), num_generated.to(self.device)
         inf = float("inf")
 
         if use["min_tokens"]:
@@ -182,7 +200,7 @@ class Sampler:
         greedy = temperature == 0
         logits = logits / torch.where(greedy, 1.0, temperature)[:, None]
         if use["top_p"]:
-            logits = self._top_k_top_p_sorted(logits, rows)
+            logits = self._top_k_top_p(logits, rows)
         elif use["top_k"]:
             logits = self._top_k(logits, rows)
         if use["min_p"]:
@@ -190,8 +208,9 @@ class Sampler:
             floor = logits.amax(dim=-1, keepdim=True) + self.min_p[rows][:, None].log()
             logits = logits.masked_fill(logits < floor, -inf)
 
-        probs = logits.softmax(dim=-1)
-        sampled = (probs / self._exponentials(rows, num_generated)).argmax(dim=-1)
+        # argmax(p / E) with p unnormalised: dividing every p_i by the row's sum changes no argmax.
+        weights = (logits - logits.amax(dim=-1, keepdim=True)).exp_()
+        sampled = weights.div_(self._exponentials(rows, num_generated)).argmax(dim=-1)
         return torch.where(greedy, greedy_tokens, sampled)
 
     def _top_k(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -207,20 +226,35 @@ class Sampler:
         kth = torch.where((k_on > 0)[:, None], kth, -float("inf"))
         return logits.masked_fill(logits < kth, -float("inf"))
 
-    def _top_k_top_p_sorted(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Top-k then top-p (smallest set of mass >= p) on one descending sort of [B, V]."""
-        inf = float("inf")
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        k = self.top_k[rows].clamp(max=logits.shape[-1])
-        kth = sorted_logits.gather(-1, (k - 1)[:, None])
-        sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, -inf)
-        probs = sorted_logits.softmax(dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs                                  # [B, V]
-        top_p = self.top_p[rows][:, None]
-        # The best token always survives (mass_before 0 < p); p == 1 rows are untouched by rounding.
-        drop = (mass_before >= top_p) & (top_p < 1.0)
-        sorted_logits = sorted_logits.masked_fill(drop, -inf)
-        return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    def _top_k_top_p(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Top-k then top-p (smallest set of mass >= p), on the best candidates instead of a full sort.
+
+        The few hundred largest logits usually hold the top-p set: rows are filtered on a `topk` of
+        growing size (`_TOP_P_CANDIDATES`, at least the batch's largest k), and only the rows whose
+        candidates still hold less than p of the mass get a full sort. Every size computes the same
+        prefix sums, so a row's result does not depend on the size its batch neighbours needed.
+        """
+        B, V = logits.shape
+        k = self.top_k[rows]
+        k_on = k < V
+        top_p = self.top_p[rows]
+        k_max = int(torch.where(k_on, k, 0).max())
+        sizes = sorted({max(n, k_max) for n in _TOP_P_CANDIDATES if max(n, k_max) < V}) + [V]
+        lse = logits.logsumexp(dim=-1, keepdim=True)
+        out = torch.full_like(logits, -float("inf"))
+        todo = torch.arange(B, device=logits.device)                                    # rows left
+        for n in sizes:
+            part = logits if len(todo) == B else logits[todo]
+            values, order = part.topk(n, dim=-1) if n < V else part.sort(dim=-1, descending=True)
+            values, done = _filter_sorted(values, k[todo], k_on[todo], top_p[todo], lse[todo])
+            if n == V:
+                done = torch.ones_like(done)
+            out[todo[done][:, None], order[done]] = values[done]
+            todo = todo[~done]
+            if len(todo) == 0:
+                break
+        touched = (k_on | (top_p < 1.0))[:, None]
+        return torch.where(touched, out, logits)
 
     def _exponentials(self, rows: torch.Tensor, num_generated: torch.Tensor) -> torch.Tensor:
         """Exp(1) variates [B, V], a pure function of (row seed, num_generated, token id)."""
@@ -229,6 +263,30 @@ class Sampler:
         # The top 24 bits give U in (0, 1) exactly in float32, so -log(U) is finite and > 0.
         uniform = ((bits >> 8).float() + 0.5) * (1.0 / (1 << 24))
         return uniform.log_().neg_()
+
+
+def _filter_sorted(values: torch.Tensor, k: torch.Tensor, k_on: torch.Tensor, top_p: torch.Tensor,
+                   lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply top-k and top-p to the leading part of each row sorted descending.
+
+    values [b, n] (the n largest logits of rows of length V >= n), k/k_on/top_p [b], lse [b, 1] the
+    row's full logsumexp. Returns the filtered values and whether each row's result is exact, i.e.
+    top-k holds the row to the first n, or the first n already hold mass >= top_p.
+    """
+    inf = float("inf")
+    n = values.shape[-1]
+    kth = values.gather(-1, (k.clamp(max=n) - 1)[:, None])                              # [b, 1]
+    values = values.masked_fill(k_on[:, None] & (values < kth), -inf)  # ties with the k-th stay
+    # Top-p renormalises over what top-k kept (all within the n when k is on), else the whole row.
+    lse = torch.where(k_on[:, None], values.logsumexp(dim=-1, keepdim=True), lse)
+    probs = (values - lse).exp()
+    cum = probs.cumsum(dim=-1)
+    p = top_p[:, None]
+    # Mass strictly before a token >= p: the set before it already reaches p. The best token always
+    # survives (mass 0 before it); p == 1 rows are left alone, whatever the rounding of the sums.
+    values = values.masked_fill((cum - probs >= p) & (p < 1.0), -inf)
+    covered = k_on | (top_p >= 1.0) | (cum[:, -1] >= top_p)
+    return values, covered
 
 
 def compute_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, top_k: int

@@ -57,8 +57,8 @@ class TorchAttentionBackend(AttentionBackend):
         md: TorchAttentionMetadata = ctx.attn_metadata
         pool = ctx.kv_pool
         k_buf, v_buf = pool.k_buffers[layer_id], pool.v_buffers[layer_id]
-        k_buf[ctx.out_slots] = k.to(k_buf.dtype)
-        v_buf[ctx.out_slots] = v.to(v_buf.dtype)
+        k_buf.index_copy_(0, ctx.out_slots, k.to(k_buf.dtype))
+        v_buf.index_copy_(0, ctx.out_slots, v.to(v_buf.dtype))
         B, E = md.kv_index.shape[0], md.max_extend
         T, H, D = q.shape
         if E == 1 and T == B:
@@ -67,8 +67,10 @@ class TorchAttentionBackend(AttentionBackend):
             q_pad = q.new_zeros((B * E, H, D))
             q_pad[md.q_scatter] = q
             q_pad = q_pad.view(B, E, H, D)
-        keys = k_buf[md.kv_index].to(q.dtype).transpose(1, 2)                    # [B, KVH, L, D]
-        values = v_buf[md.kv_index].to(q.dtype).transpose(1, 2)
+        flat = md.kv_index.view(-1)
+        L = md.kv_index.shape[1]
+        keys = k_buf.index_select(0, flat).view(B, L, -1, D).to(q.dtype).transpose(1, 2)   # [B, KVH, L, D]
+        values = v_buf.index_select(0, flat).view(B, L, -1, D).to(q.dtype).transpose(1, 2)
         out = F.scaled_dot_product_attention(
             q_pad.transpose(1, 2), keys, values, attn_mask=md.mask, scale=self.scale,
             enable_gqa=H != keys.shape[1])                                       # [B, H, E, D]

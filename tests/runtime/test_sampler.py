@@ -89,7 +89,7 @@ def test_top_k_one_equals_greedy():
     assert torch.all(draw(s, 0, LOGITS, 2000) == 0)
 
 
-@pytest.mark.parametrize("with_top_p", [False, True])  # the topk path and the sorted path
+@pytest.mark.parametrize("with_top_p", [False, True])  # the top-k-only path and the top-p path
 def test_top_k_keeps_k_best_renormalised(with_top_p):
     s = make()
     params = P(top_k=3, top_p=0.999) if with_top_p else P(top_k=3)
@@ -97,6 +97,16 @@ def test_top_k_keeps_k_best_renormalised(with_top_p):
     probs = LOGITS.softmax(-1).clone()
     probs[3:] = 0
     assert_matches(draw(s, 0, LOGITS, 20000), probs / probs.sum())
+
+
+def test_top_k_differs_per_row_in_one_batch():
+    s = make()
+    for row, k in enumerate([2, 5, -1]):
+        s.begin_request(row, P(top_k=k), [], seed=row, stop_token_ids=set())
+    n = 3000
+    rows = torch.arange(3).repeat(n)
+    tokens = s.sample(LOGITS.expand(3 * n, -1).contiguous(), rows, torch.arange(n).repeat_interleave(3))
+    assert [set(tokens[rows == r].tolist()) for r in range(3)] == [{0, 1}, {0, 1, 2, 3, 4}, set(range(8))]
 
 
 def test_top_p_tiny_equals_greedy():
@@ -112,6 +122,37 @@ def test_top_p_keeps_smallest_set_reaching_p():
     probs = LOGITS.softmax(-1).clone()
     probs[3:] = 0
     assert_matches(draw(s, 0, LOGITS, 20000), probs / probs.sum())
+
+
+def reference_filter(logits: torch.Tensor, k: int, p: float) -> set[int]:
+    """Tokens kept by top-k then top-p, one row, by the textbook full sort in float64."""
+    order = logits.double().argsort(descending=True).tolist()
+    kept = order[:k] if k > 0 else order
+    probs = logits.double()[kept].softmax(-1)
+    mass, out = 0.0, set()
+    for token, prob in zip(kept, probs.tolist()):
+        if mass >= p and p < 1.0:
+            break
+        out.add(token)
+        mass += prob
+    return out
+
+
+def test_top_k_top_p_filter_matches_full_sort_reference():
+    V = 3000  # more than the candidates looked at first, so flat rows take the full-sort fallback
+    gen = torch.Generator().manual_seed(0)
+    scales = [0.1, 0.5, 3.0, 8.0, 0.1, 2.0, 0.05, 1.0]  # flat rows need > 1024 tokens for p
+    settings = [(-1, 0.9), (-1, 0.5), (-1, 0.95), (-1, 0.3), (50, 0.99), (1500, 0.9), (-1, 1.0), (7, 1.0)]
+    s = Sampler(V, 8, "cpu")
+    for row, (k, p) in enumerate(settings):
+        s.begin_request(row, P(top_k=k, top_p=p), [], seed=0, stop_token_ids=set())
+    logits = torch.stack([torch.randn(V, generator=gen) * c for c in scales])
+    filtered = s._top_k_top_p(logits, torch.arange(8))
+    for row, (k, p) in enumerate(settings):
+        kept = set(torch.isfinite(filtered[row]).nonzero().squeeze(1).tolist())
+        assert kept == reference_filter(logits[row], k, p), f"row {row}"
+        assert torch.equal(filtered[row][list(kept)], logits[row][list(kept)])
+    assert len(reference_filter(logits[0], -1, 0.9)) > 1024  # the fallback really ran
 
 
 def test_top_k_and_top_p_combine():
@@ -199,6 +240,13 @@ def test_row_reuse_resets_counts():
     assert greedy_token(s, 0, [1.0, 0.5]) == 0
 
 
+def test_resumed_request_recounts_its_output():
+    s = make(vocab=2)
+    s.begin_request(0, P(temperature=0, frequency_penalty=0.3), [], seed=0, stop_token_ids=set(),
+                    output_ids=[0, 0])
+    assert greedy_token(s, 0, [1.0, 0.5]) == 1  # 1.0 - 2 * 0.3 < 0.5
+
+
 # ---------------------------------------------------------------- min_new_tokens
 def test_min_new_tokens_blocks_eos_and_stop_ids_until_reached():
     s = make()
@@ -280,7 +328,7 @@ def test_features_cost_nothing_when_unused(monkeypatch):
         raise AssertionError("feature path ran although no active row uses it")
 
     s = make()
-    monkeypatch.setattr(Sampler, "_top_k_top_p_sorted", forbidden)
+    monkeypatch.setattr(Sampler, "_top_k_top_p", forbidden)
     monkeypatch.setattr(Sampler, "_top_k", forbidden)
     monkeypatch.setattr(Sampler, "_exponentials", forbidden)
     s.begin_request(0, P(temperature=0), [1], seed=0, stop_token_ids={EOS})
@@ -292,6 +340,17 @@ def test_features_cost_nothing_when_unused(monkeypatch):
         s.sample(torch.randn(1, 8), torch.tensor([2]), torch.tensor([0]))
     s.end_request(2)
     s.sample(torch.randn(1, 8), torch.tensor([0]), torch.tensor([0]))
+
+
+def test_input_logits_untouched_with_every_feature_on():
+    s = make()
+    s.begin_request(0, P(top_k=3, top_p=0.8, min_p=0.1, repetition_penalty=1.2, frequency_penalty=0.5,
+                         presence_penalty=0.5, min_new_tokens=4), [1, 2], seed=0, stop_token_ids={EOS})
+    s.record(torch.tensor([0]), torch.tensor([4]))
+    logits = torch.randn(2, 8, generator=torch.Generator().manual_seed(3))
+    before = logits.clone()
+    s.sample(logits, torch.tensor([0, 0]), torch.tensor([0, 1]))
+    assert torch.equal(logits, before)
 
 
 def test_row_errors():

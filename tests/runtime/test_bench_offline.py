@@ -1,0 +1,65 @@
+"""`python -m loomlm.bench offline` runs end to end on tiny settings and reports honest token counts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from loomlm.bench.__main__ import main as bench_main
+from loomlm.runtime.bench.hf_baseline import left_pad
+from loomlm.runtime.bench.offline import make_prompts
+from loomlm.runtime.bench.report import Measurement, format_table
+
+
+def test_offline_tiny_run_reports_every_field(capsys):
+    rc = bench_main(["offline", "--num-prompts", "3", "--input-len", "8", "--output-len", "4",
+                     "--batch-size", "2", "--load-format", "dummy", "--hf-sequential-prompts", "2",
+                     "--json"])
+    assert rc == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert lines[0].split()[0] == "system" and any(line.startswith("loomlm ") for line in lines)
+    for key in ("loomlm_output_tok_s", "hf_sequential_output_tok_s", "hf_batched_output_tok_s"):
+        assert result[key] > 0, key
+    for key in ("ratio_vs_hf_sequential", "ratio_vs_hf_batched"):
+        assert result[key] > 0, key
+    assert (result["loomlm_requests"], result["loomlm_output_tokens"]) == (3, 12)
+    assert (result["hf_sequential_requests"], result["hf_sequential_output_tokens"]) == (2, 8)
+    assert (result["hf_batched_requests"], result["hf_batched_output_tokens"]) == (3, 12)
+    assert result["hf_sequential_same_tokens_as_loomlm"] is None   # dummy weights differ per side
+    assert result["loomlm_stats"]["max_running_batch"] == 3
+    for key in ("dtype", "device", "torch", "threads", "date", "load_format"):
+        assert result[key] not in (None, ""), key
+    assert result["dtype"] == "float32" and result["load_format"] == "dummy"
+
+
+def test_unknown_benchmark_is_a_usage_error(capsys):
+    assert bench_main(["no-such-bench"]) == 2
+    err = capsys.readouterr().err
+    assert "offline" in err and "no-such-bench" in err
+    assert bench_main([]) == 2
+
+
+def test_bad_offline_argument_exits_2():
+    out = subprocess.run([sys.executable, "-m", "loomlm.bench", "offline", "--num-prompts", "0"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "--num-prompts" in out.stderr
+
+
+def test_prompts_are_seeded_and_padding_is_left():
+    a = make_prompts(4, 5, 100, seed=3)
+    assert a == make_prompts(4, 5, 100, seed=3) and a != make_prompts(4, 5, 100, seed=4)
+    assert all(len(p) == 5 and all(0 <= t < 100 for t in p) for p in a)
+    ids, mask = left_pad([[7, 8, 9], [5]], pad_id=0)
+    assert ids.tolist() == [[7, 8, 9], [0, 0, 5]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_table_ratio_column():
+    ours = Measurement("loomlm", 2, 100, 1.0)
+    table = format_table([ours, Measurement("hf", 2, 100, 4.0)], ours)
+    assert "1.00x" in table and "4.00x" in table
+    assert Measurement("x", 1, 10, 0.5).output_tok_s == pytest.approx(20.0)
