@@ -1,8 +1,12 @@
 """Pure-torch attention over the slot pool: gather each request's K/V by slot, then padded SDPA.
 
-Every request's queries are laid out in a padded [B, E, H, D] block (E = longest extend) and its keys
-in [B, L, KVH, D] (L = longest sequence); a boolean mask removes padding and enforces causality
-(query at position p sees keys at positions <= p). Decode is the E = 1 case.
+Extend: every request's queries are laid out in a padded [B, E, H, D] block (E = longest extend) and
+its keys in [B, L, KVH, D] (L = longest sequence); a boolean mask removes padding and enforces causality
+(query at position p sees keys at positions <= p), and SDPA (flash attention on CPU) does the rest.
+
+Decode (one query per request) uses two batched matmuls with query heads grouped per KV head instead:
+on CPU that is several times faster than SDPA for bfloat16 at batch > 1, and its [B, H, L] scores are
+small. Scores and softmax are float32 whatever the KV dtype.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ class TorchAttentionMetadata:
     mask: torch.Tensor          # [B, 1, E, L] bool, True = attend
     q_scatter: torch.Tensor     # [T] int64, flat index b * E + e of each token in the padded block
     max_extend: int
+    decode_bias: torch.Tensor | None  # [B, 1, 1, L] float32, 0 or -inf (decode only)
 
 
 class TorchAttentionBackend(AttentionBackend):
@@ -49,8 +54,13 @@ class TorchAttentionBackend(AttentionBackend):
         starts = torch.cumsum(extend, 0) - extend
         tok_req = torch.repeat_interleave(torch.arange(B, device=device), extend)
         tok_off = torch.arange(ctx.num_tokens, device=device) - starts[tok_req]
+        decode_bias = None
+        if E == 1 and ctx.num_tokens == B:
+            decode_bias = torch.zeros((B, 1, 1, L), dtype=torch.float32, device=device)
+            decode_bias.masked_fill_(~key_valid[:, None, None, :], float("-inf"))
         ctx.attn_metadata = TorchAttentionMetadata(
-            kv_index=kv_index, mask=mask[:, None], q_scatter=tok_req * E + tok_off, max_extend=E)
+            kv_index=kv_index, mask=mask[:, None], q_scatter=tok_req * E + tok_off, max_extend=E,
+            decode_bias=decode_bias)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int,
                 ctx: ForwardContext) -> torch.Tensor:
@@ -59,20 +69,27 @@ class TorchAttentionBackend(AttentionBackend):
         k_buf, v_buf = pool.k_buffers[layer_id], pool.v_buffers[layer_id]
         k_buf.index_copy_(0, ctx.out_slots, k.to(k_buf.dtype))
         v_buf.index_copy_(0, ctx.out_slots, v.to(v_buf.dtype))
-        B, E = md.kv_index.shape[0], md.max_extend
+        B, L = md.kv_index.shape
         T, H, D = q.shape
-        if E == 1 and T == B:
-            q_pad = q[:, None]                                                   # [B, 1, H, D]
-        else:
-            q_pad = q.new_zeros((B * E, H, D))
-            q_pad[md.q_scatter] = q
-            q_pad = q_pad.view(B, E, H, D)
         flat = md.kv_index.view(-1)
-        L = md.kv_index.shape[1]
         keys = k_buf.index_select(0, flat).view(B, L, -1, D).to(q.dtype).transpose(1, 2)   # [B, KVH, L, D]
         values = v_buf.index_select(0, flat).view(B, L, -1, D).to(q.dtype).transpose(1, 2)
+        if md.decode_bias is not None:
+            return self._decode(q, keys, values, md.decode_bias)
+        E = md.max_extend
+        q_pad = q.new_zeros((B * E, H, D))
+        q_pad[md.q_scatter] = q
         out = F.scaled_dot_product_attention(
-            q_pad.transpose(1, 2), keys, values, attn_mask=md.mask, scale=self.scale,
+            q_pad.view(B, E, H, D).transpose(1, 2), keys, values, attn_mask=md.mask, scale=self.scale,
             enable_gqa=H != keys.shape[1])                                       # [B, H, E, D]
-        out = out.transpose(1, 2).reshape(B * E, H, D)
-        return out if (E == 1 and T == B) else out[md.q_scatter]
+        return out.transpose(1, 2).reshape(B * E, H, D)[md.q_scatter]
+
+    def _decode(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                bias: torch.Tensor) -> torch.Tensor:
+        """q [B, H, D]; keys/values [B, KVH, L, D]; bias [B, 1, 1, L] -> [B, H, D]."""
+        B, H, D = q.shape
+        KVH = keys.shape[1]
+        q_grouped = q.view(B, KVH, H // KVH, D)              # query heads sharing a KV head, together
+        scores = torch.matmul(q_grouped, keys.transpose(-1, -2)).float()               # [B, KVH, G, L]
+        probs = torch.softmax(scores.mul_(self.scale).add_(bias), dim=-1).to(values.dtype)
+        return torch.matmul(probs, values).reshape(B, H, D)

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from loomlm.runtime.models.config import ModelConfig
 from loomlm.runtime.models.loader import read_model_config, resolve_model_path
 
+if TYPE_CHECKING:
+    from transformers import LlamaConfig
 
-def _llama_config(mc: ModelConfig):
+
+def _llama_config(mc: ModelConfig) -> "LlamaConfig":
     """A transformers `LlamaConfig` with the shape of `mc` (only the shape matters for random weights)."""
     from transformers import LlamaConfig
 
-    rope: dict = {"rope_type": "default", "rope_theta": mc.rope_theta}
+    rope: dict[str, object] = {"rope_type": "default", "rope_theta": mc.rope_theta}
     if mc.rope_scaling is not None:
         scaling = dataclasses.asdict(mc.rope_scaling)
         rope.update({k: v for k, v in scaling.items() if k != "type"}, rope_type=scaling["type"])

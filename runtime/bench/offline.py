@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any, Callable, Sequence, TypeVar
@@ -22,7 +23,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import torch
 
 from loomlm.runtime.bench.report import Measurement, environment, format_table, speedup
-from loomlm.runtime.config import LOAD_FORMATS, EngineConfig
+from loomlm.runtime.config import DTYPES, LOAD_FORMATS, EngineConfig
 
 T = TypeVar("T")
 WARMUP_TOKENS = 4
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct)")
     p.add_argument("--load-format", choices=LOAD_FORMATS, default="auto",
                    help="dummy: random weights of the model's shape on both sides")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--max-running-requests", type=int, default=128, help="loomlm's batch limit")
@@ -128,7 +129,7 @@ def run_hf(args: argparse.Namespace, prompts: list[list[int]],
 
 def _summary(args: argparse.Namespace, device: torch.device, threads: int, ours: Measurement,
              seq: Measurement | None, bat: Measurement | None, same: int | None,
-             stats: dict[str, int]) -> dict[str, Any]:
+             stats: dict[str, int], load_before: float) -> dict[str, Any]:
     def rate(m: Measurement | None) -> float | None:
         return None if m is None else round(m.output_tok_s, 2)
 
@@ -148,6 +149,7 @@ def _summary(args: argparse.Namespace, device: torch.device, threads: int, ours:
         result[f"{key}_wall_s"] = None if m is None else round(m.wall_s, 3)
     result["hf_sequential_same_tokens_as_loomlm"] = same
     result["loomlm_stats"] = stats
+    result["load_average_1m_before"] = round(load_before, 2)
     result.update(
         num_prompts=args.num_prompts, input_len=args.input_len, output_len=args.output_len,
         batch_size=args.batch_size, max_running_requests=args.max_running_requests,
@@ -167,13 +169,18 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"python -m loomlm.bench offline: {exc}", file=sys.stderr)
         return 2
+    load_before = os.getloadavg()[0]
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     prompts = make_prompts(args.num_prompts, args.input_len, vocab, args.seed)
 
     _log(f"loomlm: {len(prompts)} prompts x {args.input_len} tokens -> {args.output_len} new tokens each, "
          f"{args.dtype} on {device}, {threads} threads")
-    ours, our_out, stats = run_loomlm(args, prompts, threads, device)
+    try:
+        ours, our_out, stats = run_loomlm(args, prompts, threads, device)
+    except ValueError as exc:   # e.g. prompt + output longer than the model's context
+        print(f"python -m loomlm.bench offline: {exc}", file=sys.stderr)
+        return 2
     seq = bat = None
     same = None
     if not args.skip_hf:
@@ -188,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     if same is not None:
         print(f"greedy outputs identical to loomlm's: {same}/{seq.requests} sequential requests")
     if args.json:
-        print(json.dumps(_summary(args, device, threads, ours, seq, bat, same, stats)))
+        print(json.dumps(_summary(args, device, threads, ours, seq, bat, same, stats, load_before)))
     return 0
 
 

@@ -86,5 +86,5 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "load_average_1m": round(os.getloadavg()[0], 2),   # other work on the machine skews timings
+        "load_average_1m_after": round(os.getloadavg()[0], 2),   # other work on the machine skews timings
     }
