@@ -117,12 +117,16 @@ class Engine:
                                                skip_special_tokens=params.skip_special_tokens),
             stop_matcher=StopStringMatcher(params.stop) if params.stop else None)
 
-    def _expand(self, prepared, logprobs, make_sink, rid) -> list[Req]:
-        reqs = []
+    def _expand(self, prepared: list[tuple[list[int], SamplingParams]], logprobs: LogprobOptions,
+                make_sink: Callable[[int], Callable[[ReqOutput], None]], rid: str | None) -> list[Req]:
+        """One Req per (prompt, copy of n); a caller's rid names a single request, or prefixes several."""
+        total = sum(params.n for _ids, params in prepared)
+        reqs: list[Req] = []
         for ids, params in prepared:
             for copy in range(params.n):
-                one_rid = None if rid is None else (rid if len(prepared) * params.n == 1 else f"{rid}-{len(reqs)}")
-                reqs.append(self._make_req(ids, params, copy, logprobs, make_sink(len(reqs)), one_rid))
+                i = len(reqs)
+                one_rid = None if rid is None else (rid if total == 1 else f"{rid}-{i}")
+                reqs.append(self._make_req(ids, params, copy, logprobs, make_sink(i), one_rid))
         return reqs
 
     # ---- public API ------------------------------------------------------------------------------

@@ -108,25 +108,27 @@ class EngineCore:
         batch = self.scheduler.schedule()
         if batch is None:
             return
-        if batch.mode == ForwardMode.EXTEND:
-            for req in batch.reqs:
-                self.sampler.begin_request(req.row, req.params, req.prompt_ids, req.seed, req.stop_token_ids)
+        forwarded = False
         try:
+            if batch.mode == ForwardMode.EXTEND:
+                for req in batch.reqs:
+                    self.sampler.begin_request(req.row, req.params, req.prompt_ids, req.seed,
+                                               req.stop_token_ids)
             logits = self.runner.forward(batch)
-            rows = batch.req_rows
+            self.scheduler.after_forward(batch)
+            forwarded = True
             sample_logits = logits[batch.sample_rows]
             num_generated = torch.tensor([len(r.output_ids) for r in batch.reqs], dtype=torch.int64)
-            tokens = self.sampler.sample(sample_logits, rows, num_generated)
+            tokens = self.sampler.sample(sample_logits, batch.req_rows, num_generated)
+            self.sampler.record(batch.req_rows, tokens)
+            self.stats.record_step(batch)
+            self._process_results(batch, logits, sample_logits, tokens)
         except Exception as exc:  # a failed step must not hang callers or leak slots
             logger.error("step failed:\n%s", traceback.format_exc())
-            self.scheduler.after_forward(batch)
+            if not forwarded:
+                self.scheduler.after_forward(batch)   # the batch's slots are owned by its requests
             for req in batch.reqs:
                 self._finish(req, FinishReason("abort", message=f"engine error: {exc!r}"))
-            return
-        self.scheduler.after_forward(batch)
-        self.sampler.record(rows, tokens)
-        self.stats.record_step(batch)
-        self._process_results(batch, logits, sample_logits, tokens)
 
     # ---- results -----------------------------------------------------------------------------
     def _process_results(self, batch: ScheduledBatch, logits: torch.Tensor, sample_logits: torch.Tensor,
@@ -200,7 +202,7 @@ class EngineCore:
         if reason is not None:
             self._finish(req, reason, delta)
         else:
-            req.sink(ReqOutput(req.rid, delta, [token], False, self._meta_info(req, final=False)))
+            self._send(req, ReqOutput(req.rid, delta, [token], False, self._meta_info(req, final=False)))
 
     @staticmethod
     def _flush_text(req: Req) -> tuple[str, str | None]:
@@ -219,11 +221,20 @@ class EngineCore:
             return
         row = req.row
         self.scheduler.finish(req, reason)
-        if row >= 0:
+        if self.sampler.in_use(row):
             self.sampler.end_request(row)
         self.stats.requests_finished += 1
         new_ids = req.output_ids[-1:] if req.output_ids and reason.type != "abort" else []
-        req.sink(ReqOutput(req.rid, delta, new_ids, True, self._meta_info(req, final=True)))
+        self._send(req, ReqOutput(req.rid, delta, new_ids, True, self._meta_info(req, final=True)))
+
+    def _send(self, req: Req, out: ReqOutput) -> None:
+        """Hand an increment to the caller; a caller that is gone (closed event loop) loses its request."""
+        try:
+            req.sink(out)
+        except Exception:
+            logger.warning("could not deliver output of request %s; aborting it", req.rid, exc_info=True)
+            if not out.finished:
+                self._finish(req, FinishReason("abort", message="the caller stopped listening"))
 
     @staticmethod
     def _meta_info(req: Req, final: bool) -> dict[str, Any]:

@@ -153,6 +153,9 @@ class Sampler:
         ones = torch.ones(rows.shape, dtype=torch.int32, device=self.device)
         self._output_counts.index_put_((rows, tokens), ones, accumulate=True)
 
+    def in_use(self, row: int) -> bool:
+        return 0 <= row < self.max_requests and self._row_features[row] is not None
+
     def num_active(self) -> int:
         return sum(f is not None for f in self._row_features)
 

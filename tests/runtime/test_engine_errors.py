@@ -71,3 +71,23 @@ def test_bad_engine_config_values():
         loomlm.EngineConfig(load_format="pickle")
     with pytest.raises(ValueError, match="attention_backend"):
         loomlm.EngineConfig(attention_backend="flash")
+
+
+def test_failed_step_aborts_its_requests_and_engine_goes_on(idle_engine, monkeypatch):
+    runner = idle_engine.runner
+    real_forward = runner.forward
+    calls = {"n": 0}
+
+    def failing_forward(batch):
+        calls["n"] += 1
+        if calls["n"] == 3:   # a decode step of the running request
+            raise RuntimeError("injected fault")
+        return real_forward(batch)
+
+    monkeypatch.setattr(runner, "forward", failing_forward)
+    out = idle_engine.generate("Hello", {"max_new_tokens": 10, "ignore_eos": True})
+    assert out["meta_info"]["finish_reason"]["type"] == "abort"
+    assert "injected fault" in out["meta_info"]["finish_reason"]["message"]
+    assert out["meta_info"]["completion_tokens"] == 2
+    monkeypatch.setattr(runner, "forward", real_forward)
+    assert idle_engine.generate("Hello", OK)["meta_info"]["completion_tokens"] == 4
