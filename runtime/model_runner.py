@@ -30,7 +30,9 @@ class ModelRunner:
         mc = self.model_config
         model_max = mc.max_position_embeddings
         if config.context_length is not None and config.context_length > model_max:
-            logger.warning("context_length %d exceeds the model's %d positions", config.context_length, model_max)
+            # The RoPE tables stop at the model's positions: a longer context cannot be served.
+            raise ValueError(f"context_length {config.context_length} exceeds the model's "
+                             f"max_position_embeddings ({model_max})")
         self.context_length = config.context_length or model_max
         self.vocab_size = mc.vocab_size
         per_token = KVPool.bytes_per_token(mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype)

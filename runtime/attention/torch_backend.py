@@ -23,8 +23,8 @@ from loomlm.runtime.forward_context import ForwardContext
 @dataclass
 class TorchAttentionMetadata:
     kv_index: torch.Tensor      # [B, L] int64 slots (padding -> scratch slot)
-    mask: torch.Tensor          # [B, 1, E, L] bool, True = attend
-    q_scatter: torch.Tensor     # [T] int64, flat index b * E + e of each token in the padded block
+    mask: torch.Tensor | None        # [B, 1, E, L] bool, True = attend (extend only)
+    q_scatter: torch.Tensor | None   # [T] int64, flat index b * E + e of each token (extend only)
     max_extend: int
     decode_bias: torch.Tensor | None  # [B, 1, 1, L] float32, 0 or -inf (decode only)
 
@@ -37,14 +37,18 @@ class TorchAttentionBackend(AttentionBackend):
         device = ctx.input_ids.device
         prefix = ctx.prefix_lens.to(device)
         extend = ctx.extend_lens.to(device)
-        seq = prefix + extend
         B = ctx.batch_size
         E = int(ctx.extend_lens.max())
         L = int((ctx.prefix_lens + ctx.extend_lens).max())
         key_pos = torch.arange(L, device=device)
-        key_valid = key_pos[None, :] < seq[:, None]                              # [B, L]
+        key_valid = key_pos[None, :] < (prefix + extend)[:, None]                # [B, L]
         table = ctx.req_to_token_pool.req_to_token[ctx.req_rows.to(device), :L].to(torch.int64)
         kv_index = torch.where(key_valid, table, ctx.kv_pool.scratch_slot)
+        if E == 1 and ctx.num_tokens == B:   # decode: padding is the only thing to mask
+            bias = torch.zeros((B, 1, 1, L), dtype=torch.float32, device=device)
+            bias.masked_fill_(~key_valid[:, None, None, :], float("-inf"))
+            ctx.attn_metadata = TorchAttentionMetadata(kv_index, None, None, 1, bias)
+            return
         q_off = torch.arange(E, device=device)
         q_valid = q_off[None, :] < extend[:, None]                               # [B, E]
         q_pos = prefix[:, None] + q_off[None, :]                                 # [B, E]
@@ -54,13 +58,7 @@ class TorchAttentionBackend(AttentionBackend):
         starts = torch.cumsum(extend, 0) - extend
         tok_req = torch.repeat_interleave(torch.arange(B, device=device), extend)
         tok_off = torch.arange(ctx.num_tokens, device=device) - starts[tok_req]
-        decode_bias = None
-        if E == 1 and ctx.num_tokens == B:
-            decode_bias = torch.zeros((B, 1, 1, L), dtype=torch.float32, device=device)
-            decode_bias.masked_fill_(~key_valid[:, None, None, :], float("-inf"))
-        ctx.attn_metadata = TorchAttentionMetadata(
-            kv_index=kv_index, mask=mask[:, None], q_scatter=tok_req * E + tok_off, max_extend=E,
-            decode_bias=decode_bias)
+        ctx.attn_metadata = TorchAttentionMetadata(kv_index, mask[:, None], tok_req * E + tok_off, E, None)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int,
                 ctx: ForwardContext) -> torch.Tensor:

@@ -91,3 +91,8 @@ def test_failed_step_aborts_its_requests_and_engine_goes_on(idle_engine, monkeyp
     assert out["meta_info"]["completion_tokens"] == 2
     monkeypatch.setattr(runner, "forward", real_forward)
     assert idle_engine.generate("Hello", OK)["meta_info"]["completion_tokens"] == 4
+
+
+def test_context_length_beyond_the_model():
+    with pytest.raises(ValueError, match="context_length 100000"):
+        loomlm.Engine(context_length=100000)
