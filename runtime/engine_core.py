@@ -198,7 +198,6 @@ class EngineCore:
             delta += tail
             if matched is not None:
                 reason = FinishReason("stop", matched=matched)
-        req.output_text += delta
         if reason is not None:
             self._finish(req, reason, delta)
         else:

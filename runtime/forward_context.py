@@ -43,9 +43,5 @@ class ForwardContext:
         return int(self.extend_lens.numel())
 
     @property
-    def seq_lens(self) -> torch.Tensor:
-        return self.prefix_lens + self.extend_lens
-
-    @property
     def num_tokens(self) -> int:
         return int(self.input_ids.numel())

@@ -67,17 +67,12 @@ class Req:
     reserved_slots: int = 0                  # slots promised to this request but not yet allocated
     output_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
-    output_text: str = ""
     detokenizer: Any = None
     stop_matcher: Any = None
     input_token_logprobs: list[tuple] = field(default_factory=list)
     input_top_logprobs: list[list[tuple]] = field(default_factory=list)
     output_token_logprobs: list[tuple] = field(default_factory=list)
     output_top_logprobs: list[list[tuple]] = field(default_factory=list)
-
-    @property
-    def all_ids(self) -> list[int]:
-        return self.prompt_ids + self.output_ids
 
     @property
     def seq_len(self) -> int:
