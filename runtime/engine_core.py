@@ -18,23 +18,29 @@ from typing import Any, Callable
 
 import torch
 
+from loomlm.runtime.batch import ScheduledBatch
+from loomlm.runtime.config import EngineConfig
 from loomlm.runtime.forward_context import ForwardMode
 from loomlm.runtime.model_runner import ModelRunner
 from loomlm.runtime.request import FinishReason, Req, ReqOutput, ReqStatus
 from loomlm.runtime.sampler import Sampler, compute_logprobs
-from loomlm.runtime.scheduler import ScheduledBatch, Scheduler
+from loomlm.runtime.scheduler import Scheduler
 from loomlm.runtime.stats import EngineStats
 
 logger = logging.getLogger(__name__)
 
 
 class EngineCore:
-    def __init__(self, runner: ModelRunner, tokenizer: Any, max_prefill_tokens: int):
+    def __init__(self, runner: ModelRunner, tokenizer: Any, config: EngineConfig):
         self.runner = runner
         self.tokenizer = tokenizer
-        self.scheduler = Scheduler(runner.kv_pool, runner.req_pool, max_prefill_tokens)
         self.sampler = Sampler(runner.vocab_size, runner.req_pool.max_requests, runner.device)
         self.stats = EngineStats()
+        self.scheduler = Scheduler(
+            runner.kv_pool, runner.req_pool, prefill_budget=config.prefill_token_budget(),
+            chunked_prefill=config.chunked_prefill_size != -1, policy=config.schedule_policy,
+            enable_cache=not config.disable_radix_cache, stats=self.stats,
+            on_row_released=self._release_sampler_row)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="loomlm-scheduler", daemon=True)
@@ -89,6 +95,7 @@ class EngineCore:
     def _handle(self, item: tuple) -> None:
         kind = item[0]
         if kind == "add":
+            self._init_input_logprobs(item[1])
             self.scheduler.add(item[1])
             self.stats.requests_received += 1
         elif kind == "abort":
@@ -105,24 +112,35 @@ class EngineCore:
             self._stopped.set()
 
     def step(self) -> None:
-        batch = self.scheduler.schedule()
+        try:
+            batch = self.scheduler.schedule()
+        except Exception as exc:   # a scheduler bug: fail what is in flight, keep serving
+            logger.error("scheduling failed:\n%s", traceback.format_exc())
+            for req in self.scheduler.holders():
+                self._finish(req, FinishReason("abort", message=f"engine error: {exc!r}"))
+            return
         if batch is None:
             return
         forwarded = False
         try:
             if batch.mode == ForwardMode.EXTEND:
                 for req in batch.reqs:
-                    self.sampler.begin_request(req.row, req.params, req.prompt_ids, req.seed,
-                                               req.stop_token_ids)
+                    if not self.sampler.in_use(req.row):   # first chunk, or resumed after a retraction
+                        self.sampler.begin_request(req.row, req.params, req.prompt_ids, req.seed,
+                                                   req.stop_token_ids, req.output_ids)
             logits = self.runner.forward(batch)
             self.scheduler.after_forward(batch)
             forwarded = True
+            if batch.mode == ForwardMode.EXTEND:
+                self.scheduler.cache_prefill(batch)
+            sampling = batch.sampling_reqs
             sample_logits = logits[batch.sample_rows]
-            num_generated = torch.tensor([len(r.output_ids) for r in batch.reqs], dtype=torch.int64)
-            tokens = self.sampler.sample(sample_logits, batch.req_rows, num_generated)
-            self.sampler.record(batch.req_rows, tokens)
+            rows = batch.req_rows[batch.sample_index]
+            num_generated = torch.tensor([len(r.output_ids) for r in sampling], dtype=torch.int64)
+            tokens = self.sampler.sample(sample_logits, rows, num_generated)
+            self.sampler.record(rows, tokens)
             self.stats.record_step(batch)
-            self._process_results(batch, logits, sample_logits, tokens)
+            self._process_results(batch, sampling, logits, sample_logits, tokens)
         except Exception as exc:  # a failed step must not hang callers or leak slots
             logger.error("step failed:\n%s", traceback.format_exc())
             if not forwarded:
@@ -130,14 +148,18 @@ class EngineCore:
             for req in batch.reqs:
                 self._finish(req, FinishReason("abort", message=f"engine error: {exc!r}"))
 
+    def _release_sampler_row(self, row: int) -> None:
+        if self.sampler.in_use(row):
+            self.sampler.end_request(row)
+
     # ---- results -----------------------------------------------------------------------------
-    def _process_results(self, batch: ScheduledBatch, logits: torch.Tensor, sample_logits: torch.Tensor,
-                         tokens: torch.Tensor) -> None:
+    def _process_results(self, batch: ScheduledBatch, sampling: list[Req], logits: torch.Tensor,
+                         sample_logits: torch.Tensor, tokens: torch.Tensor) -> None:
         token_list = tokens.tolist()
-        lp_rows = self._output_logprobs(batch, sample_logits, tokens)
+        lp_rows = self._output_logprobs(sampling, sample_logits, tokens)
         if batch.mode == ForwardMode.EXTEND:
             self._input_logprobs(batch, logits)
-        for i, req in enumerate(batch.reqs):
+        for i, req in enumerate(sampling):
             if req.status != ReqStatus.RUNNING:
                 continue
             if len(req.output_ids) >= req.max_new_tokens:   # max_new_tokens == 0: prompt only
@@ -153,30 +175,40 @@ class EngineCore:
                     req.output_top_logprobs.append(list(zip(top_vals[i][:k], top_ids[i][:k], [None] * k)))
             self._advance(req, token)
 
-    def _output_logprobs(self, batch: ScheduledBatch, sample_logits: torch.Tensor, tokens: torch.Tensor):
-        wanted = [r.logprobs.top_logprobs_num for r in batch.reqs if r.logprobs.return_logprob]
+    def _output_logprobs(self, sampling: list[Req], sample_logits: torch.Tensor, tokens: torch.Tensor):
+        wanted = [r.logprobs.top_logprobs_num for r in sampling if r.logprobs.return_logprob]
         if not wanted:
             return None
         lp, top_vals, top_ids = compute_logprobs(sample_logits, tokens, max(wanted))
         return lp.tolist(), top_vals.tolist(), top_ids.tolist()
 
+    @staticmethod
+    def _init_input_logprobs(req: Req) -> None:
+        """Decide which prompt positions owe a logprob (row p of the logits scores token p + 1)."""
+        opts = req.logprobs
+        if not opts.return_logprob or opts.logprob_start_len < 0:
+            req.scored_upto = len(req.prompt_ids)
+            return
+        req.scored_upto = max(opts.logprob_start_len, 1)
+        if opts.logprob_start_len == 0:   # the first token has no logprob; SGLang reports None
+            req.input_token_logprobs.append((None, req.prompt_ids[0], None))
+            if opts.top_logprobs_num:
+                req.input_top_logprobs.append([])
+
     def _input_logprobs(self, batch: ScheduledBatch, logits: torch.Tensor) -> None:
-        for req, (first, count) in zip(batch.reqs, batch.input_logprob_spans):
-            if not req.logprobs.return_logprob or req.logprobs.logprob_start_len < 0:
+        for req, span in zip(batch.reqs, batch.logprob_spans):
+            if not span.count:
                 continue
-            n = len(req.prompt_ids)
-            start = n - count
+            end = span.first_target + span.count
+            targets = req.prompt_ids[span.first_target:end]
             k = req.logprobs.top_logprobs_num
-            entries: list[tuple] = [(None, req.prompt_ids[0], None)] if req.logprobs.logprob_start_len == 0 else []
-            tops: list[list[tuple]] = [[]] if req.logprobs.logprob_start_len == 0 and k else []
-            if count:
-                targets = torch.tensor(req.prompt_ids[start:], dtype=torch.int64, device=logits.device)
-                lp, tv, ti = compute_logprobs(logits[first:first + count], targets, k)
-                entries += [(v, t, None) for v, t in zip(lp.tolist(), req.prompt_ids[start:])]
-                if k:
-                    tops += [list(zip(vals, ids, [None] * k)) for vals, ids in zip(tv.tolist(), ti.tolist())]
-            req.input_token_logprobs = entries
-            req.input_top_logprobs = tops
+            lp, tv, ti = compute_logprobs(logits[span.first_row:span.first_row + span.count],
+                                          torch.tensor(targets, dtype=torch.int64, device=logits.device), k)
+            req.input_token_logprobs += [(v, t, None) for v, t in zip(lp.tolist(), targets)]
+            if k:
+                req.input_top_logprobs += [list(zip(vals, ids, [None] * k))
+                                           for vals, ids in zip(tv.tolist(), ti.tolist())]
+            req.scored_upto = end
 
     def _advance(self, req: Req, token: int) -> None:
         """Detokenize the new token, check every stop condition, send the increment."""
@@ -218,10 +250,7 @@ class EngineCore:
     def _finish(self, req: Req, reason: FinishReason, delta: str = "") -> None:
         if req.status == ReqStatus.FINISHED:
             return
-        row = req.row
-        self.scheduler.finish(req, reason)
-        if self.sampler.in_use(row):
-            self.sampler.end_request(row)
+        self.scheduler.finish(req, reason)   # releases the sampler row through _release_sampler_row
         self.stats.requests_finished += 1
         new_ids = req.output_ids[-1:] if req.output_ids and reason.type != "abort" else []
         self._send(req, ReqOutput(req.rid, delta, new_ids, True, self._meta_info(req, final=True)))
@@ -241,7 +270,7 @@ class EngineCore:
             "id": req.rid,
             "prompt_tokens": len(req.prompt_ids),
             "completion_tokens": len(req.output_ids),
-            "cached_tokens": 0,
+            "cached_tokens": req.cached_tokens,
             "finish_reason": req.finish_reason.to_dict() if final and req.finish_reason else None,
         }
         if req.logprobs.return_logprob:

@@ -11,7 +11,7 @@ from loomlm.runtime.config import EngineConfig
 from loomlm.runtime.forward_context import ForwardContext
 from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
 from loomlm.runtime.models.loader import load_model, resolve_model_path
-from loomlm.runtime.scheduler import ScheduledBatch
+from loomlm.runtime.batch import ScheduledBatch
 
 logger = logging.getLogger(__name__)
 

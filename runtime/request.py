@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 from loomlm.runtime.sampling_params import SamplingParams
 
@@ -61,10 +61,17 @@ class Req:
     sink: Callable[[ReqOutput], None]        # called on the scheduler thread
     max_new_tokens: int                      # params.max_new_tokens clamped to the context length
     stop_token_ids: frozenset[int] = frozenset()
+    namespace: Hashable | None = None        # prefix-cache key: requests with different ones share nothing
+    arrival: int = 0                         # admission order key (fcfs; retracted requests keep theirs)
     status: ReqStatus = ReqStatus.WAITING
     row: int = -1                            # req_to_token row, also the sampler row
-    kv_len: int = 0                          # tokens whose K/V are in the pool
-    reserved_slots: int = 0                  # slots promised to this request but not yet allocated
+    kv_len: int = 0                          # leading fill tokens whose K/V are in the pool
+    cache_len: int = 0                       # leading tokens whose slots the radix tree owns (locked via last_node)
+    last_node: Any = None                    # radix node this request holds a lock on, or None
+    cached_tokens: int = 0                   # prompt tokens served from the cache, over all admissions
+    scored_upto: int = 0                     # next prompt position whose input logprob is still to be computed
+    skipped: int = 0                         # times a later request was admitted first (lpm starvation bound)
+    retractions: int = 0
     output_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     detokenizer: Any = None
@@ -77,3 +84,12 @@ class Req:
     @property
     def seq_len(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def fill_ids(self) -> list[int]:
+        """Tokens whose K/V the request needs before its next sample: prompt, then every output token."""
+        return self.prompt_ids + self.output_ids if self.output_ids else self.prompt_ids
+
+    @property
+    def remaining_new_tokens(self) -> int:
+        return max(self.max_new_tokens - len(self.output_ids), 0)

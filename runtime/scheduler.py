@@ -1,184 +1,281 @@
-"""Scheduler: admission, KV slot accounting and batch building (FCFS, prefill first).
+"""Scheduler: admission with prefix reuse, chunked prefill, decode batches, and memory pressure.
 
-Each step is either an EXTEND batch of newly admitted requests (prefill) or a DECODE batch of every
-running request. A request is admitted only when the pool can hold its worst case
-(prompt + max_new_tokens - 1 slots); the part not yet allocated is kept as a reservation, so a running
-request can never run out of slots. (Cache-aware policies, chunked prefill and retraction under memory
-pressure build on this in the RadixAttention issue.)
+Each step is an EXTEND batch (the continuing chunk of a long prompt, then newly admitted requests in
+policy order, within a per-step token budget) or a DECODE batch of every request past its prefill.
+While a long prompt is being chunked, extend and decode steps alternate so running requests keep going.
+
+Admission matches the request's fill tokens against the radix tree, locks the match and allocates slots
+only for the new tokens. It is optimistic about output lengths: a request is admitted when the free and
+evictable slots cover its new tokens plus `new_token_ratio` of everyone's remaining `max_new_tokens`.
+When a decode step then finds too few slots, the cache is evicted first, and if that is not enough
+running requests are retracted (least progress first): their computed tokens go into the tree, they
+return to the queue with their output so far, and are recomputed from the cached prefix later.
 """
 
 from __future__ import annotations
 
-import collections
-from dataclasses import dataclass
+import itertools
+import math
+from typing import Callable
 
 import torch
 
-from loomlm.runtime.forward_context import ForwardMode
+from loomlm.runtime.batch import ExtendItem, ScheduledBatch, build_decode, build_extend
 from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
+from loomlm.runtime.policy import IN_BATCH_SHARE_MIN, SchedulePolicy, common_prefix_len
+from loomlm.runtime.prefix_cache import PrefixCache
 from loomlm.runtime.request import FinishReason, Req, ReqStatus
+from loomlm.runtime.stats import EngineStats
 
-
-@dataclass
-class ScheduledBatch:
-    mode: ForwardMode
-    reqs: list[Req]
-    input_ids: torch.Tensor        # [T] int64
-    positions: torch.Tensor        # [T] int64
-    out_slots: torch.Tensor        # [T] int64
-    req_rows: torch.Tensor         # [B] int64
-    prefix_lens: torch.Tensor      # [B] int64
-    extend_lens: torch.Tensor      # [B] int64
-    logits_indices: torch.Tensor   # [N] int64, rows of the flattened tokens that need logits
-    sample_rows: torch.Tensor      # [B] int64, row of logits (0..N-1) each request samples from
-    # Per request: (first logits row, count) of prompt-logprob rows; count 0 when none were asked.
-    input_logprob_spans: list[tuple[int, int]]
+INIT_NEW_TOKEN_RATIO = 0.7
+MIN_NEW_TOKEN_RATIO = 0.15
+NEW_TOKEN_RATIO_DECAY = (INIT_NEW_TOKEN_RATIO - MIN_NEW_TOKEN_RATIO) / 600   # per decode step
+RETRACT_RATIO_STEP = 0.2
+CLIP_MAX_NEW_TOKENS = 4096   # a huge max_new_tokens should not block admission forever
 
 
 class Scheduler:
-    def __init__(self, kv_pool: KVPool, req_pool: ReqToTokenPool, max_prefill_tokens: int):
+    def __init__(self, kv_pool: KVPool, req_pool: ReqToTokenPool, *, prefill_budget: int,
+                 chunked_prefill: bool, policy: str, enable_cache: bool, stats: EngineStats,
+                 on_row_released: Callable[[int], None] = lambda row: None):
         self.kv_pool = kv_pool
         self.req_pool = req_pool
-        self.max_prefill_tokens = max_prefill_tokens
-        self.waiting: collections.deque[Req] = collections.deque()
-        self.running: list[Req] = []
-        self.reserved_total = 0
+        self.prefill_budget = prefill_budget
+        self.chunked_prefill = chunked_prefill
+        self.cache = PrefixCache(kv_pool, req_pool, enable_cache)
+        self.policy = SchedulePolicy(policy, enable_cache)
+        self.stats = stats
+        self.on_row_released = on_row_released
+        self.waiting: list[Req] = []
+        self.running: list[Req] = []          # past their prefill: decode every step
+        self.chunked: Req | None = None       # prompt being prefilled chunk by chunk
+        self.new_token_ratio = INIT_NEW_TOKEN_RATIO
+        self._decode_turn = False
+        self._arrivals = itertools.count()
 
     # ---- queue management -------------------------------------------------------------------
     def add(self, req: Req) -> None:
+        req.arrival = next(self._arrivals)
         req.status = ReqStatus.WAITING
         self.waiting.append(req)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.chunked)
 
-    def worst_case_slots(self, req: Req) -> int:
-        return len(req.prompt_ids) + max(req.max_new_tokens - 1, 0)
+    def holders(self) -> list[Req]:
+        """Requests that own a row and KV slots."""
+        return self.running + ([self.chunked] if self.chunked is not None else [])
 
     # ---- batch building ----------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch | None:
-        admitted = self._admit()
-        if admitted:
-            return self._build_extend(admitted)
+        if self._decode_turn and self.running:
+            self._decode_turn = False
+            return self._schedule_decode()
+        batch = self._schedule_extend() if (self.waiting or self.chunked) else None
+        if batch is not None:
+            return batch
         if self.running:
-            return self._build_decode(self.running)
+            return self._schedule_decode()
         return None
 
-    def _admit(self) -> list[Req]:
+    def _estimate(self, req: Req) -> int:
+        return math.ceil(min(req.remaining_new_tokens, CLIP_MAX_NEW_TOKENS) * self.new_token_ratio)
+
+    def _reserved(self) -> int:
+        """Slots the current holders are expected to need from now on."""
+        total = sum(self._estimate(r) for r in self.running)
+        if self.chunked is not None:
+            c = self.chunked
+            total += len(c.prompt_ids) + len(c.output_ids) - c.kv_len + self._estimate(c)
+        return total
+
+    def _schedule_extend(self) -> ScheduledBatch | None:
+        budget = self.prefill_budget
+        items: list[ExtendItem] = []
+        if self.chunked is not None:
+            item = self._continue_chunk(budget)
+            if item is not None:
+                items.append(item)
+                budget -= item.end - item.start
         admitted: list[Req] = []
-        budget = self.max_prefill_tokens
-        while self.waiting:
-            req = self.waiting[0]
-            need = self.worst_case_slots(req)
-            if admitted and len(req.prompt_ids) > budget:
-                break
-            if self.req_pool.available() == 0 or self.kv_pool.available() - self.reserved_total < need:
-                break
-            self.waiting.popleft()
-            req.row = self.req_pool.alloc()
-            slots = self.kv_pool.alloc(len(req.prompt_ids))
-            self.req_pool.req_to_token[req.row, :len(req.prompt_ids)] = slots.to(torch.int32)
-            req.reserved_slots = need - len(req.prompt_ids)
-            self.reserved_total += req.reserved_slots
-            req.status = ReqStatus.RUNNING
-            budget -= len(req.prompt_ids)
-            admitted.append(req)
+        if self.waiting and budget > 0:
+            admitted = self._admit(items, budget)
+            if admitted:
+                taken = set(map(id, admitted))
+                self.waiting = [r for r in self.waiting if id(r) not in taken]
+                self.policy.note_passed_over(self.waiting, admitted)
+        if not items:
+            return None
+        self._decode_turn = self.chunked is not None
+        return build_extend(items, self.req_pool.req_to_token)
+
+    def _continue_chunk(self, budget: int) -> ExtendItem | None:
+        req = self.chunked
+        fill_len = len(req.prompt_ids) + len(req.output_ids)
+        take = min(fill_len - req.kv_len, budget)
+        self.cache.make_room(take)
+        take = min(take, self.kv_pool.available())
+        if take <= 0:
+            return None     # decode steps will retract someone to make room
+        self._alloc(req, req.kv_len, take)
+        if req.kv_len + take == fill_len:
+            self.chunked = None
             self.running.append(req)
+        return ExtendItem(req, req.kv_len, req.kv_len + take)
+
+    def _admit(self, items: list[ExtendItem], budget: int) -> list[Req]:
+        admitted: list[Req] = []
+        reserved = self._reserved()
+        batch_fills = [item.req.fill_ids for item in items]
+        for req, _hint in self.policy.order(self.waiting, self.cache.match):
+            if budget <= 0 or self.req_pool.available() == 0:
+                break
+            match = self.cache.match(req)   # fresh: earlier matches may have split or evicted nodes
+            fill = req.fill_ids
+            extend = len(fill) - match.length
+            if self.policy.defers_in_batch_sharing() and any(
+                    common_prefix_len(fill, other) - match.length >= IN_BATCH_SHARE_MIN for other in batch_fills):
+                continue   # next step it hits what the other request is computing now
+            take = extend
+            if take > budget:
+                if self.chunked_prefill and self.chunked is None:
+                    take = budget
+                elif items:
+                    break
+            alone = not items and not self.running and self.chunked is None
+            req.row = self.req_pool.alloc()
+            self.cache.lock(req, match)
+            future = extend - take + self._estimate(req)
+            headroom = self.cache.headroom()
+            if headroom < take or (not alone and headroom - reserved < take + future):
+                self.cache.unlock(req)
+                req.kv_len = 0
+                self._free_row(req)
+                break
+            self.cache.make_room(take)
+            self._alloc(req, match.length, take)
+            req.cached_tokens += match.length
+            self.stats.cached_prefill_tokens += match.length
+            req.status = ReqStatus.RUNNING
+            if take < extend:
+                self.chunked = req
+            else:
+                self.running.append(req)
+            items.append(ExtendItem(req, match.length, match.length + take))
+            batch_fills.append(fill)
+            admitted.append(req)
+            reserved += future
+            budget -= take
         return admitted
 
-    def _build_extend(self, reqs: list[Req]) -> ScheduledBatch:
-        table = self.req_pool.req_to_token
-        ids, positions, slots, logits_idx, sample_rows, spans = [], [], [], [], [], []
-        offset = 0
-        for req in reqs:
-            n = len(req.prompt_ids)
-            ids.append(torch.tensor(req.prompt_ids, dtype=torch.int64))
-            positions.append(torch.arange(n, dtype=torch.int64))
-            slots.append(table[req.row, :n].to(torch.int64))
-            start = self._input_logprob_start(req)
-            if start is None:
-                spans.append((len(logits_idx), 0))
-                logits_idx.append(offset + n - 1)
-            else:
-                # Rows start-1 .. n-2 score prompt tokens start .. n-1; row n-1 samples the next token.
-                spans.append((len(logits_idx), n - start))
-                logits_idx.extend(range(offset + start - 1, offset + n))
-            sample_rows.append(len(logits_idx) - 1)
-            offset += n
-        return ScheduledBatch(
-            mode=ForwardMode.EXTEND, reqs=reqs, input_ids=torch.cat(ids), positions=torch.cat(positions),
-            out_slots=torch.cat(slots), req_rows=torch.tensor([r.row for r in reqs], dtype=torch.int64),
-            prefix_lens=torch.zeros(len(reqs), dtype=torch.int64),
-            extend_lens=torch.tensor([len(r.prompt_ids) for r in reqs], dtype=torch.int64),
-            logits_indices=torch.tensor(logits_idx, dtype=torch.int64),
-            sample_rows=torch.tensor(sample_rows, dtype=torch.int64), input_logprob_spans=spans)
+    def _alloc(self, req: Req, start: int, n: int) -> None:
+        slots = self.kv_pool.alloc(n)
+        self.req_pool.req_to_token[req.row, start:start + n] = slots.to(torch.int32)
 
-    @staticmethod
-    def _input_logprob_start(req: Req) -> int | None:
-        """First prompt position whose logprob is scored (>= 1; position 0 has none), or None."""
-        opts = req.logprobs
-        if not opts.return_logprob or opts.logprob_start_len < 0:
-            return None
-        start = max(opts.logprob_start_len, 1)
-        return start if start < len(req.prompt_ids) else None
-
-    def _build_decode(self, reqs: list[Req]) -> ScheduledBatch:
-        B = len(reqs)
+    def _schedule_decode(self) -> ScheduledBatch:
+        if not self.cache.make_room(len(self.running)):
+            self._retract_until_room()
+        reqs = self.running
         rows = torch.tensor([r.row for r in reqs], dtype=torch.int64)
         kv_lens = torch.tensor([r.kv_len for r in reqs], dtype=torch.int64)
-        slots = self.kv_pool.alloc(B)
+        slots = self.kv_pool.alloc(len(reqs))
         self.req_pool.req_to_token[rows, kv_lens] = slots.to(torch.int32)
-        for req in reqs:
-            req.reserved_slots -= 1
-        self.reserved_total -= B
-        arange = torch.arange(B, dtype=torch.int64)
-        return ScheduledBatch(
-            mode=ForwardMode.DECODE, reqs=list(reqs),
-            input_ids=torch.tensor([r.output_ids[-1] for r in reqs], dtype=torch.int64),
-            positions=kv_lens, out_slots=slots, req_rows=rows, prefix_lens=kv_lens,
-            extend_lens=torch.ones(B, dtype=torch.int64), logits_indices=arange, sample_rows=arange,
-            input_logprob_spans=[(0, 0)] * B)
+        self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
+        return build_decode(reqs, rows, kv_lens, slots)
 
+    # ---- memory pressure ---------------------------------------------------------------------
+    def _retract_until_room(self) -> None:
+        """Retract holders, least progress first, until every remaining running request gets a slot."""
+        while not self.cache.make_room(len(self.running)):
+            candidates = self.holders()
+            if len(candidates) <= 1:
+                return   # one request always fits a pool that passed admission's size check
+            victim = min(candidates, key=lambda r: (len(r.output_ids), -len(r.prompt_ids), -r.arrival))
+            self.retract(victim)
+
+    def retract(self, req: Req) -> None:
+        """Send a holder back to the queue; its computed tokens stay in the tree for the recompute."""
+        if req is self.chunked:
+            self.chunked = None
+        else:
+            self.running.remove(req)
+        self.cache.release(req, keep=True)
+        self._free_row(req)
+        req.status = ReqStatus.WAITING
+        req.retractions += 1
+        self.stats.retracted_requests += 1
+        self.waiting.append(req)
+        self.new_token_ratio = min(1.0, self.new_token_ratio + RETRACT_RATIO_STEP)
+
+    # ---- after a forward -------------------------------------------------------------------------
     def after_forward(self, batch: ScheduledBatch) -> None:
-        """The batch's new tokens now have K/V in the pool."""
+        """The batch's new tokens now have K/V in the pool (also after a failed forward: the slots are
+        the requests' either way, and aborting them frees the slots)."""
         for req, n in zip(batch.reqs, batch.extend_lens.tolist()):
             req.kv_len += n
 
+    def cache_prefill(self, batch: ScheduledBatch) -> None:
+        """After a successful extend: its requests' computed tokens become hits for later requests."""
+        for req in batch.reqs:
+            if req.status == ReqStatus.RUNNING:
+                self.cache.cache_unfinished(req)
+
     # ---- finishing ---------------------------------------------------------------------------
     def finish(self, req: Req, reason: FinishReason) -> None:
-        """Release everything the request holds; safe for waiting and running requests."""
+        """Release everything the request holds; safe in every state. Only requests that end normally
+        leave their tokens in the cache (an abort may come from a failed step with garbage K/V)."""
         req.finish_reason = reason
         if req.status == ReqStatus.WAITING:
             self.waiting.remove(req)
         elif req.status == ReqStatus.RUNNING:
-            self.running.remove(req)
-            self._release(req)
+            if req is self.chunked:
+                self.chunked = None
+            else:
+                self.running.remove(req)
+            self.cache.release(req, keep=reason.type != "abort")
+            self._free_row(req)
         req.status = ReqStatus.FINISHED
 
-    def _release(self, req: Req) -> None:
+    def _free_row(self, req: Req) -> None:
         if req.row >= 0:
-            slots = self.req_pool.req_to_token[req.row, :req.kv_len].to(torch.int64)
-            self.kv_pool.free(slots)
-        self.reserved_total -= req.reserved_slots
-        req.reserved_slots = 0
-        req.kv_len = 0
-        if req.row >= 0:
-            self.req_pool.free(req.row)
-            req.row = -1
+            row, req.row = req.row, -1
+            self.req_pool.free(row)
+            self.on_row_released(row)
 
     def find(self, rid: str) -> Req | None:
-        for req in list(self.waiting) + self.running:
+        for req in self.waiting + self.holders():
             if req.rid == rid:
                 return req
         return None
 
+    def flush_cache(self) -> bool:
+        """Drop every cached prefix; only when idle (a running request holds tree nodes)."""
+        if self.has_work():
+            return False
+        self.cache.flush()
+        return True
+
+    def memory_snapshot(self) -> dict[str, int]:
+        tree = self.cache.tree
+        return {
+            "kv_pool_size": self.kv_pool.num_slots,
+            "kv_pool_used": self.kv_pool.used(),
+            "cache_size": tree.total_size() if tree is not None else 0,
+            "cache_evictable": tree.evictable_size() if tree is not None else 0,
+            "cache_protected": tree.protected_size() if tree is not None else 0,
+            "evicted_tokens": tree.evicted_tokens if tree is not None else 0,
+            "waiting_requests": len(self.waiting),
+            "running_requests": len(self.holders()),
+        }
+
     def check_integrity(self) -> None:
-        self.kv_pool.check_integrity()
+        holders = self.holders()
         self.req_pool.check_integrity()
-        used = sum(r.kv_len for r in self.running)
-        if self.kv_pool.used() != used:
-            raise AssertionError(f"KV pool has {self.kv_pool.used()} slots in use, requests own {used}")
-        if self.reserved_total != sum(r.reserved_slots for r in self.running):
-            raise AssertionError("reserved slot count disagrees with the running requests")
-        if self.req_pool.available() != self.req_pool.max_requests - len(self.running):
+        self.cache.check_integrity(holders)
+        rows = [r.row for r in holders]
+        if len(set(rows)) != len(rows) or min(rows, default=0) < 0:
+            raise AssertionError(f"holder rows are not distinct and valid: {rows}")
+        if self.req_pool.available() != self.req_pool.max_requests - len(holders):
             raise AssertionError("request rows in use disagree with the running requests")
+        if any(r.row >= 0 or r.kv_len for r in self.waiting):
+            raise AssertionError("a waiting request still holds a row or KV")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from loomlm.runtime.forward_context import ForwardMode
 
 if TYPE_CHECKING:
-    from loomlm.runtime.scheduler import ScheduledBatch
+    from loomlm.runtime.batch import ScheduledBatch
 
 
 @dataclass
@@ -22,6 +22,7 @@ class EngineStats:
     computed_prefill_tokens: int = 0   # prompt tokens run through the model
     cached_prefill_tokens: int = 0     # prompt tokens served from the prefix cache
     decode_tokens: int = 0             # tokens fed by decode steps
+    retracted_requests: int = 0        # running requests sent back to the queue for lack of memory
     max_running_batch: int = 0
 
     def record_step(self, batch: "ScheduledBatch") -> None:
@@ -35,5 +36,13 @@ class EngineStats:
             self.decode_tokens += n
         self.max_running_batch = max(self.max_running_batch, len(batch.reqs))
 
-    def snapshot(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
+    @property
+    def cache_hit_rate(self) -> float:
+        """Cached / (cached + computed) prefill tokens (SGLang's definition); 0 before any prefill."""
+        total = self.cached_prefill_tokens + self.computed_prefill_tokens
+        return self.cached_prefill_tokens / total if total else 0.0
+
+    def snapshot(self) -> dict[str, float]:
+        out = dataclasses.asdict(self)
+        out["cache_hit_rate"] = self.cache_hit_rate
+        return out

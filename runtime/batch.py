@@ -1,0 +1,97 @@
+"""ScheduledBatch: what one forward pass computes, and the builders of extend and decode batches.
+
+An extend batch holds, per request, a contiguous run `[start, end)` of its fill tokens (a whole prompt,
+the part of it past a cached prefix, or one chunk). Logits are kept only for the rows that are needed:
+prompt positions whose logprobs were asked for, and the last fill token of each request that samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from loomlm.runtime.forward_context import ForwardMode
+from loomlm.runtime.request import Req
+
+
+@dataclass
+class ExtendItem:
+    req: Req
+    start: int          # first fill position computed (== tokens already in the pool)
+    end: int            # one past the last; the request samples iff end == len(fill_ids)
+
+
+@dataclass
+class LogprobSpan:
+    first_row: int      # first row of the logits tensor holding prompt-logprob rows of this request
+    count: int          # number of rows (0: none this step)
+    first_target: int   # prompt position scored by the first row
+
+
+@dataclass
+class ScheduledBatch:
+    mode: ForwardMode
+    reqs: list[Req]
+    input_ids: torch.Tensor        # [T] int64
+    positions: torch.Tensor        # [T] int64
+    out_slots: torch.Tensor        # [T] int64
+    req_rows: torch.Tensor         # [B] int64
+    prefix_lens: torch.Tensor      # [B] int64
+    extend_lens: torch.Tensor      # [B] int64
+    logits_indices: torch.Tensor   # [N] int64, rows of the flattened tokens that need logits
+    sample_index: torch.Tensor     # [S] int64, batch index of each request that samples this step
+    sample_rows: torch.Tensor      # [S] int64, its row of the logits (0..N-1)
+    logprob_spans: list[LogprobSpan] | None   # per request (extend only)
+
+    @property
+    def sampling_reqs(self) -> list[Req]:
+        if self.mode == ForwardMode.DECODE:
+            return self.reqs
+        return [self.reqs[i] for i in self.sample_index.tolist()]
+
+
+def build_extend(items: list[ExtendItem], req_to_token: torch.Tensor) -> ScheduledBatch:
+    ids, positions, slots, logits_idx, sample_index, sample_rows, spans = [], [], [], [], [], [], []
+    offset = 0
+    for b, item in enumerate(items):
+        req, a, e = item.req, item.start, item.end
+        fill = req.fill_ids
+        n_prompt = len(req.prompt_ids)
+        ids.append(torch.tensor(fill[a:e], dtype=torch.int64))
+        positions.append(torch.arange(a, e, dtype=torch.int64))
+        slots.append(req_to_token[req.row, a:e].to(torch.int64))
+        # Row p scores prompt token p + 1: targets still owed that this run's rows can score.
+        first_target = max(req.scored_upto, a + 1)
+        last_target = min(e, n_prompt - 1)
+        count = max(last_target - first_target + 1, 0)
+        spans.append(LogprobSpan(len(logits_idx), count, first_target))
+        if count:
+            row0 = offset + (first_target - 1 - a)
+            logits_idx.extend(range(row0, row0 + count))
+        if e == len(fill):
+            sample_index.append(b)
+            sample_rows.append(len(logits_idx))
+            logits_idx.append(offset + e - a - 1)
+        offset += e - a
+    reqs = [item.req for item in items]
+    return ScheduledBatch(
+        mode=ForwardMode.EXTEND, reqs=reqs, input_ids=torch.cat(ids), positions=torch.cat(positions),
+        out_slots=torch.cat(slots), req_rows=torch.tensor([r.row for r in reqs], dtype=torch.int64),
+        prefix_lens=torch.tensor([item.start for item in items], dtype=torch.int64),
+        extend_lens=torch.tensor([item.end - item.start for item in items], dtype=torch.int64),
+        logits_indices=torch.tensor(logits_idx, dtype=torch.int64),
+        sample_index=torch.tensor(sample_index, dtype=torch.int64),
+        sample_rows=torch.tensor(sample_rows, dtype=torch.int64), logprob_spans=spans)
+
+
+def build_decode(reqs: list[Req], rows: torch.Tensor, kv_lens: torch.Tensor, slots: torch.Tensor) -> ScheduledBatch:
+    """rows, kv_lens, slots: [B] int64; each request feeds its last output token at position kv_len."""
+    B = len(reqs)
+    arange = torch.arange(B, dtype=torch.int64)
+    return ScheduledBatch(
+        mode=ForwardMode.DECODE, reqs=list(reqs),
+        input_ids=torch.tensor([r.output_ids[-1] for r in reqs], dtype=torch.int64),
+        positions=kv_lens, out_slots=slots, req_rows=rows, prefix_lens=kv_lens,
+        extend_lens=torch.ones(B, dtype=torch.int64), logits_indices=arange, sample_index=arange,
+        sample_rows=arange, logprob_spans=None)

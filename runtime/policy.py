@@ -1,0 +1,100 @@
+"""Schedule policies: the order in which waiting requests are considered for admission.
+
+- `fcfs`: arrival order (a retracted request keeps its arrival, so it goes back to the front).
+- `lpm`: longest cached prefix first, so requests that reuse the cache run while it still holds their
+  prefix. A request passed over `MAX_SKIPS` times goes first regardless, which bounds starvation.
+- `dfs-weight`: depth-first over the radix tree, heavier subtrees (more waiting requests) first, so the
+  requests sharing a prefix run together and the prefix is computed once and reused at once.
+
+The cache-aware policies match every waiting request against the tree; above `CACHE_AWARE_MAX_QUEUE`
+waiting requests that costs more than it saves, and they fall back to fcfs (as SGLang does).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from loomlm.runtime.prefix_cache import PrefixMatch
+from loomlm.runtime.request import Req
+
+MAX_SKIPS = 32
+CACHE_AWARE_MAX_QUEUE = 128
+# A request that shares at least this many uncached tokens with one admitted in the same step waits
+# one step, so that it hits the tokens the other one is computing instead of computing them again.
+IN_BATCH_SHARE_MIN = 32
+
+
+def common_prefix_len(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix; slice comparisons run in C, the search is binary."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n   # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class SchedulePolicy:
+    def __init__(self, name: str, cache_enabled: bool):
+        self.name = name
+        self.cache_aware = cache_enabled and name in ("lpm", "dfs-weight")
+
+    def order(self, waiting: list[Req], match: Callable[[Req], PrefixMatch]) -> list[tuple[Req, PrefixMatch | None]]:
+        """Waiting requests in the order to try them, each with its prefix match when one was computed."""
+        if not self.cache_aware or len(waiting) > CACHE_AWARE_MAX_QUEUE:
+            return [(r, None) for r in sorted(waiting, key=lambda r: r.arrival)]
+        matched = [(r, match(r)) for r in waiting]
+        starving = [(r, m) for r, m in matched if r.skipped >= MAX_SKIPS]
+        starving.sort(key=lambda rm: rm[0].arrival)
+        rest = [(r, m) for r, m in matched if r.skipped < MAX_SKIPS]
+        if self.name == "lpm":
+            rest.sort(key=lambda rm: (-rm[1].length, rm[0].arrival))
+        else:
+            rest = _tree_order(rest)
+        return starving + rest
+
+    def defers_in_batch_sharing(self) -> bool:
+        return self.cache_aware
+
+    @staticmethod
+    def note_passed_over(waiting: list[Req], admitted: list[Req]) -> None:
+        """Count, for each request still waiting, that a later arrival was admitted before it."""
+        if not admitted:
+            return
+        latest = max(r.arrival for r in admitted)
+        for req in waiting:
+            if req.arrival < latest:
+                req.skipped += 1
+
+
+def _tree_order(matched: list[tuple[Req, PrefixMatch]]) -> list[tuple[Req, PrefixMatch]]:
+    """Depth-first over the tree nodes the requests matched to, heaviest child subtree first."""
+    weight: dict[int, int] = {}
+    at_node: dict[int, list[tuple[Req, PrefixMatch]]] = {}
+    nodes: dict[int, object] = {}
+    roots: list[object] = []
+    for req, m in sorted(matched, key=lambda rm: rm[0].arrival):
+        at_node.setdefault(id(m.node), []).append((req, m))
+        node = m.node
+        while node is not None:
+            key = id(node)
+            if key not in nodes:
+                nodes[key] = node
+                if node.parent is None:
+                    roots.append(node)
+            weight[key] = weight.get(key, 0) + 1
+            node = node.parent
+    out: list[tuple[Req, PrefixMatch]] = []
+    stack = list(reversed(roots))
+    while stack:
+        node = stack.pop()
+        out.extend(at_node.get(id(node), ()))
+        children = [c for c in node.children.values() if id(c) in weight]
+        children.sort(key=lambda c: weight[id(c)])   # lightest pushed first, so the heaviest pops first
+        stack.extend(children)
+    return out
