@@ -71,13 +71,16 @@ class EngineCore:
     # ---- the loop ----------------------------------------------------------------------------
     def _loop(self) -> None:
         try:
+            idle = True
             while not self._stopped.is_set():
-                self._drain_inbox(block=not self.scheduler.has_work())
-                if self.scheduler.has_work() and not self._stopped.is_set():
-                    self.step()
+                self._drain_inbox(block=idle)
+                idle = not self.scheduler.has_work()
+                if not idle and not self._stopped.is_set():
+                    # Work that cannot be scheduled (never expected) waits for the inbox instead of spinning.
+                    idle = not self.step()
         finally:
             self._stopped.set()
-            for req in list(self.scheduler.waiting) + list(self.scheduler.running):
+            for req in self.scheduler.waiting + self.scheduler.holders():
                 self._finish(req, FinishReason("abort", message="engine shut down"))
 
     def _drain_inbox(self, block: bool) -> None:
@@ -111,16 +114,17 @@ class EngineCore:
         elif kind == "stop":
             self._stopped.set()
 
-    def step(self) -> None:
+    def step(self) -> bool:
+        """One schedule -> forward -> sample -> process cycle; False when there was nothing to run."""
         try:
             batch = self.scheduler.schedule()
         except Exception as exc:   # a scheduler bug: fail what is in flight, keep serving
             logger.error("scheduling failed:\n%s", traceback.format_exc())
             for req in self.scheduler.holders():
                 self._finish(req, FinishReason("abort", message=f"engine error: {exc!r}"))
-            return
+            return True
         if batch is None:
-            return
+            return False
         forwarded = False
         try:
             if batch.mode == ForwardMode.EXTEND:
@@ -147,6 +151,7 @@ class EngineCore:
                 self.scheduler.after_forward(batch)   # the batch's slots are owned by its requests
             for req in batch.reqs:
                 self._finish(req, FinishReason("abort", message=f"engine error: {exc!r}"))
+        return True
 
     def _release_sampler_row(self, row: int) -> None:
         if self.sampler.in_use(row):

@@ -3,8 +3,8 @@
 - `fcfs`: arrival order (a retracted request keeps its arrival, so it goes back to the front).
 - `lpm`: longest cached prefix first, so requests that reuse the cache run while it still holds their
   prefix. A request passed over `MAX_SKIPS` times goes first regardless, which bounds starvation.
-- `dfs-weight`: depth-first over the radix tree, heavier subtrees (more waiting requests) first, so the
-  requests sharing a prefix run together and the prefix is computed once and reused at once.
+- `dfs-weight`: depth-first over the radix tree, heavier subtrees (more waiting requests) first and a
+  node's own requests after its subtrees, so the requests sharing a prefix run together.
 
 The cache-aware policies match every waiting request against the tree; above `CACHE_AWARE_MAX_QUEUE`
 waiting requests that costs more than it saves, and they fall back to fcfs (as SGLang does).
@@ -89,12 +89,16 @@ def _tree_order(matched: list[tuple[Req, PrefixMatch]]) -> list[tuple[Req, Prefi
                     roots.append(node)
             weight[key] = weight.get(key, 0) + 1
             node = node.parent
+    # Post-order: a node's heavier child subtrees, then the requests that stop at the node itself.
     out: list[tuple[Req, PrefixMatch]] = []
-    stack = list(reversed(roots))
+    stack: list[tuple[object, bool]] = [(r, False) for r in reversed(roots)]
     while stack:
-        node = stack.pop()
-        out.extend(at_node.get(id(node), ()))
+        node, expanded = stack.pop()
+        if expanded:
+            out.extend(at_node.get(id(node), ()))
+            continue
+        stack.append((node, True))
         children = [c for c in node.children.values() if id(c) in weight]
         children.sort(key=lambda c: weight[id(c)])   # lightest pushed first, so the heaviest pops first
-        stack.extend(children)
+        stack.extend((c, False) for c in children)
     return out

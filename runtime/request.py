@@ -68,7 +68,7 @@ class Req:
     kv_len: int = 0                          # leading fill tokens whose K/V are in the pool
     cache_len: int = 0                       # leading tokens whose slots the radix tree owns (locked via last_node)
     last_node: Any = None                    # radix node this request holds a lock on, or None
-    cached_tokens: int = 0                   # prompt tokens served from the cache, over all admissions
+    cached_tokens: int = 0                   # prompt tokens served from the cache at first admission
     scored_upto: int = 0                     # next prompt position whose input logprob is still to be computed
     skipped: int = 0                         # times a later request was admitted first (lpm starvation bound)
     retractions: int = 0

@@ -154,7 +154,8 @@ class Scheduler:
                 break
             self.cache.make_room(take)
             self._alloc(req, match.length, take)
-            req.cached_tokens += match.length
+            if not req.retractions:   # what the caller sees: prompt tokens cached when it started
+                req.cached_tokens = match.length
             self.stats.cached_prefill_tokens += match.length
             req.status = ReqStatus.RUNNING
             if take < extend:
@@ -172,10 +173,12 @@ class Scheduler:
         slots = self.kv_pool.alloc(n)
         self.req_pool.req_to_token[req.row, start:start + n] = slots.to(torch.int32)
 
-    def _schedule_decode(self) -> ScheduledBatch:
+    def _schedule_decode(self) -> ScheduledBatch | None:
         if not self.cache.make_room(len(self.running)):
             self._retract_until_room()
         reqs = self.running
+        if not reqs:
+            return None
         rows = torch.tensor([r.row for r in reqs], dtype=torch.int64)
         kv_lens = torch.tensor([r.kv_len for r in reqs], dtype=torch.int64)
         slots = self.kv_pool.alloc(len(reqs))

@@ -8,6 +8,7 @@ import sys
 # Benchmark name -> module with a `main(argv) -> int`.
 BENCHMARKS = {
     "offline": "loomlm.runtime.bench.offline",
+    "prefix": "loomlm.runtime.bench.prefix",
 }
 
 
