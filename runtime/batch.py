@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from loomlm.runtime.forward_context import ForwardMode
+from loomlm.runtime.forward_context import ForwardMode, SharedPrefix
 from loomlm.runtime.request import Req
 
 
@@ -43,6 +43,7 @@ class ScheduledBatch:
     sample_index: torch.Tensor     # [S] int64, batch index of each request that samples this step
     sample_rows: torch.Tensor      # [S] int64, its row of the logits (0..N-1)
     logprob_spans: list[LogprobSpan] | None   # per request (extend only)
+    shared_prefixes: tuple[SharedPrefix, ...] = ()   # decode only
 
     @property
     def sampling_reqs(self) -> list[Req]:
@@ -85,7 +86,8 @@ def build_extend(items: list[ExtendItem], req_to_token: torch.Tensor) -> Schedul
         sample_rows=torch.tensor(sample_rows, dtype=torch.int64), logprob_spans=spans)
 
 
-def build_decode(reqs: list[Req], rows: torch.Tensor, kv_lens: torch.Tensor, slots: torch.Tensor) -> ScheduledBatch:
+def build_decode(reqs: list[Req], rows: torch.Tensor, kv_lens: torch.Tensor, slots: torch.Tensor,
+                 shared_prefixes: tuple[SharedPrefix, ...] = ()) -> ScheduledBatch:
     """rows, kv_lens, slots: [B] int64; each request feeds its last output token at position kv_len."""
     B = len(reqs)
     arange = torch.arange(B, dtype=torch.int64)
@@ -94,4 +96,4 @@ def build_decode(reqs: list[Req], rows: torch.Tensor, kv_lens: torch.Tensor, slo
         input_ids=torch.tensor([r.output_ids[-1] for r in reqs], dtype=torch.int64),
         positions=kv_lens, out_slots=slots, req_rows=rows, prefix_lens=kv_lens,
         extend_lens=torch.ones(B, dtype=torch.int64), logits_indices=arange, sample_index=arange,
-        sample_rows=arange, logprob_spans=None)
+        sample_rows=arange, logprob_spans=None, shared_prefixes=shared_prefixes)

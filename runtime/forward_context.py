@@ -18,6 +18,15 @@ if TYPE_CHECKING:
     from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
 
 
+@dataclass(frozen=True)
+class SharedPrefix:
+    """Decode requests whose first `len(slots)` tokens are the same cached tokens (one radix path).
+
+    Attention reads those keys once for the whole group instead of once per request."""
+    slots: torch.Tensor     # [P] int64, the shared tokens' slots
+    members: torch.Tensor   # [M] int64, indices into the batch (M >= 2)
+
+
 class ForwardMode(enum.Enum):
     EXTEND = "extend"   # several new tokens per request, causal over prefix + themselves
     DECODE = "decode"   # exactly one new token per request
@@ -36,6 +45,8 @@ class ForwardContext:
     kv_pool: "KVPool"
     req_to_token_pool: "ReqToTokenPool"
     attn_backend: "AttentionBackend"
+    # Decode only: groups sharing a cached prefix; a member's own keys start after its group's prefix.
+    shared_prefixes: tuple[SharedPrefix, ...] = ()
     attn_metadata: Any = field(default=None)  # filled by attn_backend.prepare(self)
 
     @property

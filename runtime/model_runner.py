@@ -8,7 +8,7 @@ import torch
 
 from loomlm.runtime.attention import create_attention_backend
 from loomlm.runtime.config import EngineConfig
-from loomlm.runtime.forward_context import ForwardContext
+from loomlm.runtime.forward_context import ForwardContext, SharedPrefix
 from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
 from loomlm.runtime.models.loader import load_model, resolve_model_path
 from loomlm.runtime.batch import ScheduledBatch
@@ -60,6 +60,8 @@ class ModelRunner:
             out_slots=batch.out_slots.to(dev, non_blocking=True), req_rows=batch.req_rows,
             prefix_lens=batch.prefix_lens, extend_lens=batch.extend_lens,
             logits_indices=batch.logits_indices.to(dev, non_blocking=True), kv_pool=self.kv_pool,
-            req_to_token_pool=self.req_pool, attn_backend=self.attn_backend)
+            req_to_token_pool=self.req_pool, attn_backend=self.attn_backend,
+            shared_prefixes=tuple(SharedPrefix(g.slots.to(dev, non_blocking=True), g.members.to(dev, non_blocking=True))
+                                  for g in batch.shared_prefixes))
         self.attn_backend.prepare(ctx)
         return self.model(ctx)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from loomlm.runtime.forward_context import SharedPrefix
 from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
 from loomlm.runtime.radix_cache import RadixCache, TreeNode
 from loomlm.runtime.request import Req
@@ -31,6 +32,7 @@ class PrefixMatch:
 
 
 _EMPTY = torch.zeros(0, dtype=torch.int64)
+MIN_SHARED_PREFIX = 32   # shorter shared prefixes are not worth a separate attention pass
 
 
 def match_limit(req: Req) -> int:
@@ -118,6 +120,34 @@ class PrefixCache:
             self.kv_pool.free(row[req.cache_len:req.kv_len].to(torch.int64))
         self.unlock(req)
         req.kv_len = 0
+
+    # ---- decode groups -------------------------------------------------------------------------
+    def shared_prefix_groups(self, reqs: list[Req]) -> tuple[SharedPrefix, ...]:
+        """Group requests by the deepest tree node on their locked path that another request's path
+        also passes through; each group's members share that node's root path (slots included)."""
+        if self.tree is None or len(reqs) < 2:
+            return ()
+        paths: list[list[TreeNode]] = []
+        passing: dict[int, int] = {}
+        for req in reqs:
+            path = []
+            node = req.last_node
+            while node is not None and not node.is_root:
+                path.append(node)                       # deepest first
+                passing[id(node)] = passing.get(id(node), 0) + 1
+                node = node.parent
+            paths.append(path)
+        groups: dict[int, tuple[TreeNode, list[int]]] = {}
+        for i, path in enumerate(paths):
+            shared = next((n for n in path if passing[id(n)] >= 2), None)
+            if shared is not None:
+                groups.setdefault(id(shared), (shared, []))[1].append(i)
+        out = []
+        for node, members in groups.values():
+            slots = self.tree.path_slots(node)
+            if len(members) >= 2 and slots.numel() >= MIN_SHARED_PREFIX:
+                out.append(SharedPrefix(slots, torch.tensor(members, dtype=torch.int64)))
+        return tuple(out)
 
     # ---- maintenance -----------------------------------------------------------------------------
     def flush(self) -> None:

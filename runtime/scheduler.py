@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from loomlm.runtime.batch import ExtendItem, ScheduledBatch, build_decode, build_extend
+from loomlm.runtime.forward_context import SharedPrefix
 from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
 from loomlm.runtime.policy import IN_BATCH_SHARE_MIN, SchedulePolicy, common_prefix_len
 from loomlm.runtime.prefix_cache import PrefixCache
@@ -52,6 +53,7 @@ class Scheduler:
         self.new_token_ratio = INIT_NEW_TOKEN_RATIO
         self._decode_turn = False
         self._arrivals = itertools.count()
+        self._decode_groups: tuple[SharedPrefix, ...] | None = None   # None: running changed, recompute
 
     # ---- queue management -------------------------------------------------------------------
     def add(self, req: Req) -> None:
@@ -120,7 +122,7 @@ class Scheduler:
         self._alloc(req, req.kv_len, take)
         if req.kv_len + take == fill_len:
             self.chunked = None
-            self.running.append(req)
+            self._start_running(req)
         return ExtendItem(req, req.kv_len, req.kv_len + take)
 
     def _admit(self, items: list[ExtendItem], budget: int) -> list[Req]:
@@ -161,13 +163,21 @@ class Scheduler:
             if take < extend:
                 self.chunked = req
             else:
-                self.running.append(req)
+                self._start_running(req)
             items.append(ExtendItem(req, match.length, match.length + take))
             batch_fills.append(fill)
             admitted.append(req)
             reserved += future
             budget -= take
         return admitted
+
+    def _start_running(self, req: Req) -> None:
+        self.running.append(req)
+        self._decode_groups = None
+
+    def _stop_running(self, req: Req) -> None:
+        self.running.remove(req)
+        self._decode_groups = None
 
     def _alloc(self, req: Req, start: int, n: int) -> None:
         slots = self.kv_pool.alloc(n)
@@ -184,7 +194,9 @@ class Scheduler:
         slots = self.kv_pool.alloc(len(reqs))
         self.req_pool.req_to_token[rows, kv_lens] = slots.to(torch.int32)
         self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
-        return build_decode(reqs, rows, kv_lens, slots)
+        if self._decode_groups is None:   # locked paths only change when the running set does
+            self._decode_groups = self.cache.shared_prefix_groups(reqs)
+        return build_decode(reqs, rows, kv_lens, slots, self._decode_groups)
 
     # ---- memory pressure ---------------------------------------------------------------------
     def _retract_until_room(self) -> None:
@@ -201,7 +213,7 @@ class Scheduler:
         if req is self.chunked:
             self.chunked = None
         else:
-            self.running.remove(req)
+            self._stop_running(req)
         self.cache.release(req, keep=True)
         self._free_row(req)
         req.status = ReqStatus.WAITING
@@ -234,7 +246,7 @@ class Scheduler:
             if req is self.chunked:
                 self.chunked = None
             else:
-                self.running.remove(req)
+                self._stop_running(req)
             self.cache.release(req, keep=reason.type != "abort")
             self._free_row(req)
         req.status = ReqStatus.FINISHED

@@ -23,6 +23,7 @@ class EngineStats:
     cached_prefill_tokens: int = 0     # prompt tokens served from the prefix cache
     decode_tokens: int = 0             # tokens fed by decode steps
     retracted_requests: int = 0        # running requests sent back to the queue for lack of memory
+    shared_prefix_reads_saved: int = 0  # decode key/value token reads saved by reading shared prefixes once
     max_running_batch: int = 0
 
     def record_step(self, batch: "ScheduledBatch") -> None:
@@ -34,6 +35,8 @@ class EngineStats:
         else:
             self.decode_passes += 1
             self.decode_tokens += n
+            for group in batch.shared_prefixes:
+                self.shared_prefix_reads_saved += (group.members.numel() - 1) * group.slots.numel()
         self.max_running_batch = max(self.max_running_batch, len(batch.reqs))
 
     @property

@@ -7,6 +7,13 @@ its keys in [B, L, KVH, D] (L = longest sequence); a boolean mask removes paddin
 Decode (one query per request) uses two batched matmuls with query heads grouped per KV head instead:
 on CPU that is several times faster than SDPA for bfloat16 at batch > 1, and its [B, H, L] scores are
 small. Scores and softmax are float32 whatever the KV dtype.
+
+Decode requests that share a cached prefix (`ctx.shared_prefixes`, from the radix tree) read those
+keys once per group rather than once per request: each member attends to its own keys past the prefix
+in the batched pass, the group attends to the prefix in one matmul, and the two partial softmaxes are
+merged with their maxima and sums (the log-sum-exp merge of cascade attention). Gathering K/V is what
+costs most on CPU, so this turns a batch of 16 requests over one 1,000-token prefix from 16 gathers of
+the prefix into one.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ class TorchAttentionMetadata:
     q_scatter: torch.Tensor | None   # [T] int64, flat index b * E + e of each token (extend only)
     max_extend: int
     decode_bias: torch.Tensor | None  # [B, 1, 1, L] float32, 0 or -inf (decode only)
+    shared: tuple = ()                # decode only: ctx.shared_prefixes
 
 
 class TorchAttentionBackend(AttentionBackend):
@@ -39,16 +47,14 @@ class TorchAttentionBackend(AttentionBackend):
         extend = ctx.extend_lens.to(device)
         B = ctx.batch_size
         E = int(ctx.extend_lens.max())
+        if E == 1 and ctx.num_tokens == B:
+            self._prepare_decode(ctx)
+            return
         L = int((ctx.prefix_lens + ctx.extend_lens).max())
         key_pos = torch.arange(L, device=device)
         key_valid = key_pos[None, :] < (prefix + extend)[:, None]                # [B, L]
         table = ctx.req_to_token_pool.req_to_token[ctx.req_rows.to(device), :L].to(torch.int64)
         kv_index = torch.where(key_valid, table, ctx.kv_pool.scratch_slot)
-        if E == 1 and ctx.num_tokens == B:   # decode: padding is the only thing to mask
-            bias = torch.zeros((B, 1, 1, L), dtype=torch.float32, device=device)
-            bias.masked_fill_(~key_valid[:, None, None, :], float("-inf"))
-            ctx.attn_metadata = TorchAttentionMetadata(kv_index, None, None, 1, bias)
-            return
         q_off = torch.arange(E, device=device)
         q_valid = q_off[None, :] < extend[:, None]                               # [B, E]
         q_pos = prefix[:, None] + q_off[None, :]                                 # [B, E]
@@ -59,6 +65,26 @@ class TorchAttentionBackend(AttentionBackend):
         tok_req = torch.repeat_interleave(torch.arange(B, device=device), extend)
         tok_off = torch.arange(ctx.num_tokens, device=device) - starts[tok_req]
         ctx.attn_metadata = TorchAttentionMetadata(kv_index, mask[:, None], tok_req * E + tok_off, E, None)
+
+    def _prepare_decode(self, ctx: ForwardContext) -> None:
+        """Each request's own keys: positions start .. seq_len-1, where start is its group's prefix
+        length (0 outside groups). Padding points at the scratch slot and is masked by the bias."""
+        device = ctx.input_ids.device
+        B = ctx.batch_size
+        seq = (ctx.prefix_lens + ctx.extend_lens).to(device)                     # [B]
+        starts = torch.zeros(B, dtype=torch.int64, device=device)
+        for group in ctx.shared_prefixes:
+            starts[group.members] = group.slots.numel()
+        own = seq - starts
+        L = int(own.max())
+        offs = torch.arange(L, device=device)
+        key_valid = offs[None, :] < own[:, None]                                 # [B, L]
+        table = ctx.req_to_token_pool.req_to_token[ctx.req_rows.to(device)]     # [B, max_context]
+        pos = (starts[:, None] + offs[None, :]).clamp_(max=table.shape[1] - 1)
+        kv_index = torch.where(key_valid, torch.gather(table, 1, pos).to(torch.int64), ctx.kv_pool.scratch_slot)
+        bias = torch.zeros((B, 1, 1, L), dtype=torch.float32, device=device)
+        bias.masked_fill_(~key_valid[:, None, None, :], float("-inf"))
+        ctx.attn_metadata = TorchAttentionMetadata(kv_index, None, None, 1, bias, ctx.shared_prefixes)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int,
                 ctx: ForwardContext) -> torch.Tensor:
@@ -73,6 +99,8 @@ class TorchAttentionBackend(AttentionBackend):
         keys = k_buf.index_select(0, flat).view(B, L, -1, D).to(q.dtype).transpose(1, 2)   # [B, KVH, L, D]
         values = v_buf.index_select(0, flat).view(B, L, -1, D).to(q.dtype).transpose(1, 2)
         if md.decode_bias is not None:
+            if md.shared:
+                return self._decode_shared(q, keys, values, md.decode_bias, md.shared, k_buf, v_buf)
             return self._decode(q, keys, values, md.decode_bias)
         E = md.max_extend
         q_pad = q.new_zeros((B * E, H, D))
@@ -91,3 +119,38 @@ class TorchAttentionBackend(AttentionBackend):
         scores = torch.matmul(q_grouped, keys.transpose(-1, -2)).float()               # [B, KVH, G, L]
         probs = torch.softmax(scores.mul_(self.scale).add_(bias), dim=-1).to(values.dtype)
         return torch.matmul(probs, values).reshape(B, H, D)
+
+    def _decode_shared(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
+                       groups: tuple, k_buf: torch.Tensor, v_buf: torch.Tensor) -> torch.Tensor:
+        """Decode with shared prefixes: softmax over [group prefix keys] + [own keys], merged exactly."""
+        B, H, D = q.shape
+        KVH = keys.shape[1]
+        G = H // KVH
+        q_grouped = q.view(B, KVH, G, D)
+        scores = torch.matmul(q_grouped, keys.transpose(-1, -2)).float().mul_(self.scale).add_(bias)
+        m_own = scores.amax(-1, keepdim=True)          # [B, KVH, G, 1], finite: the new token is always own
+        p_own = torch.exp(scores - m_own)
+        den = p_own.sum(-1, keepdim=True)                                             # [B, KVH, G, 1]
+        out = torch.matmul(p_own.to(values.dtype), values).float()                    # [B, KVH, G, D]
+        for group in groups:
+            idx = group.members
+            M = idx.numel()
+            pk = k_buf.index_select(0, group.slots).to(q.dtype).permute(1, 2, 0)      # [KVH, D, P]
+            pv = v_buf.index_select(0, group.slots).to(q.dtype).transpose(0, 1)       # [KVH, P, D]
+            qg = q_grouped.index_select(0, idx).permute(1, 0, 2, 3).reshape(KVH, M * G, D)
+            s = torch.matmul(qg, pk).float().mul_(self.scale)                         # [KVH, M*G, P]
+            m_pre = s.amax(-1, keepdim=True)
+            p_pre = torch.exp(s - m_pre)
+            den_pre = p_pre.sum(-1, keepdim=True)
+            o_pre = torch.matmul(p_pre.to(pv.dtype), pv).float()                      # [KVH, M*G, D]
+
+            def per_member(t: torch.Tensor) -> torch.Tensor:   # [KVH, M*G, X] -> [M, KVH, G, X]
+                return t.view(KVH, M, G, -1).permute(1, 0, 2, 3)
+
+            m_o = m_own.index_select(0, idx)
+            m = torch.maximum(m_o, per_member(m_pre))
+            a = torch.exp(m_o - m)
+            b = torch.exp(per_member(m_pre) - m)
+            out[idx] = a * out.index_select(0, idx) + b * per_member(o_pre)
+            den[idx] = a * den.index_select(0, idx) + b * per_member(den_pre)
+        return (out / den).to(q.dtype).reshape(B, H, D)
