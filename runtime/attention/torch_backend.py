@@ -1,8 +1,9 @@
 """Pure-torch attention over the slot pool: gather each request's K/V by slot, then padded SDPA.
 
-Extend: every request's queries are laid out in a padded [B, E, H, D] block (E = longest extend) and
-its keys in [B, L, KVH, D] (L = longest sequence); a boolean mask removes padding and enforces causality
-(query at position p sees keys at positions <= p), and SDPA (flash attention on CPU) does the rest.
+Extend: requests are bucketed by extend length (within a factor of 2); in each bucket every request's
+queries are laid out in a padded [b, E, H, D] block (E = longest extend in the bucket) and its keys in
+[b, L, KVH, D] (L = longest sequence); a boolean mask removes padding and enforces causality (query at
+position p sees keys at positions <= p), and SDPA (flash attention on CPU) does the rest.
 
 Decode (one query per request) uses two batched matmuls with query heads grouped per KV head instead:
 on CPU that is several times faster than SDPA for bfloat16 at batch > 1, and its [B, H, L] scores are
@@ -28,13 +29,27 @@ from loomlm.runtime.forward_context import ForwardContext
 
 
 @dataclass
-class TorchAttentionMetadata:
-    kv_index: torch.Tensor      # [B, L] int64 slots (padding -> scratch slot)
-    mask: torch.Tensor | None        # [B, 1, E, L] bool, True = attend (extend only)
-    q_scatter: torch.Tensor | None   # [T] int64, flat index b * E + e of each token (extend only)
+class ExtendBucket:
+    """Requests of similar extend length, attended in one padded SDPA call."""
+    kv_index: torch.Tensor          # [b, L] int64 slots (padding -> scratch slot)
+    mask: torch.Tensor              # [b, 1, E, L] bool, True = attend
+    q_scatter: torch.Tensor         # [t] int64, flat index i * E + e of each of the bucket's tokens
+    tokens: torch.Tensor | None     # [t] int64, the bucket's tokens in the forward (None: all, in order)
     max_extend: int
-    decode_bias: torch.Tensor | None  # [B, 1, 1, L] float32, 0 or -inf (decode only)
-    shared: tuple = ()                # decode only: ctx.shared_prefixes
+
+
+@dataclass
+class TorchAttentionMetadata:
+    buckets: list[ExtendBucket]             # extend only
+    kv_index: torch.Tensor | None = None    # decode: [B, L] int64 slots of each request's own keys
+    decode_bias: torch.Tensor | None = None  # decode: [B, 1, 1, L] float32, 0 or -inf
+    shared: tuple = ()                      # decode: ctx.shared_prefixes
+
+
+# Requests whose extend is under half of the longest in their bucket start a new bucket, so padding
+# never more than doubles the attention work (one 960-token chunk beside sixteen 64-token suffixes
+# would otherwise pad all seventeen to 960 queries).
+BUCKET_RATIO = 2
 
 
 class TorchAttentionBackend(AttentionBackend):
@@ -42,29 +57,52 @@ class TorchAttentionBackend(AttentionBackend):
         self.scale = scale
 
     def prepare(self, ctx: ForwardContext) -> None:
-        device = ctx.input_ids.device
-        prefix = ctx.prefix_lens.to(device)
-        extend = ctx.extend_lens.to(device)
         B = ctx.batch_size
-        E = int(ctx.extend_lens.max())
-        if E == 1 and ctx.num_tokens == B:
+        if int(ctx.extend_lens.max()) == 1 and ctx.num_tokens == B:
             self._prepare_decode(ctx)
             return
-        L = int((ctx.prefix_lens + ctx.extend_lens).max())
+        lens = ctx.extend_lens.tolist()
+        order = sorted(range(B), key=lambda i: -lens[i])
+        groups: list[list[int]] = [[]]
+        for i in order:
+            if groups[-1] and lens[i] * BUCKET_RATIO < lens[groups[-1][0]]:
+                groups.append([])
+            groups[-1].append(i)
+        if len(groups) == 1:
+            buckets = [self._bucket(ctx, None)]
+        else:
+            buckets = [self._bucket(ctx, torch.tensor(sorted(g), dtype=torch.int64)) for g in groups]
+        ctx.attn_metadata = TorchAttentionMetadata(buckets)
+
+    def _bucket(self, ctx: ForwardContext, idx: torch.Tensor | None) -> ExtendBucket:
+        """Padded-SDPA metadata for the requests `idx` of the batch (None: all of them)."""
+        device = ctx.input_ids.device
+        prefix_cpu, extend_cpu, rows = ctx.prefix_lens, ctx.extend_lens, ctx.req_rows
+        if idx is not None:
+            prefix_cpu, extend_cpu, rows = prefix_cpu[idx], extend_cpu[idx], rows[idx]
+        prefix, extend = prefix_cpu.to(device), extend_cpu.to(device)
+        b = int(extend_cpu.numel())
+        E = int(extend_cpu.max())
+        L = int((prefix_cpu + extend_cpu).max())
         key_pos = torch.arange(L, device=device)
-        key_valid = key_pos[None, :] < (prefix + extend)[:, None]                # [B, L]
-        table = ctx.req_to_token_pool.req_to_token[ctx.req_rows.to(device), :L].to(torch.int64)
+        key_valid = key_pos[None, :] < (prefix + extend)[:, None]                # [b, L]
+        table = ctx.req_to_token_pool.req_to_token[rows.to(device), :L].to(torch.int64)
         kv_index = torch.where(key_valid, table, ctx.kv_pool.scratch_slot)
         q_off = torch.arange(E, device=device)
-        q_valid = q_off[None, :] < extend[:, None]                               # [B, E]
-        q_pos = prefix[:, None] + q_off[None, :]                                 # [B, E]
+        q_valid = q_off[None, :] < extend[:, None]                               # [b, E]
+        q_pos = prefix[:, None] + q_off[None, :]                                 # [b, E]
         mask = key_valid[:, None, :] & (key_pos[None, None, :] <= q_pos[:, :, None])
         # Padded query rows would see no key at all (NaN softmax): let them see key 0; they are dropped.
         mask[:, :, 0] |= ~q_valid
         starts = torch.cumsum(extend, 0) - extend
-        tok_req = torch.repeat_interleave(torch.arange(B, device=device), extend)
-        tok_off = torch.arange(ctx.num_tokens, device=device) - starts[tok_req]
-        ctx.attn_metadata = TorchAttentionMetadata(kv_index, mask[:, None], tok_req * E + tok_off, E, None)
+        tok_req = torch.repeat_interleave(torch.arange(b, device=device), extend)
+        tok_off = torch.arange(tok_req.numel(), device=device) - starts[tok_req]
+        tokens = None
+        if idx is not None:
+            all_ext = ctx.extend_lens.to(device)
+            global_starts = (torch.cumsum(all_ext, 0) - all_ext)[idx.to(device)]
+            tokens = global_starts[tok_req] + tok_off
+        return ExtendBucket(kv_index, mask[:, None], tok_req * E + tok_off, tokens, E)
 
     def _prepare_decode(self, ctx: ForwardContext) -> None:
         """Each request's own keys: positions start .. seq_len-1, where start is its group's prefix
@@ -84,7 +122,7 @@ class TorchAttentionBackend(AttentionBackend):
         kv_index = torch.where(key_valid, torch.gather(table, 1, pos).to(torch.int64), ctx.kv_pool.scratch_slot)
         bias = torch.zeros((B, 1, 1, L), dtype=torch.float32, device=device)
         bias.masked_fill_(~key_valid[:, None, None, :], float("-inf"))
-        ctx.attn_metadata = TorchAttentionMetadata(kv_index, None, None, 1, bias, ctx.shared_prefixes)
+        ctx.attn_metadata = TorchAttentionMetadata([], kv_index, bias, ctx.shared_prefixes)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int,
                 ctx: ForwardContext) -> torch.Tensor:
@@ -93,22 +131,42 @@ class TorchAttentionBackend(AttentionBackend):
         k_buf, v_buf = pool.k_buffers[layer_id], pool.v_buffers[layer_id]
         k_buf.index_copy_(0, ctx.out_slots, k.to(k_buf.dtype))
         v_buf.index_copy_(0, ctx.out_slots, v.to(v_buf.dtype))
-        B, L = md.kv_index.shape
-        T, H, D = q.shape
-        flat = md.kv_index.view(-1)
-        keys = k_buf.index_select(0, flat).view(B, L, -1, D).to(q.dtype).transpose(1, 2)   # [B, KVH, L, D]
-        values = v_buf.index_select(0, flat).view(B, L, -1, D).to(q.dtype).transpose(1, 2)
         if md.decode_bias is not None:
+            keys, values = self._gather(k_buf, v_buf, md.kv_index, q.dtype)
             if md.shared:
                 return self._decode_shared(q, keys, values, md.decode_bias, md.shared, k_buf, v_buf)
             return self._decode(q, keys, values, md.decode_bias)
-        E = md.max_extend
+        if len(md.buckets) == 1 and md.buckets[0].tokens is None:
+            return self._extend(q, md.buckets[0], k_buf, v_buf)
+        out = torch.empty_like(q)
+        for bucket in md.buckets:
+            out[bucket.tokens] = self._extend(q[bucket.tokens], bucket, k_buf, v_buf)
+        return out
+
+    @staticmethod
+    def _gather(k_buf: torch.Tensor, v_buf: torch.Tensor, kv_index: torch.Tensor,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V of the slots kv_index [B, L] -> two [B, KVH, L, D] tensors."""
+        B, L = kv_index.shape
+        flat = kv_index.view(-1)
+        D = k_buf.shape[-1]
+        keys = k_buf.index_select(0, flat).view(B, L, -1, D).to(dtype).transpose(1, 2)
+        values = v_buf.index_select(0, flat).view(B, L, -1, D).to(dtype).transpose(1, 2)
+        return keys, values
+
+    def _extend(self, q: torch.Tensor, bucket: ExtendBucket, k_buf: torch.Tensor,
+                v_buf: torch.Tensor) -> torch.Tensor:
+        """q [t, H, D], the bucket's tokens -> [t, H, D]."""
+        keys, values = self._gather(k_buf, v_buf, bucket.kv_index, q.dtype)
+        B = bucket.kv_index.shape[0]
+        _, H, D = q.shape
+        E = bucket.max_extend
         q_pad = q.new_zeros((B * E, H, D))
-        q_pad[md.q_scatter] = q
+        q_pad[bucket.q_scatter] = q
         out = F.scaled_dot_product_attention(
-            q_pad.view(B, E, H, D).transpose(1, 2), keys, values, attn_mask=md.mask, scale=self.scale,
+            q_pad.view(B, E, H, D).transpose(1, 2), keys, values, attn_mask=bucket.mask, scale=self.scale,
             enable_gqa=H != keys.shape[1])                                       # [B, H, E, D]
-        return out.transpose(1, 2).reshape(B * E, H, D)[md.q_scatter]
+        return out.transpose(1, 2).reshape(B * E, H, D)[bucket.q_scatter]
 
     def _decode(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                 bias: torch.Tensor) -> torch.Tensor:

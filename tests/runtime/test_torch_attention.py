@@ -1,5 +1,7 @@
-"""Decode attention with shared prefixes (read once per group, merged by log-sum-exp) equals the plain
-per-request decode attention, and the engine uses it when decode requests share a cached prefix."""
+"""The torch attention backend: extend attention over mixed extend lengths (several padding buckets)
+equals a per-request float64 reference; decode attention with shared prefixes (read once per group,
+merged by log-sum-exp) equals the plain per-request decode attention, and the engine uses it when decode
+requests share a cached prefix."""
 
 from __future__ import annotations
 
@@ -11,6 +13,52 @@ import torch
 from loomlm.runtime.attention.torch_backend import TorchAttentionBackend
 from loomlm.runtime.forward_context import ForwardContext, ForwardMode, SharedPrefix
 from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
+
+
+@pytest.mark.parametrize("extend_lens", [[100, 3, 40, 7, 1, 64], [5, 5, 5], [1, 30]])
+def test_extend_attention_matches_reference(extend_lens):
+    gen = torch.Generator().manual_seed(len(extend_lens))
+    KVH, G, D, H = 2, 2, 8, 4
+    prefix_lens = [(7 * i) % 50 for i in range(len(extend_lens))]
+    total = sum(p + e for p, e in zip(prefix_lens, extend_lens))
+    pool = KVPool(total, 1, KVH, D, torch.float32, "cpu")
+    table = ReqToTokenPool(len(extend_lens), 256, "cpu")
+    perm = torch.randperm(total, generator=gen)
+    pool.k_buffers[0][:total] = torch.randn(total, KVH, D, generator=gen)
+    pool.v_buffers[0][:total] = torch.randn(total, KVH, D, generator=gen)
+    used = 0
+    out_slots = []
+    for row, (p, e) in enumerate(zip(prefix_lens, extend_lens)):
+        slots = perm[used:used + p + e]
+        used += p + e
+        table.req_to_token[row, :p + e] = slots.to(torch.int32)
+        out_slots.append(slots[p:])
+    T = sum(extend_lens)
+    q = torch.randn(T, H, D, generator=gen)
+    k = torch.randn(T, KVH, D, generator=gen)
+    v = torch.randn(T, KVH, D, generator=gen)
+    B = len(extend_lens)
+    backend = TorchAttentionBackend(D ** -0.5)
+    ctx = ForwardContext(ForwardMode.EXTEND, torch.zeros(T, dtype=torch.int64),
+                         torch.cat([torch.arange(p, p + e) for p, e in zip(prefix_lens, extend_lens)]),
+                         torch.cat(out_slots), torch.arange(B), torch.tensor(prefix_lens),
+                         torch.tensor(extend_lens), torch.arange(T), pool, table, backend)
+    backend.prepare(ctx)
+    if max(extend_lens) >= 4 * min(extend_lens):
+        assert len(ctx.attn_metadata.buckets) > 1
+    got = backend.forward(q, k, v, 0, ctx)
+    offset = 0
+    for row, (p, e) in enumerate(zip(prefix_lens, extend_lens)):
+        slots = table.req_to_token[row, :p + e].long()
+        keys = pool.k_buffers[0][slots].double().repeat_interleave(G, dim=1)     # [p+e, H, D]
+        vals = pool.v_buffers[0][slots].double().repeat_interleave(G, dim=1)
+        qr = q[offset:offset + e].double()                                        # [e, H, D]
+        scores = torch.einsum("qhd,khd->hqk", qr, keys) * D ** -0.5
+        causal = torch.arange(p + e)[None, :] <= (p + torch.arange(e))[:, None]
+        scores = scores.masked_fill(~causal[None], float("-inf"))
+        want = torch.einsum("hqk,khd->qhd", torch.softmax(scores, -1), vals)
+        assert torch.allclose(got[offset:offset + e].double(), want, atol=1e-5), row
+        offset += e
 
 
 def decode_outputs(dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
