@@ -71,6 +71,28 @@ def test_bad_engine_config_values():
         loomlm.EngineConfig(load_format="pickle")
     with pytest.raises(ValueError, match="attention_backend"):
         loomlm.EngineConfig(attention_backend="flash")
+    with pytest.raises(ValueError, match="schedule_policy"):
+        loomlm.EngineConfig(schedule_policy="lifo")
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="chunked_prefill_size"):
+            loomlm.EngineConfig(chunked_prefill_size=bad)
+    with pytest.raises(ValueError, match="disable_radix_cache"):
+        loomlm.EngineConfig(disable_radix_cache="yes")
+
+
+def test_cache_flags_parse_from_the_command_line():
+    import argparse
+
+    from loomlm.runtime.arg_parser import add_engine_arguments, engine_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_engine_arguments(parser)
+    config = engine_config_from_args(parser.parse_args(
+        ["--disable-radix-cache", "--schedule-policy", "dfs-weight", "--chunked-prefill-size", "-1"]))
+    assert (config.disable_radix_cache, config.schedule_policy, config.chunked_prefill_size) == (True, "dfs-weight", -1)
+    assert config.prefill_token_budget() == config.max_prefill_tokens
+    default = engine_config_from_args(parser.parse_args([]))
+    assert default.disable_radix_cache is False and default.prefill_token_budget() == 2048
 
 
 def test_failed_step_aborts_its_requests_and_engine_goes_on(idle_engine, monkeypatch):

@@ -211,6 +211,30 @@ def test_chunked_prefill_matches_unchunked(chunk_engine):
                  logprob_values(whole["meta_info"]["output_token_logprobs"]), 1e-3)
 
 
+def test_chunked_prefill_interleaves_with_decode(chunk_engine):
+    """While a long prompt is prefilled chunk by chunk, the running request keeps decoding: outputs are
+    logged in the loop thread's order, so the count is exact."""
+    from loomlm.runtime.request import LogprobOptions
+
+    events: list[tuple[str, int, bool]] = []
+    prepared, _ = chunk_engine._prepare(None, [greedy(40), greedy(1)], [rand_ids(3, 20), rand_ids(4, 3000)],
+                                        LogprobOptions())
+    reqs = chunk_engine._expand(prepared, LogprobOptions(),
+                                lambda i: (lambda out, i=i: events.append(("ab"[i], len(out.new_token_ids), out.finished))),
+                                None, None)
+    before = chunk_engine.get_stats()
+    for req in reqs:
+        chunk_engine.core.submit(req)
+    wait_until(chunk_engine, lambda sched: not sched.has_work())
+    d = delta(chunk_engine, before)
+    long_done = next(i for i, e in enumerate(events) if e[0] == "b" and e[2])
+    short_tokens_by_then = sum(e[1] for e in events[:long_done] if e[0] == "a")
+    # 6 chunks of <= 512 tokens; a decode step of the short request between every two of them.
+    assert d["extend_passes"] >= 6 and short_tokens_by_then >= 5
+    assert sum(e[1] for e in events if e[0] == "a") == 40
+    chunk_engine.idle_integrity()
+
+
 def test_abort_during_chunked_prefill_keeps_computed_chunks(chunk_engine):
     """An aborted chunked prompt owns no slots outside the tree (each chunk is cached when computed);
     the chunks computed before the abort are hits for the next request with that prompt."""
