@@ -24,21 +24,6 @@ CACHE_AWARE_MAX_QUEUE = 128
 IN_BATCH_SHARE_MIN = 32
 
 
-def common_prefix_len(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix; slice comparisons run in C, the search is binary."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n   # a[:lo] == b[:lo], a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
 class SchedulePolicy:
     def __init__(self, name: str, cache_enabled: bool):
         self.name = name

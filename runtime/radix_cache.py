@@ -66,14 +66,24 @@ def _as_list(tokens: Sequence[int]) -> list[int]:
     return list(tokens)
 
 
+def common_prefix_len(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix; slice comparisons run in C, the search is binary."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n   # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 def _mismatch(key: list[int], tokens: list[int], start: int) -> int:
     """Length of the common prefix of `key` and `tokens[start:]` (caller knows it is not all of `key`)."""
-    j = 0
-    for a, b in zip(key, tokens[start:start + len(key)]):
-        if a != b:
-            break
-        j += 1
-    return j
+    return common_prefix_len(key, tokens[start:start + len(key)])
 
 
 class RadixCache:

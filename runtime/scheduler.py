@@ -23,7 +23,8 @@ import torch
 from loomlm.runtime.batch import ExtendItem, ScheduledBatch, build_decode, build_extend
 from loomlm.runtime.forward_context import SharedPrefix
 from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
-from loomlm.runtime.policy import IN_BATCH_SHARE_MIN, SchedulePolicy, common_prefix_len
+from loomlm.runtime.policy import IN_BATCH_SHARE_MIN, SchedulePolicy
+from loomlm.runtime.radix_cache import common_prefix_len
 from loomlm.runtime.prefix_cache import PrefixCache
 from loomlm.runtime.request import FinishReason, Req, ReqStatus
 from loomlm.runtime.stats import EngineStats

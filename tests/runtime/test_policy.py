@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
-from loomlm.runtime.policy import MAX_SKIPS, SchedulePolicy, common_prefix_len
+from loomlm.runtime.policy import MAX_SKIPS, SchedulePolicy
+from loomlm.runtime.radix_cache import common_prefix_len
 from loomlm.runtime.prefix_cache import PrefixCache
 from loomlm.runtime.request import LogprobOptions, Req
 from loomlm.runtime.sampling_params import SamplingParams
