@@ -22,7 +22,7 @@ from loomlm.runtime.config import EngineConfig
 from loomlm.runtime.detokenizer import IncrementalDetokenizer, StopStringMatcher
 from loomlm.runtime.engine_core import EngineCore
 from loomlm.runtime.model_runner import ModelRunner
-from loomlm.runtime.request import LogprobOptions, Req, ReqOutput
+from loomlm.runtime.request import LogprobOptions, Req, ReqOutput, RequestOptions
 from loomlm.runtime.sampling_params import SamplingParams
 from loomlm.runtime.tokenizer import load_tokenizer
 
@@ -103,7 +103,7 @@ class Engine:
         return list(zip(id_lists, params)), single
 
     def _make_req(self, ids: list[int], params: SamplingParams, copy: int, logprobs: LogprobOptions,
-                  sink: Callable[[ReqOutput], None], rid: str | None, cache_salt: str | None) -> Req:
+                  sink: Callable[[ReqOutput], None], rid: str | None, opts: RequestOptions) -> Req:
         if params.seed is None:
             seed = self._rng.getrandbits(31)
         else:
@@ -112,41 +112,42 @@ class Engine:
         return Req(
             rid=rid or uuid.uuid4().hex, prompt_ids=ids, params=params, seed=seed, logprobs=logprobs,
             sink=sink, max_new_tokens=min(params.max_new_tokens, self.context_length - len(ids)),
-            namespace=cache_salt,
+            namespace=opts.cache_salt, priority=opts.priority,
             stop_token_ids=frozenset(stop_ids),
             detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids_tail=ids[-4:],
                                                skip_special_tokens=params.skip_special_tokens),
             stop_matcher=StopStringMatcher(params.stop) if params.stop else None)
 
     def _expand(self, prepared: list[tuple[list[int], SamplingParams]], logprobs: LogprobOptions,
-                make_sink: Callable[[int], Callable[[ReqOutput], None]], rid: str | None,
-                cache_salt: str | None) -> list[Req]:
+                make_sink: Callable[[int], Callable[[ReqOutput], None]], opts: RequestOptions) -> list[Req]:
         """One Req per (prompt, copy of n); a caller's rid names a single request, or prefixes several."""
         total = sum(params.n for _ids, params in prepared)
         reqs: list[Req] = []
         for ids, params in prepared:
             for copy in range(params.n):
                 i = len(reqs)
+                rid = opts.rid
                 one_rid = None if rid is None else (rid if total == 1 else f"{rid}-{i}")
-                reqs.append(self._make_req(ids, params, copy, logprobs, make_sink(i), one_rid, cache_salt))
+                reqs.append(self._make_req(ids, params, copy, logprobs, make_sink(i), one_rid, opts))
         return reqs
 
     # ---- public API ------------------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[str] | None = None, sampling_params: Any = None,
                  input_ids: Any = None, return_logprob: bool = False, top_logprobs_num: int = 0,
                  logprob_start_len: int = -1, stream: bool = False, rid: str | None = None,
-                 cache_salt: str | None = None):
-        """`cache_salt`: requests with different salts never share cached prefixes (tenant isolation)."""
+                 cache_salt: str | None = None, priority: int = 0):
+        """`cache_salt`: requests with different salts never share cached prefixes (tenant isolation).
+        `priority`: larger is more important (admitted first by fcfs/lpm, retracted last)."""
         self._check_alive()
+        opts = RequestOptions(rid, cache_salt, priority)
         logprobs = LogprobOptions(bool(return_logprob), top_logprobs_num, logprob_start_len)
         prepared, single = self._prepare(prompt, sampling_params, input_ids, logprobs)
         if stream:
             if len(prepared) != 1 or prepared[0][1].n != 1:
                 raise ValueError("stream=True takes a single prompt with n=1")
-            return self._stream(prepared, logprobs, rid, cache_salt)
+            return self._stream(prepared, logprobs, opts)
         inbox: queue.SimpleQueue = queue.SimpleQueue()
-        reqs = self._expand(prepared, logprobs, lambda i: (lambda out, i=i: inbox.put((i, out))), rid,
-                            cache_salt)
+        reqs = self._expand(prepared, logprobs, lambda i: (lambda out, i=i: inbox.put((i, out))), opts)
         results = [_Collected() for _ in reqs]
         for req in reqs:
             self.core.submit(req)
@@ -158,10 +159,9 @@ class Engine:
         dicts = [r.as_dict() for r in results]
         return dicts[0] if single and len(dicts) == 1 else dicts
 
-    def _stream(self, prepared, logprobs: LogprobOptions, rid: str | None,
-                cache_salt: str | None) -> Iterator[dict[str, Any]]:
+    def _stream(self, prepared, logprobs: LogprobOptions, opts: RequestOptions) -> Iterator[dict[str, Any]]:
         inbox: queue.SimpleQueue = queue.SimpleQueue()
-        (req,) = self._expand(prepared, logprobs, lambda i: inbox.put, rid, cache_salt)
+        (req,) = self._expand(prepared, logprobs, lambda i: inbox.put, opts)
         self.core.submit(req)
         finished = False
         try:
@@ -176,9 +176,10 @@ class Engine:
     async def async_generate(self, prompt: str | Sequence[str] | None = None, sampling_params: Any = None,
                              input_ids: Any = None, return_logprob: bool = False, top_logprobs_num: int = 0,
                              logprob_start_len: int = -1, stream: bool = False, rid: str | None = None,
-                             cache_salt: str | None = None):
+                             cache_salt: str | None = None, priority: int = 0):
         """Awaitable form; with stream=True returns an async iterator of increments."""
         self._check_alive()
+        opts = RequestOptions(rid, cache_salt, priority)
         logprobs = LogprobOptions(bool(return_logprob), top_logprobs_num, logprob_start_len)
         prepared, single = self._prepare(prompt, sampling_params, input_ids, logprobs)
         loop = asyncio.get_running_loop()
@@ -190,10 +191,10 @@ class Engine:
         if stream:
             if len(prepared) != 1 or prepared[0][1].n != 1:
                 raise ValueError("stream=True takes a single prompt with n=1")
-            (req,) = self._expand(prepared, logprobs, make_sink, rid, cache_salt)
+            (req,) = self._expand(prepared, logprobs, make_sink, opts)
             self.core.submit(req)
             return self._astream(req, inbox)
-        reqs = self._expand(prepared, logprobs, make_sink, rid, cache_salt)
+        reqs = self._expand(prepared, logprobs, make_sink, opts)
         results = [_Collected() for _ in reqs]
         for req in reqs:
             self.core.submit(req)

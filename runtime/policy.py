@@ -1,6 +1,8 @@
 """Schedule policies: the order in which waiting requests are considered for admission.
 
 - `fcfs`: arrival order (a retracted request keeps its arrival, so it goes back to the front).
+
+`fcfs` and `lpm` rank by request priority first (larger first); `dfs-weight` follows the tree only.
 - `lpm`: longest cached prefix first, so requests that reuse the cache run while it still holds their
   prefix. A request passed over `MAX_SKIPS` times goes first regardless, which bounds starvation.
 - `dfs-weight`: depth-first over the radix tree, heavier subtrees (more waiting requests) first and a
@@ -32,13 +34,13 @@ class SchedulePolicy:
     def order(self, waiting: list[Req], match: Callable[[Req], PrefixMatch]) -> list[tuple[Req, PrefixMatch | None]]:
         """Waiting requests in the order to try them, each with its prefix match when one was computed."""
         if not self.cache_aware or len(waiting) > CACHE_AWARE_MAX_QUEUE:
-            return [(r, None) for r in sorted(waiting, key=lambda r: r.arrival)]
+            return [(r, None) for r in sorted(waiting, key=lambda r: (-r.priority, r.arrival))]
         matched = [(r, match(r)) for r in waiting]
         starving = [(r, m) for r, m in matched if r.skipped >= MAX_SKIPS]
-        starving.sort(key=lambda rm: rm[0].arrival)
+        starving.sort(key=lambda rm: (-rm[0].priority, rm[0].arrival))
         rest = [(r, m) for r, m in matched if r.skipped < MAX_SKIPS]
         if self.name == "lpm":
-            rest.sort(key=lambda rm: (-rm[1].length, rm[0].arrival))
+            rest.sort(key=lambda rm: (-rm[0].priority, -rm[1].length, rm[0].arrival))
         else:
             rest = _tree_order(rest)
         return starving + rest

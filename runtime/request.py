@@ -28,6 +28,22 @@ class LogprobOptions:
             raise ValueError(f"logprob_start_len must be -1 or an integer >= 0, got {self.logprob_start_len!r}")
 
 
+@dataclass(frozen=True)
+class RequestOptions:
+    """How one `generate` call's requests are named, isolated and ranked (not how they sample)."""
+    rid: str | None = None          # a single request's id, or the prefix of several ("rid-0", "rid-1", ...)
+    cache_salt: str | None = None   # requests with different salts never share cached prefixes
+    priority: int = 0               # larger = more important: admitted first, retracted last
+
+    def __post_init__(self) -> None:
+        if self.rid is not None and not isinstance(self.rid, str):
+            raise ValueError(f"rid must be a string, got {self.rid!r}")
+        if self.cache_salt is not None and not isinstance(self.cache_salt, str):
+            raise ValueError(f"cache_salt must be a string, got {self.cache_salt!r}")
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+            raise ValueError(f"priority must be an integer, got {self.priority!r}")
+
+
 @dataclass
 class ReqOutput:
     """One increment sent to the caller: new text/tokens, and meta info (complete when finished)."""
@@ -62,6 +78,7 @@ class Req:
     max_new_tokens: int                      # params.max_new_tokens clamped to the context length
     stop_token_ids: frozenset[int] = frozenset()
     namespace: Hashable | None = None        # prefix-cache key: requests with different ones share nothing
+    priority: int = 0                        # larger = more important
     arrival: int = 0                         # admission order key (fcfs; retracted requests keep theirs)
     status: ReqStatus = ReqStatus.WAITING
     row: int = -1                            # req_to_token row, also the sampler row

@@ -8,8 +8,9 @@ Admission matches the request's fill tokens against the radix tree, locks the ma
 only for the new tokens. It is optimistic about output lengths: a request is admitted when the free and
 evictable slots cover its new tokens plus `new_token_ratio` of everyone's remaining `max_new_tokens`.
 When a decode step then finds too few slots, the cache is evicted first, and if that is not enough
-running requests are retracted (least progress first): their computed tokens go into the tree, they
-return to the queue with their output so far, and are recomputed from the cached prefix later.
+running requests are retracted (lowest priority, then least progress first): their computed tokens go
+into the tree, they return to the queue with their output so far, and are recomputed from the cached
+prefix later.
 """
 
 from __future__ import annotations
@@ -201,12 +202,13 @@ class Scheduler:
 
     # ---- memory pressure ---------------------------------------------------------------------
     def _retract_until_room(self) -> None:
-        """Retract holders, least progress first, until every remaining running request gets a slot."""
+        """Retract holders, lowest priority then least progress first, until every remaining running
+        request gets a slot."""
         while not self.cache.make_room(len(self.running)):
             candidates = self.holders()
             if len(candidates) <= 1:
                 return   # one request always fits a pool that passed admission's size check
-            victim = min(candidates, key=lambda r: (len(r.output_ids), -len(r.prompt_ids), -r.arrival))
+            victim = min(candidates, key=lambda r: (r.priority, len(r.output_ids), -len(r.prompt_ids), -r.arrival))
             self.retract(victim)
 
     def retract(self, req: Req) -> None:

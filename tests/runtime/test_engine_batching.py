@@ -65,11 +65,17 @@ def test_abort_running_requests(engine):
         results[name] = engine.generate(prompt, {"max_new_tokens": 300, "ignore_eos": True}, rid=name)
 
     threads = [threading.Thread(target=run, args=(f"r{i}", f"Story number {i}:")) for i in range(3)]
+    before = engine.get_stats()["decode_passes"]
     for t in threads:
         t.start()
     import time
+
+    def all_decoding() -> bool:   # every request known to the scheduler, and decoding under way
+        sched = engine.core.scheduler
+        return all(sched.find(f"r{i}") is not None for i in range(3)) and \
+            engine.core.stats.decode_passes > before
     deadline = time.monotonic() + 60
-    while engine.get_stats()["decode_passes"] == 0 and time.monotonic() < deadline:
+    while not engine.core.call(all_decoding) and time.monotonic() < deadline:
         time.sleep(0.01)
     for i in range(3):
         engine.abort(f"r{i}")

@@ -56,6 +56,14 @@ def test_bad_input_ids_and_logprob_options(idle_engine):
         idle_engine.generate("Hi", OK, return_logprob=True, top_logprobs_num=-2)
 
 
+def test_bad_request_options(idle_engine):
+    for kwargs, field in (({"priority": "high"}, "priority"), ({"priority": 1.5}, "priority"),
+                          ({"cache_salt": 3}, "cache_salt"), ({"rid": 7}, "rid")):
+        with pytest.raises(ValueError, match=field):
+            idle_engine.generate("Hi", {"max_new_tokens": 1}, **kwargs)
+    assert idle_engine.generate("Hi", {"max_new_tokens": 1}, priority=-3)["meta_info"]["completion_tokens"] == 1
+
+
 def test_request_larger_than_pool():
     with loomlm.Engine(max_total_tokens=64, random_seed=0) as eng:
         with pytest.raises(ValueError, match="KV slots"):

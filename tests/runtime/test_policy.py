@@ -87,3 +87,11 @@ def test_common_prefix_len_matches_a_scan(a, b):
     while expected < min(len(a), len(b)) and a[expected] == b[expected]:
         expected += 1
     assert common_prefix_len(a, b) == expected
+
+
+@pytest.mark.parametrize("name", ["fcfs", "lpm"])
+def test_priority_ranks_before_arrival_and_prefix(cache, name):
+    cache_tokens(cache, [1, 2, 3, 4, 5])
+    reqs = [make_req([1, 2, 3, 4, 5, 6], 0), make_req([9, 9], 1), make_req([8, 8], 2)]
+    reqs[2].priority = 5
+    assert order(SchedulePolicy(name, True), cache, reqs)[0] == "r2"

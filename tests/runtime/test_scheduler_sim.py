@@ -117,3 +117,24 @@ def test_tiny_pool_forces_retraction_and_eviction():
     run(sched, reqs, {})
     assert sched.stats.retracted_requests > 0 and sched.cache.tree.evicted_tokens > 0
     assert all(r.output_ids == expected_output(r) for r in reqs)
+
+
+def test_low_priority_requests_are_retracted_first():
+    rng = random.Random(3)
+    reqs = make_reqs(rng, 10)
+    for i, req in enumerate(reqs):
+        req.max_new_tokens = 24
+        req.priority = 1 if i % 2 else 0
+    sched = make_scheduler(100, 10, "fcfs", True, None)
+    victims: list[tuple[int, int]] = []   # (victim's priority, lowest priority among the holders then)
+    retract = sched.retract
+
+    def logged(req):
+        victims.append((req.priority, min(r.priority for r in sched.holders())))
+        retract(req)
+
+    sched.retract = logged
+    run(sched, reqs, {})
+    assert victims and all(victim == lowest for victim, lowest in victims)
+    assert any(victim == 0 for victim, _ in victims)
+    assert all(r.output_ids == expected_output(r) for r in reqs)
