@@ -31,19 +31,16 @@ class SchedulePolicy:
         self.name = name
         self.cache_aware = cache_enabled and name in ("lpm", "dfs-weight")
 
-    def order(self, waiting: list[Req], match: Callable[[Req], PrefixMatch]) -> list[tuple[Req, PrefixMatch | None]]:
-        """Waiting requests in the order to try them, each with its prefix match when one was computed."""
+    def order(self, waiting: list[Req], match: Callable[[Req], PrefixMatch]) -> list[Req]:
+        """Waiting requests in the order to try them (`match` gives a request's cached prefix)."""
         if not self.cache_aware or len(waiting) > CACHE_AWARE_MAX_QUEUE:
-            return [(r, None) for r in sorted(waiting, key=lambda r: (-r.priority, r.arrival))]
-        matched = [(r, match(r)) for r in waiting]
-        starving = [(r, m) for r, m in matched if r.skipped >= MAX_SKIPS]
-        starving.sort(key=lambda rm: (-rm[0].priority, rm[0].arrival))
-        rest = [(r, m) for r, m in matched if r.skipped < MAX_SKIPS]
+            return sorted(waiting, key=lambda r: (-r.priority, r.arrival))
+        starving = sorted((r for r in waiting if r.skipped >= MAX_SKIPS), key=lambda r: (-r.priority, r.arrival))
+        rest = [(r, match(r)) for r in waiting if r.skipped < MAX_SKIPS]
         if self.name == "lpm":
             rest.sort(key=lambda rm: (-rm[0].priority, -rm[1].length, rm[0].arrival))
-        else:
-            rest = _tree_order(rest)
-        return starving + rest
+            return starving + [r for r, _ in rest]
+        return starving + _tree_order(rest)
 
     def defers_in_batch_sharing(self) -> bool:
         return self.cache_aware
@@ -59,25 +56,22 @@ class SchedulePolicy:
                 req.skipped += 1
 
 
-def _tree_order(matched: list[tuple[Req, PrefixMatch]]) -> list[tuple[Req, PrefixMatch]]:
+def _tree_order(matched: list[tuple[Req, PrefixMatch]]) -> list[Req]:
     """Depth-first over the tree nodes the requests matched to, heaviest child subtree first."""
     weight: dict[int, int] = {}
-    at_node: dict[int, list[tuple[Req, PrefixMatch]]] = {}
-    nodes: dict[int, object] = {}
+    at_node: dict[int, list[Req]] = {}
     roots: list[object] = []
     for req, m in sorted(matched, key=lambda rm: rm[0].arrival):
-        at_node.setdefault(id(m.node), []).append((req, m))
+        at_node.setdefault(id(m.node), []).append(req)
         node = m.node
         while node is not None:
             key = id(node)
-            if key not in nodes:
-                nodes[key] = node
-                if node.parent is None:
-                    roots.append(node)
+            if key not in weight and node.parent is None:
+                roots.append(node)
             weight[key] = weight.get(key, 0) + 1
             node = node.parent
     # Post-order: a node's heavier child subtrees, then the requests that stop at the node itself.
-    out: list[tuple[Req, PrefixMatch]] = []
+    out: list[Req] = []
     stack: list[tuple[object, bool]] = [(r, False) for r in reversed(roots)]
     while stack:
         node, expanded = stack.pop()

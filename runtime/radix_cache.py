@@ -156,10 +156,11 @@ class RadixCache:
 
     # ------------------------------------------------------------------ lookup / insert
 
-    def match_prefix(self, tokens: Sequence[int], namespace: Hashable | None = None) -> MatchResult:
-        """Longest cached prefix of `tokens`. Splits an edge if the match ends inside it, and refreshes
-        the access time of every node on the matched path."""
-        tokens = _as_list(tokens)
+    def _walk(self, tokens: list[int], namespace: Hashable | None,
+              split_at_end: bool) -> tuple[TreeNode, int, list[torch.Tensor]]:
+        """Follow `tokens` down the tree: (deepest node reached, tokens matched, the tree's slot tensors
+        for them). A match ending inside an edge splits it when `split_at_end` or when tokens remain
+        (they branch off there); otherwise that edge's node is returned with only its matched slots."""
         node = self._root(namespace)
         values: list[torch.Tensor] = []
         i, n = 0, len(tokens)
@@ -175,10 +176,20 @@ class RadixCache:
                 i += klen
                 continue
             p = _mismatch(key, tokens, i)          # 1 <= p < klen: first token matched via children dict
-            node = self._split(child, p)
-            values.append(node.value)
             i += p
+            if split_at_end or i < n:
+                node = self._split(child, p)
+                values.append(node.value)
+            else:
+                node = child
+                values.append(child.value[:p])
             break
+        return node, i, values
+
+    def match_prefix(self, tokens: Sequence[int], namespace: Hashable | None = None) -> MatchResult:
+        """Longest cached prefix of `tokens`. Splits an edge if the match ends inside it, and refreshes
+        the access time of every node on the matched path."""
+        node, _, values = self._walk(_as_list(tokens), namespace, split_at_end=True)
         self._touch(node)
         if not values:
             slots = _EMPTY.clone()
@@ -191,35 +202,14 @@ class RadixCache:
     def insert(self, tokens: Sequence[int], slots: torch.Tensor, namespace: Hashable | None = None) -> int:
         """Cache `tokens` -> `slots`; return how many leading tokens were already cached. For those, a
         given slot that differs from the tree's is freed to the pool (equal ones are the caller's own
-        matched prefix). The rest become a new leaf owning its slots. Refreshes access times on the path."""
+        matched prefix). The rest become a new leaf owning its slots. Refreshes access times on the path.
+        Tokens ending inside an edge do not split it."""
         tokens = _as_list(tokens)
         n = len(tokens)
         slots = slots.to(device="cpu", dtype=torch.int64)
         if slots.dim() != 1 or slots.numel() != n:
             raise ValueError(f"insert needs one slot per token: {n} tokens, slots of shape {tuple(slots.shape)}")
-        node = self._root(namespace)
-        tree_values: list[torch.Tensor] = []      # tree slots for the already-cached prefix
-        i = 0
-        while i < n:
-            child = node.children.get(tokens[i])
-            if child is None:
-                break
-            key = child.key
-            klen = len(key)
-            if key == tokens[i:i + klen]:
-                tree_values.append(child.value)
-                node = child
-                i += klen
-                continue
-            p = _mismatch(key, tokens, i)
-            tree_values.append(child.value[:p])
-            i += p
-            if i < n:
-                node = self._split(child, p)      # new tokens branch off inside the edge
-            else:
-                node = child                      # tokens end inside the edge: nothing to add, no split
-            break
-        matched = i
+        node, matched, tree_values = self._walk(tokens, namespace, split_at_end=False)
         if matched:
             old = tree_values[0] if len(tree_values) == 1 else torch.cat(tree_values)
             given = slots[:matched]

@@ -131,7 +131,7 @@ class Scheduler:
         admitted: list[Req] = []
         reserved = self._reserved()
         batch_fills = [item.req.fill_ids for item in items]
-        for req, _hint in self.policy.order(self.waiting, self.cache.match):
+        for req in self.policy.order(self.waiting, self.cache.match):
             if budget <= 0 or self.req_pool.available() == 0:
                 break
             match = self.cache.match(req)   # fresh: earlier matches may have split or evicted nodes

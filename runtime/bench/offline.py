@@ -22,8 +22,9 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 
+from loomlm.runtime.bench.common import resolve_target, use_threads
 from loomlm.runtime.bench.report import Measurement, environment, format_table, speedup
-from loomlm.runtime.config import DTYPES, LOAD_FORMATS, EngineConfig
+from loomlm.runtime.config import DTYPES, LOAD_FORMATS
 
 T = TypeVar("T")
 WARMUP_TOKENS = 4
@@ -162,16 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _check_args(args)
-        device = EngineConfig(device=args.device).resolved_device()
-        from loomlm.runtime.models.loader import read_model_config, resolve_model_path
-
-        vocab = read_model_config(resolve_model_path(args.model_path)).vocab_size
+        device, vocab = resolve_target(args)
     except ValueError as exc:
         print(f"python -m loomlm.bench offline: {exc}", file=sys.stderr)
         return 2
     load_before = os.getloadavg()[0]
-    threads = args.threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
+    threads = use_threads(args.threads)
     prompts = make_prompts(args.num_prompts, args.input_len, vocab, args.seed)
 
     _log(f"loomlm: {len(prompts)} prompts x {args.input_len} tokens -> {args.output_len} new tokens each, "

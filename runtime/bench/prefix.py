@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
+from loomlm.runtime.bench.common import resolve_target, use_threads
 from loomlm.runtime.bench.report import environment
-from loomlm.runtime.config import DTYPES, LOAD_FORMATS, SCHEDULE_POLICIES, EngineConfig
+from loomlm.runtime.config import DTYPES, LOAD_FORMATS, SCHEDULE_POLICIES
 
 WARMUP_TOKENS = 4
 
@@ -204,16 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_args(args)
         policies = _policies(args)
-        device = EngineConfig(device=args.device).resolved_device()
-        from loomlm.runtime.models.loader import read_model_config, resolve_model_path
-
-        vocab = read_model_config(resolve_model_path(args.model_path)).vocab_size
+        device, vocab = resolve_target(args)
     except ValueError as exc:
         print(f"python -m loomlm.bench prefix: {exc}", file=sys.stderr)
         return 2
     load_before = os.getloadavg()[0]
-    threads = args.threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
+    threads = use_threads(args.threads)
     work = make_workload(args.groups, args.per_group, args.prefix_len, args.suffix_len, vocab, args.seed)
     _log(f"{len(work.prompts)} requests ({args.groups} groups x {args.per_group}), prefix {args.prefix_len} + "
          f"suffix {args.suffix_len} -> {args.output_len} new tokens, {args.dtype} on {device}, {threads} threads")

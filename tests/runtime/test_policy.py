@@ -35,7 +35,7 @@ def cache_tokens(cache: PrefixCache, tokens: list[int]) -> None:
 
 
 def order(policy: SchedulePolicy, cache: PrefixCache, reqs: list[Req]) -> list[str]:
-    return [r.rid for r, _m in policy.order(reqs, cache.match)]
+    return [r.rid for r in policy.order(reqs, cache.match)]
 
 
 def test_fcfs_is_arrival_order(cache):
@@ -63,7 +63,7 @@ def test_lpm_starvation_bound(cache):
     policy = SchedulePolicy("lpm", True)
     for i in range(1, 2 * MAX_SKIPS):
         newer = make_req([1, 2, 3, 4, i], i)
-        first = policy.order(waiting + [newer], cache.match)[0][0]
+        first = policy.order(waiting + [newer], cache.match)[0]
         if first is old:
             break
         policy.note_passed_over(waiting, [newer])   # the newer one is admitted, the old one waits
