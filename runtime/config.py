@@ -15,6 +15,9 @@ ATTENTION_BACKENDS = ("torch",)
 SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
 
 
+JSON_WHITESPACE = ("default", "compact", "flexible")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     model_path: str | None = None          # None = the default model (SmolLM2-135M-Instruct GGUF)
@@ -29,6 +32,11 @@ class EngineConfig:
     chunked_prefill_size: int = 2048       # prompts longer than this are prefilled in chunks; -1 = never chunk
     schedule_policy: str = "lpm"           # fcfs | lpm (longest prefix match) | dfs-weight (tree order)
     disable_radix_cache: bool = False      # no prefix reuse at all (for comparison)
+    disable_jump_forward: bool = False     # constrained outputs: sample forced text token by token
+    grammar_max_states: int = 50_000       # largest automaton a regex / JSON schema may compile to
+    grammar_timeout_s: float = 10.0        # compile-time budget of one grammar
+    grammar_cache_size: int = 128          # compiled grammars kept (LRU)
+    json_whitespace: str = "default"       # JSON-schema whitespace: default | compact | flexible
     attention_backend: str | None = None   # None = torch (triton on CUDA once it exists)
     random_seed: int = 0                   # seeds dummy weights and unseeded requests
     device: str = "auto"                   # auto: cuda when available, else cpu
@@ -50,8 +58,18 @@ class EngineConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.schedule_policy not in SCHEDULE_POLICIES:
             raise ValueError(f"schedule_policy must be one of {SCHEDULE_POLICIES}, got {self.schedule_policy!r}")
-        if not isinstance(self.disable_radix_cache, bool):
-            raise ValueError(f"disable_radix_cache must be a bool, got {self.disable_radix_cache!r}")
+        for name in ("disable_radix_cache", "disable_jump_forward"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("grammar_max_states", "grammar_cache_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.grammar_timeout_s, bool) or not isinstance(self.grammar_timeout_s, (int, float)) \
+                or not self.grammar_timeout_s > 0:
+            raise ValueError(f"grammar_timeout_s must be > 0, got {self.grammar_timeout_s!r}")
+        if self.json_whitespace not in JSON_WHITESPACE:
+            raise ValueError(f"json_whitespace must be one of {JSON_WHITESPACE}, got {self.json_whitespace!r}")
         chunk = self.chunked_prefill_size
         if not isinstance(chunk, int) or isinstance(chunk, bool) or (chunk <= 0 and chunk != -1):
             raise ValueError(f"chunked_prefill_size must be a positive integer or -1 (off), got {chunk!r}")

@@ -7,6 +7,11 @@
 `generate` accepts one prompt or a list (or `input_ids`), one sampling-parameter dict or one per prompt,
 and returns a dict or a list of dicts; `stream=True` yields increments; `async_generate` is the asyncio
 form used by servers. Requests are validated here, on the caller's thread, before they reach the loop.
+
+Structured output (`regex`, `json_schema`, `choices` sampling parameters): the grammar is compiled on a
+worker thread of the engine's `GrammarCache` while the caller waits (sync) or awaits (async), so the
+scheduler loop never compiles; a bad or too-big grammar raises `GrammarError` (a `ValueError`) here and
+nothing is submitted.
 """
 
 from __future__ import annotations
@@ -18,7 +23,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
+from loomlm.grammars.cache import GrammarCache, GrammarSpec, spec_from_params
+from loomlm.grammars.guide import Guide
+from loomlm.grammars.limits import GrammarLimits
+from loomlm.grammars.vocabulary import Vocabulary
 from loomlm.runtime.config import EngineConfig
+from loomlm.runtime.constrained import GrammarState
 from loomlm.runtime.detokenizer import IncrementalDetokenizer, StopStringMatcher
 from loomlm.runtime.engine_core import EngineCore
 from loomlm.runtime.model_runner import ModelRunner
@@ -57,6 +67,32 @@ class Engine:
         self.eos_token_ids = self._eos_ids()
         self._rng = random.Random(self.config.random_seed)
         self.core = EngineCore(self.runner, self.tokenizer, self.config)
+        self._grammars: GrammarCache | None = None   # made on the first constrained request
+
+    @property
+    def grammars(self) -> GrammarCache:
+        """Compiled-guide cache over this model's vocabulary (token bytes, EOS ids, logits width)."""
+        if self._grammars is None:
+            vocab = Vocabulary.from_tokenizer(self.tokenizer, self.eos_token_ids, size=self.runner.vocab_size)
+            limits = GrammarLimits(self.config.grammar_max_states, float(self.config.grammar_timeout_s))
+            self._grammars = GrammarCache(vocab, limits, self.config.grammar_cache_size,
+                                          whitespace=self.config.json_whitespace)
+        return self._grammars
+
+    @staticmethod
+    def _specs(prepared: list[tuple[list[int], SamplingParams]]) -> set[GrammarSpec]:
+        return {spec for _, p in prepared
+                if (spec := spec_from_params(p.regex, p.json_schema, p.choices)) is not None}
+
+    def _compile_grammars(self, prepared: list[tuple[list[int], SamplingParams]]) -> dict[GrammarSpec, Guide]:
+        """Wait for every grammar the requests need; GrammarError if one does not compile."""
+        futures = {spec: self.grammars.get(spec) for spec in self._specs(prepared)}
+        return {spec: fut.result() for spec, fut in futures.items()}
+
+    async def _acompile_grammars(self, prepared: list[tuple[list[int], SamplingParams]]
+                                 ) -> dict[GrammarSpec, Guide]:
+        futures = {spec: self.grammars.get(spec) for spec in self._specs(prepared)}
+        return {spec: await asyncio.wrap_future(fut) for spec, fut in futures.items()}
 
     def _eos_ids(self) -> frozenset[int]:
         ids = set(getattr(self.runner.model_config, "eos_token_ids", ()) or ())
@@ -103,12 +139,15 @@ class Engine:
         return list(zip(id_lists, params)), single
 
     def _make_req(self, ids: list[int], params: SamplingParams, copy: int, logprobs: LogprobOptions,
-                  sink: Callable[[ReqOutput], None], rid: str | None, opts: RequestOptions) -> Req:
+                  sink: Callable[[ReqOutput], None], rid: str | None, opts: RequestOptions,
+                  guides: dict[GrammarSpec, Guide]) -> Req:
         if params.seed is None:
             seed = self._rng.getrandbits(31)
         else:
             seed = (params.seed + 7919 * copy) & 0x7FFFFFFF   # n > 1: distinct but reproducible streams
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_token_ids))
+        spec = spec_from_params(params.regex, params.json_schema, params.choices)
+        grammar = None if spec is None else GrammarState(guides[spec])
         return Req(
             rid=rid or uuid.uuid4().hex, prompt_ids=ids, params=params, seed=seed, logprobs=logprobs,
             sink=sink, max_new_tokens=min(params.max_new_tokens, self.context_length - len(ids)),
@@ -116,10 +155,11 @@ class Engine:
             stop_token_ids=frozenset(stop_ids),
             detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids_tail=ids[-4:],
                                                skip_special_tokens=params.skip_special_tokens),
-            stop_matcher=StopStringMatcher(params.stop) if params.stop else None)
+            stop_matcher=StopStringMatcher(params.stop) if params.stop else None, grammar=grammar)
 
     def _expand(self, prepared: list[tuple[list[int], SamplingParams]], logprobs: LogprobOptions,
-                make_sink: Callable[[int], Callable[[ReqOutput], None]], opts: RequestOptions) -> list[Req]:
+                make_sink: Callable[[int], Callable[[ReqOutput], None]], opts: RequestOptions,
+                guides: dict[GrammarSpec, Guide]) -> list[Req]:
         """One Req per (prompt, copy of n); a caller's rid names a single request, or prefixes several."""
         total = sum(params.n for _ids, params in prepared)
         reqs: list[Req] = []
@@ -128,7 +168,7 @@ class Engine:
                 i = len(reqs)
                 rid = opts.rid
                 one_rid = None if rid is None else (rid if total == 1 else f"{rid}-{i}")
-                reqs.append(self._make_req(ids, params, copy, logprobs, make_sink(i), one_rid, opts))
+                reqs.append(self._make_req(ids, params, copy, logprobs, make_sink(i), one_rid, opts, guides))
         return reqs
 
     # ---- public API ------------------------------------------------------------------------------
@@ -142,12 +182,13 @@ class Engine:
         opts = RequestOptions(rid, cache_salt, priority)
         logprobs = LogprobOptions(bool(return_logprob), top_logprobs_num, logprob_start_len)
         prepared, single = self._prepare(prompt, sampling_params, input_ids, logprobs)
+        if stream and (len(prepared) != 1 or prepared[0][1].n != 1):
+            raise ValueError("stream=True takes a single prompt with n=1")
+        guides = self._compile_grammars(prepared)
         if stream:
-            if len(prepared) != 1 or prepared[0][1].n != 1:
-                raise ValueError("stream=True takes a single prompt with n=1")
-            return self._stream(prepared, logprobs, opts)
+            return self._stream(prepared, logprobs, opts, guides)
         inbox: queue.SimpleQueue = queue.SimpleQueue()
-        reqs = self._expand(prepared, logprobs, lambda i: (lambda out, i=i: inbox.put((i, out))), opts)
+        reqs = self._expand(prepared, logprobs, lambda i: (lambda out, i=i: inbox.put((i, out))), opts, guides)
         results = [_Collected() for _ in reqs]
         for req in reqs:
             self.core.submit(req)
@@ -159,9 +200,10 @@ class Engine:
         dicts = [r.as_dict() for r in results]
         return dicts[0] if single and len(dicts) == 1 else dicts
 
-    def _stream(self, prepared, logprobs: LogprobOptions, opts: RequestOptions) -> Iterator[dict[str, Any]]:
+    def _stream(self, prepared, logprobs: LogprobOptions, opts: RequestOptions,
+                guides: dict[GrammarSpec, Guide]) -> Iterator[dict[str, Any]]:
         inbox: queue.SimpleQueue = queue.SimpleQueue()
-        (req,) = self._expand(prepared, logprobs, lambda i: inbox.put, opts)
+        (req,) = self._expand(prepared, logprobs, lambda i: inbox.put, opts, guides)
         self.core.submit(req)
         finished = False
         try:
@@ -182,6 +224,9 @@ class Engine:
         opts = RequestOptions(rid, cache_salt, priority)
         logprobs = LogprobOptions(bool(return_logprob), top_logprobs_num, logprob_start_len)
         prepared, single = self._prepare(prompt, sampling_params, input_ids, logprobs)
+        if stream and (len(prepared) != 1 or prepared[0][1].n != 1):
+            raise ValueError("stream=True takes a single prompt with n=1")
+        guides = await self._acompile_grammars(prepared)
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
 
@@ -189,12 +234,10 @@ class Engine:
             return lambda out: loop.call_soon_threadsafe(inbox.put_nowait, (i, out))
 
         if stream:
-            if len(prepared) != 1 or prepared[0][1].n != 1:
-                raise ValueError("stream=True takes a single prompt with n=1")
-            (req,) = self._expand(prepared, logprobs, make_sink, opts)
+            (req,) = self._expand(prepared, logprobs, make_sink, opts, guides)
             self.core.submit(req)
             return self._astream(req, inbox)
-        reqs = self._expand(prepared, logprobs, make_sink, opts)
+        reqs = self._expand(prepared, logprobs, make_sink, opts, guides)
         results = [_Collected() for _ in reqs]
         for req in reqs:
             self.core.submit(req)
@@ -263,6 +306,8 @@ class Engine:
 
     def shutdown(self) -> None:
         self.core.shutdown()
+        if self._grammars is not None:
+            self._grammars.shutdown()
 
     def __enter__(self) -> "Engine":
         return self

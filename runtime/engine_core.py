@@ -20,6 +20,7 @@ import torch
 
 from loomlm.runtime.batch import ScheduledBatch
 from loomlm.runtime.config import EngineConfig
+from loomlm.runtime.constrained import ConstraintMasks
 from loomlm.runtime.forward_context import ForwardMode
 from loomlm.runtime.model_runner import ModelRunner
 from loomlm.runtime.request import FinishReason, Req, ReqOutput, ReqStatus
@@ -36,6 +37,10 @@ class EngineCore:
         self.tokenizer = tokenizer
         self.sampler = Sampler(runner.vocab_size, runner.req_pool.max_requests, runner.device)
         self.stats = EngineStats()
+        self.constraints = ConstraintMasks(runner.vocab_size, runner.req_pool.max_requests, runner.device)
+        # A jump sends the request back through an extend step that reuses its cached prefix; without
+        # the radix cache that would recompute the whole sequence, so jump-forward needs the cache.
+        self.jump_forward = not config.disable_jump_forward and not config.disable_radix_cache
         self.scheduler = Scheduler(
             runner.kv_pool, runner.req_pool, prefill_budget=config.prefill_token_budget(),
             chunked_prefill=config.chunked_prefill_size != -1, policy=config.schedule_policy,
@@ -132,6 +137,8 @@ class EngineCore:
                     if not self.sampler.in_use(req.row):   # first chunk, or resumed after a retraction
                         self.sampler.begin_request(req.row, req.params, req.prompt_ids, req.seed,
                                                    req.stop_token_ids, req.output_ids)
+                        if req.grammar is not None:
+                            self.constraints.begin(req.row, req.grammar)
             logits = self.runner.forward(batch)
             self.scheduler.after_forward(batch)
             forwarded = True
@@ -141,6 +148,8 @@ class EngineCore:
             sample_logits = logits[batch.sample_rows]
             rows = batch.req_rows[batch.sample_index]
             num_generated = torch.tensor([len(r.output_ids) for r in sampling], dtype=torch.int64)
+            if self.constraints.active:
+                sample_logits = self.constraints.apply(sample_logits, rows)
             tokens = self.sampler.sample(sample_logits, rows, num_generated)
             self.sampler.record(rows, tokens)
             self.stats.record_step(batch)
@@ -156,6 +165,7 @@ class EngineCore:
     def _release_sampler_row(self, row: int) -> None:
         if self.sampler.in_use(row):
             self.sampler.end_request(row)
+        self.constraints.end(row)
 
     # ---- results -----------------------------------------------------------------------------
     def _process_results(self, batch: ScheduledBatch, sampling: list[Req], logits: torch.Tensor,
@@ -216,17 +226,43 @@ class EngineCore:
             req.scored_upto = end
 
     def _advance(self, req: Req, token: int) -> None:
-        """Detokenize the new token, check every stop condition, send the increment."""
+        """Advance the guide, detokenize the new token (or jump forward), check every stop condition,
+        send the increment."""
         reason: FinishReason | None = None
         delta = ""
+        new_ids = [token]
+        gs = req.grammar
+        jump = None
+        if gs is not None and token not in req.stop_token_ids:
+            gs.advance(token)
+            if gs.rejected:   # only if nothing but a blocked EOS was allowed (min_new_tokens)
+                self._finish(req, FinishReason("abort", message=f"token {token} is outside the constraint "
+                                               f"({gs.guide.description})"))
+                return
+            if self.jump_forward and not req.logprobs.return_logprob:
+                room = min(req.max_new_tokens - len(req.output_ids),
+                           self.runner.context_length - req.seq_len) + 1   # +1: the last token is replaced
+                jump = gs.plan_jump(token, self._encode, room)
         if token in req.stop_token_ids:
             reason = FinishReason("stop", matched=token)
         else:
-            delta = req.detokenizer.add(token)
+            if jump is not None:
+                del req.output_ids[len(req.output_ids) - jump.num_replaced:]
+                req.output_ids.extend(jump.tokens)
+                gs.apply_jump(jump)
+                # The sampled token was not detokenized yet: feed what replaces it (or follows it).
+                new_ids = list(jump.tokens) if jump.num_replaced else [token, *jump.tokens]
+                self.stats.jump_forward_tokens += len(jump.tokens) - jump.num_replaced
+                self.stats.jump_forward_jumps += 1
+                delta = req.detokenizer.add(new_ids)
+            else:
+                delta = req.detokenizer.add(token)
             if req.stop_matcher is not None:
                 delta, matched = req.stop_matcher.feed(delta)
                 if matched is not None:
                     reason = FinishReason("stop", matched=matched)
+        if reason is None and gs is not None and gs.finished:   # the guide can only end here
+            reason = FinishReason("stop", matched=None)
         if reason is None and (len(req.output_ids) >= req.max_new_tokens
                                or req.seq_len >= self.runner.context_length):
             reason = FinishReason("length", matched=None)
@@ -236,9 +272,18 @@ class EngineCore:
             if matched is not None:
                 reason = FinishReason("stop", matched=matched)
         if reason is not None:
-            self._finish(req, reason, delta)
-        else:
-            self._send(req, ReqOutput(req.rid, delta, [token], False, self._meta_info(req, final=False)))
+            self._finish(req, reason, delta, new_ids)
+            return
+        self._send(req, ReqOutput(req.rid, delta, new_ids, False, self._meta_info(req, final=False)))
+        if req.status != ReqStatus.RUNNING:
+            return
+        if jump is not None:
+            self.scheduler.requeue(req)   # an extend step computes the jumped tokens after the cached prefix
+        elif gs is not None:
+            self.constraints.update(req.row)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
 
     @staticmethod
     def _flush_text(req: Req) -> tuple[str, str | None]:
@@ -252,12 +297,13 @@ class EngineCore:
             matched = req.stop_matcher.matched
         return tail, matched
 
-    def _finish(self, req: Req, reason: FinishReason, delta: str = "") -> None:
+    def _finish(self, req: Req, reason: FinishReason, delta: str = "", new_ids: list[int] | None = None) -> None:
         if req.status == ReqStatus.FINISHED:
             return
         self.scheduler.finish(req, reason)   # releases the sampler row through _release_sampler_row
         self.stats.requests_finished += 1
-        new_ids = req.output_ids[-1:] if req.output_ids and reason.type != "abort" else []
+        if new_ids is None:
+            new_ids = req.output_ids[-1:] if req.output_ids and reason.type != "abort" else []
         self._send(req, ReqOutput(req.rid, delta, new_ids, True, self._meta_info(req, final=True)))
 
     def _send(self, req: Req, out: ReqOutput) -> None:

@@ -263,8 +263,10 @@ class Sampler:
         """Exp(1) variates [B, V], a pure function of (row seed, num_generated, token id)."""
         step_key = _hash32(self.seed_hash[rows] ^ (num_generated & _MASK32))            # [B]
         bits = _hash32(self._vocab_hash[None, :] ^ step_key[:, None])                   # [B, V]
-        # The top 24 bits give U in (0, 1) exactly in float32, so -log(U) is finite and > 0.
-        uniform = ((bits >> 8).float() + 0.5) * (1.0 / (1 << 24))
+        # The top 23 bits give U = (k + 0.5) / 2^23 in (0, 1), exact in float32 (24 significant bits),
+        # so -log(U) is finite and > 0. (With 24 bits the largest k rounds to U = 1.0, E = 0, and a
+        # masked-out token's 0 / 0 = NaN would win the argmax.)
+        uniform = ((bits >> 9).float() + 0.5) * (1.0 / (1 << 23))
         return uniform.log_().neg_()
 
 

@@ -11,6 +11,9 @@ Names and meanings follow SGLang's `sampling_params` (so the HTTP protocol can p
 - `stop`: None, one string or a list of strings, normalised to a tuple of non-empty strings;
   `stop_token_ids`: normalised to a tuple of non-negative ints; `ignore_eos` keeps generating past EOS.
 - `skip_special_tokens` for detokenisation, `seed` (any int, or None for a fresh random draw), `n` >= 1.
+- Structured output, at most one of: `regex` (the whole output matches it), `json_schema` (a JSON
+  string, dict or pydantic model class; kept as JSON text), `choices` (the output is exactly one of
+  these strings; kept as a tuple). Their grammars are compiled by the engine, not here.
 
 Every invalid value raises `ValueError` naming the field and the value. Booleans are not accepted where a
 number is expected, nor are NaN or infinities.
@@ -63,6 +66,11 @@ class SamplingParams:
     skip_special_tokens: bool = True
     seed: int | None = None
     n: int = 1
+    regex: str | None = None
+    # Accepts a JSON string, a dict/bool, or a pydantic model class; always JSON text after construction.
+    json_schema: str | None = None
+    # Accepts a list of str; always a tuple after construction.
+    choices: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -102,6 +110,28 @@ class SamplingParams:
         if self.seed is not None:
             _check_int("seed", self.seed)
         _check_int("n", self.n, 1)
+        self._check_constraint(set_)
+
+    def _check_constraint(self, set_: Any) -> None:
+        if self.regex is not None and not isinstance(self.regex, str):
+            raise ValueError(f"sampling parameter regex must be a string, got {self.regex!r}")
+        if self.json_schema is not None:
+            from loomlm.grammars.cache import canonical_json_schema
+
+            set_("json_schema", canonical_json_schema(self.json_schema))
+        if self.choices is not None:
+            if isinstance(self.choices, str) or not isinstance(self.choices, (list, tuple)) or not self.choices \
+                    or not all(isinstance(c, str) for c in self.choices):
+                raise ValueError(f"sampling parameter choices must be a non-empty list of strings, "
+                                 f"got {self.choices!r}")
+            set_("choices", tuple(self.choices))
+        given = [name for name in ("regex", "json_schema", "choices") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"sampling parameters {' and '.join(given)} cannot be combined: give at most one")
+
+    @property
+    def constrained(self) -> bool:
+        return self.regex is not None or self.json_schema is not None or self.choices is not None
 
     @staticmethod
     def _normalise_stop(stop: Any) -> tuple[str, ...]:
@@ -154,4 +184,6 @@ class SamplingParams:
         out = dataclasses.asdict(self)
         out["stop"] = list(self.stop)
         out["stop_token_ids"] = list(self.stop_token_ids)
+        if self.choices is not None:
+            out["choices"] = list(self.choices)
         return out

@@ -158,7 +158,7 @@ class Scheduler:
                 break
             self.cache.make_room(take)
             self._alloc(req, match.length, take)
-            if not req.retractions:   # what the caller sees: prompt tokens cached when it started
+            if not req.retractions and not req.output_ids:   # the prompt tokens cached when it started
                 req.cached_tokens = match.length
             self.stats.cached_prefill_tokens += match.length
             req.status = ReqStatus.RUNNING
@@ -213,6 +213,18 @@ class Scheduler:
 
     def retract(self, req: Req) -> None:
         """Send a holder back to the queue; its computed tokens stay in the tree for the recompute."""
+        self._back_to_queue(req)
+        req.retractions += 1
+        self.stats.retracted_requests += 1
+        self.new_token_ratio = min(1.0, self.new_token_ratio + RETRACT_RATIO_STEP)
+
+    def requeue(self, req: Req) -> None:
+        """A running request whose fill grew by more than one token (jump-forward): back to the queue,
+        where admission matches its computed tokens in the tree and extends only the new ones. It keeps
+        its arrival, so fcfs and lpm take it first."""
+        self._back_to_queue(req)
+
+    def _back_to_queue(self, req: Req) -> None:
         if req is self.chunked:
             self.chunked = None
         else:
@@ -220,10 +232,7 @@ class Scheduler:
         self.cache.release(req, keep=True)
         self._free_row(req)
         req.status = ReqStatus.WAITING
-        req.retractions += 1
-        self.stats.retracted_requests += 1
         self.waiting.append(req)
-        self.new_token_ratio = min(1.0, self.new_token_ratio + RETRACT_RATIO_STEP)
 
     # ---- after a forward -------------------------------------------------------------------------
     def after_forward(self, batch: ScheduledBatch) -> None:

@@ -25,6 +25,8 @@ class EngineStats:
     retracted_requests: int = 0        # running requests sent back to the queue for lack of memory
     shared_prefix_reads_saved: int = 0  # decode key/value token reads saved by reading shared prefixes once
     max_running_batch: int = 0
+    jump_forward_jumps: int = 0        # constrained requests sent back to extend a forced continuation
+    jump_forward_tokens: int = 0       # output tokens appended by jump-forward instead of sampled
 
     def record_step(self, batch: "ScheduledBatch") -> None:
         self.forward_passes += 1

@@ -19,3 +19,11 @@ def idle_engine(engine):
     """The shared engine, checked to be idle with every slot free after the test."""
     yield engine
     engine.idle_integrity()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The default model's tokenizer alone (no weights loaded)."""
+    from loomlm.runtime.tokenizer import load_tokenizer
+
+    return load_tokenizer(None)

@@ -1,0 +1,127 @@
+"""`GrammarCache`: compiles guides on worker threads, at most once per (kind, spec, vocabulary, limits).
+
+The engine's scheduler loop never compiles: it asks for a future and parks the request until the
+future is done, so a slow schema delays only its own requests. Entries (including failed compiles,
+so a bad schema sent twice fails fast twice) live in a bounded LRU.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from loomlm.grammars.errors import GrammarError
+from loomlm.grammars.guide import Guide, compile_choices, compile_json_schema, compile_regex, compile_type
+from loomlm.grammars.limits import GrammarLimits
+from loomlm.grammars.vocabulary import Vocabulary
+
+KINDS = ("regex", "json_schema", "choices", "type")
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """What to constrain to: kind in KINDS and a hashable spec (the regex, the JSON schema as JSON
+    text, the tuple of choices, or the type name)."""
+
+    kind: str
+    spec: Any
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"grammar kind must be one of {KINDS}, got {self.kind!r}")
+        hash(self.spec)
+
+
+def compile_spec(spec: GrammarSpec, vocab: Vocabulary, limits: GrammarLimits,
+                 whitespace: str = "default") -> Guide:
+    if spec.kind == "regex":
+        return compile_regex(spec.spec, vocab, limits)
+    if spec.kind == "json_schema":
+        return compile_json_schema(spec.spec, vocab, whitespace=whitespace, limits=limits)
+    if spec.kind == "choices":
+        return compile_choices(list(spec.spec), vocab, limits)
+    return compile_type(_TYPES[spec.spec], vocab, limits)
+
+
+class GrammarCache:
+    def __init__(self, vocab: Vocabulary, limits: GrammarLimits | None = None, max_entries: int = 128,
+                 workers: int = 2, whitespace: str = "default"):
+        if max_entries < 1 or workers < 1:
+            raise ValueError(f"GrammarCache needs max_entries >= 1 and workers >= 1, got {max_entries}, {workers}")
+        self.vocab = vocab
+        self.limits = limits or GrammarLimits()
+        self.max_entries = max_entries
+        self.whitespace = whitespace
+        self._entries: OrderedDict[tuple, concurrent.futures.Future] = OrderedDict()
+        self._lock = threading.Lock()
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="loomlm-grammar")
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, spec: GrammarSpec) -> concurrent.futures.Future:
+        """A future of the compiled guide (already done on a cache hit). It fails with GrammarError."""
+        key = (spec.kind, spec.spec, self.vocab.fingerprint, self.limits, self.whitespace)
+        with self._lock:
+            fut = self._entries.get(key)
+            if fut is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return fut
+            self.misses += 1
+            fut = self._pool.submit(self._compile, spec)
+            self._entries[key] = fut
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+            return fut
+
+    def compile(self, spec: GrammarSpec) -> Guide:
+        """Blocking form of `get`."""
+        return self.get(spec).result()
+
+    def _compile(self, spec: GrammarSpec) -> Guide:
+        try:
+            return compile_spec(spec, self.vocab, self.limits, self.whitespace)
+        except GrammarError:
+            raise
+        except RecursionError:
+            raise GrammarError(f"{spec.kind} is nested too deeply to compile") from None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def spec_from_params(regex: str | None, json_schema: str | None, choices: tuple[str, ...] | None
+                     ) -> GrammarSpec | None:
+    """The one constraint a request's sampling parameters ask for (they validate that at most one is
+    set), or None."""
+    if regex is not None:
+        return GrammarSpec("regex", regex)
+    if json_schema is not None:
+        return GrammarSpec("json_schema", json_schema)
+    if choices is not None:
+        return GrammarSpec("choices", tuple(choices))
+    return None
+
+
+def canonical_json_schema(schema: Any) -> str:
+    """A JSON schema given as dict/bool/JSON text -> JSON text (a hashable cache key). Pydantic model
+    classes become their JSON schema."""
+    if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
+        schema = schema.model_json_schema()
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"sampling parameter json_schema is not valid JSON: {exc}") from None
+    if isinstance(schema, (dict, bool)):
+        return json.dumps(schema)   # keeps key order: properties are emitted in schema order
+    raise ValueError(f"sampling parameter json_schema must be a JSON string, dict or pydantic model, "
+                     f"got {type(schema).__name__}")
