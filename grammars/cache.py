@@ -120,8 +120,8 @@ def canonical_json_schema(schema: Any) -> str:
         try:
             schema = json.loads(schema)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"sampling parameter json_schema is not valid JSON: {exc}") from None
+            raise ValueError(f"sampling parameter json_schema is not valid JSON ({exc}): {schema[:200]!r}") from None
     if isinstance(schema, (dict, bool)):
         return json.dumps(schema)   # keeps key order: properties are emitted in schema order
     raise ValueError(f"sampling parameter json_schema must be a JSON string, dict or pydantic model, "
-                     f"got {type(schema).__name__}")
+                     f"got {schema!r}")

@@ -190,12 +190,15 @@ def minimise(table: np.ndarray, accepting: np.ndarray, budget: Budget) -> tuple[
     S = len(table)
     if S == 0:
         return table, accepting
+    # Bytes every state treats alike (all letters of a string body, say) are one column: signatures
+    # get a few dozen columns instead of 256.
+    columns = np.unique(table.T, axis=0).T                                      # [S, K]
     cls = accepting.astype(np.int64)
     n_cls = len(np.unique(cls))
     while True:
         budget.check_time()
         ext = np.append(cls, -1)                        # the dead state is its own class
-        sig = np.ascontiguousarray(np.column_stack([cls, ext[table]]))
+        sig = np.ascontiguousarray(np.column_stack([cls, ext[columns]]))
         keys = sig.view(np.dtype((np.void, sig.dtype.itemsize * sig.shape[1]))).ravel()
         _, new_cls = np.unique(keys, return_inverse=True)
         new_n = int(new_cls.max()) + 1

@@ -51,7 +51,7 @@ class Guide:
         """Packed int32 [ceil(V/32)]: bit t%32 of word t//32 set when token t is allowed (a view)."""
         if state == FINISHED:
             return np.zeros(self.index.masks.shape[1], dtype=np.int32)
-        return self.index.masks[state]
+        return self.index.mask_row(state)
 
     def allowed_tokens(self, state: int) -> np.ndarray:
         """Bool mask [V] of the tokens allowed next."""
@@ -74,7 +74,8 @@ class Guide:
 
     def is_finished(self, state: int) -> bool:
         """Nothing but the end may follow: after EOS, or accepting with no token to continue."""
-        return state == FINISHED or (bool(self.dfa.accepting[state]) and self.index.num_allowed[state] == 0)
+        return state == FINISHED or (bool(self.dfa.accepting[state])
+                                     and self.index.num_allowed[self.index.state_class[state]] == 0)
 
     def forced_bytes(self, state: int) -> bytes:
         """The unique continuation of `state` (b"" when the next byte is a choice, or it may end)."""
@@ -87,8 +88,12 @@ class Guide:
     def matches(self, text: str | bytes) -> bool:
         return self.dfa.matches(text)
 
+    def mask_class(self, state: int) -> int:
+        """Row of `index.masks` holding `state`'s mask (mask-equivalent states share one)."""
+        return int(self.index.state_class[state])
+
     def device_masks(self, device: Any) -> Any:
-        """The [S, W] int32 bitmask table as a torch tensor on `device` (made once per device)."""
+        """The [C, W] int32 bitmask table (one row per mask class) as a torch tensor on `device`."""
         import torch
 
         key = str(device)

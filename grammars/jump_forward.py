@@ -65,6 +65,17 @@ def plan_jump(guide: Guide, state_before_last: int, last_token: int, state_after
     return _try(guide, state_after_last, forced[:cut], encode, 0, max_tokens - 1, cut)
 
 
+def plan_prefix_jump(guide: Guide, state: int, encode: Callable[[str], Sequence[int]],
+                     max_tokens: int) -> JumpPlan | None:
+    """A jump before anything was sampled (the output must start with forced text, e.g. `{"`):
+    the forced text's own tokens, appended to the prompt's output before its prefill."""
+    forced = guide.forced_bytes(state)
+    cut = _complete_utf8_prefix(forced)
+    if cut == 0 or max_tokens < 1:
+        return None
+    return _try(guide, state, forced[:cut], encode, 0, max_tokens, cut)
+
+
 def _try(guide: Guide, state: int, data: bytes, encode: Callable[[str], Sequence[int]], num_replaced: int,
          max_tokens: int, forced_len: int) -> JumpPlan | None:
     try:

@@ -1,4 +1,4 @@
-"""Token index: for every DFA state, the tokens allowed next and the state each one leads to.
+"""Token index: for every DFA state, the tokens allowed next; and how a token moves the state.
 
 Built once per (automaton, vocabulary), with numpy over the whole vocabulary at once. The vocabulary's
 byte strings form a trie (built once per vocabulary and cached on it); the walk keeps an array of live
@@ -6,11 +6,17 @@ byte strings form a trie (built once per vocabulary and cached on it); the walk 
 step, so a token whose first byte is already dead for a state costs nothing past that byte, and no
 Python loop runs over tokens or states.
 
-Stored per state: a packed bitmask of `ceil(V / 32)` int32 words (bit `t % 32` of word `t // 32` set
-when token t is allowed; EOS exactly in accepting states) for the per-step mask, and a compact
-next-state table for `advance`: the state most allowed tokens lead to (`default_next`; inside a JSON
-string almost every token leads back to the same state) plus a CSR list of the exceptions, sorted by
-token id. That is a few hundred entries per state where a full table would hold tens of thousands.
+Mask classes: a token is allowed in a state when its bytes never hit the dead state, which depends only
+on the automaton's behaviour up to the longest token's length L. States that agree on acceptance and on
+which byte strings of length <= L die are *mask-equivalent* (partition refinement over byte classes, at
+most L rounds); the walk runs from one state per class. That turns a bounded repetition such as a
+string with maxLength 300 (one state per position, each allowing most of the vocabulary) from 300
+walks of the whole trie into a few dozen.
+
+Stored: a packed bitmask of `ceil(V / 32)` int32 words per mask class (bit `t % 32` of word `t // 32`
+set when token t is allowed; EOS exactly in accepting states) and the state -> class map, for the
+per-step mask; the next-state table is the byte automaton's [S, 256] transition table itself: a token's
+next state is a walk over its bytes, which costs a few lookups and no per-token storage.
 """
 
 from __future__ import annotations
@@ -86,47 +92,81 @@ def _expand(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 @dataclass(frozen=True)
 class TokenIndex:
-    masks: np.ndarray          # [S, W] int32 packed allowed-token bitmask
-    default_next: np.ndarray   # [S] int32, the next state of allowed tokens not listed as exceptions
-    offsets: np.ndarray        # [S + 1] int64 CSR row starts of the exceptions
-    tokens: np.ndarray         # [E] int32 exception tokens, sorted within each state
-    next_states: np.ndarray    # [E] int32
-    num_allowed: np.ndarray    # [S] int64 non-EOS tokens allowed
+    masks: np.ndarray          # [C, W] int32 packed allowed-token bitmask per mask class
+    state_class: np.ndarray    # [S] int64, mask class of each state
+    num_allowed: np.ndarray    # [C] int64 non-EOS tokens allowed
     vocab_size: int
+    transitions: list          # [S][256] next state per byte, -1 dead (Python lists: fastest to walk)
+    token_bytes: tuple         # the vocabulary's token bytes
+    eos_token_ids: frozenset
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.masks)
+
+    def mask_row(self, state: int) -> np.ndarray:
+        return self.masks[self.state_class[state]]
 
     def is_allowed(self, state: int, token: int) -> bool:
-        return 0 <= token < self.vocab_size and bool((int(self.masks[state, token >> 5]) >> (token & 31)) & 1)
+        if not 0 <= token < self.vocab_size:
+            return False
+        word = int(self.masks[self.state_class[state], token >> 5])
+        return bool((word >> (token & 31)) & 1)
 
     def advance(self, state: int, token: int) -> int:
         """Next state, `EOS_STATE` for EOS in an accepting state, or -1 if `token` is not allowed."""
         if not self.is_allowed(state, token):
             return -1
-        lo, hi = int(self.offsets[state]), int(self.offsets[state + 1])
-        i = lo + int(np.searchsorted(self.tokens[lo:hi], token))
-        if i < hi and self.tokens[i] == token:
-            return int(self.next_states[i])
-        return int(self.default_next[state])
+        if token in self.eos_token_ids:
+            return EOS_STATE
+        rows = self.transitions
+        for byte in self.token_bytes[token]:
+            state = rows[state][byte]
+        return state
 
     def allowed(self, state: int) -> np.ndarray:
         """Bool mask [V] of the tokens allowed in `state` (EOS included when accepting)."""
-        bits = np.unpackbits(self.masks[state].view(np.uint8), bitorder="little")
+        bits = np.unpackbits(self.mask_row(state).view(np.uint8), bitorder="little")
         return bits[:self.vocab_size].astype(bool)
 
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.masks, self.default_next, self.offsets, self.tokens,
-                                      self.next_states))
+        return self.masks.nbytes + self.state_class.nbytes + 4 * 256 * len(self.transitions)
+
+
+def mask_classes(transitions: np.ndarray, accepting: np.ndarray, depth: int, budget: Budget) -> np.ndarray:
+    """[S] class ids: states equal in acceptance and in which byte strings of length <= depth die."""
+    S = len(transitions)
+    # Bytes every state treats alike (e.g. all letters of a string body) collapse into one column.
+    columns = np.unique(transitions.T, axis=0)                                 # [K, S]
+    cls = accepting.astype(np.int64)
+    n = len(np.unique(cls))
+    for _ in range(depth):
+        budget.check_time()
+        ext = np.append(cls, -1)                                                # dead: its own class
+        sig = np.ascontiguousarray(np.column_stack([cls, ext[columns.T]]))
+        keys = sig.view(np.dtype((np.void, sig.dtype.itemsize * sig.shape[1]))).ravel()
+        _, new = np.unique(keys, return_inverse=True)
+        new_n = int(new.max()) + 1 if S else 0
+        cls = new.astype(np.int64)
+        if new_n == n:
+            break
+        n = new_n
+    return cls
 
 
 def build_token_index(transitions: np.ndarray, accepting: np.ndarray, vocab: Vocabulary,
                       budget: Budget) -> TokenIndex:
     trie = token_trie(vocab)
-    S = len(transitions)
     V = vocab.size
+    max_len = max((len(b) for b in vocab.token_bytes), default=1)
+    state_class = mask_classes(transitions, accepting, max_len, budget)
+    _, reps = np.unique(state_class, return_index=True)                         # one state per class
+    C = len(reps)
     table = transitions.astype(np.int64)
-    origin = np.arange(S, dtype=np.int64)
-    node = np.zeros(S, dtype=np.int64)
-    cur = np.arange(S, dtype=np.int64)
-    out_o, out_t, out_s = [], [], []
+    origin = np.arange(C, dtype=np.int64)          # the class being walked for
+    node = np.zeros(C, dtype=np.int64)
+    cur = reps.astype(np.int64)
+    out_o, out_t = [], []
     while len(origin):
         budget.check_time()
         owner, child = _expand(trie.child_start[node], trie.child_count[node])
@@ -135,46 +175,23 @@ def build_token_index(transitions: np.ndarray, accepting: np.ndarray, vocab: Voc
         origin, node, cur = origin[owner[keep]], child[keep], nxt[keep]
         has_tok = trie.token_count[node] > 0
         if has_tok.any():
-            o, n, c = origin[has_tok], node[has_tok], cur[has_tok]
+            o, n = origin[has_tok], node[has_tok]
             towner, tpos = _expand(trie.token_start[n], trie.token_count[n])
             out_o.append(o[towner])
             out_t.append(trie.token_ids[tpos])
-            out_s.append(c[towner])
     o = np.concatenate(out_o) if out_o else np.zeros(0, np.int64)
     t = np.concatenate(out_t) if out_t else np.zeros(0, np.int64)
-    s = np.concatenate(out_s) if out_s else np.zeros(0, np.int64)
-    num_allowed = np.bincount(o, minlength=S).astype(np.int64)
+    num_allowed = np.bincount(o, minlength=C).astype(np.int64)
     # EOS is allowed exactly in accepting states, and as a way out of a state no token can continue
     # (possible only with vocabularies that lack some single bytes).
     eos = np.array(sorted(vocab.eos_token_ids), dtype=np.int64)
-    ends = np.flatnonzero(accepting | (num_allowed == 0))
+    ends = np.flatnonzero(accepting[reps] | (num_allowed == 0))
     if len(eos) and len(ends):
         o = np.concatenate([o, np.repeat(ends, len(eos))])
         t = np.concatenate([t, np.tile(eos, len(ends))])
-        s = np.concatenate([s, np.full(len(ends) * len(eos), EOS_STATE, dtype=np.int64)])
     order = np.lexsort((t, o))
-    o, t, s = o[order], t[order], s[order]
-    masks = _pack(o, t, S, V)
-    default = _most_common_next(o, s, S)
-    exc = s != default[o]
-    o, t, s = o[exc], t[exc], s[exc]
-    offsets = np.zeros(S + 1, dtype=np.int64)
-    np.cumsum(np.bincount(o, minlength=S), out=offsets[1:])
-    return TokenIndex(masks, default.astype(np.int32), offsets, t.astype(np.int32), s.astype(np.int32),
-                      num_allowed, V)
-
-
-def _most_common_next(states: np.ndarray, nexts: np.ndarray, S: int) -> np.ndarray:
-    """Per state, the next state most of its allowed tokens lead to (-1 for a state with none)."""
-    default = np.full(S, -1, dtype=np.int64)
-    if len(states) == 0:
-        return default
-    keys, counts = np.unique(states * (S + 3) + (nexts + 3), return_counts=True)
-    key_state = keys // (S + 3)
-    order = np.lexsort((-counts, key_state))          # per state, the largest count first
-    first = order[np.concatenate([[True], key_state[order][1:] != key_state[order][:-1]])]
-    default[key_state[first]] = keys[first] % (S + 3) - 3
-    return default
+    return TokenIndex(_pack(o[order], t[order], C, V), state_class, num_allowed, V, transitions.tolist(),
+                      vocab.token_bytes, vocab.eos_token_ids)
 
 
 def _pack(states: np.ndarray, tokens: np.ndarray, S: int, V: int) -> np.ndarray:

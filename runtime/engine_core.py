@@ -104,8 +104,9 @@ class EngineCore:
         kind = item[0]
         if kind == "add":
             self._init_input_logprobs(item[1])
-            self.scheduler.add(item[1])
             self.stats.requests_received += 1
+            if self._prefix_jump(item[1]):
+                self.scheduler.add(item[1])
         elif kind == "abort":
             req = self.scheduler.find(item[1])
             if req is not None:
@@ -281,6 +282,31 @@ class EngineCore:
             self.scheduler.requeue(req)   # an extend step computes the jumped tokens after the cached prefix
         elif gs is not None:
             self.constraints.update(req.row)
+
+    def _prefix_jump(self, req: Req) -> bool:
+        """Jump-forward before the prefill: an output that must start with forced text (`{"` of a
+        JSON object) gets those tokens now and its prefill computes them with the prompt. Returns
+        False when that already finished the request."""
+        gs = req.grammar
+        if (gs is None or not self.jump_forward or req.logprobs.return_logprob or req.output_ids
+                or req.stop_matcher is not None):   # stop strings are matched on sampled steps only
+            return True
+        plan = gs.plan_prefix_jump(self._encode, req.max_new_tokens)
+        if plan is None:
+            return True
+        gs.apply_jump(plan)
+        req.output_ids.extend(plan.tokens)
+        self.stats.jump_forward_tokens += len(plan.tokens)
+        self.stats.jump_forward_jumps += 1
+        delta = req.detokenizer.add(list(plan.tokens))
+        if gs.finished or len(req.output_ids) >= req.max_new_tokens:
+            self.scheduler.add(req)   # finish() expects a queued request
+            tail, _ = self._flush_text(req)
+            reason = FinishReason("stop" if gs.finished else "length", matched=None)
+            self._finish(req, reason, delta + tail, list(plan.tokens))
+            return False
+        self._send(req, ReqOutput(req.rid, delta, list(plan.tokens), False, self._meta_info(req, final=False)))
+        return True
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)

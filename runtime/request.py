@@ -89,6 +89,7 @@ class Req:
     scored_upto: int = 0                     # next prompt position whose input logprob is still to be computed
     skipped: int = 0                         # times a later request was admitted first (lpm starvation bound)
     retractions: int = 0
+    admissions: int = 0                      # times admitted (again after a retraction or a jump-forward)
     grammar: Any = None                      # constrained output: a GrammarState (runtime/constrained.py)
     output_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None

@@ -158,8 +158,9 @@ class Scheduler:
                 break
             self.cache.make_room(take)
             self._alloc(req, match.length, take)
-            if not req.retractions and not req.output_ids:   # the prompt tokens cached when it started
+            if not req.admissions:   # what the caller sees: prompt tokens cached when it started
                 req.cached_tokens = match.length
+            req.admissions += 1
             self.stats.cached_prefill_tokens += match.length
             req.status = ReqStatus.RUNNING
             if take < extend:

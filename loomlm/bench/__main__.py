@@ -7,6 +7,7 @@ import sys
 
 # Benchmark name -> module with a `main(argv) -> int`.
 BENCHMARKS = {
+    "grammar": "loomlm.runtime.bench.grammar",
     "offline": "loomlm.runtime.bench.offline",
     "prefix": "loomlm.runtime.bench.prefix",
 }

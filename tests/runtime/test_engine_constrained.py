@@ -166,3 +166,21 @@ def test_jump_forward_saves_forward_passes_and_stays_valid(idle_engine) -> None:
     finally:
         no_jump.shutdown()
     assert 1 - passes["on"] / passes["off"] >= 0.3, passes
+
+
+def test_a_slow_compile_does_not_block_other_requests(idle_engine) -> None:
+    import threading
+
+    from loomlm.grammars.cache import GrammarSpec
+
+    slow = r'"[^"]{0,2000}"'   # about 16000 states: seconds to compile
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(
+        out=idle_engine.generate("Quote:", {"regex": slow, "max_new_tokens": 8, "temperature": 0})))
+    thread.start()
+    future = idle_engine.grammars.get(GrammarSpec("regex", slow))   # the same compile the thread waits on
+    out = idle_engine.generate("hi", {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True})
+    assert len(out["output_ids"]) == 4
+    assert not future.done()    # the other request was served while the grammar was still compiling
+    thread.join()
+    assert result["out"]["text"].startswith('"')

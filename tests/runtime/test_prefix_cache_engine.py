@@ -219,9 +219,9 @@ def test_chunked_prefill_interleaves_with_decode(chunk_engine):
     events: list[tuple[str, int, bool]] = []
     prepared, _ = chunk_engine._prepare(None, [greedy(40), greedy(1)], [rand_ids(3, 20), rand_ids(4, 3000)],
                                         LogprobOptions())
-    reqs = chunk_engine._expand(prepared, LogprobOptions(), guides={},
+    reqs = chunk_engine._expand(prepared, LogprobOptions(),
                                 lambda i: (lambda out, i=i: events.append(("ab"[i], len(out.new_token_ids), out.finished))),
-                                RequestOptions())
+                                RequestOptions(), {})
     before = chunk_engine.get_stats()
     for req in reqs:
         chunk_engine.core.submit(req)

@@ -66,6 +66,9 @@ BAD_VALUES = [
     ("ignore_eos", 1), ("ignore_eos", "yes"), ("skip_special_tokens", 0),
     ("seed", 1.0), ("seed", True), ("seed", "42"),
     ("n", 0), ("n", -1), ("n", 2.0), ("n", True),
+    ("regex", 5), ("regex", b"a+"),
+    ("json_schema", 5), ("json_schema", "{nope"), ("json_schema", [1]),
+    ("choices", "ab"), ("choices", [1]), ("choices", ("a", None)),
 ]
 
 
@@ -81,6 +84,19 @@ def test_invalid_value_names_field_and_value(field, value):
 def test_every_field_has_a_rejection_test():
     tested = {field for field, _ in BAD_VALUES}
     assert tested == {f.name for f in dataclasses.fields(SamplingParams)}
+
+
+def test_constraints_are_normalised_and_exclusive():
+    assert SamplingParams(choices=["a", "b"]).choices == ("a", "b")
+    assert SamplingParams(json_schema='{"type":  "integer"}').json_schema == '{"type": "integer"}'
+    assert SamplingParams(json_schema={"type": "integer"}).json_schema == '{"type": "integer"}'
+    assert SamplingParams(regex="a+").constrained and not SamplingParams().constrained
+    p = SamplingParams(choices=["x"])
+    assert SamplingParams.from_dict(p.to_dict()) == p
+    with pytest.raises(ValueError, match="regex and json_schema cannot be combined"):
+        SamplingParams(regex="a", json_schema={"type": "integer"})
+    with pytest.raises(ValueError, match="choices"):
+        SamplingParams(choices=[])
 
 
 def test_min_new_tokens_must_not_exceed_max():
