@@ -10,7 +10,7 @@ membership. Every guide is a byte-level DFA plus its token index (`regex_dfa`, `
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,7 +37,6 @@ class Guide:
     index: TokenIndex
     vocab: Vocabulary
     description: str
-    _device_masks: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def initial_state(self) -> int:
@@ -91,16 +90,6 @@ class Guide:
     def mask_class(self, state: int) -> int:
         """Row of `index.masks` holding `state`'s mask (mask-equivalent states share one)."""
         return int(self.index.state_class[state])
-
-    def device_masks(self, device: Any) -> Any:
-        """The [C, W] int32 bitmask table (one row per mask class) as a torch tensor on `device`."""
-        import torch
-
-        key = str(device)
-        masks = self._device_masks.get(key)
-        if masks is None:
-            masks = self._device_masks[key] = torch.from_numpy(self.index.masks).to(device)
-        return masks
 
 
 def compile_regex(pattern: str, vocab: Vocabulary, limits: GrammarLimits | None = None,

@@ -96,7 +96,7 @@ class TokenIndex:
     state_class: np.ndarray    # [S] int64, mask class of each state
     num_allowed: np.ndarray    # [C] int64 non-EOS tokens allowed
     vocab_size: int
-    transitions: list          # [S][256] next state per byte, -1 dead (Python lists: fastest to walk)
+    transitions: memoryview    # flat [S * 256] int32 next state per (state, byte), -1 dead (fast scalar reads)
     token_bytes: tuple         # the vocabulary's token bytes
     eos_token_ids: frozenset
 
@@ -119,9 +119,9 @@ class TokenIndex:
             return -1
         if token in self.eos_token_ids:
             return EOS_STATE
-        rows = self.transitions
+        table = self.transitions
         for byte in self.token_bytes[token]:
-            state = rows[state][byte]
+            state = table[state * 256 + byte]
         return state
 
     def allowed(self, state: int) -> np.ndarray:
@@ -130,7 +130,7 @@ class TokenIndex:
         return bits[:self.vocab_size].astype(bool)
 
     def nbytes(self) -> int:
-        return self.masks.nbytes + self.state_class.nbytes + 4 * 256 * len(self.transitions)
+        return self.masks.nbytes + self.state_class.nbytes + self.transitions.nbytes
 
 
 def mask_classes(transitions: np.ndarray, accepting: np.ndarray, depth: int, budget: Budget) -> np.ndarray:
@@ -190,7 +190,8 @@ def build_token_index(transitions: np.ndarray, accepting: np.ndarray, vocab: Voc
         o = np.concatenate([o, np.repeat(ends, len(eos))])
         t = np.concatenate([t, np.tile(eos, len(ends))])
     order = np.lexsort((t, o))
-    return TokenIndex(_pack(o[order], t[order], C, V), state_class, num_allowed, V, transitions.tolist(),
+    flat = memoryview(np.ascontiguousarray(transitions, dtype=np.int32).ravel())
+    return TokenIndex(_pack(o[order], t[order], C, V), state_class, num_allowed, V, flat,
                       vocab.token_bytes, vocab.eos_token_ids)
 
 
