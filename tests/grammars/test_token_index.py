@@ -142,3 +142,24 @@ def test_tokenizer_encodings_of_matches_walk_through(vocab: Vocabulary, tokenize
         ids = tokenizer.encode(text, add_special_tokens=False)
         assert _walk(guide, tuple(ids)), (text, ids)
     assert not _walk(guide, tuple(tokenizer.encode("ab", add_special_tokens=False)))
+
+
+REAL_PATTERNS = [r'\{"id": [0-9]{1,4}, "tag": "[a-zé ]{0,6}"\}', r"[A-Z][a-z]{1,6}( [a-z]{1,5}){0,2}\.",
+                 r"(yes|no|maybe)!?", r"[0-9]{1,3}(\.[0-9]{1,2})?(€|😀)"]
+_REAL_GUIDES: dict[str, object] = {}
+
+
+@settings(max_examples=120, deadline=None)
+@given(data=st.data())
+def test_tokenizations_of_matches_walk_and_of_non_matches_do_not(vocab: Vocabulary, tokenizer,
+                                                                 data: st.DataObject) -> None:
+    pattern = data.draw(st.sampled_from(REAL_PATTERNS))
+    if pattern not in _REAL_GUIDES:
+        _REAL_GUIDES[pattern] = compile_regex(pattern, vocab)
+    guide = _REAL_GUIDES[pattern]
+    text = data.draw(st.from_regex(re.compile(pattern), fullmatch=True))
+    assert _walk(guide, tuple(tokenizer.encode(text, add_special_tokens=False))), text
+    cut = data.draw(st.integers(0, len(text)))
+    other = text[:cut] + data.draw(st.sampled_from(["x", "", "\n", "é", '"', "9"])) + text[cut + 1:]
+    walked = _walk(guide, tuple(tokenizer.encode(other, add_special_tokens=False)))
+    assert walked == (re.fullmatch(pattern, other) is not None), other
