@@ -157,13 +157,20 @@ def trim(table: np.ndarray, accepting: np.ndarray) -> tuple[np.ndarray, np.ndarr
     """Keep states reachable from 0 that can reach acceptance; renumber (0 stays the initial state).
     Returns a table of shape [0, 256] when the language is empty."""
     S = len(table)
+    # Backward reachability over the edges (grouped by target), frontier by frontier.
+    src, byte = np.nonzero(table >= 0)
+    dst = table[src, byte].astype(np.int64)
+    order = np.argsort(dst, kind="stable")
+    dst_sorted, src_by_dst = dst[order], src[order]
+    starts = np.searchsorted(dst_sorted, np.arange(S + 1))
     live = accepting.copy()
-    while True:   # backward reachability: a state is live if some byte leads to a live state
-        safe = np.where(table >= 0, table, 0)
-        grown = live | ((table >= 0) & live[safe]).any(axis=1)
-        if (grown == live).all():
-            break
-        live = grown
+    frontier = np.flatnonzero(live)
+    while len(frontier):
+        counts = starts[frontier + 1] - starts[frontier]
+        idx = np.repeat(starts[frontier] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        preds = np.unique(src_by_dst[idx])
+        frontier = preds[~live[preds]]
+        live[frontier] = True
     if not live[0]:
         return np.zeros((0, 256), dtype=np.int32), np.zeros(0, dtype=bool)
     table = np.where((table >= 0) & live[np.where(table >= 0, table, 0)], table, DEAD).astype(np.int32)

@@ -42,6 +42,7 @@ class TokenTrie:
     token_start: np.ndarray   # [N] int64, tokens spelled exactly by the node: token_ids[start:start+count]
     token_count: np.ndarray   # [N] int64
     token_ids: np.ndarray     # [T] int64
+    max_depth: int            # bytes of the longest token
 
 
 def token_trie(vocab: Vocabulary) -> TokenTrie:
@@ -80,7 +81,8 @@ def _build_trie(vocab: Vocabulary) -> TokenTrie:
     token_ids = np.array([i for _, i in tok_nodes], dtype=np.int64)
     token_count = np.bincount(nodes, minlength=N).astype(np.int64)
     token_start = np.concatenate([[0], np.cumsum(token_count)[:-1]]).astype(np.int64)
-    return TokenTrie(byte, child_start, child_count, token_start, token_count, token_ids)
+    max_depth = max((len(p) for p in prefixes), default=1)
+    return TokenTrie(byte, child_start, child_count, token_start, token_count, token_ids, max_depth)
 
 
 def _expand(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -158,8 +160,7 @@ def build_token_index(transitions: np.ndarray, accepting: np.ndarray, vocab: Voc
                       budget: Budget) -> TokenIndex:
     trie = token_trie(vocab)
     V = vocab.size
-    max_len = max((len(b) for b in vocab.token_bytes), default=1)
-    state_class = mask_classes(transitions, accepting, max_len, budget)
+    state_class = mask_classes(transitions, accepting, trie.max_depth, budget)
     _, reps = np.unique(state_class, return_index=True)                         # one state per class
     C = len(reps)
     table = transitions.astype(np.int64)
