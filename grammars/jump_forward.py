@@ -27,7 +27,6 @@ class JumpPlan:
     num_replaced: int
     tokens: tuple[int, ...]
     state: int
-    forced_bytes: int   # bytes the jump added beyond the replaced token
 
 
 def _complete_utf8_prefix(data: bytes) -> int:
@@ -55,14 +54,14 @@ def plan_jump(guide: Guide, state_before_last: int, last_token: int, state_after
     data = last + forced
     cut = _complete_utf8_prefix(data)
     if cut > len(last):
-        plan = _try(guide, state_before_last, data[:cut], encode, 1, max_tokens, cut - len(last))
+        plan = _try(guide, state_before_last, data[:cut], encode, 1, max_tokens)
         if plan is not None:
             return plan
     # Fallback: the forced text alone, appended after the sampled token.
     cut = _complete_utf8_prefix(forced)
     if cut == 0:
         return None
-    return _try(guide, state_after_last, forced[:cut], encode, 0, max_tokens - 1, cut)
+    return _try(guide, state_after_last, forced[:cut], encode, 0, max_tokens - 1)
 
 
 def plan_prefix_jump(guide: Guide, state: int, encode: Callable[[str], Sequence[int]],
@@ -73,11 +72,11 @@ def plan_prefix_jump(guide: Guide, state: int, encode: Callable[[str], Sequence[
     cut = _complete_utf8_prefix(forced)
     if cut == 0 or max_tokens < 1:
         return None
-    return _try(guide, state, forced[:cut], encode, 0, max_tokens, cut)
+    return _try(guide, state, forced[:cut], encode, 0, max_tokens)
 
 
 def _try(guide: Guide, state: int, data: bytes, encode: Callable[[str], Sequence[int]], num_replaced: int,
-         max_tokens: int, forced_len: int) -> JumpPlan | None:
+         max_tokens: int) -> JumpPlan | None:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:   # starts inside a character (the previous token split it)
@@ -94,4 +93,4 @@ def _try(guide: Guide, state: int, data: bytes, encode: Callable[[str], Sequence
             return None
     if num_replaced == 1 and len(tokens) == 1:
         return None   # re-tokenizing only reproduced the sampled token, nothing was added
-    return JumpPlan(num_replaced, tuple(tokens), state, forced_len)
+    return JumpPlan(num_replaced, tuple(tokens), state)

@@ -66,9 +66,6 @@ class ByteDFA:
         self._forced[state] = bytes(out)
         return bytes(out)
 
-    def is_final(self, state: int) -> bool:
-        """Accepting with no way to continue: the output can only end here."""
-        return bool(self.accepting[state]) and not (self.transitions[state] >= 0).any()
 
 
 def compile_dfa(pattern: str, limits: GrammarLimits | None = None) -> ByteDFA:

@@ -131,9 +131,6 @@ class TokenIndex:
         bits = np.unpackbits(self.mask_row(state).view(np.uint8), bitorder="little")
         return bits[:self.vocab_size].astype(bool)
 
-    def nbytes(self) -> int:
-        return self.masks.nbytes + self.state_class.nbytes + self.transitions.nbytes
-
 
 def mask_classes(transitions: np.ndarray, accepting: np.ndarray, depth: int, budget: Budget) -> np.ndarray:
     """[S] class ids: states equal in acceptance and in which byte strings of length <= depth die."""

@@ -11,7 +11,7 @@ the live guides when more than half of it is dead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -28,9 +28,7 @@ class GrammarState:
     guide: Guide
     state: int = 0
     prev_state: int = 0          # before the last output token (jump-forward re-tokenizes that token)
-    jump_forward: bool = True
-    jumped_tokens: int = 0       # output tokens appended by jump-forward instead of sampling
-    rejected: bool = field(default=False)   # a sampled token the guide did not allow (never expected)
+    rejected: bool = False       # a sampled token the guide did not allow (never expected)
 
     def advance(self, token: int) -> None:
         nxt = self.guide.index.advance(self.state, token)
@@ -44,18 +42,17 @@ class GrammarState:
         return self.guide.is_finished(self.state)
 
     def plan_jump(self, last_token: int, encode: Callable[[str], Sequence[int]], max_tokens: int) -> JumpPlan | None:
-        if not self.jump_forward or self.rejected or self.finished:
+        if self.rejected or self.finished:
             return None
         return plan_jump(self.guide, self.prev_state, last_token, self.state, encode, max_tokens)
 
     def plan_prefix_jump(self, encode: Callable[[str], Sequence[int]], max_tokens: int) -> JumpPlan | None:
-        if not self.jump_forward or self.finished:
+        if self.finished:
             return None
         return plan_prefix_jump(self.guide, self.state, encode, max_tokens)
 
     def apply_jump(self, plan: JumpPlan) -> None:
         self.state = plan.state
-        self.jumped_tokens += len(plan.tokens) - plan.num_replaced
 
 
 class ConstraintMasks:

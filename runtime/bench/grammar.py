@@ -37,7 +37,7 @@ import torch
 
 from loomlm.runtime.bench.grammar_adapters import LIBRARIES, Library, Walker, load_libraries
 from loomlm.runtime.bench.grammar_workload import JSON_SCHEMA, REGEX, REGEXES, SCHEMAS, Case, select
-from loomlm.runtime.bench.report import environment
+from loomlm.runtime.bench.report import environment, text_table
 from loomlm.runtime.config import DTYPES, LOAD_FORMATS
 
 LABELS = {"loomlm": "loomlm", "loomlm_numpy": "loomlm (numpy row copy)", "outlines_core": "Outlines-core",
@@ -309,15 +309,6 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _table(headers: Sequence[str], body: list[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in (headers, *body)) for i in range(len(headers))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])])
-
-    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in body)])
-
-
 def format_cases(result: dict[str, Any]) -> str:
     names = result["available_libraries"]
     headers = ["case", "kind", "tokens", *(f"{LABELS[n]} compile ms" for n in names), "loomlm DFA",
@@ -329,7 +320,7 @@ def format_cases(result: dict[str, Any]) -> str:
                      *(_fmt(row["compile_ms"][n]) if row["compile_ms"][n] is not None else
                        ("error" if n in row["errors"] else "-") for n in names),
                      row["loomlm"] or "-", *(_fmt(p50.get(n)) for n in names)])
-    return _table(headers, body)
+    return text_table(headers, body)
 
 
 def format_summary(result: dict[str, Any]) -> str:
@@ -347,7 +338,7 @@ def format_summary(result: dict[str, Any]) -> str:
                      _fmt(result[f"{name}_vocab_setup_ms"]), _fmt(result[f"{name}_compile_ms_median"]),
                      _fmt(result[f"{name}_regex_compile_ms_median"]), _fmt(result[f"{name}_mask_us_p50"]),
                      _fmt(result[f"{name}_mask_us_p99"])])
-    return _table(headers, body)
+    return text_table(headers, body)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loomlm.runtime.bench.grammar_workload import select
+from loomlm.runtime.bench.report import text_table
 from loomlm.runtime.config import EngineConfig
 
 MODES = (("jump-forward on", False), ("jump-forward off", True))   # (label, disable_jump_forward)
@@ -146,11 +147,6 @@ def format_e2e(e2e: dict[str, Any]) -> str:
         body.append((label, str(r["requests"]), str(r["forward_passes"]), str(r["forward_passes_per_request"]),
                      str(r["output_tokens"]), f"{r['wall_s']:.2f}", str(r["valid_json"]), str(r["schema_valid"]),
                      str(r["errors"])))
-    widths = [max(len(row[i]) for row in (headers, *body)) for i in range(len(headers))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "  ".join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])])
-
     red = e2e["jump_forward_forward_pass_reduction"]
     tail = (f"jump-forward saves {red:.1%} of forward passes ({e2e['forward_passes_on']} vs "
             f"{e2e['forward_passes_off']}), wall {e2e['wall_s_on']:.2f} s vs {e2e['wall_s_off']:.2f} s; "
@@ -158,4 +154,4 @@ def format_e2e(e2e: dict[str, Any]) -> str:
             f"requests that stopped before max_new_tokens in both modes; identical text in "
             f"{e2e['same_text']}/{e2e['compared_requests']} requests") if red is not None \
         else "jump-forward reduction: - (no request finished in both modes)"
-    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in body), tail])
+    return text_table(headers, body) + "\n" + tail

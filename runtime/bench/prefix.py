@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from loomlm.runtime.bench.common import resolve_target, use_threads
-from loomlm.runtime.bench.report import environment
+from loomlm.runtime.bench.report import environment, text_table
 from loomlm.runtime.config import DTYPES, LOAD_FORMATS, SCHEDULE_POLICIES
 
 WARMUP_TOKENS = 4
@@ -167,12 +167,7 @@ def format_table(runs: list[RunResult], off: RunResult, ideal: float) -> str:
     body = [(r.name, f"{r.wall_s:.2f}", f"{r.output_tok_s:.1f}", str(r.computed_prefill_tokens),
              str(r.cached_tokens), f"{r.hit_rate:.1%}", f"{r.hit_rate / ideal:.1%}" if ideal else "-",
              f"{off.wall_s / r.wall_s:.2f}x") for r in runs]
-    widths = [max(len(row[i]) for row in (headers, *body)) for i in range(len(headers))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "  ".join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])])
-
-    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in body)])
+    return text_table(headers, body)
 
 
 def _summary(args: argparse.Namespace, work: Workload, off: RunResult, on: list[RunResult],

@@ -42,14 +42,18 @@ def format_table(rows: Sequence[Measurement], baseline: Measurement) -> str:
         ratio = speedup(baseline, row)
         body.append((row.system, str(row.requests), str(row.output_tokens), f"{row.wall_s:.2f}",
                      f"{row.output_tok_s:.1f}", "-" if ratio is None else f"{ratio:.2f}x"))
-    widths = [max(len(r[i]) for r in (headers, *body)) for i in range(len(headers))]
+    return text_table(headers, body)
+
+
+def text_table(headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """Plain-text table: first column left-aligned, the others right-aligned, a dashed rule under the
+    headers."""
+    widths = [max(len(row[i]) for row in (headers, *body)) for i in range(len(headers))]
 
     def line(cells: Sequence[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        return "  ".join([first] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])])
+        return "  ".join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])])
 
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(headers), rule, *(line(r) for r in body)])
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in body)])
 
 
 def _cpu_model() -> str:
