@@ -1,1 +1,21 @@
-"""loomlm.lang: the frontend language (@function programs, gen/select/fork). Arrives with its own issue."""
+"""loomlm.lang: the frontend language (`@function` programs made of gen, select, fork and roles).
+
+Everything here is re-exported by `loomlm`, so `import loomlm as sgl` runs SGLang-style programs.
+Importing it does not import torch: the engine is loaded by `Runtime` (in-process backend) only.
+"""
+
+from loomlm.lang.api import (assistant, assistant_begin, assistant_end, gen, gen_int, gen_string, select,
+                             system, system_begin, system_end, user, user_begin, user_end)
+from loomlm.lang.backends.default import get_default_backend, set_default_backend
+from loomlm.lang.backends.local import LocalBackend, Runtime
+from loomlm.lang.choices import (greedy_token_selection, token_length_normalized,
+                                 unconditional_likelihood_normalized)
+from loomlm.lang.function import SglFunction, function
+from loomlm.lang.state import ProgramState, ProgramStateGroup
+
+__all__ = [
+    "assistant", "assistant_begin", "assistant_end", "gen", "gen_int", "gen_string", "select", "system",
+    "system_begin", "system_end", "user", "user_begin", "user_end", "get_default_backend",
+    "set_default_backend", "LocalBackend", "Runtime", "greedy_token_selection", "token_length_normalized",
+    "unconditional_likelihood_normalized", "SglFunction", "function", "ProgramState", "ProgramStateGroup",
+]

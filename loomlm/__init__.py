@@ -15,6 +15,12 @@ _EXPORTS = {
     "EngineConfig": "loomlm.runtime.config",
     "SamplingParams": "loomlm.runtime.sampling_params",
     "default_model_path": "loomlm.runtime.models.loader",
+    **{name: "loomlm.lang" for name in (
+        "function", "gen", "gen_int", "gen_string", "select", "system", "user", "assistant",
+        "system_begin", "system_end", "user_begin", "user_end", "assistant_begin", "assistant_end",
+        "set_default_backend", "get_default_backend", "Runtime", "LocalBackend", "SglFunction",
+        "ProgramState", "ProgramStateGroup", "token_length_normalized", "greedy_token_selection",
+        "unconditional_likelihood_normalized")},
 }
 
 __all__ = ["__version__", *_EXPORTS]

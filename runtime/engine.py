@@ -190,8 +190,7 @@ class Engine:
         inbox: queue.SimpleQueue = queue.SimpleQueue()
         reqs = self._expand(prepared, logprobs, lambda i: (lambda out, i=i: inbox.put((i, out))), opts, guides)
         results = [_Collected() for _ in reqs]
-        for req in reqs:
-            self.core.submit(req)
+        self.core.submit(*reqs)
         remaining = len(reqs)
         while remaining:
             i, out = inbox.get()
@@ -239,8 +238,7 @@ class Engine:
             return self._astream(req, inbox)
         reqs = self._expand(prepared, logprobs, make_sink, opts, guides)
         results = [_Collected() for _ in reqs]
-        for req in reqs:
-            self.core.submit(req)
+        self.core.submit(*reqs)
         remaining = len(reqs)
         try:
             while remaining:

@@ -52,8 +52,10 @@ class EngineCore:
         self._thread.start()
 
     # ---- thread-safe entry points ------------------------------------------------------------
-    def submit(self, req: Req) -> None:
-        self._inbox.put(("add", req))
+    def submit(self, *reqs: Req) -> None:
+        """Queue requests; those of one call are all queued before the next step is scheduled, so they
+        can share its batch (a select's choices are scored in one extend)."""
+        self._inbox.put(("add", *reqs))
 
     def abort(self, rid: str) -> None:
         self._inbox.put(("abort", rid))
@@ -103,10 +105,11 @@ class EngineCore:
     def _handle(self, item: tuple) -> None:
         kind = item[0]
         if kind == "add":
-            self._init_input_logprobs(item[1])
-            self.stats.requests_received += 1
-            if self._prefix_jump(item[1]):
-                self.scheduler.add(item[1])
+            for req in item[1:]:
+                self._init_input_logprobs(req)
+                self.stats.requests_received += 1
+                if self._prefix_jump(req):
+                    self.scheduler.add(req)
         elif kind == "abort":
             req = self.scheduler.find(item[1])
             if req is not None:

@@ -1,0 +1,133 @@
+"""The in-process backend: programs call a `loomlm.runtime.Engine` in the same process.
+
+`Runtime(**engine_args)` starts an engine (the default model unless `model_path=` says otherwise) and
+owns it; `LocalBackend(engine)` borrows one the caller made. The runtime is imported only here, so
+importing `loomlm.lang` stays light.
+
+`select` scores the choices the way the issue asks: the prompt is prefilled once (the radix cache then
+holds it), and every `prompt + choice` goes to the engine in one call, so the scheduler puts them in one
+extend batch in which each request computes only the tokens after the cached prompt. A choice's tokens
+are those where the tokenization of `prompt + choice` departs from the prompt's own tokenization, so a
+choice that merges with the prompt's last characters is scored over the merged token too (SGLang's
+"token healing" case).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Iterator, Sequence
+
+from loomlm.lang.backends.base import Backend, GenResult
+from loomlm.lang.chat_template import ChatTemplate
+from loomlm.lang.choices import ChoicesDecision, ChoicesMethod
+from loomlm.lang.ir import LogprobRequest
+
+_SCORE_ONLY = {"max_new_tokens": 0, "temperature": 0.0}
+
+
+def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class LocalBackend(Backend):
+    """A backend over an existing engine (`loomlm.Engine`); `shutdown` leaves the engine running."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.chat_template = ChatTemplate.from_tokenizer(engine.tokenizer)
+
+    def model_name(self) -> str:
+        return str(self.engine.runner.model_path)
+
+    def _logprob_kwargs(self, lp: LogprobRequest) -> dict[str, Any]:
+        return {"return_logprob": lp.return_logprob, "top_logprobs_num": lp.top_logprobs_num,
+                "logprob_start_len": lp.logprob_start_len}
+
+    def _meta(self, meta: dict[str, Any], lp: LogprobRequest) -> dict[str, Any]:
+        if not (lp.return_logprob and lp.return_text_in_logprobs):
+            return meta
+        meta = dict(meta)
+        for key in ("input_token_logprobs", "output_token_logprobs"):
+            entries = meta.get(key) or []
+            texts = self.tokenizer.batch_decode([[e[1]] for e in entries]) if entries else []
+            meta[key] = [(e[0], e[1], t) for e, t in zip(entries, texts)]
+        return meta
+
+    def generate(self, prompt: str, sampling: dict[str, Any], logprobs: LogprobRequest) -> GenResult:
+        out = self.engine.generate(prompt, sampling, **self._logprob_kwargs(logprobs))
+        return GenResult(out["text"], self._meta(out["meta_info"], logprobs))
+
+    def generate_stream(self, prompt: str, sampling: dict[str, Any],
+                        logprobs: LogprobRequest) -> Iterator[GenResult]:
+        for chunk in self.engine.generate(prompt, sampling, stream=True, **self._logprob_kwargs(logprobs)):
+            yield GenResult(chunk["text"], self._meta(chunk["meta_info"], logprobs))
+
+    def prefill(self, prompt: str) -> None:
+        if prompt:
+            self.engine.generate(prompt, _SCORE_ONLY)
+
+    def select(self, prompt: str, choices: Sequence[str], method: ChoicesMethod) -> ChoicesDecision:
+        if not choices or not all(isinstance(c, str) for c in choices):
+            raise ValueError(f"select needs a non-empty list of strings, got {choices!r}")
+        encode = lambda text: self.tokenizer(text)["input_ids"]  # noqa: E731
+        prompt_ids = encode(prompt)
+        if not prompt_ids:
+            raise ValueError("select needs a non-empty prompt: a choice's first token has no logprob "
+                             "without context")
+        self.engine.generate(input_ids=prompt_ids, sampling_params=_SCORE_ONLY)   # the prompt's KV, once
+        full = [encode(prompt + c) for c in choices]
+        starts = [max(_common_prefix_len(prompt_ids, ids), 1) for ids in full]
+        for choice, ids, start in zip(choices, full, starts):
+            if start >= len(ids):
+                raise ValueError(f"select choice {choice!r} adds no token to the prompt")
+        first = min(starts)
+        outs = self.engine.generate(input_ids=full, sampling_params=[_SCORE_ONLY] * len(full),
+                                    return_logprob=True, logprob_start_len=first)
+        scored = [out["meta_info"]["input_token_logprobs"][start - first:] for out, start in zip(outs, starts)]
+        unconditional = None
+        if method.needs_unconditional:
+            alone = [ids[start:] for ids, start in zip(full, starts)]
+            uouts = self.engine.generate(input_ids=alone, sampling_params=[_SCORE_ONLY] * len(alone),
+                                         return_logprob=True, logprob_start_len=0)
+            unconditional = [o["meta_info"]["input_token_logprobs"] for o in uouts]
+        decision = method(list(choices), scored, unconditional)
+        decision.meta_info.update(
+            prompt_tokens=len(prompt_ids), output_token_logprobs=[[] for _ in choices],
+            choice_prompt_tokens=[o["meta_info"]["prompt_tokens"] for o in outs],
+            cached_tokens=[o["meta_info"]["cached_tokens"] for o in outs])
+        return decision
+
+
+class Runtime(LocalBackend):
+    """An in-process engine owned by this backend: `Runtime(model_path=None, **engine_args)`.
+
+    The arguments are `loomlm.EngineConfig`'s (SGLang server-argument names); an unknown one is a
+    `TypeError`, as a misspelt keyword argument is anywhere in Python."""
+
+    def __init__(self, model_path: str | None = None, **engine_args: Any):
+        from loomlm.runtime.config import EngineConfig
+        from loomlm.runtime.engine import Engine
+
+        known = set(inspect.signature(EngineConfig).parameters)
+        for name in engine_args:
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise TypeError(f"Runtime got an unknown argument {name!r}{hint}; the engine arguments are: "
+                                f"{', '.join(sorted(known))}")
+        super().__init__(Engine(model_path, **engine_args))
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()

@@ -1,0 +1,148 @@
+"""`@function` programs: `run`, `run_batch`, `bind`, `trace` (SGLang's `SglFunction`).
+
+`prog.run(**arguments, stream=False, backend=None, **sampling_defaults)` starts the program on its own
+executor and returns its `ProgramState` as soon as the function body has queued its nodes; reading a
+variable waits for it. The sampling defaults (`max_new_tokens`, `temperature`, `stop`, ...) apply to
+every gen that does not set its own; everything else is an argument of the program, checked against
+its signature. `run_batch` runs many argument sets on a thread pool after prefilling the program's
+constant prefix once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import tqdm
+
+from loomlm.lang.backends.default import resolve_backend
+from loomlm.lang.interpreter import StreamExecutor
+from loomlm.lang.ir import GenParams
+from loomlm.lang.state import ProgramState
+from loomlm.lang.tracer import ProgramTrace, TracerState, trace_program
+
+# run()'s sampling defaults: GenParams' inheritable fields, and SGLang's `max_new_tokens` spelling.
+_SAMPLING_NAMES = (set(GenParams.field_names()) - {"regex", "json_schema", "dtype"}) | {"max_new_tokens"}
+_RUN_DEFAULTS = {"max_tokens": 128}
+
+
+def _split_sampling(kwargs: dict[str, Any]) -> tuple[GenParams, dict[str, Any]]:
+    sampling = {k: kwargs.pop(k) for k in list(kwargs) if k in _SAMPLING_NAMES}
+    if "max_new_tokens" in sampling:
+        if "max_tokens" in sampling:
+            raise TypeError("give max_new_tokens or max_tokens, not both")
+        sampling["max_tokens"] = sampling.pop("max_new_tokens")
+    return GenParams(**{**_RUN_DEFAULTS, **sampling}), kwargs
+
+
+class SglFunction:
+    """A program: a Python function whose first argument is the program state `s`."""
+
+    def __init__(self, func: Callable[..., Any], bind_arguments: dict[str, Any] | None = None):
+        params = list(inspect.signature(func).parameters.values())
+        if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+            raise TypeError(f"@function {func.__name__} must take the program state as its first argument")
+        self.func = func
+        self.bind_arguments = dict(bind_arguments or {})
+        self.__name__ = getattr(func, "__name__", "program")
+        self.__doc__ = func.__doc__
+        self._signature = inspect.signature(func)
+
+    def _bind(self, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            bound = self._signature.bind(None, *args, **{**self.bind_arguments, **kwargs})
+        except TypeError as exc:
+            raise TypeError(f"program {self.__name__}: {exc}") from None
+        values = dict(bound.arguments)
+        values.pop(next(iter(self._signature.parameters)))
+        return values
+
+    def bind(self, **kwargs: Any) -> "SglFunction":
+        """A copy with some arguments fixed (they count as constants when tracing)."""
+        known = list(self._signature.parameters)[1:]
+        takes_any = any(p.kind == p.VAR_KEYWORD for p in self._signature.parameters.values())
+        for name in kwargs:
+            if name not in known and not takes_any:
+                raise TypeError(f"program {self.__name__} has no argument {name!r} (arguments: {', '.join(known)})")
+        return SglFunction(self.func, {**self.bind_arguments, **kwargs})
+
+    def run(self, *args: Any, stream: bool = False, backend: Any = None, **kwargs: Any) -> ProgramState:
+        defaults, program_kwargs = _split_sampling(dict(kwargs))
+        arguments = self._bind(args, program_kwargs)
+        backend = resolve_backend(backend)
+        state = ProgramState(StreamExecutor(backend, defaults, stream))
+        if stream:
+            threading.Thread(target=self._run_body, args=(state, arguments, False), daemon=True).start()
+        else:
+            self._run_body(state, arguments, True)
+        return state
+
+    def _run_body(self, state: ProgramState, arguments: dict[str, Any], reraise: bool) -> None:
+        try:
+            state.ret_value = self.func(state, **arguments)
+        except BaseException as exc:
+            if state.stream_executor.error_ is None:
+                state.stream_executor.error_ = exc
+            if reraise:
+                raise
+        finally:
+            state.stream_executor.end()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """`prog(**arguments)` is `prog.run(...)`; `prog(s, ...)` inside another program runs the body on
+        that program's state (sub-programs)."""
+        if args and isinstance(args[0], (ProgramState, TracerState)):
+            return self.func(*args, **{**self.bind_arguments, **kwargs})
+        return self.run(*args, **kwargs)
+
+    def run_batch(self, batch_kwargs: list[dict[str, Any]], *, num_threads: int | str = "auto",
+                  progress_bar: bool = False, backend: Any = None, **sampling: Any) -> list[ProgramState]:
+        """Run the program once per argument dict, concurrently; returns the finished states in order."""
+        if not isinstance(batch_kwargs, (list, tuple)) or not all(isinstance(k, dict) for k in batch_kwargs):
+            raise TypeError("run_batch takes a list of argument dicts")
+        if not batch_kwargs:
+            return []
+        backend = resolve_backend(backend)
+        for kwargs in batch_kwargs:    # argument errors surface before anything runs
+            self._bind((), {k: v for k, v in kwargs.items() if k not in _SAMPLING_NAMES})
+        if num_threads == "auto":
+            num_threads = max(64, 16 * (os.cpu_count() or 1))
+        if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
+            raise ValueError(f"num_threads must be 'auto' or a positive integer, got {num_threads!r}")
+        if len(batch_kwargs) > 1:
+            prefix = self.trace(backend=backend).prefix
+            if prefix:
+                backend.prefill(prefix)
+
+        def run_one(kwargs: dict[str, Any]) -> ProgramState:
+            state = self.run(backend=backend, **{**sampling, **kwargs})
+            state.sync()
+            for child in state.stream_executor.children:
+                child.sync()
+            return state
+
+        bar = tqdm.tqdm(total=len(batch_kwargs), desc=self.__name__, disable=not progress_bar)
+        try:
+            with ThreadPoolExecutor(min(num_threads, len(batch_kwargs))) as pool:
+                futures = [pool.submit(run_one, kwargs) for kwargs in batch_kwargs]
+                for future in futures:
+                    future.add_done_callback(lambda _f: bar.update())
+                return [future.result() for future in futures]
+        finally:
+            bar.close()
+
+    def trace(self, backend: Any = None, **kwargs: Any) -> ProgramTrace:
+        """The constant prefix of the program (with `bind` and `kwargs` arguments as constants)."""
+        template = resolve_backend(backend).chat_template
+        return trace_program(self.func, {**self.bind_arguments, **kwargs}, template)
+
+
+def function(func: Callable[..., Any] | None = None, *, num_api_spec_tokens: int | None = None):
+    """Decorator: `@function` or `@function(...)` turns `def prog(s, ...)` into an `SglFunction`.
+    (`num_api_spec_tokens`, SGLang's API speculative execution, is accepted and has no effect.)"""
+    if func is None:
+        return lambda f: SglFunction(f)
+    return SglFunction(func)

@@ -1,0 +1,156 @@
+"""`ProgramState` (the `s` of a program) and `ProgramStateGroup` (what `s.fork(n)` returns).
+
+The API is SGLang's: `s += text | expr`, `s["var"]`, `s.text()`, `s.messages()`, `s.get_meta_info(var)`,
+`s.var_scope(name)`, roles as context managers, `s.fork(n)`, `s.text_iter(var)` and
+`s.text_async_iter(var, return_meta_data=True)`. Reads block only until the value they need exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import contextmanager
+from typing import Any, AsyncIterator, Callable, Iterator
+
+from loomlm.lang.interpreter import StreamExecutor
+from loomlm.lang.ir import ConcatAndAppend, Expr, ExprList, RoleBegin, RoleEnd, VarScopeBegin, VarScopeEnd, to_expr
+
+
+class ProgramState:
+    def __init__(self, executor: StreamExecutor):
+        self.stream_executor = executor
+        self.ret_value: Any = None
+
+    # ---- building the program ---------------------------------------------------------------
+    def __iadd__(self, other: Any) -> "ProgramState":
+        self.stream_executor.submit(to_expr(other))
+        return self
+
+    def _role(self, role: str, expr: Any = None):
+        if expr is not None:
+            self += ExprList((RoleBegin(role), to_expr(expr), RoleEnd(role)))
+            return None
+
+        @contextmanager
+        def scope() -> Iterator[None]:
+            self.stream_executor.submit(RoleBegin(role))
+            yield
+            self.stream_executor.submit(RoleEnd(role))
+        return scope()
+
+    def system(self, expr: Any = None):
+        return self._role("system", expr)
+
+    def user(self, expr: Any = None):
+        return self._role("user", expr)
+
+    def assistant(self, expr: Any = None):
+        return self._role("assistant", expr)
+
+    @contextmanager
+    def var_scope(self, name: str) -> Iterator[None]:
+        """The text appended inside the block becomes variable `name`."""
+        self.stream_executor.submit(VarScopeBegin(name))
+        yield
+        self.stream_executor.submit(VarScopeEnd(name))
+
+    def fork(self, size: int = 1) -> "ProgramStateGroup":
+        return ProgramStateGroup([ProgramState(e) for e in self.stream_executor.fork(size)], self)
+
+    # ---- reading ------------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> Any:
+        return self.stream_executor.get_var(name)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self.stream_executor.set_var(name, value)
+
+    def __contains__(self, name: str) -> bool:
+        return self.stream_executor.slot(name) is not None or name in self.stream_executor.variables
+
+    def get_var(self, name: str) -> Any:
+        return self.stream_executor.get_var(name)
+
+    def set_var(self, name: str, value: Any) -> None:
+        self.stream_executor.set_var(name, value)
+
+    def get_meta_info(self, name: str) -> Any:
+        return self.stream_executor.get_meta_info(name)
+
+    def text(self) -> str:
+        self.stream_executor.sync()
+        return self.stream_executor.text_
+
+    def messages(self) -> list[dict[str, str]]:
+        self.stream_executor.sync()
+        return list(self.stream_executor.messages_)
+
+    def sync(self) -> None:
+        self.stream_executor.sync()
+
+    def error(self) -> BaseException | None:
+        self.stream_executor.sync()
+        return self.stream_executor.error_
+
+    def text_iter(self, var_name: str | None = None) -> Iterator[str]:
+        for text, _meta in self.stream_executor.iter_log(var_name):
+            yield text
+
+    async def text_async_iter(self, var_name: str | None = None,
+                              return_meta_data: bool = False) -> AsyncIterator[Any]:
+        """Async increments; with `return_meta_data`, (text, meta) pairs where meta holds the completion
+        tokens and output token logprobs so far."""
+        iterator = self.stream_executor.iter_log(var_name)
+        done = object()
+        while True:
+            item = await asyncio.to_thread(next, iterator, done)
+            if item is done:
+                return
+            text, meta = item
+            yield (text, meta) if return_meta_data else text
+
+    def __repr__(self) -> str:
+        return f"ProgramState({self.text()!r})"
+
+
+class ProgramStateGroup:
+    """The branches of a fork: index them, broadcast to them, and join them back."""
+
+    def __init__(self, states: list[ProgramState], parent: ProgramState):
+        self.states = states
+        self.parent = parent
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __getitem__(self, i: int) -> ProgramState:
+        return self.states[i]
+
+    def __iter__(self) -> Iterator[ProgramState]:
+        return iter(self.states)
+
+    def __iadd__(self, other: Any) -> "ProgramStateGroup":
+        """`branches += expr` appends to every branch; `branches += lambda i: expr` a branch's own."""
+        per_branch: Callable[[int], Any] | None = None
+        if callable(other) and not isinstance(other, (Expr, str)):
+            per_branch = other
+        for i, state in enumerate(self.states):
+            state += per_branch(i) if per_branch is not None else other
+        return self
+
+    def join(self, mode: str = "gather_variable") -> None:
+        """`gather_variable`: each variable a branch set becomes a list (one value per branch) in the
+        parent. `concate_and_append`: the branches' own text is appended to the parent, in order."""
+        executors = [state.stream_executor for state in self.states]
+        if mode == "gather_variable":
+            for executor in executors:
+                executor.sync()
+            names: list[str] = []
+            for executor in executors:
+                names += [n for n in executor.assigned if n not in names]
+            parent = self.parent.stream_executor
+            for name in names:
+                parent.set_var(name, [e.get_var(name) if name in e.assigned else None for e in executors])
+                parent.meta_info[name] = [e.meta_info.get(name) for e in executors]
+        elif mode == "concate_and_append":
+            self.parent.stream_executor.submit(ConcatAndAppend(tuple(executors)))
+        else:
+            raise ValueError(f"join mode must be 'gather_variable' or 'concate_and_append', got {mode!r}")
