@@ -10,6 +10,7 @@ constant prefix once.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import os
 import threading
@@ -51,7 +52,20 @@ class SglFunction:
         self.__doc__ = func.__doc__
         self._signature = inspect.signature(func)
 
+    def _check_names(self, names: Any) -> None:
+        params = self._signature.parameters
+        known = list(params)[1:]
+        if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            return
+        for name in names:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise TypeError(f"program {self.__name__} got an unexpected argument {name!r}{hint}; "
+                                f"its arguments: {', '.join(known) or 'none'}")
+
     def _bind(self, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+        self._check_names(kwargs)
         try:
             bound = self._signature.bind(None, *args, **{**self.bind_arguments, **kwargs})
         except TypeError as exc:
@@ -62,11 +76,7 @@ class SglFunction:
 
     def bind(self, **kwargs: Any) -> "SglFunction":
         """A copy with some arguments fixed (they count as constants when tracing)."""
-        known = list(self._signature.parameters)[1:]
-        takes_any = any(p.kind == p.VAR_KEYWORD for p in self._signature.parameters.values())
-        for name in kwargs:
-            if name not in known and not takes_any:
-                raise TypeError(f"program {self.__name__} has no argument {name!r} (arguments: {', '.join(known)})")
+        self._check_names(kwargs)
         return SglFunction(self.func, {**self.bind_arguments, **kwargs})
 
     def run(self, *args: Any, stream: bool = False, backend: Any = None, **kwargs: Any) -> ProgramState:

@@ -258,7 +258,9 @@ class StreamExecutor:
             raise TypeError(f"unknown program node {expr!r}")
 
     def _gen(self, gen: Gen, slots: dict[str, _VarSlot]) -> None:
-        params = gen.params.merged_over(self.defaults).with_stop(self.chat_template.stop)
+        params = gen.params.merged_over(self.defaults)
+        if self.cur_role is not None:   # inside a role the model may end its turn in text
+            params = params.with_stop(self.chat_template.stop)
         sampling, logprobs = params.to_sampling_dict(), params.logprob_options()
         slot = slots.get(gen.name) if gen.name is not None else None
         if self.stream:
