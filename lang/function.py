@@ -30,8 +30,9 @@ _SAMPLING_NAMES = (set(GenParams.field_names()) - {"regex", "json_schema", "dtyp
 _RUN_DEFAULTS = {"max_tokens": 128}
 
 
-def _split_sampling(kwargs: dict[str, Any]) -> tuple[GenParams, dict[str, Any]]:
-    sampling = {k: kwargs.pop(k) for k in list(kwargs) if k in _SAMPLING_NAMES}
+def _split_sampling(kwargs: dict[str, Any], program_args: set[str]) -> tuple[GenParams, dict[str, Any]]:
+    """(run's sampling defaults, the program's arguments); a name the program declares is its argument."""
+    sampling = {k: kwargs.pop(k) for k in list(kwargs) if k in _SAMPLING_NAMES and k not in program_args}
     if "max_new_tokens" in sampling:
         if "max_tokens" in sampling:
             raise TypeError("give max_new_tokens or max_tokens, not both")
@@ -51,6 +52,7 @@ class SglFunction:
         self.__name__ = getattr(func, "__name__", "program")
         self.__doc__ = func.__doc__
         self._signature = inspect.signature(func)
+        self._arg_names = set(list(self._signature.parameters)[1:])
 
     def _check_names(self, names: Any) -> None:
         params = self._signature.parameters
@@ -80,7 +82,7 @@ class SglFunction:
         return SglFunction(self.func, {**self.bind_arguments, **kwargs})
 
     def run(self, *args: Any, stream: bool = False, backend: Any = None, **kwargs: Any) -> ProgramState:
-        defaults, program_kwargs = _split_sampling(dict(kwargs))
+        defaults, program_kwargs = _split_sampling(dict(kwargs), self._arg_names)
         arguments = self._bind(args, program_kwargs)
         backend = resolve_backend(backend)
         state = ProgramState(StreamExecutor(backend, defaults, stream))
@@ -117,7 +119,7 @@ class SglFunction:
             return []
         backend = resolve_backend(backend)
         for kwargs in batch_kwargs:    # argument errors surface before anything runs
-            self._bind((), {k: v for k, v in kwargs.items() if k not in _SAMPLING_NAMES})
+            self._bind((), _split_sampling(dict(kwargs), self._arg_names)[1])
         if num_threads == "auto":
             num_threads = max(64, 16 * (os.cpu_count() or 1))
         if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:

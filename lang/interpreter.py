@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from loomlm.lang.backends.base import Backend
+from loomlm.lang.backends.base import Backend, chat_kwargs
 from loomlm.lang.chat_template import ChatTemplate
 from loomlm.lang.ir import (Call, CommitLazy, ConcatAndAppend, Constant, Expr, ExprList, Gen, GenParams,
                             RoleBegin, RoleEnd, Select, VarScopeBegin, VarScopeEnd, variable_names)
@@ -127,7 +127,11 @@ class StreamExecutor:
         return self.variables[name]
 
     def set_var(self, name: str, value: Any) -> None:
+        """Set by the program's Python code (or a join): the variable is this executor's own, so an outer
+        join gathers it too."""
         self.variables[name] = value
+        if name not in self.assigned:
+            self.assigned.append(name)
 
     def get_meta_info(self, name: str) -> Any:
         self.get_var(name)
@@ -220,7 +224,8 @@ class StreamExecutor:
         elif isinstance(expr, Gen):
             self._gen(expr, slots)
         elif isinstance(expr, Select):
-            decision = self.backend.select(self.text_, expr.choices, expr.choices_method)
+            decision = self.backend.select(self.text_, expr.choices, expr.choices_method,
+                                           **chat_kwargs(self.backend, self))
             self._append(decision.decision)
             if expr.name is not None:
                 slot = slots.get(expr.name)
@@ -262,16 +267,17 @@ class StreamExecutor:
         if self.cur_role is not None:   # inside a role the model may end its turn in text
             params = params.with_stop(self.chat_template.stop)
         sampling, logprobs = params.to_sampling_dict(), params.logprob_options()
+        chat = chat_kwargs(self.backend, self)      # the conversation, for chat-API backends
         slot = slots.get(gen.name) if gen.name is not None else None
         if self.stream:
             value, meta = "", {}
-            for chunk in self.backend.generate_stream(self.text_, sampling, logprobs):
+            for chunk in self.backend.generate_stream(self.text_, sampling, logprobs, **chat):
                 value, meta = value + chunk.text, chunk.meta_info
                 self._append(chunk.text)
                 if slot is not None:
                     slot.log.push(chunk.text, chunk.meta_info)
         else:
-            result = self.backend.generate(self.text_, sampling, logprobs)
+            result = self.backend.generate(self.text_, sampling, logprobs, **chat)
             value, meta = result.text, result.meta_info
             self._append(value)
             if slot is not None:

@@ -133,3 +133,12 @@ def test_program_threads_end_with_their_programs(local):
     while program_threads() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert program_threads() == 0
+
+
+def test_program_argument_named_like_a_sampling_parameter(local):
+    @sgl.function
+    def prog(s, max_tokens, seed=3):
+        s += f"{max_tokens} {seed}"
+
+    state = prog.run(max_tokens=5, seed=7, temperature=0, backend=local)
+    assert state.text() == "5 7"

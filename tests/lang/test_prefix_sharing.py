@@ -74,3 +74,23 @@ def test_run_batch_prefills_the_traced_prefix_once(local, engine):
     prompt_tokens = sum(s.get_meta_info("answer")["prompt_tokens"] for s in states)
     assert computed <= prompt_tokens - 5 * (prefix_tokens - 1)   # the prefix computed once, not six times
     engine.idle_integrity()
+
+
+@sgl.function
+def nested(s):
+    s += SYSTEM + "\nPlan:"
+    plans = s.fork(2)
+    for i, plan in enumerate(plans):
+        plan += f" plan {i + 1}."
+        answers = plan.fork(2)
+        answers += lambda j: f" answer {j + 1}:"
+        answers += sgl.gen("answer", max_tokens=3)
+        answers.join()
+    plans.join()
+
+
+def test_nested_joins_gather_lists_of_lists(local, engine):
+    state = nested.run(backend=local, temperature=0)
+    answers = state["answer"]
+    assert len(answers) == 2 and all(isinstance(a, list) and len(a) == 2 for a in answers)
+    engine.idle_integrity()
