@@ -8,6 +8,8 @@ from loomlm.lang.api import (assistant, assistant_begin, assistant_end, gen, gen
                              system, system_begin, system_end, user, user_begin, user_end)
 from loomlm.lang.backends.default import get_default_backend, set_default_backend
 from loomlm.lang.backends.local import LocalBackend, Runtime
+from loomlm.lang.backends.http import RuntimeEndpoint
+from loomlm.lang.backends.openai import OpenAI
 from loomlm.lang.choices import (greedy_token_selection, token_length_normalized,
                                  unconditional_likelihood_normalized)
 from loomlm.lang.function import SglFunction, function
@@ -16,6 +18,7 @@ from loomlm.lang.state import ProgramState, ProgramStateGroup
 __all__ = [
     "assistant", "assistant_begin", "assistant_end", "gen", "gen_int", "gen_string", "select", "system",
     "system_begin", "system_end", "user", "user_begin", "user_end", "get_default_backend",
-    "set_default_backend", "LocalBackend", "Runtime", "greedy_token_selection", "token_length_normalized",
+    "set_default_backend", "LocalBackend", "Runtime", "RuntimeEndpoint", "OpenAI", "greedy_token_selection",
+    "token_length_normalized",
     "unconditional_likelihood_normalized", "SglFunction", "function", "ProgramState", "ProgramStateGroup",
 ]

@@ -18,7 +18,8 @@ _EXPORTS = {
     **{name: "loomlm.lang" for name in (
         "function", "gen", "gen_int", "gen_string", "select", "system", "user", "assistant",
         "system_begin", "system_end", "user_begin", "user_end", "assistant_begin", "assistant_end",
-        "set_default_backend", "get_default_backend", "Runtime", "LocalBackend", "SglFunction",
+        "set_default_backend", "get_default_backend", "Runtime", "LocalBackend", "RuntimeEndpoint", "OpenAI",
+        "SglFunction",
         "ProgramState", "ProgramStateGroup", "token_length_normalized", "greedy_token_selection",
         "unconditional_likelihood_normalized")},
 }

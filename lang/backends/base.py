@@ -4,6 +4,10 @@ A backend takes text prompts and the engine's sampling-parameter dict (`GenParam
 and returns text with SGLang-style meta info (`prompt_tokens`, `completion_tokens`, `cached_tokens`,
 `finish_reason`, logprobs when asked). Errors in the request (a bad parameter, grammar or prompt) are
 raised as `ValueError`s naming the problem.
+
+A backend that needs the conversation rather than the text (a chat-completions API) sets
+`wants_chat_context = True`; the interpreter then also passes `chat=ChatContext(...)` to its `generate`,
+`generate_stream` and `select`. Other backends are called exactly as before.
 """
 
 from __future__ import annotations
@@ -23,10 +27,29 @@ class GenResult:
     meta_info: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class ChatContext:
+    """The conversation where a gen or select runs: the finished messages, and the role begun but not yet
+    ended there (None outside roles) with the text appended inside it so far."""
+    messages: tuple[dict[str, str], ...]
+    open_role: str | None = None
+    open_text: str = ""
+
+
+def chat_kwargs(backend: "Backend", executor: Any) -> dict[str, Any]:
+    """`{"chat": ChatContext}` for a backend that wants it, else `{}` (read off a `StreamExecutor`)."""
+    if not getattr(backend, "wants_chat_context", False):
+        return {}
+    role = executor.cur_role
+    text = executor.text_[executor.cur_role_begin_pos:] if role is not None else ""
+    return {"chat": ChatContext(tuple(executor.messages_), role, text)}
+
+
 class Backend(ABC):
     """One model behind a program. Thread-safe: many program executors call it at once."""
 
     chat_template: ChatTemplate
+    wants_chat_context = False     # True: generate/generate_stream/select also get `chat=ChatContext`
 
     @abstractmethod
     def generate(self, prompt: str, sampling: dict[str, Any], logprobs: LogprobRequest) -> GenResult:
