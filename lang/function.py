@@ -131,9 +131,7 @@ class SglFunction:
 
         def run_one(kwargs: dict[str, Any]) -> ProgramState:
             state = self.run(backend=backend, **{**sampling, **kwargs})
-            state.sync()
-            for child in state.stream_executor.children:
-                child.sync()
+            state.stream_executor.sync_tree()
             return state
 
         bar = tqdm.tqdm(total=len(batch_kwargs), desc=self.__name__, disable=not progress_bar)

@@ -104,6 +104,12 @@ class StreamExecutor:
     def sync(self) -> None:
         self._queue.join()
 
+    def sync_tree(self) -> None:
+        """Wait for this program and every fork branch under it, however deep."""
+        self.sync()
+        for child in list(self.children):
+            child.sync_tree()
+
     def end(self) -> None:
         """No more nodes: the worker exits after the queued ones (and so do fork branches')."""
         if not self._ended:

@@ -68,8 +68,12 @@ class LocalBackend(Backend):
         for chunk in self.engine.generate(prompt, sampling, stream=True, **self._logprob_kwargs(logprobs)):
             yield GenResult(chunk["text"], self._meta(chunk["meta_info"], logprobs))
 
+    @property
+    def _caching(self) -> bool:
+        return not self.engine.config.disable_radix_cache
+
     def prefill(self, prompt: str) -> None:
-        if prompt:
+        if prompt and self._caching:     # without a cache the computed KV would be thrown away
             self.engine.generate(prompt, _SCORE_ONLY)
 
     def select(self, prompt: str, choices: Sequence[str], method: ChoicesMethod) -> ChoicesDecision:
@@ -80,7 +84,8 @@ class LocalBackend(Backend):
         if not prompt_ids:
             raise ValueError("select needs a non-empty prompt: a choice's first token has no logprob "
                              "without context")
-        self.engine.generate(input_ids=prompt_ids, sampling_params=_SCORE_ONLY)   # the prompt's KV, once
+        if self._caching:
+            self.engine.generate(input_ids=prompt_ids, sampling_params=_SCORE_ONLY)   # the prompt's KV, once
         full = [encode(prompt + c) for c in choices]
         starts = [max(_common_prefix_len(prompt_ids, ids), 1) for ids in full]
         for choice, ids, start in zip(choices, full, starts):

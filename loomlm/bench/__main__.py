@@ -10,6 +10,7 @@ BENCHMARKS = {
     "grammar": "loomlm.runtime.bench.grammar",
     "offline": "loomlm.runtime.bench.offline",
     "prefix": "loomlm.runtime.bench.prefix",
+    "programs": "loomlm.lang.bench.programs",
 }
 
 

@@ -94,3 +94,13 @@ def test_nested_joins_gather_lists_of_lists(local, engine):
     answers = state["answer"]
     assert len(answers) == 2 and all(isinstance(a, list) and len(a) == 2 for a in answers)
     engine.idle_integrity()
+
+
+def test_run_batch_returns_with_every_nested_branch_finished(local, engine):
+    states = nested.run_batch([{}, {}], backend=local, temperature=0)
+
+    def unfinished(executor) -> int:
+        return executor._queue.unfinished_tasks + sum(unfinished(c) for c in executor.children)
+    assert all(unfinished(s.stream_executor) == 0 for s in states)
+    assert all(len(s.stream_executor.children) == 2 for s in states)
+    engine.idle_integrity()

@@ -1,0 +1,1 @@
+"""Benchmarks of the frontend language: `python -m loomlm.bench programs` (see `programs.py`)."""
