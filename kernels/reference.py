@@ -1,0 +1,40 @@
+"""Pure-torch references of the Triton kernels: the CPU path's definitions and the kernels' test oracle.
+
+Each function states the exact arithmetic its kernel must reproduce (dtype of the accumulation, order of
+casts), so a float32 kernel matches it to rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+             residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x, residual: [T, H]; weight: [H]. With a residual, x + residual (in x's dtype) is normalised and
+    also returned as the new residual. Normalised in float32, cast back to x's dtype, then scaled by
+    weight (the HF Llama order)."""
+    if residual is not None:
+        x = x + residual
+    normed = (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return weight * normed, (x if residual is not None else None)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x: [T, 2I] = [gate | up] -> [T, I] = silu(gate) * up, computed in float32, cast to x's dtype."""
+    gate, up = x.float().chunk(2, dim=-1)
+    return (torch.nn.functional.silu(gate) * up).to(x.dtype)
+
+
+def apply_token_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor,
+                         rows: torch.Tensor | None = None) -> torch.Tensor:
+    """In place: logits[rows[i], t] = -inf where bit (t % 32) of bitmask[i, t // 32] is 0.
+    logits: [B, V] float; bitmask: [N, ceil(V / 32)] int32 (packed, little-endian bits); rows: [N] int64
+    (None: row i of the bitmask is row i of the logits)."""
+    n, width = bitmask.shape
+    vocab = logits.shape[1]
+    bits = torch.arange(32, device=bitmask.device, dtype=torch.int32)
+    allowed = ((bitmask.unsqueeze(-1) >> bits) & 1).bool().view(n, width * 32)[:, :vocab]
+    target = torch.arange(n, device=logits.device) if rows is None else rows
+    logits[target] = logits[target].masked_fill(~allowed, float("-inf"))
+    return logits

@@ -1,0 +1,79 @@
+"""Element-wise Triton kernels against their torch references, in the Triton interpreter on CPU: random
+inputs (never zeros), odd sizes, outputs poisoned first so unwritten elements fail."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loomlm.kernels import fused_ops, reference
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert torch.isfinite(a).all() == torch.isfinite(b).all()
+    err = ((a.float() - b.float()).abs() / b.float().abs().clamp_min(1e-6)).max().item()
+    assert err <= 1e-5, err
+
+
+@pytest.mark.parametrize("rows,hidden", [(1, 64), (3, 96), (9, 576), (5, 1)])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_rms_norm_matches_reference(rows, hidden, with_residual):
+    gen = torch.Generator().manual_seed(rows * 1000 + hidden)
+    x = torch.randn(rows, hidden, generator=gen) * 3 + 0.5
+    weight = torch.rand(hidden, generator=gen) + 0.5
+    residual = torch.randn(rows, hidden, generator=gen) if with_residual else None
+    out, res = fused_ops.rms_norm(x, weight, 1e-5, residual)
+    ref_out, ref_res = reference.rms_norm(x, weight, 1e-5, residual)
+    _close(out, ref_out)
+    if with_residual:
+        assert torch.equal(res, ref_res)
+
+
+def test_rms_norm_strided_rows():
+    x = torch.randn(6, 130)[:, :128]        # row stride 130, last dimension contiguous
+    weight = torch.rand(128) + 0.5
+    _close(fused_ops.rms_norm(x, weight, 1e-6)[0], reference.rms_norm(x, weight, 1e-6)[0])
+
+
+@pytest.mark.parametrize("rows,inter", [(1, 1), (4, 37), (9, 1536), (2, 2500)])
+def test_silu_and_mul_matches_reference(rows, inter):
+    x = torch.randn(rows, 2 * inter, generator=torch.Generator().manual_seed(inter)) * 4
+    _close(fused_ops.silu_and_mul(x), reference.silu_and_mul(x))
+
+
+@pytest.mark.parametrize("batch,vocab", [(1, 31), (3, 100), (9, 1000), (2, 2049)])
+def test_bitmask_matches_reference(batch, vocab):
+    gen = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(batch + 2, vocab, generator=gen)
+    width = (vocab + 31) // 32
+    bitmask = torch.randint(-2**31, 2**31 - 1, (batch, width), generator=gen, dtype=torch.int64).to(torch.int32)
+    rows = torch.randperm(batch + 2, generator=gen)[:batch]
+    expected = reference.apply_token_bitmask_(logits.clone(), bitmask, rows)
+    got = fused_ops.apply_token_bitmask_(logits.clone(), bitmask, rows)
+    assert torch.equal(got, expected)
+    untouched = torch.ones(batch + 2, dtype=torch.bool)
+    untouched[rows] = False
+    assert torch.equal(got[untouched], logits[untouched])
+
+
+def test_bitmask_matches_grammar_masks():
+    """The kernel reads the grammar engine's packed layout: bit t % 32 of word t // 32."""
+    allowed = torch.tensor([0, 5, 31, 32, 63, 64, 99])
+    words = torch.zeros(4, dtype=torch.int64)
+    for t in allowed.tolist():
+        words[t // 32] |= 1 << (t % 32)
+    bitmask = words.to(torch.int32).view(1, 4)     # bit 31 wraps to the sign bit, as numpy's int32 does
+    logits = torch.randn(1, 100)
+    fused_ops.apply_token_bitmask_(logits, bitmask)
+    assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == allowed.tolist()
+
+
+def test_wrappers_reject_bad_shapes():
+    with pytest.raises(ValueError, match="weight must be"):
+        fused_ops.rms_norm(torch.randn(2, 8), torch.ones(7), 1e-5)
+    with pytest.raises(ValueError, match="even width"):
+        fused_ops.silu_and_mul(torch.randn(2, 7))
+    with pytest.raises(ValueError, match="bitmask must be int32"):
+        fused_ops.apply_token_bitmask_(torch.randn(2, 64), torch.zeros(2, 3, dtype=torch.int32))
+    with pytest.raises(ValueError, match="contiguous"):
+        fused_ops.rms_norm(torch.randn(8, 4).t(), torch.ones(8), 1e-5)
