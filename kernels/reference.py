@@ -38,3 +38,27 @@ def apply_token_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor,
     target = torch.arange(n, device=logits.device) if rows is None else rows
     logits[target] = logits[target].masked_fill(~allowed, float("-inf"))
     return logits
+
+
+def apply_rope_(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                interleaved: bool = False) -> torch.Tensor:
+    """In place RoPE. x: [T, heads, D] (any row/head strides, last dimension contiguous), positions: [T]
+    int64, cos/sin: [max_positions, D/2] float32 tables. Rotate-half form (HF Llama) pairs element i with
+    i + D/2; the interleaved form pairs 2i with 2i+1. Computed in float32, stored in x's dtype."""
+    c, s = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)          # [T, 1, D/2]
+    xf = x.float()
+    if interleaved:
+        a, b = xf[..., 0::2], xf[..., 1::2]
+        out = torch.stack((a * c - b * s, b * c + a * s), dim=-1).flatten(-2)
+    else:
+        a, b = xf.chunk(2, dim=-1)
+        out = torch.cat((a * c - b * s, b * c + a * s), dim=-1)
+    x.copy_(out.to(x.dtype))
+    return x
+
+
+def store_kv_(k_buffer: torch.Tensor, v_buffer: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              slots: torch.Tensor) -> None:
+    """Scatter new keys and values into their pool slots: buffer[slots[t]] = k[t] (buffers: [S, KVH, D])."""
+    k_buffer[slots] = k.to(k_buffer.dtype)
+    v_buffer[slots] = v.to(v_buffer.dtype)
