@@ -62,3 +62,21 @@ def store_kv_(k_buffer: torch.Tensor, v_buffer: torch.Tensor, k: torch.Tensor, v
     """Scatter new keys and values into their pool slots: buffer[slots[t]] = k[t] (buffers: [S, KVH, D])."""
     k_buffer[slots] = k.to(k_buffer.dtype)
     v_buffer[slots] = v.to(v_buffer.dtype)
+
+
+def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
+                     req_to_token: torch.Tensor, req_rows: torch.Tensor, seq_lens: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """One query token per request over its cached keys. q: [B, H, D]; k/v_buffer: [S, KVH, D];
+    req_to_token: [R, max_len] slot table; req_rows: [B] (row of each request); seq_lens: [B] (>= 1).
+    Query head h reads KV head h // (H / KVH). Softmax and sums in float32; output [B, H, D] in q's dtype."""
+    batch, heads, _ = q.shape
+    group = heads // k_buffer.shape[1]
+    out = torch.empty_like(q)
+    for i in range(batch):
+        slots = req_to_token[req_rows[i], : int(seq_lens[i])]
+        k = k_buffer[slots].float().repeat_interleave(group, dim=1)              # [L, H, D]
+        v = v_buffer[slots].float().repeat_interleave(group, dim=1)
+        probs = torch.softmax(torch.einsum("hd,lhd->hl", q[i].float(), k) * scale, dim=-1)
+        out[i] = torch.einsum("hl,lhd->hd", probs, v).to(q.dtype)
+    return out

@@ -1,0 +1,128 @@
+"""Decode attention over the token-slot KV pool in Triton: split-KV (flash-decoding) and a merge pass.
+
+Stage 1, one program per (request, KV head, split): the query heads that share the KV head (GQA group)
+are processed together; keys and values are gathered through the request's row of `req_to_token`, a
+block of `BLOCK_N` tokens at a time, with an online softmax in float32. Each split writes its
+normalised partial output and its log-sum-exp. Stage 2, one program per (request, query head), merges
+the splits weighted by exp(lse - max lse). Splitting a long context over programs is what keeps the
+whole GPU busy at small batch. Arithmetic as in `reference.decode_attention`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _decode_split_kernel(q_ptr, k_ptr, v_ptr, r2t_ptr, rows_ptr, lens_ptr, mid_o_ptr, mid_lse_ptr,
+                         q_sb, q_sh, kv_ss, kv_sh, r2t_s, mo_sb, mo_sh, mo_ss, ml_sb, ml_sh, scale, split_len,
+                         GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
+                         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(lens_ptr + b)
+    row = tl.load(rows_ptr + b)
+    start = split * split_len
+    end = tl.minimum(start + split_len, seq_len)
+    g = tl.arange(0, BLOCK_G)
+    heads = kvh * GROUP + g
+    g_mask = g < GROUP
+    d = tl.arange(0, BLOCK_D)
+    d_mask = d < HEAD_DIM
+    q = tl.load(q_ptr + b * q_sb + heads[:, None] * q_sh + d[None, :],
+                mask=g_mask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)       # [G, D]
+    m = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = n < end
+        slots = tl.load(r2t_ptr + row * r2t_s + n, mask=n_mask, other=0)
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(k_ptr + slots[:, None] * kv_ss + kvh * kv_sh + d[None, :], mask=kv_mask,
+                    other=0.0).to(tl.float32)                                                # [N, D]
+        s = tl.sum(q[:, None, :] * k[None, :, :], axis=2) * scale                            # [G, N]
+        s = tl.where(n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        p = tl.exp(s - m_new[:, None])
+        alpha = tl.exp(m - m_new)             # 0 on the first block (m = -inf, m_new finite)
+        v = tl.load(v_ptr + slots[:, None] * kv_ss + kvh * kv_sh + d[None, :], mask=kv_mask,
+                    other=0.0).to(tl.float32)
+        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
+        l = l * alpha + tl.sum(p, axis=1)
+        m = m_new
+    has = l > 0
+    out = tl.where(has[:, None], acc / tl.where(has, l, 1.0)[:, None], 0.0)
+    lse = tl.where(has, m + tl.log(tl.where(has, l, 1.0)), float("-inf"))
+    tl.store(mid_o_ptr + b * mo_sb + heads[:, None] * mo_sh + split * mo_ss + d[None, :], out,
+             mask=g_mask[:, None] & d_mask[None, :])
+    tl.store(mid_lse_ptr + b * ml_sb + heads * ml_sh + split, lse, mask=g_mask)
+
+
+@triton.jit
+def _decode_merge_kernel(mid_o_ptr, mid_lse_ptr, out_ptr, mo_sb, mo_sh, mo_ss, ml_sb, ml_sh, o_sb, o_sh,
+                         num_splits, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    s = tl.arange(0, BLOCK_S)
+    s_mask = s < num_splits
+    d = tl.arange(0, BLOCK_D)
+    d_mask = d < HEAD_DIM
+    lse = tl.load(mid_lse_ptr + b * ml_sb + h * ml_sh + s, mask=s_mask, other=float("-inf"))
+    w = tl.exp(lse - tl.max(lse, axis=0))          # empty splits: exp(-inf) = 0
+    parts = tl.load(mid_o_ptr + b * mo_sb + h * mo_sh + s[:, None] * mo_ss + d[None, :],
+                    mask=s_mask[:, None] & d_mask[None, :], other=0.0)
+    out = tl.sum(w[:, None] * parts, axis=0) / tl.sum(w, axis=0)
+    tl.store(out_ptr + b * o_sb + h * o_sh + d, out.to(out_ptr.dtype.element_ty), mask=d_mask)
+
+
+def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
+                     req_to_token: torch.Tensor, req_rows: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+                     max_seq_len: int, num_kv_splits: int = 8, block_n: int = 32,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+    """Same contract as `reference.decode_attention`. `max_seq_len` (>= every seq_len, known on the host
+    to the scheduler) sizes the splits without a device sync; `out` may be given (written entirely)."""
+    if q.dim() != 3 or q.stride(2) != 1:
+        raise ValueError(f"q must be [batch, heads, head_dim] with a contiguous last dim, got {tuple(q.shape)}")
+    batch, heads, dim = q.shape
+    if k_buffer.shape != v_buffer.shape or k_buffer.dim() != 3 or k_buffer.shape[2] != dim \
+            or not k_buffer.is_contiguous() or not v_buffer.is_contiguous():
+        raise ValueError(f"k/v buffers must be alike, contiguous [slots, kv_heads, {dim}], got "
+                         f"{tuple(k_buffer.shape)} and {tuple(v_buffer.shape)}")
+    kv_heads = k_buffer.shape[1]
+    if heads % kv_heads:
+        raise ValueError(f"{heads} query heads do not divide into {kv_heads} KV heads")
+    for name, t in (("req_rows", req_rows), ("seq_lens", seq_lens)):
+        if t.shape != (batch,) or t.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"{name} must be an integer [{batch}] tensor, got {t.dtype} {tuple(t.shape)}")
+    if req_to_token.dim() != 2 or req_to_token.stride(1) != 1:
+        raise ValueError(f"req_to_token must be a [rows, max_len] slot table with contiguous rows, got "
+                         f"shape {tuple(req_to_token.shape)} strides {req_to_token.stride()}")
+    if max_seq_len < 1 or num_kv_splits < 1:
+        raise ValueError("max_seq_len and num_kv_splits must be >= 1")
+    if out is None:
+        out = torch.empty_like(q)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.stride(2) != 1:
+        raise ValueError(f"out must be {tuple(q.shape)} {q.dtype}, got {tuple(out.shape)} {out.dtype}")
+    if batch == 0:
+        return out
+    split_len = triton.cdiv(triton.cdiv(max_seq_len, num_kv_splits), block_n) * block_n
+    splits = triton.cdiv(max_seq_len, split_len)
+    group = heads // kv_heads
+    mid_o = torch.empty((batch, heads, splits, dim), dtype=torch.float32, device=q.device)
+    mid_lse = torch.empty((batch, heads, splits), dtype=torch.float32, device=q.device)
+    block_d = triton.next_power_of_2(dim)
+    _decode_split_kernel[(batch, kv_heads, splits)](
+        q, k_buffer, v_buffer, req_to_token, req_rows, seq_lens, mid_o, mid_lse,
+        q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1), req_to_token.stride(0),
+        mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
+        float(scale), split_len, GROUP=group, BLOCK_G=max(triton.next_power_of_2(group), 1),
+        HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_N=block_n)
+    _decode_merge_kernel[(batch, heads)](
+        mid_o, mid_lse, out, mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0),
+        mid_lse.stride(1), out.stride(0), out.stride(1), splits, HEAD_DIM=dim, BLOCK_D=block_d,
+        BLOCK_S=triton.next_power_of_2(splits))
+    return out
