@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 from loomlm.lang.backends.base import Backend, chat_kwargs
 from loomlm.lang.chat_template import ChatTemplate
-from loomlm.lang.ir import (Call, CommitLazy, ConcatAndAppend, Constant, Expr, ExprList, Gen, GenParams,
+from loomlm.lang.ir import (CommitLazy, ConcatAndAppend, Constant, Expr, ExprList, Gen, GenParams,
                             RoleBegin, RoleEnd, Select, VarScopeBegin, VarScopeEnd, variable_names)
 
 
@@ -263,8 +263,6 @@ class StreamExecutor:
                 if branch.error_ is not None:
                     raise branch.error_
                 self._append(branch.text_[branch.fork_start_pos:])
-        elif isinstance(expr, Call):
-            expr.fn()
         else:
             raise TypeError(f"unknown program node {expr!r}")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 # `dtype` of a gen, by type or name: the output is constrained by the grammars' typed-shortcut regex and
 # the variable stays text, as in SGLang.
@@ -192,12 +192,6 @@ class CommitLazy(Expr):
 class ConcatAndAppend(Expr):
     """Append each fork branch's own text (after the fork point) to the parent, in branch order."""
     branches: tuple[Any, ...]     # StreamExecutors
-
-
-@dataclass(frozen=True, eq=False)
-class Call(Expr):
-    """Run a Python callable on the executor thread, in program order (e.g. tools in agent loops)."""
-    fn: Callable[[], Any]
 
 
 def variable_names(expr: Expr) -> list[str]:

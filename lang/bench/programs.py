@@ -5,9 +5,9 @@ chat, JSON extraction) run on three backends, one after the other, in one proces
 
 - `cache on`: `Runtime()` (the in-process engine, radix cache on), programs sent with `run_batch`
   (all programs of a workload at once; the traced constant prefix is prefilled once);
-- `cache off`: `Runtime(disable_radix_cache=True)`, the same calls, except that the frontend's prefill
-  calls (`run_batch`'s traced prefix, fork commits) are dropped: without a cache they would compute
-  tokens only to throw them away;
+- `cache off`: `Runtime(disable_radix_cache=True)`, the same calls; the frontend's prefill calls
+  (`run_batch`'s traced prefix, fork commits) compute nothing there (`LocalBackend` skips them without a
+  cache);
 - `naive`: `NaiveHFBackend` (`naive_hf.py`): transformers, one independent `generate` call per gen,
   one forward pass per select choice, no KV reuse, one gen at a time (`run_batch` with one thread).
 
@@ -46,14 +46,10 @@ TARGET_CACHE, TARGET_NAIVE = 3.0, 5.0      # the issue's targets, same run
 
 class CountingBackend(Backend):
     """Passes every call through to `inner` and counts gens, selects, prefills and output tokens.
+    (On an engine without a cache `LocalBackend.prefill` computes nothing.)"""
 
-    With `drop_prefills` the frontend's prefill calls (`run_batch`'s traced prefix, fork commits) are
-    counted but not sent: on an engine without a cache they compute tokens only to throw them away, and
-    the cache-off run should not be charged for work no sensible frontend would send it."""
-
-    def __init__(self, inner: Backend, drop_prefills: bool = False):
+    def __init__(self, inner: Backend):
         self.inner = inner
-        self.drop_prefills = drop_prefills
         self.chat_template = inner.chat_template
         self.gens = self.selects = self.prefills = self.output_tokens = 0
         self._lock = threading.Lock()
@@ -84,8 +80,7 @@ class CountingBackend(Backend):
     def prefill(self, prompt: str) -> None:
         with self._lock:
             self.prefills += 1
-        if not self.drop_prefills:
-            self.inner.prefill(prompt)
+        self.inner.prefill(prompt)
 
 
 @dataclass
@@ -219,7 +214,7 @@ def run_workload(workload: Workload, backend: Backend, kind: str, sampling: dict
     engine = getattr(backend, "engine", None)
     if engine is not None and not engine.flush_cache():   # each workload starts from an empty cache
         raise RuntimeError("the engine is not idle between workloads")
-    counting = CountingBackend(backend, drop_prefills=kind == "cache off")
+    counting = CountingBackend(backend)
     before = _prefill_counters(backend)
     start = time.perf_counter()
     states = workload.program.run_batch(workload.arguments, backend=counting,
@@ -276,7 +271,7 @@ def _report(args: argparse.Namespace, workloads: list[Workload], runs: dict[str,
         f"few-shot answers: {'1 token' if args.few_shot_answer == 'gen' else 'a select, no tokens'}; JSON "
         f"records end where the object closes (at most {args.json_max_tokens} tokens)",
         f"frontend prefill calls (run_batch prefix, fork commits): {totals['cache on'].prefill_calls}, sent to "
-        f"the cache-on engine only (cache off: dropped, there is no cache to fill; naive: a no-op)",
+        f"the cache-on engine only (cache off: skipped by LocalBackend, there is no cache to fill; naive: a no-op)",
         "programs whose text (with every fork branch) equals cache on's: "
         + ", ".join(f"{kind} {n}/{len(totals['cache on'].outputs)}" for kind, n in same.items()),
     ]

@@ -16,11 +16,8 @@ import loomlm as sgl
 from loomlm.lang.backends.local import LocalBackend
 from loomlm.lang.chat_template import ChatTemplate
 from tests.lang.loopback_server import LoopbackServer
-
-try:
-    from tests.programs import CASES
-except ImportError:      # the program library is another part of the issue
-    CASES = []
+from tests.programs import CASES
+from tests.programs import chat as qa
 
 API_KEY = "test-key"
 
@@ -64,15 +61,6 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@sgl.function
-def qa(s, question):
-    s += sgl.system("You are a helpful assistant.")
-    s += sgl.user(question)
-    s += sgl.assistant(sgl.gen("answer", max_tokens=12))
-    s += sgl.user("And in one word?")
-    s += sgl.assistant(sgl.gen("short", max_tokens=4))
 
 
 @sgl.function
