@@ -17,14 +17,17 @@ import triton.language as tl
 
 @triton.jit
 def _decode_split_kernel(q_ptr, k_ptr, v_ptr, r2t_ptr, rows_ptr, lens_ptr, mid_o_ptr, mid_lse_ptr,
-                         q_sb, q_sh, kv_ss, kv_sh, r2t_s, mo_sb, mo_sh, mo_ss, ml_sb, ml_sh, scale, split_len,
-                         GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
+                         q_sb, q_sh, kv_ss, kv_sh, r2t_s, mo_sb, mo_sh, mo_ss, ml_sb, ml_sh, scale,
+                         NUM_SPLITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
                          BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(lens_ptr + b)
     row = tl.load(rows_ptr + b)
+    # Each request spreads its own context over the splits (whole blocks each), so no host-side
+    # maximum is needed and a captured CUDA graph serves any context length.
+    split_len = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
     start = split * split_len
     end = tl.minimum(start + split_len, seq_len)
     g = tl.arange(0, BLOCK_G)
@@ -81,10 +84,11 @@ def _decode_merge_kernel(mid_o_ptr, mid_lse_ptr, out_ptr, mo_sb, mo_sh, mo_ss, m
 
 def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
                      req_to_token: torch.Tensor, req_rows: torch.Tensor, seq_lens: torch.Tensor, scale: float,
-                     max_seq_len: int, num_kv_splits: int = 8, block_n: int = 32,
+                     num_kv_splits: int = 8, block_n: int = 32,
                      out: torch.Tensor | None = None) -> torch.Tensor:
-    """Same contract as `reference.decode_attention`. `max_seq_len` (>= every seq_len, known on the host
-    to the scheduler) sizes the splits without a device sync; `out` may be given (written entirely)."""
+    """Same contract as `reference.decode_attention`. Each request's context is cut into `num_kv_splits`
+    parts (whole blocks of `block_n` keys; short contexts leave some parts empty). Nothing is read back
+    to the host, so the call can be captured in a CUDA graph; `out` may be given (written entirely)."""
     if q.dim() != 3 or q.stride(2) != 1:
         raise ValueError(f"q must be [batch, heads, head_dim] with a contiguous last dim, got {tuple(q.shape)}")
     batch, heads, dim = q.shape
@@ -101,16 +105,16 @@ def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     if req_to_token.dim() != 2 or req_to_token.stride(1) != 1:
         raise ValueError(f"req_to_token must be a [rows, max_len] slot table with contiguous rows, got "
                          f"shape {tuple(req_to_token.shape)} strides {req_to_token.stride()}")
-    if max_seq_len < 1 or num_kv_splits < 1:
-        raise ValueError("max_seq_len and num_kv_splits must be >= 1")
+    if num_kv_splits < 1 or block_n < 16 or block_n & (block_n - 1):
+        raise ValueError(f"num_kv_splits must be >= 1 and block_n a power of two >= 16, got "
+                         f"{num_kv_splits} and {block_n}")
     if out is None:
         out = torch.empty_like(q)
     elif out.shape != q.shape or out.dtype != q.dtype or out.stride(2) != 1:
         raise ValueError(f"out must be {tuple(q.shape)} {q.dtype}, got {tuple(out.shape)} {out.dtype}")
     if batch == 0:
         return out
-    split_len = triton.cdiv(triton.cdiv(max_seq_len, num_kv_splits), block_n) * block_n
-    splits = triton.cdiv(max_seq_len, split_len)
+    splits = num_kv_splits
     group = heads // kv_heads
     mid_o = torch.empty((batch, heads, splits, dim), dtype=torch.float32, device=q.device)
     mid_lse = torch.empty((batch, heads, splits), dtype=torch.float32, device=q.device)
@@ -119,7 +123,7 @@ def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
         q, k_buffer, v_buffer, req_to_token, req_rows, seq_lens, mid_o, mid_lse,
         q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1), req_to_token.stride(0),
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
-        float(scale), split_len, GROUP=group, BLOCK_G=max(triton.next_power_of_2(group), 1),
+        float(scale), NUM_SPLITS=splits, GROUP=group, BLOCK_G=max(triton.next_power_of_2(group), 1),
         HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_N=block_n)
     _decode_merge_kernel[(batch, heads)](
         mid_o, mid_lse, out, mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0),

@@ -3,7 +3,8 @@ SiLU-and-mul, and the grammar engine's packed logit bitmask.
 
 Each wrapper checks shapes, dtypes, devices and strides and says what is wrong; the arithmetic is that of
 `kernels/reference.py` (float32 inside the kernel). One program per row (or per row x vocabulary block
-for the bitmask); rows must be contiguous in their last dimension.
+for the bitmask); rows must be contiguous in their last dimension. Outputs may be passed in (`out=`, and
+`residual_out=` for the updated residual, which may be the residual itself) to reuse preallocated buffers.
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ def _check_rows(name: str, t: torch.Tensor, width: int | None = None) -> None:
         raise ValueError(f"{name} must have {width} features, got {t.shape[1]}")
 
 
+def _check_out(name: str, t: torch.Tensor, like: torch.Tensor, shape: tuple[int, int]) -> None:
+    """A caller-provided output: `shape`, `like`'s dtype and device, rows contiguous in the last dim."""
+    if tuple(t.shape) != shape or t.dtype != like.dtype or t.device != like.device:
+        raise ValueError(f"{name} must be {shape} {like.dtype} on {like.device}, got {tuple(t.shape)} "
+                         f"{t.dtype} on {t.device}")
+    if t.stride(1) != 1:
+        raise ValueError(f"{name} must be contiguous in its last dimension, got strides {t.stride()}")
+
+
 @triton.jit
 def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, x_stride, res_stride, out_stride,
                      res_out_stride, H, eps, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
@@ -44,9 +54,13 @@ def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, x_stride, res_
     tl.store(out_ptr + row * out_stride + cols, w * normed, mask=mask)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
-             residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Same contract as `reference.rms_norm`: (weight * normalised(x [+ residual]), the sum or None)."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None, *,
+             out: torch.Tensor | None = None,
+             residual_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Same contract as `reference.rms_norm`: (weight * normalised(x [+ residual]), the sum or None).
+    `out` and `residual_out` (which needs `residual`) are written entirely when given. `residual_out`
+    may be `residual` itself (an in-place update: each program reads its row before writing it), and
+    `out` may be `x`, but `out` and `residual_out` must be different memory."""
     _check_rows("x", x)
     hidden = x.shape[1]
     if weight.shape != (hidden,) or weight.dtype != x.dtype or weight.device != x.device:
@@ -57,8 +71,20 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
         if residual.shape != x.shape or residual.dtype != x.dtype:
             raise ValueError(f"residual must match x ({tuple(x.shape)} {x.dtype}), got "
                              f"{tuple(residual.shape)} {residual.dtype}")
-    out = torch.empty_like(x)
-    res_out = torch.empty_like(x) if residual is not None else out
+    if out is None:
+        out = torch.empty_like(x)
+    else:
+        _check_out("out", out, x, tuple(x.shape))
+    if residual_out is not None:
+        if residual is None:
+            raise ValueError("residual_out needs a residual to add")
+        _check_out("residual_out", residual_out, x, tuple(x.shape))
+        if residual_out.numel() and residual_out.data_ptr() == out.data_ptr():
+            raise ValueError("out and residual_out must not be the same memory")
+    if residual_out is not None:
+        res_out = residual_out
+    else:                          # without a residual, a dummy the kernel never writes
+        res_out = torch.empty_like(x) if residual is not None else out
     if x.shape[0]:
         _rms_norm_kernel[(x.shape[0],)](
             x, residual if residual is not None else x, weight.contiguous(), out, res_out, x.stride(0),
@@ -78,13 +104,16 @@ def _silu_and_mul_kernel(x_ptr, out_ptr, x_stride, out_stride, inter, BLOCK: tl.
     tl.store(out_ptr + row * out_stride + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """x: [T, 2I] = [gate | up] -> [T, I]."""
+def silu_and_mul(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x: [T, 2I] = [gate | up] -> [T, I]; `out` ([T, I], x's dtype) is written entirely when given."""
     _check_rows("x", x)
     if x.shape[1] % 2:
         raise ValueError(f"x must hold gate and up halves (an even width), got width {x.shape[1]}")
     inter = x.shape[1] // 2
-    out = torch.empty((x.shape[0], inter), dtype=x.dtype, device=x.device)
+    if out is None:
+        out = torch.empty((x.shape[0], inter), dtype=x.dtype, device=x.device)
+    else:
+        _check_out("out", out, x, (x.shape[0], inter))
     block = min(1024, triton.next_power_of_2(max(inter, 1)))
     if x.shape[0] and inter:
         _silu_and_mul_kernel[(x.shape[0], triton.cdiv(inter, block))](

@@ -80,3 +80,29 @@ def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
         probs = torch.softmax(torch.einsum("hd,lhd->hl", q[i].float(), k) * scale, dim=-1)
         out[i] = torch.einsum("hl,lhd->hd", probs, v).to(q.dtype)
     return out
+
+
+def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
+                     req_to_token: torch.Tensor, req_rows: torch.Tensor, prefix_lens: torch.Tensor,
+                     extend_lens: torch.Tensor, extend_starts: torch.Tensor, scale: float) -> torch.Tensor:
+    """Prefill / extend: the new tokens of B requests over their cached prefix and themselves.
+    q: [T, H, D], the new tokens of all requests back to back; request b's are rows
+    extend_starts[b] .. extend_starts[b] + extend_lens[b]. Its whole sequence (prefix + new tokens, whose
+    K/V are already stored) is at slots req_to_token[req_rows[b], : prefix_lens[b] + extend_lens[b]] of
+    k/v_buffer [S, KVH, D]. New token e sits at position prefix_lens[b] + e and sees keys 0 .. that
+    position. Query head h reads KV head h // (H / KVH). Softmax and sums in float32; output [T, H, D] in
+    q's dtype."""
+    heads = q.shape[1]
+    group = heads // k_buffer.shape[1]
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    for i in range(req_rows.shape[0]):
+        prefix, extend, start = int(prefix_lens[i]), int(extend_lens[i]), int(extend_starts[i])
+        slots = req_to_token[req_rows[i], : prefix + extend]
+        k = k_buffer[slots].float().repeat_interleave(group, dim=1)              # [L, H, D]
+        v = v_buffer[slots].float().repeat_interleave(group, dim=1)
+        scores = torch.einsum("thd,lhd->htl", q[start:start + extend].float(), k) * scale
+        keys = torch.arange(prefix + extend, device=q.device)
+        allowed = keys[None, :] <= prefix + torch.arange(extend, device=q.device)[:, None]  # [E, L]
+        probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+        out[start:start + extend] = torch.einsum("htl,lhd->thd", probs, v).to(q.dtype)
+    return out

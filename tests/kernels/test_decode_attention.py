@@ -38,8 +38,8 @@ def test_decode_attention_matches_reference(batch, kv_heads, group, dim, splits)
     scale = dim ** -0.5
     expected = reference.decode_attention(q, kb, vb, r2t, rows, lens, scale)
     out = torch.full_like(q, float("nan"))
-    triton_decode.decode_attention(q, kb, vb, r2t, rows, lens, scale, max_seq_len=int(lens.max()),
-                                   num_kv_splits=splits, block_n=16, out=out)
+    triton_decode.decode_attention(q, kb, vb, r2t, rows, lens, scale, num_kv_splits=splits,
+                                   block_n=16, out=out)
     # Relative error per (request, head) vector: element-wise ratios of outputs near 0 only measure the
     # summation order of the online softmax.
     err = ((out - expected).norm(dim=-1) / expected.norm(dim=-1)).max().item()
@@ -49,7 +49,7 @@ def test_decode_attention_matches_reference(batch, kv_heads, group, dim, splits)
 def test_one_token_contexts_and_more_splits_than_tokens():
     q, kb, vb, r2t, rows, lens = _case(5, 2, 3, 64, seed=5, max_len=3)
     expected = reference.decode_attention(q, kb, vb, r2t, rows, lens, 0.125)
-    out = triton_decode.decode_attention(q, kb, vb, r2t, rows, lens, 0.125, max_seq_len=300,
+    out = triton_decode.decode_attention(q, kb, vb, r2t, rows, lens, 0.125,
                                          num_kv_splits=16, block_n=16)
     assert torch.allclose(out, expected, rtol=1e-5, atol=1e-6)
 
@@ -57,6 +57,6 @@ def test_one_token_contexts_and_more_splits_than_tokens():
 def test_decode_attention_rejects_bad_inputs():
     q, kb, vb, r2t, rows, lens = _case(2, 2, 2, 64, seed=1)
     with pytest.raises(ValueError, match="do not divide"):
-        triton_decode.decode_attention(q[:, :3], kb, vb, r2t, rows, lens, 0.1, max_seq_len=300)
+        triton_decode.decode_attention(q[:, :3], kb, vb, r2t, rows, lens, 0.1)
     with pytest.raises(ValueError, match="req_to_token"):
-        triton_decode.decode_attention(q, kb, vb, r2t.t(), rows, lens, 0.1, max_seq_len=300)
+        triton_decode.decode_attention(q, kb, vb, r2t.t(), rows, lens, 0.1)

@@ -15,6 +15,10 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
     assert err <= 1e-5, err
 
 
+def _poisoned(like: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    return torch.full(like.shape if shape is None else shape, float("nan"), dtype=like.dtype)
+
+
 @pytest.mark.parametrize("rows,hidden", [(1, 64), (3, 96), (9, 576), (5, 1)])
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_rms_norm_matches_reference(rows, hidden, with_residual):
@@ -22,22 +26,49 @@ def test_rms_norm_matches_reference(rows, hidden, with_residual):
     x = torch.randn(rows, hidden, generator=gen) * 3 + 0.5
     weight = torch.rand(hidden, generator=gen) + 0.5
     residual = torch.randn(rows, hidden, generator=gen) if with_residual else None
-    out, res = fused_ops.rms_norm(x, weight, 1e-5, residual)
+    out = _poisoned(x)
+    res_out = _poisoned(x) if with_residual else None
+    got, res = fused_ops.rms_norm(x, weight, 1e-5, residual, out=out, residual_out=res_out)
+    assert got is out and res is res_out
     ref_out, ref_res = reference.rms_norm(x, weight, 1e-5, residual)
     _close(out, ref_out)
     if with_residual:
         assert torch.equal(res, ref_res)
+    # Without out=, fresh outputs (the existing positional call).
+    default_out, default_res = fused_ops.rms_norm(x, weight, 1e-5, residual)
+    assert torch.equal(default_out, out) and (default_res is None) == (not with_residual)
+
+
+def test_rms_norm_in_place_residual():
+    """residual_out=residual: the layer's residual stream updated in place, x + residual in x's dtype."""
+    gen = torch.Generator().manual_seed(77)
+    x = torch.randn(7, 320, generator=gen) * 2
+    weight = torch.rand(320, generator=gen) + 0.5
+    residual = torch.randn(7, 320, generator=gen)
+    ref_out, ref_res = reference.rms_norm(x, weight, 1e-6, residual.clone())
+    out = _poisoned(x)
+    got, res = fused_ops.rms_norm(x, weight, 1e-6, residual, out=out, residual_out=residual)
+    assert got is out and res is residual
+    assert torch.equal(residual, ref_res)
+    _close(out, ref_out)
 
 
 def test_rms_norm_strided_rows():
     x = torch.randn(6, 130)[:, :128]        # row stride 130, last dimension contiguous
     weight = torch.rand(128) + 0.5
-    _close(fused_ops.rms_norm(x, weight, 1e-6)[0], reference.rms_norm(x, weight, 1e-6)[0])
+    storage = torch.full((6, 140), float("nan"))
+    out = storage[:, :128]                  # a strided output: row stride 140
+    fused_ops.rms_norm(x, weight, 1e-6, out=out)
+    _close(out, reference.rms_norm(x, weight, 1e-6)[0])
+    assert storage[:, 128:].isnan().all()
 
 
 @pytest.mark.parametrize("rows,inter", [(1, 1), (4, 37), (9, 1536), (2, 2500)])
 def test_silu_and_mul_matches_reference(rows, inter):
     x = torch.randn(rows, 2 * inter, generator=torch.Generator().manual_seed(inter)) * 4
+    out = _poisoned(x, (rows, inter))
+    assert fused_ops.silu_and_mul(x, out=out) is out
+    _close(out, reference.silu_and_mul(x))
     _close(fused_ops.silu_and_mul(x), reference.silu_and_mul(x))
 
 
@@ -77,3 +108,26 @@ def test_wrappers_reject_bad_shapes():
         fused_ops.apply_token_bitmask_(torch.randn(2, 64), torch.zeros(2, 3, dtype=torch.int32))
     with pytest.raises(ValueError, match="contiguous"):
         fused_ops.rms_norm(torch.randn(8, 4).t(), torch.ones(8), 1e-5)
+
+
+def test_wrappers_reject_bad_outputs():
+    x, weight, residual = torch.randn(4, 8), torch.ones(8), torch.randn(4, 8)
+    with pytest.raises(ValueError, match="out must be"):
+        fused_ops.rms_norm(x, weight, 1e-5, out=torch.empty(4, 7))
+    with pytest.raises(ValueError, match="out must be"):
+        fused_ops.rms_norm(x, weight, 1e-5, out=torch.empty(4, 8, dtype=torch.float16))
+    with pytest.raises(ValueError, match="out must be contiguous"):
+        fused_ops.rms_norm(x, weight, 1e-5, out=torch.empty(8, 4).t())
+    with pytest.raises(ValueError, match="residual_out needs a residual"):
+        fused_ops.rms_norm(x, weight, 1e-5, residual_out=torch.empty(4, 8))
+    with pytest.raises(ValueError, match="residual_out must be"):
+        fused_ops.rms_norm(x, weight, 1e-5, residual, residual_out=torch.empty(3, 8))
+    shared = torch.empty(4, 8)
+    with pytest.raises(ValueError, match="same memory"):
+        fused_ops.rms_norm(x, weight, 1e-5, residual, out=shared, residual_out=shared)
+    with pytest.raises(ValueError, match="out must be"):
+        fused_ops.silu_and_mul(x, out=torch.empty(4, 8))
+    with pytest.raises(ValueError, match="out must be"):
+        fused_ops.silu_and_mul(x, out=torch.empty(4, 4, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="out must be contiguous"):
+        fused_ops.silu_and_mul(x, out=torch.empty(4, 4).t())
