@@ -16,6 +16,10 @@ _HELP = {
     "schedule_policy": "fcfs | lpm (longest cached prefix first) | dfs-weight (siblings of the prefix tree together)",
     "chunked_prefill_size": "prefill longer prompts in chunks of this many tokens (-1: never)",
     "disable_radix_cache": "turn prefix caching off (for comparison)",
+    "attention_backend": "torch | triton (default: triton on CUDA, torch on CPU)",
+    "disable_cuda_graph": "CUDA: run every decode step eagerly instead of replaying captured graphs",
+    "cuda_graph_max_bs": "largest decode batch size captured as a CUDA graph",
+    "json_model_override_args": "JSON object of model-config fields to override, e.g. '{\"num_layers\": 2}'",
 }
 
 

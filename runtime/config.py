@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LOAD_FORMATS = ("auto", "gguf", "safetensors", "dummy")
-ATTENTION_BACKENDS = ("torch",)
+ATTENTION_BACKENDS = ("torch", "triton")
 SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
 
 
@@ -37,7 +38,10 @@ class EngineConfig:
     grammar_timeout_s: float = 10.0        # compile-time budget of one grammar
     grammar_cache_size: int = 128          # compiled grammars kept (LRU)
     json_whitespace: str = "default"       # JSON-schema whitespace: default | compact | flexible
-    attention_backend: str | None = None   # None = torch (triton on CUDA once it exists)
+    attention_backend: str | None = None   # torch | triton; None = triton on CUDA, torch on CPU
+    disable_cuda_graph: bool = False       # CUDA: run decode eagerly instead of replaying captured graphs
+    cuda_graph_max_bs: int = 256           # largest decode batch captured (bigger batches run eagerly)
+    json_model_override_args: str | None = None  # JSON object of model-config fields to override
     random_seed: int = 0                   # seeds dummy weights and unseeded requests
     device: str = "auto"                   # auto: cuda when available, else cpu
     cpu_threads: int | None = None         # torch intra-op threads on CPU; None = leave torch's default
@@ -58,10 +62,10 @@ class EngineConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.schedule_policy not in SCHEDULE_POLICIES:
             raise ValueError(f"schedule_policy must be one of {SCHEDULE_POLICIES}, got {self.schedule_policy!r}")
-        for name in ("disable_radix_cache", "disable_jump_forward"):
+        for name in ("disable_radix_cache", "disable_jump_forward", "disable_cuda_graph"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        for name in ("grammar_max_states", "grammar_cache_size"):
+        for name in ("grammar_max_states", "grammar_cache_size", "cuda_graph_max_bs"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -79,6 +83,14 @@ class EngineConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.mem_fraction_static is not None and not 0.0 < self.mem_fraction_static < 1.0:
             raise ValueError(f"mem_fraction_static must be in (0, 1), got {self.mem_fraction_static!r}")
+        if self.json_model_override_args is not None:
+            try:
+                overrides = json.loads(self.json_model_override_args)
+            except (TypeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"json_model_override_args is not valid JSON: {exc}") from None
+            if not isinstance(overrides, dict):
+                raise ValueError("json_model_override_args must be a JSON object of model-config fields, "
+                                 f"got {self.json_model_override_args!r}")
         if not isinstance(self.random_seed, int):
             raise ValueError(f"random_seed must be an integer, got {self.random_seed!r}")
 
@@ -109,7 +121,13 @@ class EngineConfig:
         return min(self.max_prefill_tokens, self.chunked_prefill_size)
 
     def resolved_attention_backend(self) -> str:
-        return self.attention_backend or "torch"
+        if self.attention_backend is not None:
+            return self.attention_backend
+        return "triton" if self.resolved_device().type == "cuda" else "torch"
+
+    def model_overrides(self) -> dict[str, Any]:
+        """`json_model_override_args` parsed (validated in __post_init__); {} when not given."""
+        return json.loads(self.json_model_override_args) if self.json_model_override_args else {}
 
     def kv_pool_budget_bytes(self, device: torch.device) -> int:
         """Bytes the KV pool may take when max_total_tokens is not given."""

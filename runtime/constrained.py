@@ -143,7 +143,8 @@ class ConstraintMasks:
         return self._buf_t[:n]
 
     def apply(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """logits [B, V] float, rows [B] sampler rows -> logits with disallowed tokens at -inf."""
+        """logits [B, V] float, rows [B] sampler rows -> logits with disallowed tokens at -inf (on CUDA
+        the Triton bitmask kernel writes them in place)."""
         rows_np = rows.cpu().numpy()
         if self.device.type == "cpu":
             packed = self.bitmask(self.fill_bitmask(rows_np))                         # [B, W] int32
@@ -152,6 +153,9 @@ class ConstraintMasks:
                 self._device_arena = torch.from_numpy(self.arena).to(self.device)
             index = torch.from_numpy(self.arena_row.take(rows_np)).to(self.device, non_blocking=True)
             packed = self._device_arena.index_select(0, index)
+            if logits.stride(-1) == 1:
+                from loomlm.kernels.fused_ops import apply_token_bitmask_
+                return apply_token_bitmask_(logits, packed)
         bits = (packed.unsqueeze(-1) >> self._shifts) & 1                             # [B, W, 32]
         allowed = bits.view(len(packed), -1)[:, :logits.shape[-1]].bool()
         return logits.masked_fill(~allowed, float("-inf"))

@@ -280,6 +280,7 @@ class Engine:
             out = self.core.stats.snapshot()
             out.update(self.core.scheduler.memory_snapshot())
             out["token_usage"] = out["kv_pool_used"] / out["kv_pool_size"]
+            out["cuda_graph_replays"] = self.core.runner.cuda_graph_replays
             return out
         return self.core.call(snapshot)
 

@@ -8,9 +8,11 @@ import torch
 
 from loomlm.runtime.attention import create_attention_backend
 from loomlm.runtime.config import EngineConfig
+from loomlm.runtime.cuda_graph import DecodeGraphRunner
 from loomlm.runtime.forward_context import ForwardContext, SharedPrefix
 from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
 from loomlm.runtime.models.loader import load_model, resolve_model_path
+from loomlm.runtime.models.ops import create_ops
 from loomlm.runtime.batch import ScheduledBatch
 
 logger = logging.getLogger(__name__)
@@ -24,9 +26,12 @@ class ModelRunner:
         if self.device.type == "cpu" and config.cpu_threads:
             torch.set_num_threads(config.cpu_threads)
         self.model_path = resolve_model_path(config.model_path)   # dummy weights still read its config
-        self.model, self.model_config = load_model(
-            self.model_path, load_format=config.load_format, dtype=self.dtype, device=self.device,
-            seed=config.random_seed)
+        try:
+            self.model, self.model_config = load_model(
+                self.model_path, load_format=config.load_format, dtype=self.dtype, device=self.device,
+                seed=config.random_seed, model_config_override=config.model_overrides() or None)
+        except TypeError as exc:   # dataclasses.replace: an override names no model-config field
+            raise ValueError(f"json_model_override_args: {exc}") from None
         mc = self.model_config
         model_max = mc.max_position_embeddings
         if config.context_length is not None and config.context_length > model_max:
@@ -47,12 +52,28 @@ class ModelRunner:
                              "mem_fraction_static")
         self.kv_pool = KVPool(num_slots, mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype, self.device)
         self.req_pool = ReqToTokenPool(config.max_running_requests, self.context_length, self.device)
-        self.attn_backend = create_attention_backend(config.resolved_attention_backend(), mc.head_dim ** -0.5)
+        backend = config.resolved_attention_backend()
+        self.attn_backend = create_attention_backend(backend, mc.head_dim ** -0.5)
+        self.model.use_ops(create_ops(backend))    # the Triton backend brings the fused element-wise ops
         logger.info("KV pool: %d token slots (%.1f MiB)", num_slots, num_slots * per_token / 2**20)
+        self.graph_runner: DecodeGraphRunner | None = None
+        if self.device.type == "cuda" and not config.disable_cuda_graph:
+            if backend == "triton":
+                self.graph_runner = DecodeGraphRunner(
+                    self, min(config.cuda_graph_max_bs, config.max_running_requests))
+            else:
+                logger.info("CUDA graphs need the triton attention backend; decoding eagerly")
+
+    @property
+    def cuda_graph_replays(self) -> int:
+        return 0 if self.graph_runner is None else self.graph_runner.replays
 
     @torch.inference_mode()
     def forward(self, batch: ScheduledBatch) -> torch.Tensor:
-        """Returns float32 logits [N, vocab] for the rows `batch.logits_indices`."""
+        """Returns float32 logits [N, vocab] for the rows `batch.logits_indices` (a decode step replayed
+        from a CUDA graph returns a view that the next forward overwrites)."""
+        if self.graph_runner is not None and self.graph_runner.can_run(batch):
+            return self.graph_runner.forward(batch)
         dev = self.device
         ctx = ForwardContext(
             mode=batch.mode, input_ids=batch.input_ids.to(dev, non_blocking=True),

@@ -1,4 +1,4 @@
-"""Attention backends over the token-slot KV pool (`torch` reference here; `triton` on CUDA later)."""
+"""Attention backends over the token-slot KV pool: `torch` (the CPU path) and `triton` (the CUDA path)."""
 
 from loomlm.runtime.attention.base import AttentionBackend, create_attention_backend
 

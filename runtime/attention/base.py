@@ -31,5 +31,7 @@ def create_attention_backend(name: str, scale: float) -> AttentionBackend:
     if name == "torch":
         from loomlm.runtime.attention.torch_backend import TorchAttentionBackend
         return TorchAttentionBackend(scale)
-    raise ValueError(f"unknown attention_backend {name!r}; available: 'torch' "
-                     "(the 'triton' backend comes with the CUDA path)")
+    if name == "triton":
+        from loomlm.runtime.attention.triton_backend import TritonAttentionBackend
+        return TritonAttentionBackend(scale)
+    raise ValueError(f"unknown attention_backend {name!r}; available: 'torch', 'triton'")

@@ -3,13 +3,16 @@
 All requests of a forward are flattened into T tokens (`ctx.input_ids`); attention goes through
 `ctx.attn_backend`, which owns the KV pool. Only the rows `ctx.logits_indices` reach the final norm and
 the LM head. q/k/v and gate/up are fused into one matmul each; `load_weights` takes Hugging Face
-parameter names and copies each shard into its slice of the fused weights.
+parameter names and copies each shard into its slice of the fused weights. The element-wise ops (norms
+with the residual add fused, RoPE, SiLU-and-mul) come from `self.ops`: eager torch, or the Triton
+kernels (`use_ops`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,18 +20,23 @@ from torch import nn
 
 from loomlm.runtime.forward_context import ForwardContext
 from loomlm.runtime.models.config import ModelConfig, RopeScaling
+from loomlm.runtime.models.ops import TorchOps, TritonOps
+
+Ops = TorchOps | TritonOps
 
 
 class RMSNorm(nn.Module):
+    """Holds the weight; the arithmetic (and the fused residual add) is `ops.rms_norm`."""
+
     def __init__(self, dim: int, eps: float, dtype: torch.dtype | None = None):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32, cast back, then scale (the HF order, so half precision matches too).
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
-        return self.weight * normed
+    def forward(self, x: torch.Tensor, ops: Ops,
+                residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalised x [+ residual], x [+ residual]); the second is the next layer's residual."""
+        return ops.rms_norm(x, self.weight, self.eps, residual)
 
 
 def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
@@ -71,15 +79,9 @@ class RotaryEmbedding(nn.Module):
         self.cos = freqs.cos().to(device)
         self.sin = freqs.sin().to(device)
 
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        # [T, 1, D/2] each, broadcast over heads.
-        return self.cos[positions, None].to(dtype), self.sin[positions, None].to(dtype)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE (HF convention): x [T, heads, D], cos/sin [T, 1, D/2] -> [T, heads, D]."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    def inputs(self, positions: torch.Tensor, dtype: torch.dtype, ops: Ops) -> Any:
+        """This forward's RoPE inputs for `ops.rope` (prepared once, used by every layer)."""
+        return ops.rope_inputs(positions, self.cos, self.sin, dtype)
 
 
 class Attention(nn.Module):
@@ -94,13 +96,12 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(config.q_size, config.hidden_size, bias=config.attention_out_bias,
                                 dtype=dtype)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                ctx: ForwardContext) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Any, ctx: ForwardContext, ops: Ops) -> torch.Tensor:
         T = x.shape[0]
         H, KVH, D = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv_proj(x)                                                  # [T, (H + 2 KVH) D]
         qk, v = qkv.split([(H + KVH) * D, KVH * D], dim=-1)
-        qk = apply_rope(qk.view(T, H + KVH, D), cos, sin)                      # q and k in one pass
+        qk = ops.rope(qk.view(T, H + KVH, D), rope)                             # q and k in one pass
         q, k = qk.split([H, KVH], dim=1)                                        # [T, H, D], [T, KVH, D]
         out = ctx.attn_backend.forward(q, k, v.view(T, KVH, D), self.layer_id, ctx)  # [T, H, D]
         return self.o_proj(out.reshape(T, H * D))
@@ -113,9 +114,8 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * inter, bias=config.mlp_bias, dtype=dtype)
         self.down_proj = nn.Linear(inter, config.hidden_size, bias=config.mlp_bias, dtype=dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)                        # [T, I] each
-        return self.down_proj(F.silu(gate) * up)
+    def forward(self, x: torch.Tensor, ops: Ops) -> torch.Tensor:
+        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))          # [T, 2I] -> [T, I]
 
 
 class DecoderLayer(nn.Module):
@@ -126,10 +126,13 @@ class DecoderLayer(nn.Module):
         self.post_attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.mlp = MLP(config, dtype)
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                ctx: ForwardContext) -> torch.Tensor:
-        h = h + self.attn(self.input_norm(h), cos, sin, ctx)
-        return h + self.mlp(self.post_attn_norm(h))
+    def forward(self, h: torch.Tensor, residual: torch.Tensor | None, rope: Any, ctx: ForwardContext,
+                ops: Ops) -> tuple[torch.Tensor, torch.Tensor]:
+        """h: the previous layer's MLP output (or the embeddings, with residual None). Returns this
+        layer's MLP output and the residual stream before it; their sum is the layer's output."""
+        x, residual = self.input_norm(h, ops, residual)
+        x, residual = self.post_attn_norm(self.attn(x, rope, ctx, ops), ops, residual)
+        return self.mlp(x, ops), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -143,15 +146,23 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(
             config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
         self.rotary = RotaryEmbedding(config)
+        self.ops: Ops = TorchOps()
+
+    def use_ops(self, ops: Ops) -> None:
+        """Run the element-wise ops with `ops` (e.g. the Triton kernels on CUDA)."""
+        self.ops = ops
 
     @torch.inference_mode()
     def forward(self, ctx: ForwardContext) -> torch.Tensor:
         """Returns float32 logits [N, vocab] for the hidden rows `ctx.logits_indices`."""
+        ops = self.ops
         h = self.embed_tokens(ctx.input_ids)                                    # [T, hidden]
-        cos, sin = self.rotary(ctx.positions, h.dtype)                          # [T, 1, D/2]
+        rope = self.rotary.inputs(ctx.positions, h.dtype, ops)
+        residual = None
         for layer in self.layers:
-            h = layer(h, cos, sin, ctx)
-        h = self.norm(h[ctx.logits_indices])                                    # [N, hidden]
+            h, residual = layer(h, residual, rope, ctx, ops)
+        idx = ctx.logits_indices
+        h, _ = self.norm(h[idx], ops, residual[idx])                            # [N, hidden]
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(h, weight).float()                                      # [N, vocab]
 

@@ -1,0 +1,86 @@
+"""Triton attention over the slot pool: the KV store, split-KV decode and ragged extend kernels.
+
+`prepare` turns the forward's CPU-side lengths into the few device tensors the kernels read (one copy
+each, no device -> host sync); `forward` stores the layer's new K/V into their slots and runs the decode
+kernel (one query per request) or the extend kernel (new tokens over their cached prefix, causally over
+themselves). The kernels read every key through `req_to_token`, so requests sharing a cached prefix need
+nothing special here (`ctx.shared_prefixes` is a torch-backend optimisation and is ignored).
+
+`decode_metadata` builds the decode metadata from caller-owned device tensors: the CUDA-graph runner
+passes its static buffers, so a captured decode step reads each replay's rows and lengths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from loomlm.runtime.attention.base import AttentionBackend
+from loomlm.runtime.forward_context import ForwardContext
+
+# Enough decode programs (batch x KV heads x splits) to fill a large GPU; more splits only add merge
+# work. 132 SMs on an H100; a few programs per SM hide the gather latency.
+TARGET_DECODE_PROGRAMS = 4 * 132
+MAX_KV_SPLITS = 16
+
+
+def decode_kv_splits(batch: int, kv_heads: int) -> int:
+    """Splits per request's context: many at small batch (one request must use the whole GPU), one
+    when the batch alone fills it."""
+    return max(1, min(MAX_KV_SPLITS, -(-TARGET_DECODE_PROGRAMS // (batch * kv_heads))))
+
+
+@dataclass
+class TritonDecodeMetadata:
+    req_rows: torch.Tensor      # [B] int64, rows of req_to_token
+    seq_lens: torch.Tensor      # [B] int32, keys per request (the new token included)
+    num_kv_splits: int
+
+
+@dataclass
+class TritonExtendMetadata:
+    req_rows: torch.Tensor      # [B] int64
+    prefix_lens: torch.Tensor   # [B] int32, cached tokens before the new ones
+    extend_lens: torch.Tensor   # [B] int32, new tokens
+    extend_starts: torch.Tensor  # [B] int32, index of each request's first new token in the forward
+    max_extend: int             # host-side maximum of extend_lens (sizes the grid)
+
+
+class TritonAttentionBackend(AttentionBackend):
+    def __init__(self, scale: float):
+        from loomlm.kernels import decode_attention, extend_attention, rope_kv   # imports triton
+
+        self.scale = scale
+        self._decode = decode_attention.decode_attention
+        self._extend = extend_attention.extend_attention
+        self._store = rope_kv.store_kv_
+
+    def decode_metadata(self, req_rows: torch.Tensor, seq_lens: torch.Tensor, kv_heads: int) -> TritonDecodeMetadata:
+        return TritonDecodeMetadata(req_rows, seq_lens, decode_kv_splits(int(req_rows.numel()), kv_heads))
+
+    def prepare(self, ctx: ForwardContext) -> None:
+        device = ctx.input_ids.device
+        prefix, extend = ctx.prefix_lens, ctx.extend_lens                      # CPU [B]
+        rows = ctx.req_rows.to(device, non_blocking=True)
+        kv_heads = ctx.kv_pool.k_buffers[0].shape[1]
+        if ctx.num_tokens == ctx.batch_size:    # one new token each: decode (seq = prefix + itself)
+            seq = (prefix + 1).to(torch.int32).to(device, non_blocking=True)
+            ctx.attn_metadata = self.decode_metadata(rows, seq, kv_heads)
+            return
+        starts = torch.cumsum(extend, 0) - extend
+        packed = torch.stack((prefix, extend, starts)).to(torch.int32).to(device, non_blocking=True)
+        ctx.attn_metadata = TritonExtendMetadata(rows, packed[0], packed[1], packed[2], int(extend.max()))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int,
+                ctx: ForwardContext) -> torch.Tensor:
+        pool = ctx.kv_pool
+        k_buf, v_buf = pool.k_buffers[layer_id], pool.v_buffers[layer_id]
+        self._store(k_buf, v_buf, k, v, ctx.out_slots)
+        md = ctx.attn_metadata
+        table = ctx.req_to_token_pool.req_to_token
+        if isinstance(md, TritonDecodeMetadata):
+            return self._decode(q, k_buf, v_buf, table, md.req_rows, md.seq_lens, self.scale,
+                                num_kv_splits=md.num_kv_splits)
+        return self._extend(q, k_buf, v_buf, table, md.req_rows, md.prefix_lens, md.extend_lens,
+                            md.extend_starts, self.scale, max_extend=md.max_extend)

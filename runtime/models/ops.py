@@ -1,0 +1,91 @@
+"""The element-wise ops of the Llama forward, as two interchangeable sets: plain torch and Triton.
+
+The model calls `ops.rms_norm`, `ops.silu_and_mul` and `ops.rope` and never knows which set it runs:
+`TorchOps` (the CPU path, eager torch) or `TritonOps` (the fused kernels of `loomlm.kernels`, chosen with
+the triton attention backend). Both sets compute the same arithmetic (`kernels/reference.py` states it),
+so their outputs agree to rounding.
+
+RoPE needs per-forward inputs (the positions' rows of the cos/sin tables); `rope_inputs` prepares them
+once per forward and every layer's `rope` call reuses them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+class TorchOps:
+    """Eager torch: rotate-half RoPE with the tables cast to the model dtype (as Hugging Face does)."""
+
+    name = "torch"
+
+    @staticmethod
+    def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                 residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight * normalise(x [+ residual]), x [+ residual]): the sum is the next residual."""
+        if residual is not None:
+            x = x + residual
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+        return weight * normed, x
+
+    @staticmethod
+    def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+        """x [T, 2I] = [gate | up] -> silu(gate) * up [T, I]."""
+        gate, up = x.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def rope_inputs(positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                    dtype: torch.dtype) -> Any:
+        """cos/sin rows [T, 1, D/2] in the model dtype, broadcast over heads."""
+        return cos[positions, None].to(dtype), sin[positions, None].to(dtype)
+
+    @staticmethod
+    def rope(qk: torch.Tensor, inputs: Any) -> torch.Tensor:
+        """qk [T, heads, D] -> rotated copy [T, heads, D]."""
+        cos, sin = inputs
+        x1, x2 = qk.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class TritonOps:
+    """The fused Triton kernels: RMSNorm with the residual add, SiLU-and-mul, RoPE in place on the
+    strided q/k view of the fused qkv projection (no copy)."""
+
+    name = "triton"
+
+    def __init__(self) -> None:
+        from loomlm.kernels import fused_ops, rope_kv   # imports triton: only when this set is chosen
+
+        self._fused = fused_ops
+        self._rope = rope_kv
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float,
+                 residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        out, summed = self._fused.rms_norm(x, weight, eps, residual)
+        return out, (x if summed is None else summed)
+
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fused.silu_and_mul(x)
+
+    @staticmethod
+    def rope_inputs(positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                    dtype: torch.dtype) -> Any:
+        """The kernel gathers table rows itself: positions [T] int64 and the float32 tables [P, D/2]."""
+        return positions, cos, sin
+
+    def rope(self, qk: torch.Tensor, inputs: Any) -> torch.Tensor:
+        positions, cos, sin = inputs
+        return self._rope.apply_rope_(qk, positions, cos, sin)
+
+
+def create_ops(name: str) -> TorchOps | TritonOps:
+    """The op set that goes with attention backend `name`."""
+    if name == "triton":
+        return TritonOps()
+    if name == "torch":
+        return TorchOps()
+    raise ValueError(f"unknown op set {name!r}; available: 'torch', 'triton'")
