@@ -15,6 +15,25 @@ import triton
 import triton.language as tl
 
 
+# Enough programs (batch x KV heads x splits) per SM to hide the gather latency; more splits only add
+# merge work.
+PROGRAMS_PER_SM = 4
+MAX_KV_SPLITS = 16
+
+
+def default_num_kv_splits(batch: int, kv_heads: int, sm_count: int, programs_per_sm: int = PROGRAMS_PER_SM,
+                          max_splits: int = MAX_KV_SPLITS) -> int:
+    """Splits per request's context: many at small batch (one request must use the whole GPU), one when
+    the batch alone fills it. It ignores the context length on purpose: a captured decode graph serves
+    every length."""
+    return max(1, min(max_splits, triton.cdiv(programs_per_sm * sm_count, batch * kv_heads)))
+
+
+def interpreted() -> bool:
+    """Whether the kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
+    return not isinstance(_decode_split_kernel, triton.runtime.JITFunction)
+
+
 @triton.jit
 def _decode_split_kernel(q_ptr, k_ptr, v_ptr, r2t_ptr, rows_ptr, lens_ptr, mid_o_ptr, mid_lse_ptr,
                          q_sb, q_sh, kv_ss, kv_sh, r2t_s, mo_sb, mo_sh, mo_ss, ml_sb, ml_sh, scale,

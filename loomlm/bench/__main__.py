@@ -8,6 +8,7 @@ import sys
 # Benchmark name -> module with a `main(argv) -> int`.
 BENCHMARKS = {
     "grammar": "loomlm.runtime.bench.grammar",
+    "kernels": "loomlm.kernels.bench",
     "offline": "loomlm.runtime.bench.offline",
     "prefix": "loomlm.runtime.bench.prefix",
     "programs": "loomlm.lang.bench.programs",

@@ -19,16 +19,8 @@ import torch
 from loomlm.runtime.attention.base import AttentionBackend
 from loomlm.runtime.forward_context import ForwardContext
 
-# Enough decode programs (batch x KV heads x splits) to fill a large GPU; more splits only add merge
-# work. 132 SMs on an H100; a few programs per SM hide the gather latency.
-TARGET_DECODE_PROGRAMS = 4 * 132
-MAX_KV_SPLITS = 16
-
-
-def decode_kv_splits(batch: int, kv_heads: int) -> int:
-    """Splits per request's context: many at small batch (one request must use the whole GPU), one
-    when the batch alone fills it."""
-    return max(1, min(MAX_KV_SPLITS, -(-TARGET_DECODE_PROGRAMS // (batch * kv_heads))))
+# The interpreter on CPU: a pretend GPU of a few SMs keeps the tests' split counts small.
+INTERPRETER_SMS = 4
 
 
 @dataclass
@@ -52,12 +44,16 @@ class TritonAttentionBackend(AttentionBackend):
         from loomlm.kernels import decode_attention, extend_attention, rope_kv   # imports triton
 
         self.scale = scale
+        self._splits = decode_attention.default_num_kv_splits
+        self._sms = (torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+                     if torch.cuda.is_available() and not decode_attention.interpreted() else INTERPRETER_SMS)
         self._decode = decode_attention.decode_attention
         self._extend = extend_attention.extend_attention
         self._store = rope_kv.store_kv_
 
     def decode_metadata(self, req_rows: torch.Tensor, seq_lens: torch.Tensor, kv_heads: int) -> TritonDecodeMetadata:
-        return TritonDecodeMetadata(req_rows, seq_lens, decode_kv_splits(int(req_rows.numel()), kv_heads))
+        splits = self._splits(int(req_rows.numel()), kv_heads, self._sms)
+        return TritonDecodeMetadata(req_rows, seq_lens, splits)
 
     def prepare(self, ctx: ForwardContext) -> None:
         device = ctx.input_ids.device

@@ -9,6 +9,10 @@ with EOS ignored so every request makes exactly `--output-len` tokens on every s
 
 Each side gets a short warm-up first; both use the same torch thread count. Prints a table, and with
 `--json` a last line holding one JSON object with the rates, ratios and settings.
+
+With `--decode-batch-sizes` (the default on CUDA: 1,16,64,256) it also runs the decode sweep of
+`offline_decode.py`: decode tok/s per batch size, loomlm against transformers `generate`, the prefill-only
+run subtracted on both sides (`decode_sweep` in the JSON).
 """
 
 from __future__ import annotations
@@ -17,17 +21,18 @@ import argparse
 import json
 import os
 import sys
-import time
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Sequence
 
 import torch
 
+from loomlm.runtime.bench import offline_decode as sweep
 from loomlm.runtime.bench.common import resolve_target, use_threads
+from loomlm.runtime.bench.offline_decode import WARMUP_TOKENS, engine_kwargs, log as _log, make_prompts, timed
 from loomlm.runtime.bench.report import Measurement, environment, format_table, speedup
 from loomlm.runtime.config import DTYPES, LOAD_FORMATS
 
-T = TypeVar("T")
-WARMUP_TOKENS = 4
+__all__ = ["build_parser", "main", "make_prompts"]
+ATTENTION_BACKEND_CHOICES = ("torch", "triton")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,39 +48,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct)")
     p.add_argument("--load-format", choices=LOAD_FORMATS, default="auto",
                    help="dummy: random weights of the model's shape on both sides")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+                   help="auto: float32 on CPU, bfloat16 on CUDA (the engine's own default)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--max-running-requests", type=int, default=128, help="loomlm's batch limit")
+    p.add_argument("--attention-backend", choices=ATTENTION_BACKEND_CHOICES, default=None,
+                   help="loomlm's attention backend (default: the engine's, triton on CUDA, torch on CPU)")
+    p.add_argument("--disable-cuda-graph", action="store_true", help="loomlm: run decode eagerly on CUDA")
     p.add_argument("--seed", type=int, default=0, help="seeds the prompts and dummy weights")
     p.add_argument("--json", action="store_true", help="end with one line of JSON")
+    sweep.add_arguments(p)
     return p
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("num_prompts", "input_len", "output_len", "batch_size", "max_running_requests"):
+    for name in ("num_prompts", "input_len", "output_len", "batch_size", "max_running_requests",
+                 "decode_input_len", "decode_output_len"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     for name in ("hf_sequential_prompts", "threads"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
-
-
-def make_prompts(num: int, length: int, vocab_size: int, seed: int) -> list[list[int]]:
-    """`num` prompts of `length` token ids drawn uniformly from the vocabulary."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab_size, (num, length), generator=gen).tolist()
-
-
-def _timed(fn: Callable[[], T]) -> tuple[T, float]:
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
-
-
-def _log(message: str) -> None:
-    print(f"[bench offline] {message}", file=sys.stderr, flush=True)
 
 
 def _measure(system: str, outputs: Sequence[Sequence[int]], wall_s: float, expected: int) -> Measurement:
@@ -90,16 +85,13 @@ def run_loomlm(args: argparse.Namespace, prompts: list[list[int]], threads: int,
                device: torch.device) -> tuple[Measurement, list[list[int]], dict[str, int]]:
     from loomlm.runtime.engine import Engine
 
-    engine = Engine(model_path=args.model_path, dtype=args.dtype, load_format=args.load_format,
-                    device=str(device), random_seed=args.seed,
-                    cpu_threads=threads if device.type == "cpu" else None,
-                    max_running_requests=args.max_running_requests,
+    engine = Engine(**engine_kwargs(args, device, threads), max_running_requests=args.max_running_requests,
                     max_total_tokens=len(prompts) * (args.input_len + args.output_len) + 16)
     params = {"max_new_tokens": args.output_len, "temperature": 0, "ignore_eos": True}
     try:
         engine.generate(input_ids=prompts[:2], sampling_params={**params, "max_new_tokens": WARMUP_TOKENS})
         before = engine.get_stats()
-        outs, wall = _timed(lambda: engine.generate(input_ids=prompts, sampling_params=params))
+        outs, wall = timed(lambda: engine.generate(input_ids=prompts, sampling_params=params), device)
         after = engine.get_stats()
     finally:
         engine.shutdown()
@@ -109,40 +101,47 @@ def run_loomlm(args: argparse.Namespace, prompts: list[list[int]], threads: int,
     return _measure("loomlm", outputs, wall, args.output_len), outputs, stats
 
 
-def run_hf(args: argparse.Namespace, prompts: list[list[int]],
-           device: torch.device) -> tuple[Measurement, Measurement, list[list[int]]]:
-    from loomlm.runtime.bench.hf_baseline import generate_in_batches, load_hf_model
+def load_hf(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+    from loomlm.runtime.bench.hf_baseline import load_hf_model
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    model = load_hf_model(args.model_path, args.load_format, getattr(torch, args.dtype), device, args.seed)
+    return load_hf_model(args.model_path, args.load_format, getattr(torch, args.dtype), device, args.seed)
+
+
+def run_hf(model: torch.nn.Module, args: argparse.Namespace, prompts: list[list[int]],
+           device: torch.device) -> tuple[Measurement, Measurement, list[list[int]]]:
+    from loomlm.runtime.bench.hf_baseline import generate_in_batches
+
     m, b = args.output_len, args.batch_size
     sequential = prompts[:args.hf_sequential_prompts or len(prompts)]
     generate_in_batches(model, prompts[:1], WARMUP_TOKENS, 1)
     generate_in_batches(model, prompts[:b], WARMUP_TOKENS, b)
     _log(f"transformers sequential: {len(sequential)} prompts at batch 1")
-    seq_out, seq_wall = _timed(lambda: generate_in_batches(model, sequential, m, 1))
+    seq_out, seq_wall = timed(lambda: generate_in_batches(model, sequential, m, 1), device)
     _log(f"transformers batched: {len(prompts)} prompts in batches of {b}")
-    bat_out, bat_wall = _timed(lambda: generate_in_batches(model, prompts, m, b))
+    bat_out, bat_wall = timed(lambda: generate_in_batches(model, prompts, m, b), device)
     return (_measure("hf sequential (batch 1)", seq_out, seq_wall, m),
             _measure(f"hf batched (batch {b})", bat_out, bat_wall, m), seq_out)
 
 
-def _summary(args: argparse.Namespace, device: torch.device, threads: int, ours: Measurement,
+def _summary(args: argparse.Namespace, device: torch.device, threads: int, ours: Measurement | None,
              seq: Measurement | None, bat: Measurement | None, same: int | None,
-             stats: dict[str, int], load_before: float) -> dict[str, Any]:
+             stats: dict[str, int] | None, decode_sweep: list[dict[str, Any]],
+             load_before: float) -> dict[str, Any]:
     def rate(m: Measurement | None) -> float | None:
         return None if m is None else round(m.output_tok_s, 2)
 
-    def rounded(x: float | None) -> float | None:
+    def ratio(other: Measurement | None) -> float | None:
+        x = None if ours is None else speedup(ours, other)
         return None if x is None else round(x, 3)
 
     result: dict[str, Any] = {
         "loomlm_output_tok_s": rate(ours),
         "hf_sequential_output_tok_s": rate(seq),
         "hf_batched_output_tok_s": rate(bat),
-        "ratio_vs_hf_sequential": rounded(speedup(ours, seq)),
-        "ratio_vs_hf_batched": rounded(speedup(ours, bat)),
+        "ratio_vs_hf_sequential": ratio(seq),
+        "ratio_vs_hf_batched": ratio(bat),
     }
     for key, m in (("loomlm", ours), ("hf_sequential", seq), ("hf_batched", bat)):
         result[f"{key}_requests"] = None if m is None else m.requests
@@ -150,13 +149,22 @@ def _summary(args: argparse.Namespace, device: torch.device, threads: int, ours:
         result[f"{key}_wall_s"] = None if m is None else round(m.wall_s, 3)
     result["hf_sequential_same_tokens_as_loomlm"] = same
     result["loomlm_stats"] = stats
+    result["decode_sweep"] = decode_sweep
+    result["decode_tok_s_definition"] = "batch * (output_len - 1) / (wall(output_len) - wall(1)), both sides"
     result["load_average_1m_before"] = round(load_before, 2)
     result.update(
         num_prompts=args.num_prompts, input_len=args.input_len, output_len=args.output_len,
         batch_size=args.batch_size, max_running_requests=args.max_running_requests,
         model=args.model_path or "default (SmolLM2-135M-Instruct Q4_1 GGUF)", load_format=args.load_format,
-        dtype=args.dtype, device=str(device), threads=threads, seed=args.seed, **environment(device))
+        dtype=args.dtype, device=str(device), threads=threads, seed=args.seed,
+        attention_backend=args.attention_backend or "engine default", disable_cuda_graph=args.disable_cuda_graph,
+        **environment(device))
     return result
+
+
+def _fail(message: object) -> int:
+    print(f"python -m loomlm.bench offline: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,34 +173,58 @@ def main(argv: list[str] | None = None) -> int:
         _check_args(args)
         device, vocab = resolve_target(args)
     except ValueError as exc:
-        print(f"python -m loomlm.bench offline: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc)
+    if args.dtype == "auto":
+        args.dtype = "bfloat16" if device.type == "cuda" else "float32"
+    sizes = sweep.sweep_sizes(args, device)
+    if args.sweep_only and not sizes:
+        return _fail("--sweep-only needs a decode sweep (--decode-batch-sizes; off by default on CPU)")
+    if sizes and args.decode_output_len < 2:
+        return _fail("--decode-output-len must be >= 2 (decode tok/s subtracts a 1-token run)")
     load_before = os.getloadavg()[0]
     threads = use_threads(args.threads)
     prompts = make_prompts(args.num_prompts, args.input_len, vocab, args.seed)
 
-    _log(f"loomlm: {len(prompts)} prompts x {args.input_len} tokens -> {args.output_len} new tokens each, "
-         f"{args.dtype} on {device}, {threads} threads")
-    try:
-        ours, our_out, stats = run_loomlm(args, prompts, threads, device)
+    ours = our_out = stats = None
+    ours_sweep: dict[int, dict[str, Any]] = {}
+    try:   # every loomlm run first, each engine shut down before transformers loads
+        if not args.sweep_only:
+            _log(f"loomlm: {len(prompts)} prompts x {args.input_len} tokens -> {args.output_len} new tokens "
+                 f"each, {args.dtype} on {device}, {threads} threads")
+            ours, our_out, stats = run_loomlm(args, prompts, threads, device)
+            sweep.free_memory(device)
+        if sizes:
+            ours_sweep = sweep.run_loomlm_sweep(args, device, threads, vocab, sizes)
+            sweep.free_memory(device)
     except ValueError as exc:   # e.g. prompt + output longer than the model's context
-        print(f"python -m loomlm.bench offline: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc)
     seq = bat = None
     same = None
+    hf_sweep = None
     if not args.skip_hf:
-        seq, bat, seq_out = run_hf(args, prompts, device)
-        if args.load_format != "dummy":   # dummy weights differ between the sides
-            same = sum(a == b for a, b in zip(our_out, seq_out))
+        model = load_hf(args, device)
+        if not args.sweep_only:
+            seq, bat, seq_out = run_hf(model, args, prompts, device)
+            if args.load_format != "dummy":   # dummy weights differ between the sides
+                same = sum(a == b for a, b in zip(our_out, seq_out))
+        if sizes:
+            hf_sweep = sweep.run_hf_sweep(model, args, device, vocab, sizes)
+        del model
+        sweep.free_memory(device)
+    decode_sweep = sweep.sweep_results(args, sizes, ours_sweep, hf_sweep) if sizes else []
 
-    rows = [m for m in (ours, seq, bat) if m is not None]
-    print(format_table(rows, ours))
-    print(f"every request produced exactly {args.output_len} tokens "
-          f"({', '.join(f'{m.system}: {m.output_tokens}' for m in rows)})")
-    if same is not None:
-        print(f"greedy outputs identical to loomlm's: {same}/{seq.requests} sequential requests")
+    if ours is not None:
+        rows = [m for m in (ours, seq, bat) if m is not None]
+        print(format_table(rows, ours))
+        print(f"every request produced exactly {args.output_len} tokens "
+              f"({', '.join(f'{m.system}: {m.output_tokens}' for m in rows)})")
+        if same is not None:
+            print(f"greedy outputs identical to loomlm's: {same}/{seq.requests} sequential requests")
+    if decode_sweep:
+        print(sweep.format_sweep(decode_sweep))
     if args.json:
-        print(json.dumps(_summary(args, device, threads, ours, seq, bat, same, stats, load_before)))
+        print(json.dumps(_summary(args, device, threads, ours, seq, bat, same, stats, decode_sweep,
+                                  load_before)))
     return 0
 
 

@@ -60,3 +60,16 @@ def test_decode_attention_rejects_bad_inputs():
         triton_decode.decode_attention(q[:, :3], kb, vb, r2t, rows, lens, 0.1)
     with pytest.raises(ValueError, match="req_to_token"):
         triton_decode.decode_attention(q, kb, vb, r2t.t(), rows, lens, 0.1)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 1e-3)])
+def test_half_precision_inputs(dtype, tol):
+    """bf16/fp16 q and pool: float32 softmax and sums, so the error is the output's rounding."""
+    q, kb, vb, r2t, rows, lens = _case(4, 2, 3, 64, seed=3)
+    q, kb, vb = q.to(dtype), kb.to(dtype), vb.to(dtype)
+    expected = reference.decode_attention(q, kb, vb, r2t, rows, lens, 0.125).float()
+    out = torch.full_like(q, float("nan"))
+    triton_decode.decode_attention(q, kb, vb, r2t, rows, lens, 0.125, num_kv_splits=4, block_n=16, out=out)
+    assert out.dtype == dtype
+    err = ((out.float() - expected).norm(dim=-1) / expected.norm(dim=-1)).max().item()
+    assert err <= tol, err

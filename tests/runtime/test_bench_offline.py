@@ -63,3 +63,41 @@ def test_table_ratio_column():
     table = format_table([ours, Measurement("hf", 2, 100, 4.0)], ours)
     assert "1.00x" in table and "4.00x" in table
     assert Measurement("x", 1, 10, 0.5).output_tok_s == pytest.approx(20.0)
+
+
+def test_decode_sweep_reports_each_batch_size(capsys):
+    rc = bench_main(["offline", "--sweep-only", "--decode-batch-sizes", "1,2", "--decode-input-len", "8",
+                     "--decode-output-len", "3", "--load-format", "dummy", "--json"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert "decode sweep" in out and any(line.startswith("batch ") for line in lines)
+    sweep = result["decode_sweep"]
+    assert [row["batch"] for row in sweep] == [1, 2]
+    for row in sweep:
+        b = row["batch"]
+        assert (row["input_len"], row["output_len"]) == (8, 3)
+        for side in ("loomlm", "hf"):
+            assert row[f"{side}_output_tokens"] == 3 * b and row[f"{side}_prefill_run_tokens"] == b
+            assert row[f"{side}_wall_s"] > 0 and row[f"{side}_prefill_wall_s"] > 0
+            assert row[f"{side}_output_tok_s"] > 0
+        assert row["loomlm_stats"]["decode_passes"] == 2          # all b requests decoded together
+        assert row["loomlm_stats"]["max_running_batch"] >= b
+        for key in ("loomlm_decode_tok_s", "hf_decode_tok_s", "ratio"):
+            assert key in row   # None only when a 1-token run took longer than the full one (noise)
+    assert result["loomlm_output_tok_s"] is None and result["loomlm_stats"] is None   # --sweep-only
+    assert "output_len - 1" in result["decode_tok_s_definition"]
+
+
+def test_decode_sweep_arguments():
+    from loomlm.runtime.bench.offline_decode import parse_batch_sizes
+
+    assert parse_batch_sizes("1,16,64,256") == (1, 16, 64, 256)
+    assert parse_batch_sizes("off") == () and parse_batch_sizes("2,2") == (2,)
+    out = subprocess.run([sys.executable, "-m", "loomlm.bench", "offline", "--sweep-only", "--device", "cpu"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "--decode-batch-sizes" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "loomlm.bench", "offline", "--decode-batch-sizes", "1,0"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "positive" in out.stderr
