@@ -15,14 +15,17 @@ import torch
 from loomlm.kernels import bench, decode_attention
 
 
-def test_interpreter_smoke_run_reports_every_row(capsys):
-    assert decode_attention.interpreted()      # tests/kernels/conftest.py sets TRITON_INTERPRET=1
+def test_small_run_reports_every_row(capsys, device):
+    """The tiny grid: in the interpreter on CPU (CI), or compiled on the GPU in cuda mode."""
+    interpreted = device.type == "cpu"
+    assert decode_attention.interpreted() == interpreted     # tests/kernels/conftest.py decides
     assert bench.main(["--json", "--sweep-splits", "--sizes", "small"]) == 0
     out = capsys.readouterr().out
-    assert "MEANINGLESS" in out
+    assert ("MEANINGLESS" in out) == interpreted
     lines = out.strip().splitlines()
     result = json.loads(lines[-1])
-    assert result["mode"] == "interpreter" and result["timings_meaningful"] is False
+    assert result["mode"] == ("interpreter" if interpreted else "cuda")
+    assert result["timings_meaningful"] is not interpreted
     assert result["sizes"] == "small" and result["copy_bandwidth_gb_s"] > 0
     assert result["decode_attention_64x2048_pct_of_copy"] is None      # not in the tiny grid
     for key in ("device", "torch", "triton", "dtype", "copy_bytes_per_rep", "target_pct_of_copy"):
@@ -41,8 +44,10 @@ def test_interpreter_smoke_run_reports_every_row(capsys):
                     "kernel_speedup_vs_baseline"):
             assert row.get(key) is not None, (row["kernel"], key)
         assert row["time_us"] > 0 and row["bytes"] > 0
-        assert isinstance(row["max_abs_err_vs_baseline"], float) and row["max_abs_err_vs_baseline"] < 1e-4, row
-    dtype_bytes = 4                                                    # float32 in the interpreter
+        # float32 in the interpreter; bf16 on a GPU, where one rounding step of values ~10 is ~0.06.
+        bound = 1e-4 if interpreted else 0.5
+        assert isinstance(row["max_abs_err_vs_baseline"], float) and row["max_abs_err_vs_baseline"] < bound, row
+    dtype_bytes = 4 if interpreted else 2                              # float32 in the interpreter, bf16 on GPUs
     for row in (r for r in rows if r["kernel"] == "decode_attention"):
         b, n = row["batch"], row["context"]
         kv = 2 * b * n * bench.KV_HEADS * bench.HEAD_DIM * dtype_bytes

@@ -1,12 +1,17 @@
 """The engine on the triton attention backend (and the fused Triton ops), run in the Triton interpreter
 on CPU, produces the torch backend's greedy tokens and logprobs on a tiny dummy model: ragged extend
-batches, cached prefixes, chunked prefill, decode, and the CUDA-graph runner's static-buffer path."""
+batches, cached prefixes, chunked prefill, decode, and the CUDA-graph runner's static-buffer path.
+
+On a GPU: `LOOMLM_KERNEL_TEST_DEVICE=cuda pytest tests/runtime/test_triton_backend.py` runs the same
+checks compiled on CUDA, with the decode steps replayed from real captured graphs."""
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")   # before any kernel module is imported
+DEVICE = os.environ.get("LOOMLM_KERNEL_TEST_DEVICE", "cpu")
+if DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")   # before any kernel module is imported
 
 import json  # noqa: E402
 
@@ -27,7 +32,7 @@ PROMPTS = [[7], list(range(200, 219)), list(range(300, 371)), SHARED + [5, 6, 7]
 
 def _engine(backend: str) -> loomlm.Engine:
     return loomlm.Engine(load_format="dummy", json_model_override_args=TINY, attention_backend=backend,
-                         dtype="float32", max_total_tokens=2048, max_running_requests=16,
+                         dtype="float32", device=DEVICE, max_total_tokens=2048, max_running_requests=16,
                          chunked_prefill_size=32, random_seed=5)
 
 
@@ -65,7 +70,7 @@ def test_triton_backend_uses_the_kernels(triton_engine):
     runner = triton_engine.core.runner
     assert type(runner.attn_backend).__name__ == "TritonAttentionBackend"
     assert runner.model.ops.name == "triton"
-    assert runner.graph_runner is None            # CPU: no CUDA graphs
+    assert (runner.graph_runner is not None) == (DEVICE == "cuda")     # CUDA graphs on CUDA only
 
 
 def test_greedy_output_equals_torch_backend(triton_engine, torch_outputs):
@@ -78,17 +83,19 @@ def test_greedy_output_equals_torch_backend(triton_engine, torch_outputs):
 
 
 def test_decode_graph_runner_static_path_equals_torch_backend(triton_engine, torch_outputs):
-    """The graph runner's padded static-buffer decode (run eagerly here: no CUDA) gives the same
-    tokens: batches pad to buckets 1, 2, 4, 8, and with max_bs 4 a 5-request step runs eagerly."""
+    """The graph runner's padded static-buffer decode (replayed graphs on CUDA, the same path run eagerly
+    on CPU) gives the same tokens: batches pad to buckets 1, 2, 4, 8, and with max_bs 4 a 5-request step
+    runs eagerly."""
     runner = triton_engine.core.runner
+    default_runner = runner.graph_runner
     for max_bs in (8, 4):
-        runner.graph_runner = DecodeGraphRunner(runner, max_bs, capture=False)
+        runner.graph_runner = DecodeGraphRunner(runner, max_bs, capture=DEVICE == "cuda")
         decodes = triton_engine.get_stats()["decode_passes"]
         try:
             _assert_same(_run(triton_engine, PROMPTS), torch_outputs)
             stats = triton_engine.get_stats()
         finally:
-            runner.graph_runner = None
+            runner.graph_runner = default_runner
         decodes = stats["decode_passes"] - decodes
         if max_bs == 8:   # every decode step replayed (5 requests, 5 steps each at least)
             assert stats["cuda_graph_replays"] == decodes >= 5, (stats["cuda_graph_replays"], decodes)
