@@ -24,12 +24,24 @@ from typing import Any, Iterable, Sequence
 _REPLACEMENT = "\ufffd"
 
 
+def _fast_decoder(tokenizer: Any) -> Any:
+    """The `decode(ids, skip_special_tokens=)` to call per token. A transformers fast tokenizer without
+    space clean-up decodes exactly as its Rust `tokenizers.Tokenizer` does, and calling that directly
+    skips transformers' per-call argument conversion (about 8x the decode itself: at batch 64 it was
+    most of a decode step's host time)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True):
+        return backend.decode
+    return tokenizer.decode
+
+
 class IncrementalDetokenizer:
     """Per-request streaming decoder: `add(ids) -> new text`, `flush() -> held text` at the end."""
 
     def __init__(self, tokenizer: Any, prompt_ids_tail: Sequence[int] = (), skip_special_tokens: bool = True):
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
+        self._decode_ids = _fast_decoder(tokenizer)
         self._ids: list[int] = [int(i) for i in prompt_ids_tail]
         self._prefix_offset = 0
         self._read_offset = len(self._ids)
@@ -41,7 +53,7 @@ class IncrementalDetokenizer:
         return self._ids[self._num_context:]
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+        return self._decode_ids(ids, skip_special_tokens=self.skip_special_tokens)
 
     def add(self, token_ids: int | Iterable[int]) -> str:
         """Append one or more output ids; return the text they completed (possibly '')."""

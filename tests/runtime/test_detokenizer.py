@@ -218,3 +218,10 @@ def test_flush_cuts_at_a_stop_held_behind_an_incomplete_one():
     matcher = StopStringMatcher(("a", "\naa"))
     assert matcher.feed("\na") == ("", None)  # "\naa" may still come, and it starts first
     assert matcher.flush() == "\n" and matcher.matched == "a"
+
+
+def test_default_tokenizer_decodes_through_the_rust_backend(tokenizer):
+    """Per-token decoding skips transformers' argument conversion (most of a batch-64 step's host time);
+    the property tests above check it still equals `tokenizer.decode`."""
+    detok = IncrementalDetokenizer(tokenizer)
+    assert detok._decode_ids == tokenizer.backend_tokenizer.decode
