@@ -1,5 +1,8 @@
 """loomlm.kernels: Triton kernels, each beside its pure-torch reference (`reference.py`).
 
-Kernels are checked against the references under `TRITON_INTERPRET=1` on CPU (tests/kernels) and run
-for real on CUDA. This package imports nothing else from loomlm.
+`decode_attention.py` (split-KV decode over the slot table), `extend_attention.py` (prefill over a cached
+prefix), `rope_kv.py` (RoPE in place, the KV-pool store), `fused_ops.py` (RMSNorm with the residual add,
+SiLU-and-mul, the grammar logit bitmask); `bench.py` / `bench_timing.py` are `python -m loomlm.bench
+kernels`. Kernels are checked against the references under `TRITON_INTERPRET=1` on CPU (tests/kernels)
+and run for real on CUDA. This package imports nothing else from loomlm.
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -39,20 +39,25 @@ def _llama_config(mc: ModelConfig) -> "LlamaConfig":
 
 
 def load_hf_model(model_path: str | None, load_format: str, dtype: torch.dtype, device: torch.device,
-                  seed: int) -> torch.nn.Module:
-    """The transformers model for the benchmark, in eval mode on `device`, with EOS switched off."""
+                  seed: int, overrides: dict[str, Any] | None = None) -> torch.nn.Module:
+    """The transformers model for the benchmark, in eval mode on `device`, with EOS switched off.
+    `overrides` (model-config fields, dummy weights only) gives the same shape loomlm builds from
+    `json_model_override_args`."""
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     path = resolve_model_path(model_path)
     if load_format == "dummy":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = LlamaForCausalLM(_llama_config(read_model_config(path))).to(dtype)
+            config = dataclasses.replace(read_model_config(path), **(overrides or {}))
+            model = LlamaForCausalLM(_llama_config(config)).to(dtype)
     elif os.path.isfile(path):
         model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
                                                      dtype=dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if overrides and load_format != "dummy":
+        raise ValueError("model-config overrides need --load-format dummy (a checkpoint has one shape)")
     model.generation_config.eos_token_id = None   # never stop early: every row makes max_new_tokens
     return model.to(device).eval()
 

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-backend", choices=ATTENTION_BACKEND_CHOICES, default=None,
                    help="loomlm's attention backend (default: the engine's, triton on CUDA, torch on CPU)")
     p.add_argument("--disable-cuda-graph", action="store_true", help="loomlm: run decode eagerly on CUDA")
+    p.add_argument("--json-model-override-args", default=None, metavar="JSON",
+                   help="with --load-format dummy: model-config fields to override on both sides, e.g. "
+                        "'{\"num_layers\": 1}' (a tiny model measures the engine's per-step host time)")
     p.add_argument("--seed", type=int, default=0, help="seeds the prompts and dummy weights")
     p.add_argument("--json", action="store_true", help="end with one line of JSON")
     sweep.add_arguments(p)
@@ -67,6 +70,8 @@ def _check_args(args: argparse.Namespace) -> None:
                  "decode_input_len", "decode_output_len"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if args.json_model_override_args is not None and args.load_format != "dummy":
+        raise ValueError("--json-model-override-args needs --load-format dummy (a checkpoint has one shape)")
     for name in ("hf_sequential_prompts", "threads"):
         value = getattr(args, name)
         if value is not None and value <= 0:
@@ -106,7 +111,9 @@ def load_hf(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    return load_hf_model(args.model_path, args.load_format, getattr(torch, args.dtype), device, args.seed)
+    overrides = json.loads(args.json_model_override_args) if args.json_model_override_args else None
+    return load_hf_model(args.model_path, args.load_format, getattr(torch, args.dtype), device, args.seed,
+                         overrides)
 
 
 def run_hf(model: torch.nn.Module, args: argparse.Namespace, prompts: list[list[int]],
@@ -156,7 +163,7 @@ def _summary(args: argparse.Namespace, device: torch.device, threads: int, ours:
         num_prompts=args.num_prompts, input_len=args.input_len, output_len=args.output_len,
         batch_size=args.batch_size, max_running_requests=args.max_running_requests,
         model=args.model_path or "default (SmolLM2-135M-Instruct Q4_1 GGUF)", load_format=args.load_format,
-        dtype=args.dtype, device=str(device), threads=threads, seed=args.seed,
+        dtype=args.dtype, json_model_override_args=args.json_model_override_args, device=str(device), threads=threads, seed=args.seed,
         attention_backend=args.attention_backend or "engine default", disable_cuda_graph=args.disable_cuda_graph,
         **environment(device))
     return result

@@ -89,7 +89,8 @@ def engine_kwargs(args: argparse.Namespace, device: torch.device, threads: int) 
     """Engine arguments shared by every loomlm run."""
     return dict(model_path=args.model_path, dtype=args.dtype, load_format=args.load_format, device=str(device),
                 random_seed=args.seed, cpu_threads=threads if device.type == "cpu" else None,
-                attention_backend=args.attention_backend, disable_cuda_graph=args.disable_cuda_graph)
+                attention_backend=args.attention_backend, disable_cuda_graph=args.disable_cuda_graph,
+                json_model_override_args=args.json_model_override_args)
 
 
 def _prompts_for(args: argparse.Namespace, batch: int, vocab: int) -> list[list[int]]:

@@ -65,9 +65,13 @@ def test_table_ratio_column():
     assert Measurement("x", 1, 10, 0.5).output_tok_s == pytest.approx(20.0)
 
 
+TINY = '{"num_layers": 1, "hidden_size": 64, "intermediate_size": 64, "num_heads": 2, "num_kv_heads": 1}'
+
+
 def test_decode_sweep_reports_each_batch_size(capsys):
     rc = bench_main(["offline", "--sweep-only", "--decode-batch-sizes", "1,2", "--decode-input-len", "8",
-                     "--decode-output-len", "3", "--load-format", "dummy", "--json"])
+                     "--decode-output-len", "3", "--load-format", "dummy", "--json-model-override-args", TINY,
+                     "--json"])
     assert rc == 0
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
@@ -87,6 +91,7 @@ def test_decode_sweep_reports_each_batch_size(capsys):
         for key in ("loomlm_decode_tok_s", "hf_decode_tok_s", "ratio"):
             assert key in row   # None only when a 1-token run took longer than the full one (noise)
     assert result["loomlm_output_tok_s"] is None and result["loomlm_stats"] is None   # --sweep-only
+    assert result["json_model_override_args"] == TINY
     assert "output_len - 1" in result["decode_tok_s_definition"]
 
 
@@ -98,6 +103,9 @@ def test_decode_sweep_arguments():
     out = subprocess.run([sys.executable, "-m", "loomlm.bench", "offline", "--sweep-only", "--device", "cpu"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "--decode-batch-sizes" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "loomlm.bench", "offline", "--json-model-override-args", TINY],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "needs --load-format dummy" in out.stderr
     out = subprocess.run([sys.executable, "-m", "loomlm.bench", "offline", "--decode-batch-sizes", "1,0"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "positive" in out.stderr
