@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-splits", action="store_true", help="also time 1..64 splits per decode shape")
     p.add_argument("--programs-per-sm", type=int, default=4, help="decode split heuristic's target")
     p.add_argument("--max-splits", type=int, default=16, help="decode split heuristic's cap")
-    p.add_argument("--block-n", type=int, default=32, help="decode attention's keys per block")
+    p.add_argument("--block-n", type=int, default=64, help="decode attention's keys per block (the kernel's default)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="time CUDA-graph replays of each call (no host launch overhead; L2 still flushed)")
     p.add_argument("--skip-baseline", action="store_true", help="time the Triton kernels only")

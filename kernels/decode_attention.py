@@ -1,10 +1,10 @@
 """Decode attention over the token-slot KV pool in Triton: split-KV (flash-decoding) and a merge pass.
 
 Stage 1, one program per (request, KV head, split): the query heads that share the KV head (GQA group)
-are processed together; keys and values are gathered through the request's row of `req_to_token`, a
+are processed together, as the rows of one `tl.dot` operand; keys and values are gathered through the request's row of `req_to_token`, a
 block of `BLOCK_N` tokens at a time, with an online softmax in float32. Each split writes its
 normalised partial output and its log-sum-exp. Stage 2, one program per (request, query head), merges
-the splits weighted by exp(lse - max lse). Splitting a long context over programs is what keeps the
+the splits weighted by 2^(lse - max lse) (log-sum-exps are kept in log2 units). Splitting a long context over programs is what keeps the
 whole GPU busy at small batch. Arithmetic as in `reference.decode_attention`.
 """
 
@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+
+_LOG2E = 1.4426950408889634
 
 # Enough programs (batch x KV heads x splits) per SM to hide the gather latency; more splits only add
 # merge work.
@@ -36,52 +38,63 @@ def interpreted() -> bool:
 
 @triton.jit
 def _decode_split_kernel(q_ptr, k_ptr, v_ptr, r2t_ptr, rows_ptr, lens_ptr, mid_o_ptr, mid_lse_ptr,
-                         q_sb, q_sh, kv_ss, kv_sh, r2t_s, mo_sb, mo_sh, mo_ss, ml_sb, ml_sh, scale,
-                         NUM_SPLITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
-                         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+                         q_sb, q_sh, kv_ss, kv_sh, r2t_s, mo_sb, mo_sh, mo_ss, ml_sb, ml_sh, qk_scale,
+                         NUM_SPLITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
+                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                         PRECISION: tl.constexpr, DOT_F32: tl.constexpr):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(lens_ptr + b)
-    row = tl.load(rows_ptr + b)
+    row = tl.load(rows_ptr + b).to(tl.int64)
     # Each request spreads its own context over the splits (whole blocks each), so no host-side
     # maximum is needed and a captured CUDA graph serves any context length.
     split_len = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
     start = split * split_len
     end = tl.minimum(start + split_len, seq_len)
-    g = tl.arange(0, BLOCK_G)
-    heads = kvh * GROUP + g
-    g_mask = g < GROUP
+    # The GROUP query heads of this KV head are the rows of one [BLOCK_H, D] matrix (padded to the 16
+    # rows tl.dot needs), so both products run on tensor cores and the K/V block is read once per group.
+    h = tl.arange(0, BLOCK_H)
+    heads = kvh * GROUP + h
+    h_mask = h < GROUP
     d = tl.arange(0, BLOCK_D)
     d_mask = d < HEAD_DIM
     q = tl.load(q_ptr + b * q_sb + heads[:, None] * q_sh + d[None, :],
-                mask=g_mask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)       # [G, D]
-    m = tl.full([BLOCK_G], float("-inf"), tl.float32)
-    l = tl.zeros([BLOCK_G], tl.float32)
-    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+                mask=h_mask[:, None] & d_mask[None, :], other=0.0)                            # [H, D]
+    if DOT_F32:
+        q = q.to(tl.float32)
+    m = tl.full([BLOCK_H], float("-inf"), tl.float32)       # running max, log2 units
+    l = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_mask = n < end
-        slots = tl.load(r2t_ptr + row * r2t_s + n, mask=n_mask, other=0)
+        slots = tl.load(r2t_ptr + row * r2t_s + n, mask=n_mask, other=0).to(tl.int64)
+        kv = slots[:, None] * kv_ss + kvh * kv_sh + d[None, :]
         kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(k_ptr + slots[:, None] * kv_ss + kvh * kv_sh + d[None, :], mask=kv_mask,
-                    other=0.0).to(tl.float32)                                                # [N, D]
-        s = tl.sum(q[:, None, :] * k[None, :, :], axis=2) * scale                            # [G, N]
+        k = tl.load(k_ptr + kv, mask=kv_mask, other=0.0)                                     # [N, D]
+        if DOT_F32:
+            k = k.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale                   # [H, N]
         s = tl.where(n_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=1))
-        p = tl.exp(s - m_new[:, None])
-        alpha = tl.exp(m - m_new)             # 0 on the first block (m = -inf, m_new finite)
-        v = tl.load(v_ptr + slots[:, None] * kv_ss + kvh * kv_sh + d[None, :], mask=kv_mask,
-                    other=0.0).to(tl.float32)
-        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
+        m_new = tl.maximum(m, tl.max(s, axis=1))            # finite: every block has a key
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m - m_new)                          # 0 on the first block (m = -inf)
         l = l * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_ptr + kv, mask=kv_mask, other=0.0)
+        # p is rounded to the pool dtype for the tensor-core product (a no-op in float32).
+        p_op = p.to(v.dtype)
+        if DOT_F32:
+            p_op = p_op.to(tl.float32)
+            v = v.to(tl.float32)
+        acc = tl.dot(p_op, v, acc * alpha[:, None], input_precision=PRECISION)
         m = m_new
-    has = l > 0
+    has = l > 0                                             # an empty split (short context) has none
     out = tl.where(has[:, None], acc / tl.where(has, l, 1.0)[:, None], 0.0)
-    lse = tl.where(has, m + tl.log(tl.where(has, l, 1.0)), float("-inf"))
+    lse = tl.where(has, m + tl.log2(tl.where(has, l, 1.0)), float("-inf"))                    # log2 units
     tl.store(mid_o_ptr + b * mo_sb + heads[:, None] * mo_sh + split * mo_ss + d[None, :], out,
-             mask=g_mask[:, None] & d_mask[None, :])
-    tl.store(mid_lse_ptr + b * ml_sb + heads * ml_sh + split, lse, mask=g_mask)
+             mask=h_mask[:, None] & d_mask[None, :])
+    tl.store(mid_lse_ptr + b * ml_sb + heads * ml_sh + split, lse, mask=h_mask)
 
 
 @triton.jit
@@ -94,7 +107,7 @@ def _decode_merge_kernel(mid_o_ptr, mid_lse_ptr, out_ptr, mo_sb, mo_sh, mo_ss, m
     d = tl.arange(0, BLOCK_D)
     d_mask = d < HEAD_DIM
     lse = tl.load(mid_lse_ptr + b * ml_sb + h * ml_sh + s, mask=s_mask, other=float("-inf"))
-    w = tl.exp(lse - tl.max(lse, axis=0))          # empty splits: exp(-inf) = 0
+    w = tl.exp2(lse - tl.max(lse, axis=0))         # log2 units; empty splits: exp2(-inf) = 0
     parts = tl.load(mid_o_ptr + b * mo_sb + h * mo_sh + s[:, None] * mo_ss + d[None, :],
                     mask=s_mask[:, None] & d_mask[None, :], other=0.0)
     out = tl.sum(w[:, None] * parts, axis=0) / tl.sum(w, axis=0)
@@ -103,7 +116,7 @@ def _decode_merge_kernel(mid_o_ptr, mid_lse_ptr, out_ptr, mo_sb, mo_sh, mo_ss, m
 
 def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
                      req_to_token: torch.Tensor, req_rows: torch.Tensor, seq_lens: torch.Tensor, scale: float,
-                     num_kv_splits: int = 8, block_n: int = 32,
+                     num_kv_splits: int = 8, block_n: int = 64,
                      out: torch.Tensor | None = None) -> torch.Tensor:
     """Same contract as `reference.decode_attention`. Each request's context is cut into `num_kv_splits`
     parts (whole blocks of `block_n` keys; short contexts leave some parts empty). Nothing is read back
@@ -111,11 +124,14 @@ def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     if q.dim() != 3 or q.stride(2) != 1:
         raise ValueError(f"q must be [batch, heads, head_dim] with a contiguous last dim, got {tuple(q.shape)}")
     batch, heads, dim = q.shape
-    if k_buffer.shape != v_buffer.shape or k_buffer.dim() != 3 or k_buffer.shape[2] != dim \
+    if k_buffer.shape != v_buffer.shape or k_buffer.dtype != v_buffer.dtype or k_buffer.dim() != 3 or k_buffer.shape[2] != dim \
             or not k_buffer.is_contiguous() or not v_buffer.is_contiguous():
         raise ValueError(f"k/v buffers must be alike, contiguous [slots, kv_heads, {dim}], got "
                          f"{tuple(k_buffer.shape)} and {tuple(v_buffer.shape)}")
     kv_heads = k_buffer.shape[1]
+    if q.dtype != k_buffer.dtype or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"q and the k/v buffers must share one float dtype (float32, float16 or bfloat16), "
+                         f"got {q.dtype} and {k_buffer.dtype}")
     if heads % kv_heads:
         raise ValueError(f"{heads} query heads do not divide into {kv_heads} KV heads")
     for name, t in (("req_rows", req_rows), ("seq_lens", seq_lens)):
@@ -137,13 +153,17 @@ def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     group = heads // kv_heads
     mid_o = torch.empty((batch, heads, splits, dim), dtype=torch.float32, device=q.device)
     mid_lse = torch.empty((batch, heads, splits), dtype=torch.float32, device=q.device)
-    block_d = triton.next_power_of_2(dim)
+    block_d = max(16, triton.next_power_of_2(dim))
+    # The Triton interpreter (tests, CPU) multiplies the raw bit patterns of bfloat16 tl.dot operands
+    # (triton-lang/triton#11584): there the operands are widened to float32 first, which is exact.
+    dot_f32 = q.dtype == torch.bfloat16 and interpreted()
     _decode_split_kernel[(batch, kv_heads, splits)](
         q, k_buffer, v_buffer, req_to_token, req_rows, seq_lens, mid_o, mid_lse,
         q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1), req_to_token.stride(0),
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
-        float(scale), NUM_SPLITS=splits, GROUP=group, BLOCK_G=max(triton.next_power_of_2(group), 1),
-        HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_N=block_n)
+        float(scale) * _LOG2E, NUM_SPLITS=splits, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)),
+        HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_N=block_n,
+        PRECISION="ieee" if q.dtype == torch.float32 or dot_f32 else "tf32", DOT_F32=dot_f32)
     _decode_merge_kernel[(batch, heads)](
         mid_o, mid_lse, out, mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0),
         mid_lse.stride(1), out.stride(0), out.stride(1), splits, HEAD_DIM=dim, BLOCK_D=block_d,
