@@ -162,6 +162,8 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     if batch == 0 or tokens == 0:
         return out
     block_d = max(16, triton.next_power_of_2(dim))
+    # Warps from `python -m loomlm.kernels.compile_check`'s register counts (not timed yet): 8 warps
+    # halve a 16-bit D=64 program's registers (231 -> 123); float32 at D <= 64 needs 255 with 8, 32 with 4.
     # The Triton interpreter (tests, CPU) multiplies the raw bit patterns of bfloat16 operands in tl.dot
     # (triton-lang/triton#11584, unsupported upstream): there the operands are widened to float32
     # first, which is exact, so the arithmetic is the GPU's (bf16 products summed in float32). Under
@@ -173,5 +175,5 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
         req_to_token.stride(0), float(scale) * _LOG2E,
         GROUP=heads // kv_heads, BLOCK_G=block_g, HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_M=block_m,
         BLOCK_N=block_n, PRECISION="ieee" if q.dtype == torch.float32 or dot_f32 else "tf32",
-        DOT_F32=dot_f32, num_warps=4 if block_d <= 64 else 8)
+        DOT_F32=dot_f32, num_warps=4 if q.dtype == torch.float32 and block_d <= 64 else 8)
     return out
