@@ -49,6 +49,7 @@ from typing import Any, Callable
 import torch
 import triton
 
+from loomlm.kernels import attention_block
 from loomlm.kernels import decode_attention as decode_mod
 from loomlm.kernels import fused_ops, reference, rope_kv
 from loomlm.kernels.bench_timing import LEGEND, Timer, copy_bandwidth, format_rows, make_row, max_err
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value <= 0:
             print(f"{PROG}: --{name.replace('_', '-')} must be positive", file=sys.stderr)
             return 2
-    interpret = decode_mod.interpreted()
+    interpret = attention_block.interpreted()
     if not interpret and not torch.cuda.is_available():
         print(f"{PROG}: needs a CUDA GPU (torch.cuda.is_available() is False). For a smoke run of the script "
               "on CPU in Triton's interpreter (meaningless timings), set TRITON_INTERPRET=1.", file=sys.stderr)

@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from loomlm.kernels.attention_block import LOG2E, attend_block, interpreted
 
-_LOG2E = 1.4426950408889634
 
 # Enough programs (batch x KV heads x splits) per SM to hide the gather latency; more splits only add
 # merge work.
@@ -29,11 +29,6 @@ def default_num_kv_splits(batch: int, kv_heads: int, sm_count: int, programs_per
     the batch alone fills it. It ignores the context length on purpose: a captured decode graph serves
     every length."""
     return max(1, min(max_splits, triton.cdiv(programs_per_sm * sm_count, batch * kv_heads)))
-
-
-def interpreted() -> bool:
-    """Whether the kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
-    return not isinstance(_decode_split_kernel, triton.runtime.JITFunction)
 
 
 @triton.jit
@@ -66,29 +61,12 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, r2t_ptr, rows_ptr, lens_ptr, mid_o
     m = tl.full([BLOCK_H], float("-inf"), tl.float32)       # running max, log2 units
     l = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    q_pos = tl.full([BLOCK_H], 0, tl.int32) + seq_len      # every key of the split is visible
+    slot_row_ptr = r2t_ptr + row * r2t_s
     for n0 in range(start, end, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        n_mask = n < end
-        slots = tl.load(r2t_ptr + row * r2t_s + n, mask=n_mask, other=0).to(tl.int64)
-        kv = slots[:, None] * kv_ss + kvh * kv_sh + d[None, :]
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(k_ptr + kv, mask=kv_mask, other=0.0)                                     # [N, D]
-        if DOT_F32:
-            k = k.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale                   # [H, N]
-        s = tl.where(n_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=1))            # finite: every block has a key
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m - m_new)                          # 0 on the first block (m = -inf)
-        l = l * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_ptr + kv, mask=kv_mask, other=0.0)
-        # p is rounded to the pool dtype for the tensor-core product (a no-op in float32).
-        p_op = p.to(v.dtype)
-        if DOT_F32:
-            p_op = p_op.to(tl.float32)
-            v = v.to(tl.float32)
-        acc = tl.dot(p_op, v, acc * alpha[:, None], input_precision=PRECISION)
-        m = m_new
+        acc, l, m = attend_block(acc, l, m, q, q_pos, k_ptr, v_ptr, slot_row_ptr, kvh * kv_sh, kv_ss, n0, end,
+                                 qk_scale, d, d_mask, MASKED=True, BLOCK_N=BLOCK_N, PRECISION=PRECISION,
+                                 DOT_F32=DOT_F32)
     has = l > 0                                             # an empty split (short context) has none
     out = tl.where(has[:, None], acc / tl.where(has, l, 1.0)[:, None], 0.0)
     lse = tl.where(has, m + tl.log2(tl.where(has, l, 1.0)), float("-inf"))                    # log2 units
@@ -154,14 +132,12 @@ def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     mid_o = torch.empty((batch, heads, splits, dim), dtype=torch.float32, device=q.device)
     mid_lse = torch.empty((batch, heads, splits), dtype=torch.float32, device=q.device)
     block_d = max(16, triton.next_power_of_2(dim))
-    # The Triton interpreter (tests, CPU) multiplies the raw bit patterns of bfloat16 tl.dot operands
-    # (triton-lang/triton#11584): there the operands are widened to float32 first, which is exact.
     dot_f32 = q.dtype == torch.bfloat16 and interpreted()
     _decode_split_kernel[(batch, kv_heads, splits)](
         q, k_buffer, v_buffer, req_to_token, req_rows, seq_lens, mid_o, mid_lse,
         q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1), req_to_token.stride(0),
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
-        float(scale) * _LOG2E, NUM_SPLITS=splits, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)),
+        float(scale) * LOG2E, NUM_SPLITS=splits, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_N=block_n,
         PRECISION="ieee" if q.dtype == torch.float32 or dot_f32 else "tf32", DOT_F32=dot_f32)
     _decode_merge_kernel[(batch, heads)](

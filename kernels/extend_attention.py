@@ -16,47 +16,10 @@ import torch
 import triton
 import triton.language as tl
 
+from loomlm.kernels.attention_block import LOG2E, attend_block, interpreted
+
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _INDEX = (torch.int32, torch.int64)
-_LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _attend_block(acc, l, m, q, q_pos, k_ptr, v_ptr, slot_row_ptr, kv_off, kv_ss, n0, kv_end, qk_scale, d,
-                  d_mask, MASKED: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
-                  DOT_F32: tl.constexpr):
-    """One key block of the online softmax for the R = BLOCK_M * BLOCK_G query rows: acc [R, BLOCK_D],
-    l and m [R] (running sum and max, log2 units); q [R, BLOCK_D]; q_pos [R] (each row's position)."""
-    n = n0 + tl.arange(0, BLOCK_N)
-    if MASKED:
-        n_mask = n < kv_end
-        slots = tl.load(slot_row_ptr + n, mask=n_mask, other=0).to(tl.int64)
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-    else:
-        # Every key of the block is <= every query position: in the table row and visible to all rows.
-        slots = tl.load(slot_row_ptr + n).to(tl.int64)
-        kv_mask = d_mask[None, :]
-    kv = slots[:, None] * kv_ss + kv_off + d[None, :]                                     # [N, BLOCK_D]
-    k = tl.load(k_ptr + kv, mask=kv_mask, other=0.0)
-    if DOT_F32:
-        k = k.to(tl.float32)
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale                       # [R, N]
-    if MASKED:
-        s = tl.where((n[None, :] <= q_pos[:, None]) & n_mask[None, :], s, float("-inf"))
-    m_new = tl.maximum(m, tl.max(s, axis=1))
-    # A row with nothing visible yet keeps m = -inf; subtracting 0 instead keeps exp2 NaN-free (p = 0).
-    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.exp2(s - m_ref[:, None])
-    alpha = tl.exp2(m - m_ref)                     # 0 on a row's first visible block (m = -inf)
-    l = l * alpha + tl.sum(p, axis=1)
-    v = tl.load(v_ptr + kv, mask=kv_mask, other=0.0)
-    # p is rounded to the pool dtype for the tensor-core product (a no-op for float32); sums stay float32.
-    p_op = p.to(v.dtype)
-    if DOT_F32:
-        p_op = p_op.to(tl.float32)
-        v = v.to(tl.float32)
-    acc = tl.dot(p_op, v, acc * alpha[:, None], input_precision=PRECISION)
-    return acc, l, m_new
 
 
 @triton.jit
@@ -96,11 +59,11 @@ def _extend_kernel(q_ptr, k_ptr, v_ptr, out_ptr, r2t_ptr, rows_ptr, prefix_ptr, 
     kv_end = prefix + tl.minimum(m0 + BLOCK_M, ext_len)     # one past the last key of the block's last query
     full_end = (prefix + m0 + 1) // BLOCK_N * BLOCK_N        # blocks below: keys <= the first query position
     for n0 in range(0, full_end, BLOCK_N):
-        acc, l, m = _attend_block(acc, l, m, q, q_pos, k_ptr, v_ptr, slot_row_ptr, kv_off, kv_ss, n0, kv_end,
+        acc, l, m = attend_block(acc, l, m, q, q_pos, k_ptr, v_ptr, slot_row_ptr, kv_off, kv_ss, n0, kv_end,
                                   qk_scale, d, d_mask, MASKED=False, BLOCK_N=BLOCK_N, PRECISION=PRECISION,
                                   DOT_F32=DOT_F32)
     for n0 in range(full_end, kv_end, BLOCK_N):
-        acc, l, m = _attend_block(acc, l, m, q, q_pos, k_ptr, v_ptr, slot_row_ptr, kv_off, kv_ss, n0, kv_end,
+        acc, l, m = attend_block(acc, l, m, q, q_pos, k_ptr, v_ptr, slot_row_ptr, kv_off, kv_ss, n0, kv_end,
                                   qk_scale, d, d_mask, MASKED=True, BLOCK_N=BLOCK_N, PRECISION=PRECISION,
                                   DOT_F32=DOT_F32)
     out = acc / tl.where(l > 0, l, 1.0)[:, None]
@@ -167,12 +130,11 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     # The Triton interpreter (tests, CPU) multiplies the raw bit patterns of bfloat16 operands in tl.dot
     # (triton-lang/triton#11584, unsupported upstream): there the operands are widened to float32
     # first, which is exact, so the arithmetic is the GPU's (bf16 products summed in float32). Under
-    # TRITON_INTERPRET=1, @triton.jit returns an interpreter object instead of a JITFunction.
-    dot_f32 = q.dtype == torch.bfloat16 and not isinstance(_extend_kernel, triton.runtime.JITFunction)
+    dot_f32 = q.dtype == torch.bfloat16 and interpreted()
     _extend_kernel[(batch, kv_heads, triton.cdiv(max_extend, block_m))](
         q, k_buffer, v_buffer, out, req_to_token, req_rows, prefix_lens, extend_lens, extend_starts,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), k_buffer.stride(0), k_buffer.stride(1),
-        req_to_token.stride(0), float(scale) * _LOG2E,
+        req_to_token.stride(0), float(scale) * LOG2E,
         GROUP=heads // kv_heads, BLOCK_G=block_g, HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_M=block_m,
         BLOCK_N=block_n, PRECISION="ieee" if q.dtype == torch.float32 or dot_f32 else "tf32",
         DOT_F32=dot_f32, num_warps=4 if q.dtype == torch.float32 and block_d <= 64 else 8)

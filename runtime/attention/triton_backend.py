@@ -41,12 +41,12 @@ class TritonExtendMetadata:
 
 class TritonAttentionBackend(AttentionBackend):
     def __init__(self, scale: float):
-        from loomlm.kernels import decode_attention, extend_attention, rope_kv   # imports triton
+        from loomlm.kernels import attention_block, decode_attention, extend_attention, rope_kv   # triton
 
         self.scale = scale
         self._splits = decode_attention.default_num_kv_splits
         self._sms = (torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-                     if torch.cuda.is_available() and not decode_attention.interpreted() else INTERPRETER_SMS)
+                     if torch.cuda.is_available() and not attention_block.interpreted() else INTERPRETER_SMS)
         self._decode = decode_attention.decode_attention
         self._extend = extend_attention.extend_attention
         self._store = rope_kv.store_kv_

@@ -39,8 +39,8 @@ def pytest_configure(config):
 def device() -> torch.device:
     """Where the kernels under test run (their inputs and outputs live there)."""
     if _DEVICE == "cuda":
-        from loomlm.kernels import decode_attention
+        from loomlm.kernels import attention_block
 
-        if decode_attention.interpreted():     # TRITON_INTERPRET set in a way the check above missed
+        if attention_block.interpreted():     # TRITON_INTERPRET set in a way the check above missed
             pytest.exit(f"{_ENV}=cuda but the kernels were built for the Triton interpreter", returncode=4)
     return torch.device(_DEVICE)

@@ -12,13 +12,13 @@ import sys
 import pytest
 import torch
 
-from loomlm.kernels import bench, decode_attention
+from loomlm.kernels import attention_block, bench, decode_attention
 
 
 def test_small_run_reports_every_row(capsys, device):
     """The tiny grid: in the interpreter on CPU (CI), or compiled on the GPU in cuda mode."""
     interpreted = device.type == "cpu"
-    assert decode_attention.interpreted() == interpreted     # tests/kernels/conftest.py decides
+    assert attention_block.interpreted() == interpreted     # tests/kernels/conftest.py decides
     assert bench.main(["--json", "--sweep-splits", "--sizes", "small"]) == 0
     out = capsys.readouterr().out
     assert ("MEANINGLESS" in out) == interpreted
