@@ -6,7 +6,7 @@ STAMP := $(VENV)/.loomlm-installed
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: run test setup clean
+.PHONY: run test lint setup clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from _runner import example_parser, run_demo
+
 import loomlm as sgl
 
 QUESTIONS = [
@@ -51,16 +53,10 @@ def demo(args: argparse.Namespace) -> sgl.ProgramState:
 
 
 def main(argv: list[str] | None = None, backend: Any = None) -> sgl.ProgramState:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = example_parser(__doc__)
     parser.add_argument("--max-tokens", type=int, default=48, help="the most tokens per answer")
     parser.add_argument("--turns", type=int, default=len(QUESTIONS), help="how many questions to ask")
-    args = parser.parse_args(argv)
-    if backend is not None:            # a backend the caller already runs (the tests share one)
-        sgl.set_default_backend(backend)
-        return demo(args)
-    with sgl.Runtime() as runtime:     # loads the default model; shut down when the block ends
-        sgl.set_default_backend(runtime)
-        return demo(args)
+    return run_demo(demo, parser.parse_args(argv), backend)
 
 
 if __name__ == "__main__":

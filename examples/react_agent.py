@@ -23,6 +23,8 @@ import operator
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from _runner import example_parser, run_demo
+
 import loomlm as sgl
 
 # ---- tools: plain Python functions from text to text ------------------------------------------------
@@ -129,16 +131,10 @@ def demo(args: argparse.Namespace) -> list[sgl.ProgramState]:
 
 
 def main(argv: list[str] | None = None, backend: Any = None) -> list[sgl.ProgramState]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = example_parser(__doc__)
     parser.add_argument("--question", action="append", help="a question (repeat for more)")
     parser.add_argument("--max-steps", type=int, default=4, help="the most Thought/Action steps")
-    args = parser.parse_args(argv)
-    if backend is not None:            # a backend the caller already runs (the tests share one)
-        sgl.set_default_backend(backend)
-        return demo(args)
-    with sgl.Runtime() as runtime:     # loads the default model; shut down when the block ends
-        sgl.set_default_backend(runtime)
-        return demo(args)
+    return run_demo(demo, parser.parse_args(argv), backend)
 
 
 if __name__ == "__main__":

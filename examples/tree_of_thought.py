@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from _runner import example_parser, run_demo
+
 import loomlm as sgl
 
 
@@ -71,18 +73,12 @@ def demo(args: argparse.Namespace) -> sgl.ProgramState:
 
 
 def main(argv: list[str] | None = None, backend: Any = None) -> sgl.ProgramState:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = example_parser(__doc__)
     parser.add_argument("--question", default="How can a small town reduce traffic in its centre?")
     parser.add_argument("--branches", type=int, default=2, help="branches per fork (the tree has "
                         "branches**2 answers)")
     parser.add_argument("--max-tokens", type=int, default=40, help="the most tokens per plan or answer")
-    args = parser.parse_args(argv)
-    if backend is not None:            # a backend the caller already runs (the tests share one)
-        sgl.set_default_backend(backend)
-        return demo(args)
-    with sgl.Runtime() as runtime:     # loads the default model; shut down when the block ends
-        sgl.set_default_backend(runtime)
-        return demo(args)
+    return run_demo(demo, parser.parse_args(argv), backend)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,11 @@
 The engine's scheduler loop never compiles: it asks for a future and parks the request until the
 future is done, so a slow schema delays only its own requests. Entries (including failed compiles,
 so a bad schema sent twice fails fast twice) live in a bounded LRU.
+
+Failure contract: a future from `get` always ends in a guide or a `GrammarError`, never another
+exception: unexpected compiler errors are wrapped, and `shutdown` fails the compiles still pending.
+Failures that depend on the machine (`GrammarTimeoutError`, unexpected errors) are not kept, so the
+same grammar sent again compiles again.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ import concurrent.futures
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from loomlm.grammars.errors import GrammarError
-from loomlm.grammars.guide import Guide, compile_choices, compile_json_schema, compile_regex, compile_type
+from loomlm.grammars.errors import GrammarError, GrammarTimeoutError
+from loomlm.grammars.guide import compile_choices, compile_json_schema, compile_regex, compile_type
+from loomlm.grammars.guide_protocol import Guide
 from loomlm.grammars.limits import GrammarLimits
 from loomlm.grammars.vocabulary import Vocabulary
 
@@ -48,17 +55,24 @@ def compile_spec(spec: GrammarSpec, vocab: Vocabulary, limits: GrammarLimits,
     return compile_type(_TYPES[spec.spec], vocab, limits)
 
 
+# (spec, vocabulary, limits, whitespace) -> guide: `compile_spec`, or a test's wrapper of it.
+Compiler = Callable[[GrammarSpec, Vocabulary, GrammarLimits, str], Guide]
+
+
 class GrammarCache:
     def __init__(self, vocab: Vocabulary, limits: GrammarLimits | None = None, max_entries: int = 128,
-                 workers: int = 2, whitespace: str = "default"):
+                 workers: int = 2, whitespace: str = "default", compiler: Compiler = compile_spec):
         if max_entries < 1 or workers < 1:
             raise ValueError(f"GrammarCache needs max_entries >= 1 and workers >= 1, got {max_entries}, {workers}")
         self.vocab = vocab
         self.limits = limits or GrammarLimits()
         self.max_entries = max_entries
         self.whitespace = whitespace
+        self.compiler = compiler    # read by each compile when it starts (tests may swap it)
         self._entries: OrderedDict[tuple, concurrent.futures.Future] = OrderedDict()
+        self._pending: set[concurrent.futures.Future] = set()   # submitted, not settled yet
         self._lock = threading.Lock()
+        self._closed = False
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="loomlm-grammar")
         self.hits = 0
         self.misses = 0
@@ -72,30 +86,70 @@ class GrammarCache:
                 self._entries.move_to_end(key)
                 self.hits += 1
                 return fut
+            fut = concurrent.futures.Future()
+            if self._closed:
+                fut.set_exception(GrammarError(f"cannot compile {spec.kind}: the grammar cache is shut down"))
+                return fut
             self.misses += 1
-            fut = self._pool.submit(self._compile, spec)
             self._entries[key] = fut
+            self._pending.add(fut)
             while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+                self._entries.popitem(last=False)   # a pending future evicted still settles for its waiters
+            self._pool.submit(self._run, key, spec, fut)
             return fut
 
     def compile(self, spec: GrammarSpec) -> Guide:
         """Blocking form of `get`."""
         return self.get(spec).result()
 
-    def _compile(self, spec: GrammarSpec) -> Guide:
+    def _run(self, key: tuple, spec: GrammarSpec, fut: concurrent.futures.Future) -> None:
+        """Worker body: compile, then settle `fut` (it is never left pending, whatever the compiler does)."""
         try:
-            return compile_spec(spec, self.vocab, self.limits, self.whitespace)
-        except GrammarError:
-            raise
-        except RecursionError:
-            raise GrammarError(f"{spec.kind} is nested too deeply to compile") from None
+            guide = self.compiler(spec, self.vocab, self.limits, self.whitespace)
+        except Exception as exc:   # every failure reaches the waiter as a GrammarError
+            error, keep = _as_grammar_error(spec, exc)
+            with self._lock:
+                if not keep and self._entries.get(key) is fut:
+                    del self._entries[key]
+            self._settle(fut, error=error)
+        else:
+            self._settle(fut, guide=guide)
+
+    def _settle(self, fut: concurrent.futures.Future, guide: Guide | None = None,
+                error: GrammarError | None = None) -> None:
+        with self._lock:
+            if fut not in self._pending:   # already failed by shutdown
+                return
+            self._pending.discard(fut)
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(guide)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def shutdown(self) -> None:
+        """Stop the workers; compiles not finished yet fail with GrammarError (their waiters wake)."""
+        with self._lock:
+            self._closed = True
+            pending, self._pending = self._pending, set()
+            for key in [k for k, f in self._entries.items() if f in pending]:
+                del self._entries[key]
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for fut in pending:
+            fut.set_exception(GrammarError("the grammar cache was shut down before this grammar compiled"))
+
+
+def _as_grammar_error(spec: GrammarSpec, exc: Exception) -> tuple[GrammarError, bool]:
+    """(the error a waiter gets, whether the cache may keep it: only deterministic failures)."""
+    if isinstance(exc, GrammarError):
+        return exc, not isinstance(exc, GrammarTimeoutError)
+    if isinstance(exc, RecursionError):
+        return GrammarError(f"{spec.kind} is nested too deeply to compile"), True
+    error = GrammarError(f"compiling {spec.kind} failed: {exc!r}")
+    error.__cause__ = exc
+    return error, False
 
 
 def spec_from_params(regex: str | None, json_schema: str | None, choices: tuple[str, ...] | None

@@ -69,7 +69,7 @@ def determinise(nfa: NFA, budget: Budget) -> tuple[list[dict[int, int]], list[bo
     i = 0
     while i < len(order):
         if i % 256 == 0:
-            budget.check_time()
+            budget.charge(256)
         targets: dict[int, set[int]] = defaultdict(set)
         for s in order[i]:
             edge = nfa.edges[s]
@@ -127,7 +127,7 @@ def to_bytes(trans: list[dict[int, int]], accepting: list[bool], class_seqs: lis
             if rest:
                 row[lo:hi] = intermediate(rest)
 
-    for s, row_map in enumerate(trans):
+    for row_map in trans:
         row = np.full(256, DEAD, dtype=np.int32)
         for k, t in row_map.items():
             for lo, hi in ascii_ranges[k]:
@@ -203,7 +203,7 @@ def minimise(table: np.ndarray, accepting: np.ndarray, budget: Budget) -> tuple[
     cls = accepting.astype(np.int64)
     n_cls = len(np.unique(cls))
     while True:
-        budget.check_time()
+        budget.charge(S)
         ext = np.append(cls, -1)                        # the dead state is its own class
         sig = np.ascontiguousarray(np.column_stack([cls, ext[columns]]))
         keys = sig.view(np.dtype((np.void, sig.dtype.itemsize * sig.shape[1]))).ravel()

@@ -4,7 +4,8 @@ They are compiled like a `pattern` (through `json_pattern`, full match), so minL
 with them the same way. Dates are exact Gregorian dates from 0001 to 9999 (leap years included); the
 rest is deliberately simple: `email` is the dot-atom form of RFC 5322 (no quoted local parts, no
 IP-literal domains); `hostname` is RFC 1123 labels (their 63-character and the 253-character total
-limits are not checked); `time` fractions have 1-9 digits (nanoseconds); `uri`/`uri-reference` check the RFC 3986 character set and the scheme, not the structure.
+limits are not checked); `time` fractions have 1-9 digits (nanoseconds); `uri`/`uri-reference` check
+the RFC 3986 character set and the scheme, not the structure.
 ANNOTATION_FORMATS (OpenAPI hints such as "password", "int64") constrain nothing.
 """
 

@@ -15,14 +15,13 @@ Everything here produces plain regex text in the dialect shared by Python `re` a
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Optional
 
 DIGITS = "[0-9]"
 EXPONENT = "(?:[eE][+-]?[0-9]+)?"
 ANY_NUMBER = "-?(?:0|[1-9][0-9]*)(?:\\.[0-9]+)?" + EXPONENT
 ANY_INTEGER = "-?(?:0|[1-9][0-9]*)"
 
-Bound = Optional[tuple[str, bool]]   # (digits of a fraction, bound is inclusive); None = no bound
+Bound = tuple[str, bool] | None   # (digits of a fraction, bound is inclusive); None = no bound
 
 
 def alternation(parts: list[str]) -> str:
@@ -117,7 +116,7 @@ def _digit_set(digits: list[int]) -> str:
     return text if len(text) == 1 else f"[{text}]"
 
 
-def uint_range(lo: int, hi: Optional[int]) -> Optional[str]:
+def uint_range(lo: int, hi: int | None) -> str | None:
     """Canonical non-negative integers (no leading zeros) in [lo, hi]; hi None = unbounded."""
     if hi is not None and lo > hi:
         return None
@@ -135,7 +134,7 @@ def uint_range(lo: int, hi: Optional[int]) -> Optional[str]:
     return alternation(parts)
 
 
-def int_range(lo: Optional[int], hi: Optional[int]) -> Optional[str]:
+def int_range(lo: int | None, hi: int | None) -> str | None:
     """Canonical JSON integers in [lo, hi] (None = unbounded), "-0" included when 0 is."""
     if lo is not None and hi is not None and lo > hi:
         return None
@@ -153,7 +152,7 @@ def int_range(lo: Optional[int], hi: Optional[int]) -> Optional[str]:
     return alternation(parts) if parts else None
 
 
-def _fraction_digits(lower: Bound, upper: Bound, nonempty: bool, places: Optional[int]) -> Optional[str]:
+def _fraction_digits(lower: Bound, upper: Bound, nonempty: bool, places: int | None) -> str | None:
     """Digit strings s with lower <= 0.s <= upper (bounds: fraction digits without trailing zeros),
     non-zero digits only among the first `places` (None: anywhere); only non-empty ones when
     `nonempty`. None when no string qualifies."""
@@ -189,7 +188,7 @@ def _fraction_digits(lower: Bound, upper: Bound, nonempty: bool, places: Optiona
     return alternation(parts) if parts else None
 
 
-def _digit_step(d: int, lower: Bound, upper: Bound) -> Optional[tuple[Bound, Bound]]:
+def _digit_step(d: int, lower: Bound, upper: Bound) -> tuple[Bound, Bound] | None:
     """Bounds on the rest of a fraction whose next digit is d; None when d breaks a bound."""
     low: Bound = None
     if lower is not None:
@@ -210,7 +209,7 @@ def _digit_step(d: int, lower: Bound, upper: Bound) -> Optional[tuple[Bound, Bou
     return low, up
 
 
-def _fraction(lower: Bound, upper: Bound, places: Optional[int]) -> Optional[str]:
+def _fraction(lower: Bound, upper: Bound, places: int | None) -> str | None:
     """The `.digits` part of a number whose fraction satisfies the bounds (optional when a value
     with fraction 0 qualifies); None when none does."""
     low = None if lower == ("", True) else lower
@@ -228,14 +227,14 @@ def _split(value: Decimal) -> tuple[int, str]:
     return int(whole), frac.rstrip("0")
 
 
-def _nonneg_range(lo: Decimal, lo_incl: bool, hi: Optional[Decimal], hi_incl: bool,
-                  places: Optional[int], fractional: bool = False) -> Optional[str]:
+def _nonneg_range(lo: Decimal, lo_incl: bool, hi: Decimal | None, hi_incl: bool,
+                  places: int | None, fractional: bool = False) -> str | None:
     """Non-negative plain decimals (`0|[1-9][0-9]*` with optional fraction) in the interval; with
     `fractional`, only those whose fraction is not 0 (the non-integers)."""
     if hi is not None and (lo > hi or (lo == hi and not (lo_incl and hi_incl))):
         return None
 
-    def frac(lower: Bound, upper: Bound) -> Optional[str]:
+    def frac(lower: Bound, upper: Bound) -> str | None:
         if fractional and (lower is None or lower[0] == ""):
             lower = ("", False)
         return _fraction(lower, upper, places)
@@ -258,12 +257,12 @@ def _nonneg_range(lo: Decimal, lo_incl: bool, hi: Optional[Decimal], hi_incl: bo
     return alternation(solid) if solid else None
 
 
-def _join(whole: str, fraction: Optional[str]) -> Optional[str]:
+def _join(whole: str, fraction: str | None) -> str | None:
     return None if fraction is None else whole + fraction
 
 
-def number_range(lo: Optional[Decimal], lo_excl: bool, hi: Optional[Decimal], hi_excl: bool,
-                 places: Optional[int] = None, fractional: bool = False) -> Optional[str]:
+def number_range(lo: Decimal | None, lo_excl: bool, hi: Decimal | None, hi_excl: bool,
+                 places: int | None = None, fractional: bool = False) -> str | None:
     """JSON numbers x with lo <(=) x <(=) hi (either bound None: open), with at most `places`
     significant fraction digits when given (multipleOf 10**-places), only non-integers when
     `fractional`; None when the interval is empty."""
@@ -293,7 +292,7 @@ def number_range(lo: Optional[Decimal], lo_excl: bool, hi: Optional[Decimal], hi
     return body
 
 
-def integer_range(lo: Optional[Decimal], lo_excl: bool, hi: Optional[Decimal], hi_excl: bool) -> Optional[str]:
+def integer_range(lo: Decimal | None, lo_excl: bool, hi: Decimal | None, hi_excl: bool) -> str | None:
     """Canonical JSON integers in the interval (the bounds need not be integers)."""
     a = b = None
     if lo is not None:

@@ -14,7 +14,6 @@ describe the whole string, anchored or not.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
 
 from loomlm.grammars.errors import GrammarError
 from loomlm.grammars.json_numbers import alternation
@@ -35,9 +34,9 @@ class Node:
     """kind: "lit" (value: str), "set" (value: Ranges), "seq"/"alt" (value: list[Node]),
     "rep" (value: Node, lo, hi with hi None = unbounded), "bol"/"eol" (anchors)."""
     kind: str
-    value: Union[str, Ranges, list, "Node", None] = None
+    value: str | Ranges | list | Node | None = None
     lo: int = 0
-    hi: Optional[int] = None
+    hi: int | None = None
 
 
 class _Parser:
@@ -83,7 +82,7 @@ class _Parser:
             raise self.fail("nothing to repeat")
         return Node("rep", atom, *bounds)
 
-    def quantifier(self, peek_only: bool = False) -> Optional[tuple[int, Optional[int]]]:
+    def quantifier(self, peek_only: bool = False) -> tuple[int, int | None] | None:
         c = self.peek()
         simple = {"*": (0, None), "+": (1, None), "?": (0, 1)}
         if c in simple:
@@ -231,12 +230,12 @@ class _Parser:
 @dataclass(frozen=True)
 class Pattern:
     """A translated pattern: `regex` (JSON string content, no quotes) and the decoded length range."""
-    regex: Optional[str]          # None: matches no string
+    regex: str | None          # None: matches no string
     min_len: int
-    max_len: Optional[int]
+    max_len: int | None
 
 
-def translate(pattern: str, *, search: bool, where: str = "#", max_len: Optional[int] = None) -> Pattern:
+def translate(pattern: str, *, search: bool, where: str = "#", max_len: int | None = None) -> Pattern:
     """Translate an ECMA-262 pattern; see the module docstring for `search`. With `max_len` (and not
     `search`), repetitions are capped evenly (and at MAX_FITTED_REPEAT) so that no match is longer: a
     sound narrowing, the way maxLength combines with a pattern of unbounded length."""
@@ -274,7 +273,7 @@ def translate(pattern: str, *, search: bool, where: str = "#", max_len: Optional
     return Pattern(alternation(regexes) if len(regexes) > 1 else regexes[0], min(lows), top)
 
 
-def repeat_chars(pattern: str, *, search: bool, where: str = "#") -> Optional[tuple[Ranges, int, Optional[int]]]:
+def repeat_chars(pattern: str, *, search: bool, where: str = "#") -> tuple[Ranges, int, int | None] | None:
     """(character set, min, max) when the pattern is one repeated character set or literal, `^X{m,n}$`
     (anchors optional unless `search`), so that minLength/maxLength fold into the repetition."""
     tree = _Parser(pattern, where).parse()
@@ -296,7 +295,7 @@ def repeat_chars(pattern: str, *, search: bool, where: str = "#") -> Optional[tu
     return ranges, node.lo, node.hi
 
 
-def _fit(node: Node, limit: int) -> Optional[Node]:
+def _fit(node: Node, limit: int) -> Node | None:
     """`node` with every repetition capped at the largest common count n (at most MAX_FITTED_REPEAT,
     to keep automata small) that keeps the longest match within `limit` characters; None when even
     n = 0 is too long."""
@@ -331,7 +330,7 @@ def _check_no_anchor(node: Node, where: str, pattern: str) -> None:
         _check_no_anchor(node.value, where, pattern)
 
 
-def _emit(node: Node) -> Optional[str]:
+def _emit(node: Node) -> str | None:
     """Regex text over JSON spellings; None for the empty language."""
     if node.kind == "lit":
         return literal_char(node.value)
@@ -354,7 +353,7 @@ def _emit(node: Node) -> Optional[str]:
     return f"(?:{inner}){count}"
 
 
-def _length(node: Node) -> tuple[int, Optional[int]]:
+def _length(node: Node) -> tuple[int, int | None]:
     """Shortest and longest decoded length (None = unbounded)."""
     if node.kind in ("lit", "set"):
         return 1, 1

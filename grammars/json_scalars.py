@@ -12,7 +12,7 @@ ignores the lengths. `number_regex` handles the bounds (`json_numbers`) and
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Optional, Protocol
+from typing import Protocol
 
 from loomlm.grammars.json_formats import FORMATS
 from loomlm.grammars.json_numbers import ANY_INTEGER, ANY_NUMBER, alternation, integer_range, number_range
@@ -31,7 +31,7 @@ class Context(Protocol):
     def unsat(self, reason: str) -> None: ...
 
 
-def string_regex(leaf: dict, path: Path, ctx: Context, _type: str = "string") -> Optional[str]:
+def string_regex(leaf: dict, path: Path, ctx: Context, _type: str = "string") -> str | None:
     lo, hi = leaf.get("minLength", 0), leaf.get("maxLength")
     if hi is not None and lo > hi:
         return ctx.unsat(f"minLength {lo} > maxLength {hi} at {pointer(path)}")
@@ -51,7 +51,7 @@ def string_regex(leaf: dict, path: Path, ctx: Context, _type: str = "string") ->
     return None if content is None else f'"{content}"'
 
 
-def _constrained(source: tuple[str, str, Path], lo: int, hi: Optional[int], ctx: Context) -> Optional[str]:
+def _constrained(source: tuple[str, str, Path], lo: int, hi: int | None, ctx: Context) -> str | None:
     """String content matching a pattern or format, within minLength/maxLength where expressible."""
     keyword, text, where = source
     search = keyword == "pattern" and not ctx.strict
@@ -75,7 +75,7 @@ def _constrained(source: tuple[str, str, Path], lo: int, hi: Optional[int], ctx:
     return found.regex   # strict=False: the lengths are ignored
 
 
-def number_regex(leaf: dict, path: Path, ctx: Context, kind: str = "number") -> Optional[str]:
+def number_regex(leaf: dict, path: Path, ctx: Context, kind: str = "number") -> str | None:
     lower, upper = leaf.get("lower"), leaf.get("upper")
     lo, lo_x = lower or (None, False)
     hi, hi_x = upper or (None, False)
@@ -104,8 +104,8 @@ def number_regex(leaf: dict, path: Path, ctx: Context, kind: str = "number") -> 
     return body + suffix if integer else body
 
 
-def _multiple_of(steps: list[Decimal], lower: Optional[tuple], upper: Optional[tuple], suffix: str, path: Path,
-                 ctx: Context) -> Optional[str]:
+def _multiple_of(steps: list[Decimal], lower: tuple | None, upper: tuple | None, suffix: str, path: Path,
+                 ctx: Context) -> str | None:
     """Integers that are multiples of a divisor of 1000 (the last digits decide), with no bound but 0;
     None (strict=False) to ignore other multipleOf."""
     step = steps[0]

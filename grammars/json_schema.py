@@ -33,8 +33,9 @@ import itertools
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Optional
+from typing import Any
 
 from loomlm.grammars.errors import GrammarError
 from loomlm.grammars.json_negation import Negated, Unnegatable, negate_leaf, other_types
@@ -43,8 +44,17 @@ from loomlm.grammars.json_refs import SchemaIndex
 from loomlm.grammars.json_scalars import number_regex, string_regex
 from loomlm.grammars.json_schema_keywords import TYPES, Path, Sub, fail, merge, normalize, pointer, unsupported
 from loomlm.grammars.json_shapes import (
-    COMPACT, Style, any_array, any_object, any_value, array_regex, object_regex, repeat, value_regex,
-    whitespace_style)
+    COMPACT,
+    Style,
+    any_array,
+    any_object,
+    any_value,
+    array_regex,
+    object_regex,
+    repeat,
+    value_regex,
+    whitespace_style,
+)
 from loomlm.grammars.json_strings import key_not_in, literal_string
 
 ANY_VALUE_DEPTH = 2             # nesting levels of arrays/objects inside "any JSON value"
@@ -95,12 +105,12 @@ def _load(schema: Any) -> Any:
     return schema
 
 
-def _compile(subs: list[Sub], ctx: _Ctx) -> Optional[str]:
+def _compile(subs: list[Sub], ctx: _Ctx) -> str | None:
     """Regex for the conjunction of `subs`; None when it matches nothing."""
     return _regex_of(_leaves(subs, ctx), ctx)
 
 
-def _regex_of(leaves: list[Leaf], ctx: _Ctx) -> Optional[str]:
+def _regex_of(leaves: list[Leaf], ctx: _Ctx) -> str | None:
     parts = [p for leaf, path in leaves if (p := _leaf_regex(leaf, path, ctx)) is not None]
     return alternation(parts) if parts else None
 
@@ -238,7 +248,7 @@ def _leaf_types(leaf: dict, ctx: _Ctx, infer: bool = True) -> list[str]:
     return [t for t in TYPES if t in types and not (t == "integer" and "number" in types)]
 
 
-def _leaf_regex(leaf: dict, path: Path, ctx: _Ctx) -> Optional[str]:
+def _leaf_regex(leaf: dict, path: Path, ctx: _Ctx) -> str | None:
     if not leaf.keys() - {"ignored", "object_stated"}:
         return any_value(ctx.style, ANY_VALUE_DEPTH)
     types = _leaf_types(leaf, ctx)
@@ -252,7 +262,7 @@ def _leaf_regex(leaf: dict, path: Path, ctx: _Ctx) -> Optional[str]:
     return alternation(parts) if parts else None
 
 
-def _object(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> Optional[str]:
+def _object(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> str | None:
     props, required = leaf.get("properties", {}), leaf.get("required", [])
     extra_schema = leaf.get("additionalProperties")
     closed = ctx.strict and leaf.get("object_stated", False)   # strict closes objects the schema is about
@@ -285,7 +295,7 @@ def _object(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> Optional[str]:
     return None if count is None else object_regex(members, extra, ctx.style, count)
 
 
-def _property_names(leaf: dict, path: Path, ctx: _Ctx) -> Optional[tuple[Optional[str], Optional[list]]]:
+def _property_names(leaf: dict, path: Path, ctx: _Ctx) -> tuple[str | None, list | None] | None:
     """propertyNames as (regex of the quoted key or None for no key, the names when it is an enum)."""
     if not leaf.get("propertyNames"):
         return None
@@ -298,11 +308,11 @@ def _property_names(leaf: dict, path: Path, ctx: _Ctx) -> Optional[tuple[Optiona
     return regex, list(dict.fromkeys(names))
 
 
-def _name_ok(name: str, names: tuple[Optional[str], Optional[list]]) -> bool:
+def _name_ok(name: str, names: tuple[str | None, list | None]) -> bool:
     return names[0] is not None and re.fullmatch(names[0], json.dumps(name)) is not None
 
 
-def _extra_key(declared: list[str], names: Optional[tuple], path: Path, ctx: _Ctx) -> Optional[str]:
+def _extra_key(declared: list[str], names: tuple | None, path: Path, ctx: _Ctx) -> str | None:
     """Regex of a key that is not declared (and meets propertyNames); None when there is none."""
     if names is None:
         return key_not_in(declared)
@@ -319,7 +329,7 @@ def _extra_key(declared: list[str], names: Optional[tuple], path: Path, ctx: _Ct
     return key_not_in(declared)
 
 
-def _property_count(leaf: dict, members: list, extra: Optional[str], path: Path, ctx: _Ctx) -> Optional[tuple]:
+def _property_count(leaf: dict, members: list, extra: str | None, path: Path, ctx: _Ctx) -> tuple | None:
     """minProperties/maxProperties as bounds on the number of extra members; None if unsatisfiable."""
     lo, hi = leaf.get("minProperties", 0), leaf.get("maxProperties")
     needed = sum(req for _, req in members)
@@ -336,7 +346,7 @@ def _property_count(leaf: dict, members: list, extra: Optional[str], path: Path,
     return 0, None
 
 
-def _array(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> Optional[str]:
+def _array(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> str | None:
     if not _FAMILIES["array"] & leaf.keys():
         return any_array(ctx.style, ANY_VALUE_DEPTH)
     contains = [c for c in leaf.get("contains", []) if c[1:] != (0, None)]   # minContains 0: no constraint
@@ -356,7 +366,7 @@ def _array(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> Optional[str]:
     return array_regex(prefix[:hi] if hi is not None else prefix, item, lo, hi, ctx.style)
 
 
-def _array_contains(leaf: dict, contains: list, path: Path, ctx: _Ctx) -> Optional[str]:
+def _array_contains(leaf: dict, contains: list, path: Path, ctx: _Ctx) -> str | None:
     """An array with minContains..maxContains items matching `contains` (and all matching `items`);
     "" (strict=False) to ignore a contains the compiler cannot express."""
     (subs, low, high), lo = contains[0], leaf.get("minItems", 0)
@@ -393,7 +403,7 @@ def _json_type(value: Any) -> str:
     return next((name for kind, name in kinds.items() if isinstance(value, kind)), "?")
 
 
-def _enum(leaf: dict, types: list[str], path: Path, ctx: _Ctx) -> Optional[str]:
+def _enum(leaf: dict, types: list[str], path: Path, ctx: _Ctx) -> str | None:
     """The enum/const values that also satisfy the rest of the leaf."""
     strange = [v for v in leaf["enum"] if _json_type(v) == "?"]
     if strange:

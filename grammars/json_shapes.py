@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any
 
 from loomlm.grammars.errors import GrammarError
 from loomlm.grammars.json_numbers import ANY_NUMBER, alternation, exact_number
@@ -53,7 +53,7 @@ def whitespace_style(whitespace: str) -> Style:
     return Style(f"{ws},{ws}", f"{ws}:{ws}", ws)
 
 
-def repeat(regex: str, lo: int, hi: Optional[int]) -> str:
+def repeat(regex: str, lo: int, hi: int | None) -> str:
     """`regex` lo..hi times (hi None: unbounded)."""
     if hi == 0 or regex == "":
         return ""
@@ -64,8 +64,8 @@ def repeat(regex: str, lo: int, hi: Optional[int]) -> str:
     return regex if count == "" else (regex if single else f"(?:{regex})") + count
 
 
-def object_regex(members: list[tuple[str, bool]], extra: Optional[str], style: Style,
-                 extras: tuple[int, Optional[int]] = (0, None)) -> str:
+def object_regex(members: list[tuple[str, bool]], extra: str | None, style: Style,
+                 extras: tuple[int, int | None] = (0, None)) -> str:
     """An object of `members` in order (each (regex of `"key":value`, required)) followed by
     extras[0]..extras[1] `extra` members. Extra counts other than (0, None) need every member
     required (the caller checks). Each member and `extra` appear at most twice in the result."""
@@ -86,11 +86,11 @@ def object_regex(members: list[tuple[str, bool]], extra: Optional[str], style: S
     return alternation(parts + ([style.wrap("{", "", "}")] if empty_ok and lo == 0 else []))
 
 
-def _subsequence(members: list[tuple[str, bool]], comma: str) -> Optional[str]:
+def _subsequence(members: list[tuple[str, bool]], comma: str) -> str | None:
     """The non-empty in-order subsequences of `members` that keep every required one, comma-separated;
     built from the end: R(k) = (M(k) ",")? R(k+1) | M(k) for an optional member, so that each member
     appears at most twice (the obvious "which member comes first" alternation is quadratic)."""
-    regex: Optional[str] = None
+    regex: str | None = None
     required_later = False
     for member, needed in reversed(members):
         if regex is None:
@@ -103,7 +103,7 @@ def _subsequence(members: list[tuple[str, bool]], comma: str) -> Optional[str]:
     return regex
 
 
-def array_regex(prefix: list[str], item: Optional[str], lo: int, hi: Optional[int], style: Style) -> str:
+def array_regex(prefix: list[str], item: str | None, lo: int, hi: int | None, style: Style) -> str:
     """An array whose first items match `prefix`, the rest `item` (None: no more), lo..hi items.
     The caller ensures lo <= hi and that the bounds fit the prefix/item shape."""
     k = len(prefix)

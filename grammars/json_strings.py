@@ -16,8 +16,6 @@ Non-ASCII characters are written raw into the regex (interegular has no `\\u` es
 
 from __future__ import annotations
 
-from typing import Optional
-
 from loomlm.grammars.json_numbers import alternation, hex_range, hex_set
 
 MAX_CODE = 0x10FFFF
@@ -87,7 +85,7 @@ def escape_literal(text: str) -> str:
                    else c for c in text)
 
 
-def _u_escapes(ranges: Ranges) -> Optional[str]:
+def _u_escapes(ranges: Ranges) -> str | None:
     """What follows the `\\u` of the escapes of the code points in the ranges: four hex digits, or
     beyond the BMP a high surrogate, `\\u`, a low surrogate. None for no code point."""
     ranges = normalize(ranges)
@@ -125,7 +123,7 @@ _DUMPS_ESCAPED: Ranges = [(0x00, 0x1F), (0x7F, MAX_CODE)]
 _RAW: Ranges = [(0x20, 0x21), (0x23, 0x5B), (0x5D, MAX_CODE)]   # what JSON allows unescaped
 
 
-def char_set(ranges: Ranges, *, every_escape: bool = False, raw: bool = True) -> Optional[str]:
+def char_set(ranges: Ranges, *, every_escape: bool = False, raw: bool = True) -> str | None:
     """One character from the set in its json.dumps spellings (raw, two-character escape, `\\u` escape
     of a control or non-ASCII character), or with `every_escape` in any spelling JSON allows (also
     `\\u0061` for "a"); only the escaped spellings when not `raw`. None for the empty set."""
@@ -186,7 +184,7 @@ def key_not_in(names: list[str]) -> str:
     return f'"{alternation(parts)}"'
 
 
-def _trie_ends(node: dict) -> Optional[str]:
+def _trie_ends(node: dict) -> str | None:
     """Prefixes that end inside the trie but are no name."""
     parts = [] if None in node else [""]
     parts += [literal_char(ch) + rest for ch in node if ch is not None and (rest := _trie_ends(node[ch])) is not None]
@@ -198,7 +196,7 @@ def _trie_all(node: dict) -> str:
     return alternation([""] + [literal_char(ch) + _trie_all(node[ch]) for ch in node if ch is not None])
 
 
-def _trie_leaves(node: dict, raw_only: bool) -> Optional[str]:
+def _trie_leaves(node: dict, raw_only: bool) -> str | None:
     """Prefixes followed by one character that is not next in any name (raw characters only, or
     in every json.dumps spelling)."""
     kids = [ch for ch in node if ch is not None]

@@ -10,14 +10,17 @@ Safety: the plan is checked token by token against the guide, so a jump can neve
 if the tokenizer's encoding does not reproduce the bytes exactly (normalisers, prefix spaces), the
 plan falls back to encoding the forced text alone, and then to no jump. Only whole UTF-8 characters
 are jumped; a forced partial character is left to sampling.
+
+Only the `Guide` protocol is used (`forced_bytes`, `advance`, `vocab`), so any guide can jump forward.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any
 
-from loomlm.grammars.guide import Guide
+from loomlm.grammars.guide_protocol import REJECTED, Guide
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class JumpPlan:
 
     num_replaced: int
     tokens: tuple[int, ...]
-    state: int
+    state: Any                   # a state of the guide the plan was made with
 
 
 def _complete_utf8_prefix(data: bytes) -> int:
@@ -41,7 +44,7 @@ def _complete_utf8_prefix(data: bytes) -> int:
     return 0
 
 
-def plan_jump(guide: Guide, state_before_last: int, last_token: int, state_after_last: int,
+def plan_jump(guide: Guide, state_before_last: Any, last_token: int, state_after_last: Any,
               encode: Callable[[str], Sequence[int]], max_tokens: int) -> JumpPlan | None:
     """A jump from `state_after_last` (after `last_token` was sampled in `state_before_last`), using at
     most `max_tokens` tokens in all; None when nothing (whole) is forced or no safe plan exists."""
@@ -64,7 +67,7 @@ def plan_jump(guide: Guide, state_before_last: int, last_token: int, state_after
     return _try(guide, state_after_last, forced[:cut], encode, 0, max_tokens - 1)
 
 
-def plan_prefix_jump(guide: Guide, state: int, encode: Callable[[str], Sequence[int]],
+def plan_prefix_jump(guide: Guide, state: Any, encode: Callable[[str], Sequence[int]],
                      max_tokens: int) -> JumpPlan | None:
     """A jump before anything was sampled (the output must start with forced text, e.g. `{"`):
     the forced text's own tokens, appended to the prompt's output before its prefill."""
@@ -75,7 +78,7 @@ def plan_prefix_jump(guide: Guide, state: int, encode: Callable[[str], Sequence[
     return _try(guide, state, forced[:cut], encode, 0, max_tokens)
 
 
-def _try(guide: Guide, state: int, data: bytes, encode: Callable[[str], Sequence[int]], num_replaced: int,
+def _try(guide: Guide, state: Any, data: bytes, encode: Callable[[str], Sequence[int]], num_replaced: int,
          max_tokens: int) -> JumpPlan | None:
     try:
         text = data.decode("utf-8")
@@ -87,9 +90,12 @@ def _try(guide: Guide, state: int, data: bytes, encode: Callable[[str], Sequence
     # The tail of a long jump is dropped rather than overrunning the token limit; the guide state
     # follows the tokens actually kept.
     tokens = tokens[:max_tokens]
+    eos = guide.vocab.eos_token_ids
     for t in tokens:
-        state = guide.index.advance(state, t)
-        if state < 0:
+        if t in eos:   # a jump spells forced text; it never ends the output
+            return None
+        state = guide.advance(state, t)
+        if state is REJECTED:
             return None
     if num_replaced == 1 and len(tokens) == 1:
         return None   # re-tokenizing only reproduced the sampled token, nothing was added

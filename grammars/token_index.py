@@ -22,6 +22,7 @@ next state is a walk over its bytes, which costs a few lookups and no per-token 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -115,10 +116,13 @@ class TokenIndex:
         word = int(self.masks[self.state_class[state], token >> 5])
         return bool((word >> (token & 31)) & 1)
 
-    def advance(self, state: int, token: int) -> int:
-        """Next state, `EOS_STATE` for EOS in an accepting state, or -1 if `token` is not allowed."""
-        if not self.is_allowed(state, token):
-            return -1
+    def advance(self, state: int, token: int, rejected: Any = -1) -> Any:
+        """Next state, `EOS_STATE` for EOS in an accepting state, or `rejected` if `token` is not allowed.
+        The per-token hot path of constrained decoding: `is_allowed` is inlined."""
+        if not 0 <= token < self.vocab_size:
+            return rejected
+        if not (int(self.masks[self.state_class[state], token >> 5]) >> (token & 31)) & 1:
+            return rejected
         if token in self.eos_token_ids:
             return EOS_STATE
         table = self.transitions
@@ -140,7 +144,7 @@ def mask_classes(transitions: np.ndarray, accepting: np.ndarray, depth: int, bud
     cls = accepting.astype(np.int64)
     n = len(np.unique(cls))
     for _ in range(depth):
-        budget.check_time()
+        budget.charge(S)
         ext = np.append(cls, -1)                                                # dead: its own class
         sig = np.ascontiguousarray(np.column_stack([cls, ext[columns.T]]))
         keys = sig.view(np.dtype((np.void, sig.dtype.itemsize * sig.shape[1]))).ravel()
@@ -166,7 +170,7 @@ def build_token_index(transitions: np.ndarray, accepting: np.ndarray, vocab: Voc
     cur = reps.astype(np.int64)
     out_o, out_t = [], []
     while len(origin):
-        budget.check_time()
+        budget.charge(len(origin))
         owner, child = _expand(trie.child_start[node], trie.child_count[node])
         nxt = table[cur[owner], trie.byte[child]]
         keep = nxt >= 0

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 _BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _SPIECE_SPACE = "\u2581"
@@ -65,7 +66,7 @@ class Vocabulary:
 
     @classmethod
     def from_dict(cls, tokens: Mapping[int, bytes | str], eos_token_ids: Iterable[int] = (),
-                  size: int | None = None) -> "Vocabulary":
+                  size: int | None = None) -> Vocabulary:
         """Tiny vocabularies for tests: {id: bytes or str (UTF-8 encoded)}; missing ids get no bytes."""
         n = max(tokens, default=-1) + 1 if size is None else size
         out = [b""] * n
@@ -75,7 +76,7 @@ class Vocabulary:
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, eos_token_ids: Iterable[int] | None = None,
-                       size: int | None = None) -> "Vocabulary":
+                       size: int | None = None) -> Vocabulary:
         """From a `transformers` tokenizer. `eos_token_ids` defaults to the tokenizer's EOS; `size` to
         its length (pass the model's vocab size when the embedding is padded)."""
         vocab: dict[str, int] = tokenizer.get_vocab()

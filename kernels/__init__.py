@@ -2,7 +2,8 @@
 
 `decode_attention.py` (split-KV decode over the slot table), `extend_attention.py` (prefill over a cached
 prefix), `rope_kv.py` (RoPE in place, the KV-pool store), `fused_ops.py` (RMSNorm with the residual add,
-SiLU-and-mul, the grammar logit bitmask); `bench.py` / `bench_timing.py` are `python -m loomlm.bench
-kernels`. Kernels are checked against the references under `TRITON_INTERPRET=1` on CPU (tests/kernels)
-and run for real on CUDA. This package imports nothing else from loomlm.
+SiLU-and-mul, the grammar logit bitmask). Kernels are checked against the references under
+`TRITON_INTERPRET=1` on CPU (tests/kernels) and run for real on CUDA; their benchmark is
+`loomlm/bench/kernels.py` (`python -m loomlm.bench kernels`), their sm_90 compile check
+`tools/kernel_compile_check.py`. This package imports nothing else from loomlm.
 """

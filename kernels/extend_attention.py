@@ -125,7 +125,7 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     if batch == 0 or tokens == 0:
         return out
     block_d = max(16, triton.next_power_of_2(dim))
-    # Warps from `python -m loomlm.kernels.compile_check`'s register counts (not timed yet): 8 warps
+    # Warps from `python tools/kernel_compile_check.py`'s register counts (not timed yet): 8 warps
     # halve a 16-bit D=64 program's registers (231 -> 123); float32 at D <= 64 needs 255 with 8, 32 with 4.
     # The Triton interpreter (tests, CPU) multiplies the raw bit patterns of bfloat16 operands in tl.dot
     # (triton-lang/triton#11584, unsupported upstream): there the operands are widened to float32

@@ -11,14 +11,23 @@ mean). The definitions:
   prompt), per token; the unconditional first token has no logprob and counts as 0.
 
 Ties resolve to the earliest choice. Each decision's meta info holds the scores it compared.
+
+`score_select` is the one scoring algorithm the backends share (each supplies how to prefill and how to
+get input-token logprobs: in process, or over HTTP): the prompt is prefilled once, then every
+`prompt + choice` is scored in one batched call, so each computes only the tokens after the cached
+prompt. A choice's tokens are those where the tokenization of `prompt + choice` departs from the
+prompt's own, so a choice that merges with the prompt's last characters is scored over the merged
+token too (SGLang's "token healing" case).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 Logprobs = Sequence[Sequence[Any]]   # [(logprob, token_id, text), ...] of one choice
+# score(id_lists, start) -> per list, (input-token logprob entries of positions start.., meta info)
+ScoreFn = Callable[[list[list[int]], int], list[tuple[list, dict[str, Any]]]]
 
 
 @dataclass(frozen=True)
@@ -105,3 +114,53 @@ class UnconditionalLikelihoodNormalized(ChoicesMethod):
 token_length_normalized = TokenLengthNormalized()
 greedy_token_selection = GreedyTokenSelection()
 unconditional_likelihood_normalized = UnconditionalLikelihoodNormalized()
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def check_select_args(prompt: str, choices: Sequence[str]) -> None:
+    if not choices or not all(isinstance(c, str) for c in choices):
+        raise ValueError(f"select needs a non-empty list of strings, got {choices!r}")
+    if not prompt:
+        raise ValueError("select needs a non-empty prompt: a choice's first token has no logprob "
+                         "without context")
+
+
+def score_select(prompt_ids: list[int], full: list[list[int]], choices: Sequence[str], method: ChoicesMethod,
+                 score: ScoreFn, prefill: Callable[[list[int]], None]) -> ChoicesDecision:
+    """Pick among `choices` given the token ids of the prompt and of each `prompt + choice` (see the
+    module docstring); `prefill(prompt_ids)` caches the prompt first."""
+    if not prompt_ids:
+        raise ValueError("select needs a non-empty prompt: a choice's first token has no logprob "
+                         "without context")
+    prefill(prompt_ids)
+    starts = [max(common_prefix_len(prompt_ids, ids), 1) for ids in full]
+    for choice, ids, start in zip(choices, full, starts):
+        if start >= len(ids):
+            raise ValueError(f"select choice {choice!r} adds no token to the prompt")
+    first = min(starts)
+    outs = score(full, first)
+    scored = [entries[start - first:] for (entries, _meta), start in zip(outs, starts)]
+    return decide(choices, method, scored, len(prompt_ids), [meta for _, meta in outs], score)
+
+
+def decide(choices: Sequence[str], method: ChoicesMethod, scored: list[list], prompt_tokens: int,
+           metas: list[dict[str, Any]], score: ScoreFn) -> ChoicesDecision:
+    """Let `method` pick from each choice's scored token logprobs (scoring the choices' tokens alone too
+    when the method needs that), and add SGLang's meta info of a select."""
+    unconditional = None
+    if method.needs_unconditional:
+        alone = [[e[1] for e in entries] for entries in scored]
+        unconditional = [entries for entries, _meta in score(alone, 0)]
+    decision = method(list(choices), scored, unconditional)
+    decision.meta_info.update(
+        prompt_tokens=prompt_tokens, output_token_logprobs=[[] for _ in choices],
+        choice_prompt_tokens=[m["prompt_tokens"] for m in metas],
+        cached_tokens=[m.get("cached_tokens") for m in metas])
+    return decision

@@ -15,11 +15,12 @@ import inspect
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import tqdm
 
 from loomlm.lang.backends.default import resolve_backend
+from loomlm.lang.global_config import global_config
 from loomlm.lang.interpreter import StreamExecutor
 from loomlm.lang.ir import GenParams
 from loomlm.lang.state import ProgramState
@@ -102,6 +103,8 @@ class SglFunction:
                 raise
         finally:
             state.stream_executor.end()
+        if global_config.verbosity >= 2:     # SGLang's verbosity: print each finished run's text
+            print(state.text())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """`prog(**arguments)` is `prog.run(...)`; `prog(s, ...)` inside another program runs the body on
@@ -111,8 +114,10 @@ class SglFunction:
         return self.run(*args, **kwargs)
 
     def run_batch(self, batch_kwargs: list[dict[str, Any]], *, num_threads: int | str = "auto",
-                  progress_bar: bool = False, backend: Any = None, **sampling: Any) -> list[ProgramState]:
-        """Run the program once per argument dict, concurrently; returns the finished states in order."""
+                  progress_bar: bool = False, backend: Any = None, generator_style: bool = False,
+                  **sampling: Any) -> Any:
+        """Run the program once per argument dict, concurrently; returns the finished states in order
+        (`generator_style=True`: an iterator yielding them in order as they finish)."""
         if not isinstance(batch_kwargs, (list, tuple)) or not all(isinstance(k, dict) for k in batch_kwargs):
             raise TypeError("run_batch takes a list of argument dicts")
         if not batch_kwargs:
@@ -124,7 +129,7 @@ class SglFunction:
             num_threads = max(64, 16 * (os.cpu_count() or 1))
         if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
             raise ValueError(f"num_threads must be 'auto' or a positive integer, got {num_threads!r}")
-        if len(batch_kwargs) > 1:
+        if len(batch_kwargs) > 1 and global_config.enable_precache_with_tracing:
             prefix = self.trace(backend=backend).prefix
             if prefix:
                 backend.prefill(prefix)
@@ -134,13 +139,19 @@ class SglFunction:
             state.stream_executor.sync_tree()
             return state
 
+        results = self._dispatch(run_one, batch_kwargs, num_threads, progress_bar)
+        return results if generator_style else list(results)
+
+    def _dispatch(self, run_one: Callable[[dict[str, Any]], ProgramState], batch_kwargs: list[dict[str, Any]],
+                  num_threads: int, progress_bar: bool) -> Iterator[ProgramState]:
         bar = tqdm.tqdm(total=len(batch_kwargs), desc=self.__name__, disable=not progress_bar)
         try:
             with ThreadPoolExecutor(min(num_threads, len(batch_kwargs))) as pool:
                 futures = [pool.submit(run_one, kwargs) for kwargs in batch_kwargs]
                 for future in futures:
                     future.add_done_callback(lambda _f: bar.update())
-                return [future.result() for future in futures]
+                for future in futures:
+                    yield future.result()
         finally:
             bar.close()
 

@@ -18,8 +18,22 @@ from typing import Any, Iterator
 
 from loomlm.lang.backends.base import Backend, chat_kwargs
 from loomlm.lang.chat_template import ChatTemplate
-from loomlm.lang.ir import (CommitLazy, ConcatAndAppend, Constant, Expr, ExprList, Gen, GenParams,
-                            RoleBegin, RoleEnd, Select, VarScopeBegin, VarScopeEnd, variable_names)
+from loomlm.lang.global_config import global_config
+from loomlm.lang.ir import (
+    CommitLazy,
+    ConcatAndAppend,
+    Constant,
+    Expr,
+    ExprList,
+    Gen,
+    GenParams,
+    RoleBegin,
+    RoleEnd,
+    Select,
+    VarScopeBegin,
+    VarScopeEnd,
+    variable_names,
+)
 
 
 class StreamLog:
@@ -271,6 +285,8 @@ class StreamExecutor:
         if self.cur_role is not None:   # inside a role the model may end its turn in text
             params = params.with_stop(self.chat_template.stop)
         sampling, logprobs = params.to_sampling_dict(), params.logprob_options()
+        if not global_config.skip_special_tokens_in_output:
+            sampling["skip_special_tokens"] = False
         chat = chat_kwargs(self.backend, self)      # the conversation, for chat-API backends
         slot = slots.get(gen.name) if gen.name is not None else None
         if self.stream:

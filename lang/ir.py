@@ -43,6 +43,11 @@ def to_expr(value: Any) -> Expr:
                     f"or a role")
 
 
+def role_expr(role: str, expr: Any) -> "ExprList":
+    """A whole message: begin `role`, `expr`, end it."""
+    return ExprList((RoleBegin(role), to_expr(expr), RoleEnd(role)))
+
+
 def _flatten(expr: Expr) -> tuple[Expr, ...]:
     return expr.exprs if isinstance(expr, ExprList) else (expr,)
 
@@ -51,32 +56,42 @@ def _flatten(expr: Expr) -> tuple[Expr, ...]:
 class GenParams:
     """Sampling arguments of one gen (None = inherit the program default, then the engine default)."""
 
+    # SGLang's `gen` arguments, in its order (`gen`'s signature is built from these fields).
     max_tokens: int | None = None
     min_tokens: int | None = None
+    n: int | None = None               # 1 only: a gen makes one completion (see __post_init__)
     stop: str | tuple[str, ...] | None = None
     stop_token_ids: tuple[int, ...] | None = None
+    stop_regex: str | tuple[str, ...] | None = None   # accepted for SGLang; not supported (an error)
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
     min_p: float | None = None
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
-    repetition_penalty: float | None = None
     ignore_eos: bool | None = None
-    seed: int | None = None
     return_logprob: bool | None = None
     logprob_start_len: int | None = None
     top_logprobs_num: int | None = None
     return_text_in_logprobs: bool | None = None
+    dtype: Any = None                  # int, float, str, bool (or their names)
     regex: str | None = None
     json_schema: Any = None            # dict, JSON text or pydantic model class
-    dtype: Any = None                  # int, float, str, bool (or their names)
+    # loomlm's additions (engine sampling parameters SGLang's gen does not name).
+    repetition_penalty: float | None = None
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, list):
             object.__setattr__(self, "stop", tuple(self.stop))
         if isinstance(self.stop_token_ids, list):
             object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        if self.n not in (None, 1):
+            raise NotImplementedError(f"gen(n={self.n!r}): a gen makes one completion in loomlm; use "
+                                      f"s.fork(n) for several")
+        if self.stop_regex is not None:
+            raise NotImplementedError("gen(stop_regex=...) is not supported by loomlm's engine; use stop= "
+                                      "strings or regex= to constrain the output")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"gen dtype must be one of int, float, str, bool, got {self.dtype!r}")
         given = [n for n in ("regex", "json_schema", "dtype") if getattr(self, n) is not None]
@@ -107,7 +122,7 @@ class GenParams:
         """The engine's sampling-parameter dict (`runtime/sampling_params.py` names); unset fields left out."""
         renames = {"max_tokens": "max_new_tokens", "min_tokens": "min_new_tokens"}
         skip = {"return_logprob", "logprob_start_len", "top_logprobs_num", "return_text_in_logprobs", "dtype",
-                "json_schema"}
+                "json_schema", "n", "stop_regex"}
         out: dict[str, Any] = {}
         for name in self.field_names():
             value = getattr(self, name)
@@ -120,7 +135,7 @@ class GenParams:
                 schema = schema.model_json_schema()
             out["json_schema"] = schema if isinstance(schema, str) else json.dumps(schema)
         if self.dtype is not None:
-            from loomlm.grammars.guide import type_regex
+            from loomlm.grammars import type_regex
 
             out["regex"] = type_regex(DTYPES[self.dtype])
         return out
@@ -164,23 +179,29 @@ class Select(Expr):
 
 
 @dataclass(frozen=True, eq=False)
-class RoleBegin(Expr):
+class RoleMark(Expr):
     role: str
 
 
-@dataclass(frozen=True, eq=False)
-class RoleEnd(Expr):
-    role: str
+class RoleBegin(RoleMark):
+    """Opens a message of `role` (the chat template's prefix)."""
+
+
+class RoleEnd(RoleMark):
+    """Closes it (the template's suffix); the text between becomes the message."""
 
 
 @dataclass(frozen=True, eq=False)
-class VarScopeBegin(Expr):
+class VarScopeMark(Expr):
     name: str
 
 
-@dataclass(frozen=True, eq=False)
-class VarScopeEnd(Expr):
-    name: str
+class VarScopeBegin(VarScopeMark):
+    """The text appended from here ..."""
+
+
+class VarScopeEnd(VarScopeMark):
+    """... to here becomes variable `name`."""
 
 
 @dataclass(frozen=True, eq=False)

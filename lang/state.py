@@ -1,8 +1,10 @@
 """`ProgramState` (the `s` of a program) and `ProgramStateGroup` (what `s.fork(n)` returns).
 
-The API is SGLang's: `s += text | expr`, `s["var"]`, `s.text()`, `s.messages()`, `s.get_meta_info(var)`,
-`s.var_scope(name)`, roles as context managers, `s.fork(n)`, `s.text_iter(var)` and
-`s.text_async_iter(var, return_meta_data=True)`. Reads block only until the value they need exists.
+The API is SGLang's: `s += text | expr`, `s["var"]` (and `get_var`, `set_var`, `in`), `s.text()`,
+`s.messages()`, `s.sync()`, `s.error()`, `s.get_meta_info(var)`, `s.var_scope(name)`, roles (a whole
+message or a context manager), `s.fork(n)`, `s.copy()`, `s.text_iter(var)` and
+`s.text_async_iter(var, return_meta_data=True)`; a fork's group takes `forks += expr | [exprs] | fn`
+and `forks[i] += expr`. Reads block only until the value they need exists.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from contextlib import contextmanager
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from loomlm.lang.interpreter import StreamExecutor
-from loomlm.lang.ir import ConcatAndAppend, Expr, ExprList, RoleBegin, RoleEnd, VarScopeBegin, VarScopeEnd, to_expr
+from loomlm.lang.ir import ConcatAndAppend, Expr, VarScopeBegin, VarScopeEnd, to_expr
+from loomlm.lang.roles import RoleMethods
 
 
-class ProgramState:
+class ProgramState(RoleMethods):
     def __init__(self, executor: StreamExecutor):
         self.stream_executor = executor
         self.ret_value: Any = None
@@ -25,26 +28,8 @@ class ProgramState:
         self.stream_executor.submit(to_expr(other))
         return self
 
-    def _role(self, role: str, expr: Any = None):
-        if expr is not None:
-            self += ExprList((RoleBegin(role), to_expr(expr), RoleEnd(role)))
-            return None
-
-        @contextmanager
-        def scope() -> Iterator[None]:
-            self.stream_executor.submit(RoleBegin(role))
-            yield
-            self.stream_executor.submit(RoleEnd(role))
-        return scope()
-
-    def system(self, expr: Any = None):
-        return self._role("system", expr)
-
-    def user(self, expr: Any = None):
-        return self._role("user", expr)
-
-    def assistant(self, expr: Any = None):
-        return self._role("assistant", expr)
+    def _add_node(self, expr: Expr) -> None:
+        self.stream_executor.submit(expr)
 
     @contextmanager
     def var_scope(self, name: str) -> Iterator[None]:
@@ -53,8 +38,18 @@ class ProgramState:
         yield
         self.stream_executor.submit(VarScopeEnd(name))
 
-    def fork(self, size: int = 1) -> "ProgramStateGroup":
+    def fork(self, size: int = 1, position_ids_offset: Any = None) -> "ProgramStateGroup":
+        """`size` branches that start from the text so far (`position_ids_offset`, SGLang's, is unused)."""
         return ProgramStateGroup([ProgramState(e) for e in self.stream_executor.fork(size)], self)
+
+    @contextmanager
+    def copy(self, position_ids_offset: Any = None) -> Iterator["ProgramState"]:
+        """`with s.copy() as c:` one branch of `s`, joined back (its variables gathered) when the block ends."""
+        group = self.fork(1, position_ids_offset)
+        try:
+            yield group[0]
+        finally:
+            group.join()
 
     # ---- reading ------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> Any:
@@ -118,19 +113,36 @@ class ProgramStateGroup:
         self.states = states
         self.parent = parent
 
+    @property
+    def src_state(self) -> ProgramState:
+        """SGLang's name for the state that forked."""
+        return self.parent
+
     def __len__(self) -> int:
         return len(self.states)
 
     def __getitem__(self, i: int) -> ProgramState:
         return self.states[i]
 
+    def __setitem__(self, i: int, value: ProgramState) -> None:
+        """`forks[i] += expr` appends to branch i in place, then stores the same state back; only that is
+        allowed (a branch cannot be replaced by another state)."""
+        if value is not self.states[i]:
+            raise TypeError(f"fork branch {i} can only be given back itself (as `forks[i] += ...` does), "
+                            f"not {type(value).__name__}")
+
     def __iter__(self) -> Iterator[ProgramState]:
         return iter(self.states)
 
     def __iadd__(self, other: Any) -> "ProgramStateGroup":
-        """`branches += expr` appends to every branch; `branches += lambda i: expr` a branch's own."""
+        """`branches += expr` appends to every branch; `branches += lambda i: expr` a branch's own, and
+        `branches += [e0, e1, ...]` (one per branch) too."""
         per_branch: Callable[[int], Any] | None = None
-        if callable(other) and not isinstance(other, (Expr, str)):
+        if isinstance(other, (list, tuple)):
+            if len(other) != len(self.states):
+                raise ValueError(f"got {len(other)} values for {len(self.states)} fork branches")
+            per_branch = other.__getitem__
+        elif callable(other) and not isinstance(other, (Expr, str)):
             per_branch = other
         for i, state in enumerate(self.states):
             state += per_branch(i) if per_branch is not None else other

@@ -9,12 +9,12 @@ programs, so they all find it in the radix cache instead of computing it side by
 from __future__ import annotations
 
 import inspect
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from loomlm.lang.chat_template import ChatTemplate
 from loomlm.lang.ir import Constant, Expr, ExprList, RoleBegin, RoleEnd, to_expr
+from loomlm.lang.roles import RoleMethods
 
 
 class _StopTracing(Exception):
@@ -47,7 +47,7 @@ class TracedArgument:
         raise _StopTracing(f"argument {self._name!r}")
 
 
-class TracerState:
+class TracerState(RoleMethods):
     """A `ProgramState` look-alike that records constant text until the first run-dependent step."""
 
     def __init__(self, chat_template: ChatTemplate):
@@ -76,26 +76,7 @@ class TracerState:
         self._take(to_expr(other))
         return self
 
-    def _role(self, role: str, expr: Any = None):
-        if expr is not None:
-            self += ExprList((RoleBegin(role), to_expr(expr), RoleEnd(role)))
-            return None
-
-        @contextmanager
-        def scope() -> Iterator[None]:
-            self._take(RoleBegin(role))
-            yield
-            self._take(RoleEnd(role))
-        return scope()
-
-    def system(self, expr: Any = None):
-        return self._role("system", expr)
-
-    def user(self, expr: Any = None):
-        return self._role("user", expr)
-
-    def assistant(self, expr: Any = None):
-        return self._role("assistant", expr)
+    _add_node = _take
 
     def _stop(self, what: str) -> Any:
         raise _StopTracing(what)

@@ -21,7 +21,8 @@ _EXPORTS = {
         "set_default_backend", "get_default_backend", "Runtime", "LocalBackend", "RuntimeEndpoint", "OpenAI",
         "SglFunction",
         "ProgramState", "ProgramStateGroup", "token_length_normalized", "greedy_token_selection",
-        "unconditional_likelihood_normalized")},
+        "unconditional_likelihood_normalized", "flush_cache", "get_server_info", "image", "video",
+        "Anthropic", "LiteLLM", "VertexAI", "global_config")},
 }
 
 __all__ = ["__version__", *_EXPORTS]

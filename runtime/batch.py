@@ -1,5 +1,10 @@
 """ScheduledBatch: what one forward pass computes, and the builders of extend and decode batches.
 
+A ScheduledBatch is the forward's tensors (`ForwardBatch`, declared once in forward_context.py) plus what
+the engine needs around the forward: the requests, which of them sample, the prompt-logprob spans, and
+the request rows the scheduler freed since the previous batch (the sampler ends them before it claims
+rows for the batch's new requests).
+
 An extend batch holds, per request, a contiguous run `[start, end)` of its fill tokens (a whole prompt,
 the part of it past a cached prefix, or one chunk). Logits are kept only for the rows that are needed:
 prompt positions whose logprobs were asked for, and the last fill token of each request that samples.
@@ -11,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from loomlm.runtime.forward_context import ForwardMode, SharedPrefix
+from loomlm.runtime.forward_context import ForwardBatch, ForwardMode, SharedPrefix
 from loomlm.runtime.request import Req
 
 
@@ -29,21 +34,14 @@ class LogprobSpan:
     first_target: int   # prompt position scored by the first row
 
 
-@dataclass
-class ScheduledBatch:
-    mode: ForwardMode
+@dataclass(kw_only=True)
+class ScheduledBatch(ForwardBatch):
+    """One step's forward tensors (on the host) and what the engine needs around the forward."""
     reqs: list[Req]
-    input_ids: torch.Tensor        # [T] int64
-    positions: torch.Tensor        # [T] int64
-    out_slots: torch.Tensor        # [T] int64
-    req_rows: torch.Tensor         # [B] int64
-    prefix_lens: torch.Tensor      # [B] int64
-    extend_lens: torch.Tensor      # [B] int64
-    logits_indices: torch.Tensor   # [N] int64, rows of the flattened tokens that need logits
     sample_index: torch.Tensor     # [S] int64, batch index of each request that samples this step
     sample_rows: torch.Tensor      # [S] int64, its row of the logits (0..N-1)
     logprob_spans: list[LogprobSpan] | None   # per request (extend only)
-    shared_prefixes: tuple[SharedPrefix, ...] = ()   # decode only
+    released_rows: tuple[int, ...] = ()        # request rows freed since the previous batch (set by schedule())
 
     @property
     def sampling_reqs(self) -> list[Req]:

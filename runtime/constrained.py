@@ -1,24 +1,33 @@
 """Structured output in the engine: per-request guide state, batched logit masks, jump-forward plans.
 
-Masks: every guide in use has its packed bitmask table [C, W] (one row per mask class of states)
-copied once into one table, the *arena* (row 0 is all ones: "unconstrained"). Each sampler row points
-at its current arena row
-(`arena_row[R]`, updated by one scalar write when its guide advances), so a step's masks are one
-gather of the batch's rows (numpy `take` on CPU, `index_select` on CUDA), a bit unpack and a
-`masked_fill`, with no Python loop over the batch or the vocabulary. Guides leave the arena when no request uses them; the arena is rebuilt from
-the live guides when more than half of it is dead.
+Only the `Guide` protocol (loomlm.grammars) is used, so any guide plugs in: the byte DFA, or a guide
+with no precomputed mask table at all.
+
+Masks: one table, the *arena*, caches packed mask rows keyed by (guide, `mask_key(state)`); row 0 is all
+ones ("unconstrained"). A row is filled with `guide.fill_bitmask` the first time its key is seen (for the
+byte DFA, once per mask class in use). Each sampler row points at its current arena row
+(`arena_row[R]`); when its guide advances, `update` is a dict lookup and one scalar write. A step's
+masks are one gather of the batch's rows (numpy `take` on CPU, `index_select` on CUDA), a bit unpack
+and a `masked_fill`, with no Python loop over the batch or the vocabulary.
+
+Eviction: when the last request of a guide ends, its rows go to a free list and are reused by later
+fills, so the arena holds about the rows live guides have touched. It never exceeds `max_cached_rows`:
+at that size, the cached rows no sampler row points at are dropped (they are filled again on demand).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from loomlm.grammars.guide import Guide
-from loomlm.grammars.jump_forward import JumpPlan, plan_jump, plan_prefix_jump
+from loomlm.grammars import REJECTED, Guide, JumpPlan, bitmask_words, plan_jump, plan_prefix_jump
+
+_DEFAULT_CACHE_BYTES = 256 << 20   # arena bound: ~13k rows of a 150k-token vocabulary
+_INITIAL_ROWS = 64
 
 
 @dataclass
@@ -26,13 +35,19 @@ class GrammarState:
     """A constrained request's position in its guide (one per request, also for each of n copies)."""
 
     guide: Guide
-    state: int = 0
-    prev_state: int = 0          # before the last output token (jump-forward re-tokenizes that token)
+    state: Any = None            # None: the guide's initial state
+    prev_state: Any = None       # before the last output token (jump-forward re-tokenizes that token)
     rejected: bool = False       # a sampled token the guide did not allow (never expected)
 
+    def __post_init__(self) -> None:
+        if self.state is None:
+            self.state = self.guide.initial_state
+        if self.prev_state is None:
+            self.prev_state = self.state
+
     def advance(self, token: int) -> None:
-        nxt = self.guide.index.advance(self.state, token)
-        if nxt == -1:
+        nxt = self.guide.advance(self.state, token)
+        if nxt is REJECTED:
             self.rejected = True
             return
         self.prev_state, self.state = self.state, nxt
@@ -56,77 +71,103 @@ class GrammarState:
 
 
 class ConstraintMasks:
-    """Sampler row -> arena row of its guide state; fills and applies a batch's masks."""
+    """Sampler row -> arena row of its guide state's mask; fills and applies a batch's masks."""
 
-    def __init__(self, vocab_size: int, max_rows: int, device: torch.device):
+    def __init__(self, vocab_size: int, max_rows: int, device: torch.device,
+                 max_cache_bytes: int = _DEFAULT_CACHE_BYTES):
         self.vocab_size = vocab_size
-        self.words = (vocab_size + 31) // 32
+        self.words = bitmask_words(vocab_size)
         self.device = torch.device(device)
-        # Host arena (row 0: all allowed) and per-row pointers: numpy, so that a step's gather and a
-        # token's pointer update cost well under a microsecond on CPU. On CUDA a device copy of the
-        # arena is gathered instead (made again when guides come or go).
-        self.arena = np.full((1, self.words), -1, dtype=np.int32)
+        # Room for row 0, every sampler row's current row and one being filled: eviction always frees one.
+        self.max_cached_rows = max(max_rows + 2, max_cache_bytes // (4 * self.words))
+        # Host arena and per-row pointers: numpy, so that a step's gather and a token's pointer update
+        # cost well under a microsecond on CPU. On CUDA a device copy of the arena is gathered instead
+        # (rows filled since the last step are copied over before it).
+        self.arena = np.empty((min(_INITIAL_ROWS, self.max_cached_rows), self.words), dtype=np.int32)
+        self.arena[0] = -1
+        self.num_rows = 1                          # arena rows ever handed out (high-water mark)
+        self._free: list[int] = []                 # handed-out rows no key uses now
         self.arena_row = np.zeros(max_rows, dtype=np.int64)
         self._device_arena: torch.Tensor | None = None
+        self._dirty: list[int] = []                # rows filled since the device copy was synced
         self._buf = np.empty((max_rows, self.words), dtype=np.int32)
         self._buf_t = torch.from_numpy(self._buf)
-        self._base: dict[int, int] = {}            # id(guide) -> first arena row
-        self._guides: dict[int, Guide] = {}
-        self._users: dict[int, int] = {}           # id(guide) -> rows using it
+        self._tables: dict[int, dict[Hashable, int]] = {}   # id(guide) -> mask key -> arena row
+        self._guides: dict[int, Guide] = {}        # keeps each id() above alive and unique
+        self._users: dict[int, int] = {}           # id(guide) -> sampler rows using it
         self._row_state: dict[int, GrammarState] = {}
-        self._dead_rows = 0
+        self._row_table: dict[int, dict[Hashable, int]] = {}   # sampler row -> its guide's table
         self._shifts = torch.arange(32, dtype=torch.int32, device=self.device)
 
     @property
     def active(self) -> bool:
         return bool(self._row_state)
 
+    @property
+    def cached_rows(self) -> int:
+        """Arena rows holding a cached mask now (row 0 excluded)."""
+        return self.num_rows - 1 - len(self._free)
+
     def begin(self, row: int, gs: GrammarState) -> None:
-        key = id(gs.guide)
-        if key not in self._base:
-            self._add_guide(gs.guide)
+        guide = gs.guide
+        if bitmask_words(guide.vocab.size) != self.words:
+            raise ValueError(f"guide {guide.description} is over {guide.vocab.size} tokens, the logits over "
+                             f"{self.vocab_size}")
+        if row in self._row_state:   # re-begun without an end: release the old guide's use first
+            self.end(row)
+        key = id(guide)
+        if key not in self._tables:
+            self._tables[key] = {}
+            self._guides[key] = guide
         self._users[key] = self._users.get(key, 0) + 1
         self._row_state[row] = gs
+        self._row_table[row] = self._tables[key]
         self.update(row)
 
     def end(self, row: int) -> None:
         gs = self._row_state.pop(row, None)
         if gs is None:
             return
+        del self._row_table[row]
         self.arena_row[row] = 0
         key = id(gs.guide)
         self._users[key] -= 1
-        if self._users[key] == 0:
-            del self._users[key], self._base[key]
-            self._dead_rows += self._guides.pop(key).index.num_classes
+        if self._users[key] == 0:   # nobody uses the guide: its rows are free for other guides
+            del self._users[key], self._guides[key]
+            self._free.extend(self._tables.pop(key).values())
 
     def update(self, row: int) -> None:
-        """Point `row` at its guide's current state (after `advance` or a jump)."""
+        """Point `row` at its guide's current state (after `advance` or a jump): O(1) dict work on a hit."""
         gs = self._row_state[row]
-        if gs.state >= 0:
-            self.arena_row[row] = self._base[id(gs.guide)] + gs.guide.mask_class(gs.state)
+        table = self._row_table[row]
+        key = gs.guide.mask_key(gs.state)
+        arena_row = table.get(key)
+        if arena_row is None:
+            arena_row = self._alloc()
+            gs.guide.fill_bitmask(gs.state, self.arena[arena_row])
+            table[key] = arena_row
+            self._dirty.append(arena_row)
+        self.arena_row[row] = arena_row
 
-    def _add_guide(self, guide: Guide) -> None:
-        if self._dead_rows > len(self.arena) // 2:
-            self._compact()
-        key = id(guide)
-        self._base[key] = len(self.arena)
-        self._guides[key] = guide
-        self.arena = np.concatenate([self.arena, guide.index.masks])
-        self._device_arena = None
+    def _alloc(self) -> int:
+        if not self._free and self.num_rows == self.max_cached_rows:
+            self._evict_unpointed()
+        if self._free:
+            return self._free.pop()
+        if self.num_rows == len(self.arena):
+            grown = np.empty((min(2 * len(self.arena), self.max_cached_rows), self.words), dtype=np.int32)
+            grown[:self.num_rows] = self.arena[:self.num_rows]
+            self.arena = grown
+            self._device_arena = None   # copied again whole
+        self.num_rows += 1
+        return self.num_rows - 1
 
-    def _compact(self) -> None:
-        parts = [self.arena[:1]]
-        base = 1
-        for key, guide in self._guides.items():
-            parts.append(guide.index.masks)
-            self._base[key] = base
-            base += guide.index.num_classes
-        self.arena = np.concatenate(parts)
-        self._device_arena = None
-        self._dead_rows = 0
-        for row in self._row_state:
-            self.update(row)
+    def _evict_unpointed(self) -> None:
+        """Drop the cached rows no sampler row points at (the arena is full)."""
+        pointed = {int(self.arena_row[r]) for r in self._row_state}
+        for table in self._tables.values():
+            for key in [k for k, r in table.items() if r not in pointed]:
+                self._free.append(table.pop(key))
 
     def fill_bitmask(self, rows: np.ndarray) -> int:
         """Write the packed masks of sampler `rows` [B] into the host buffer's first B rows (the
@@ -142,6 +183,16 @@ class ConstraintMasks:
         """The first `n` rows written by `fill_bitmask`, as a [n, W] int32 CPU tensor (no copy)."""
         return self._buf_t[:n]
 
+    def _synced_device_arena(self) -> torch.Tensor:
+        if self._device_arena is None:   # a copy even on CPU (tests check the sync through it)
+            self._device_arena = torch.from_numpy(self.arena).to(self.device, copy=True)
+        elif self._dirty:
+            index = np.unique(np.array(self._dirty, dtype=np.int64))
+            self._device_arena[torch.from_numpy(index).to(self.device)] = \
+                torch.from_numpy(self.arena[index]).to(self.device)
+        self._dirty.clear()
+        return self._device_arena
+
     def apply(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """logits [B, V] float, rows [B] sampler rows -> logits with disallowed tokens at -inf (on CUDA
         the Triton bitmask kernel writes them in place)."""
@@ -149,10 +200,9 @@ class ConstraintMasks:
         if self.device.type == "cpu":
             packed = self.bitmask(self.fill_bitmask(rows_np))                         # [B, W] int32
         else:
-            if self._device_arena is None:
-                self._device_arena = torch.from_numpy(self.arena).to(self.device)
+            arena = self._synced_device_arena()
             index = torch.from_numpy(self.arena_row.take(rows_np)).to(self.device, non_blocking=True)
-            packed = self._device_arena.index_select(0, index)
+            packed = arena.index_select(0, index)
             if logits.stride(-1) == 1:
                 from loomlm.kernels.fused_ops import apply_token_bitmask_
                 return apply_token_bitmask_(logits, packed)

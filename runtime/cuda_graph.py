@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
-from loomlm.runtime.forward_context import ForwardContext, ForwardMode
+from loomlm.runtime.forward_context import ForwardBatch, ForwardContext, ForwardMode
 
 if TYPE_CHECKING:
     from loomlm.runtime.batch import ScheduledBatch
@@ -45,7 +46,7 @@ def decode_buckets(max_bs: int) -> list[int]:
 
 
 class DecodeGraphRunner:
-    def __init__(self, runner: "ModelRunner", max_bs: int, capture: bool = True):
+    def __init__(self, runner: ModelRunner, max_bs: int, capture: bool = True):
         self.runner = runner
         self.buckets = decode_buckets(max_bs)
         self.max_bs = self.buckets[-1]
@@ -77,11 +78,11 @@ class DecodeGraphRunner:
         runner = self.runner
         s = self._static
         positions = s[POSITIONS, :bs]
-        ctx = ForwardContext(
+        batch = ForwardBatch(
             mode=ForwardMode.DECODE, input_ids=s[IDS, :bs], positions=positions, out_slots=s[SLOTS, :bs],
             req_rows=s[ROWS, :bs], prefix_lens=torch.zeros(bs, dtype=torch.int64),
-            extend_lens=torch.ones(bs, dtype=torch.int64), logits_indices=self._logits_indices[:bs],
-            kv_pool=runner.kv_pool, req_to_token_pool=runner.req_pool, attn_backend=runner.attn_backend)
+            extend_lens=torch.ones(bs, dtype=torch.int64), logits_indices=self._logits_indices[:bs])
+        ctx = ForwardContext(batch, runner.kv_pool, runner.req_pool, runner.attn_backend)
         seq_lens = (positions + 1).to(torch.int32)
         ctx.attn_metadata = runner.attn_backend.decode_metadata(s[ROWS, :bs], seq_lens, self._kv_heads)
         return runner.model(ctx)
@@ -108,10 +109,10 @@ class DecodeGraphRunner:
             return out
         return replay
 
-    def can_run(self, batch: "ScheduledBatch") -> bool:
+    def can_run(self, batch: ScheduledBatch) -> bool:
         return batch.mode == ForwardMode.DECODE and len(batch.reqs) <= self.max_bs
 
-    def forward(self, batch: "ScheduledBatch") -> torch.Tensor:
+    def forward(self, batch: ScheduledBatch) -> torch.Tensor:
         """float32 logits [B, V] of a decode batch, from the smallest bucket that holds it."""
         n = len(batch.reqs)
         bs = next(b for b in self.buckets if b >= n)

@@ -5,8 +5,10 @@
     out["text"], out["output_ids"], out["meta_info"]
 
 `generate` accepts one prompt or a list (or `input_ids`), one sampling-parameter dict or one per prompt,
-and returns a dict or a list of dicts; `stream=True` yields increments; `async_generate` is the asyncio
-form used by servers. Requests are validated here, on the caller's thread, before they reach the loop.
+and returns a dict or a list of dicts; `stream=True` yields increments (SGLang's incremental chunks: a
+chunk's meta info holds only its own output logprobs, see `engine_outputs.py`); `async_generate` is the
+asyncio form used by servers. Both take the same arguments (`GenerateCall`) and share one submit path.
+Requests are validated here, on the caller's thread, before they reach the loop.
 
 Structured output (`regex`, `json_schema`, `choices` sampling parameters): the grammar is compiled on a
 worker thread of the engine's `GrammarCache` while the caller waits (sync) or awaits (async), so the
@@ -17,54 +19,64 @@ nothing is submitted.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import queue
 import random
 import uuid
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
-from loomlm.grammars.cache import GrammarCache, GrammarSpec, spec_from_params
-from loomlm.grammars.guide import Guide
-from loomlm.grammars.limits import GrammarLimits
-from loomlm.grammars.vocabulary import Vocabulary
+from loomlm.grammars import GrammarCache, GrammarLimits, GrammarSpec, Guide, Vocabulary, spec_from_params
 from loomlm.runtime.config import EngineConfig
 from loomlm.runtime.constrained import GrammarState
 from loomlm.runtime.detokenizer import IncrementalDetokenizer, StopStringMatcher
 from loomlm.runtime.engine_core import EngineCore
+from loomlm.runtime.engine_outputs import Results, StreamChunks
 from loomlm.runtime.model_runner import ModelRunner
 from loomlm.runtime.request import LogprobOptions, Req, ReqOutput, RequestOptions
 from loomlm.runtime.sampling_params import SamplingParams
 from loomlm.runtime.tokenizer import load_tokenizer
 
-
-@dataclass
-class _Collected:
-    """Accumulates the increments of one non-streamed request. `add` runs on the engine thread (no
-    wake-up of the caller per token: at batch 64 those hand-offs cost more than the decode step's
-    bookkeeping); the caller is signalled once, when the request finishes."""
-    parts: list[str] = field(default_factory=list)
-    output_ids: list[int] = field(default_factory=list)
-    meta_info: dict[str, Any] = field(default_factory=dict)
-
-    def add(self, out: ReqOutput) -> None:
-        self.parts.append(out.text_delta)
-        self.output_ids += out.new_token_ids
-        self.meta_info = out.meta_info
-
-    def sink(self, on_finished: Callable[[], None]) -> Callable[[ReqOutput], None]:
-        def deliver(out: ReqOutput) -> None:
-            self.add(out)
-            if out.finished:
-                on_finished()
-        return deliver
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"text": "".join(self.parts), "output_ids": self.output_ids, "meta_info": self.meta_info}
+Prepared = list[tuple[list[int], SamplingParams]]     # (prompt ids, params) per prompt
 
 
-def _chunk(out: ReqOutput) -> dict[str, Any]:
-    return {"text": out.text_delta, "output_ids": out.new_token_ids, "meta_info": out.meta_info,
-            "finished": out.finished}
+
+@dataclass(frozen=True)
+class GenerateCall:
+    """The arguments of one `generate` / `async_generate` call: SGLang's names, order and defaults. The one
+    definition of them: both methods' signatures are built from these fields (`_takes_call`)."""
+    prompt: str | Sequence[str] | None = None
+    sampling_params: Any = None
+    input_ids: Any = None
+    return_logprob: bool = False
+    top_logprobs_num: int = 0
+    logprob_start_len: int = -1
+    stream: bool = False
+    rid: str | None = None
+    cache_salt: str | None = None      # requests with different salts never share cached prefixes
+    priority: int = 0                  # larger is more important (admitted first, retracted last)
+
+
+def _takes_call(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Give `method(self, *args, **kwargs)` the inspectable signature `(self, <GenerateCall fields>)`; the
+    body builds `GenerateCall(*args, **kwargs)`, which rejects unknown or doubled arguments as usual."""
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default,
+                                 annotation=f.type) for f in dataclasses.fields(GenerateCall)]
+    method.__signature__ = inspect.Signature(params)   # type: ignore[attr-defined]
+    return method
+
+
+@dataclass(frozen=True)
+class _Submission:
+    """A validated call, ready to be expanded into requests once its grammars are compiled."""
+    prepared: Prepared
+    single: bool                       # one prompt given (not a list): the answer is one dict
+    logprobs: LogprobOptions
+    opts: RequestOptions
+    stream: bool
 
 
 class Engine:
@@ -88,20 +100,19 @@ class Engine:
                                           whitespace=self.config.json_whitespace)
         return self._grammars
 
-    @staticmethod
-    def _specs(prepared: list[tuple[list[int], SamplingParams]]) -> set[GrammarSpec]:
-        return {spec for _, p in prepared
-                if (spec := spec_from_params(p.regex, p.json_schema, p.choices)) is not None}
+    def _grammar_futures(self, prepared: Prepared) -> dict[GrammarSpec, Any]:
+        """Start compiling (on the cache's worker thread) every grammar the requests need."""
+        specs = {spec for _, p in prepared
+                 if (spec := spec_from_params(p.regex, p.json_schema, p.choices)) is not None}
+        return {spec: self.grammars.get(spec) for spec in specs}
 
-    def _compile_grammars(self, prepared: list[tuple[list[int], SamplingParams]]) -> dict[GrammarSpec, Guide]:
+    def _compile_grammars(self, prepared: Prepared) -> dict[GrammarSpec, Guide]:
         """Wait for every grammar the requests need; GrammarError if one does not compile."""
-        futures = {spec: self.grammars.get(spec) for spec in self._specs(prepared)}
-        return {spec: fut.result() for spec, fut in futures.items()}
+        return {spec: fut.result() for spec, fut in self._grammar_futures(prepared).items()}
 
-    async def _acompile_grammars(self, prepared: list[tuple[list[int], SamplingParams]]
-                                 ) -> dict[GrammarSpec, Guide]:
-        futures = {spec: self.grammars.get(spec) for spec in self._specs(prepared)}
-        return {spec: await asyncio.wrap_future(fut) for spec, fut in futures.items()}
+    async def _acompile_grammars(self, prepared: Prepared) -> dict[GrammarSpec, Guide]:
+        """The same, awaited: the event loop keeps running while a grammar compiles."""
+        return {spec: await asyncio.wrap_future(fut) for spec, fut in self._grammar_futures(prepared).items()}
 
     def _eos_ids(self) -> frozenset[int]:
         ids = set(getattr(self.runner.model_config, "eos_token_ids", ()) or ())
@@ -112,7 +123,7 @@ class Engine:
     # ---- request construction (caller's thread) ------------------------------------------------
     def _prepare(self, prompt: str | Sequence[str] | None, sampling_params: Any,
                  input_ids: Sequence[int] | Sequence[Sequence[int]] | None,
-                 logprobs: LogprobOptions) -> tuple[list[tuple[list[int], SamplingParams]], bool]:
+                 logprobs: LogprobOptions) -> tuple[Prepared, bool]:
         """Validate everything and return (prompt ids, params) per request, and whether input was a list."""
         if (prompt is None) == (input_ids is None):
             raise ValueError("give exactly one of prompt and input_ids")
@@ -160,13 +171,13 @@ class Engine:
         return Req(
             rid=rid or uuid.uuid4().hex, prompt_ids=ids, params=params, seed=seed, logprobs=logprobs,
             sink=sink, max_new_tokens=min(params.max_new_tokens, self.context_length - len(ids)),
-            namespace=opts.cache_salt, priority=opts.priority,
+            cache_salt=opts.cache_salt, priority=opts.priority,
             stop_token_ids=frozenset(stop_ids),
             detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids_tail=ids[-4:],
                                                skip_special_tokens=params.skip_special_tokens),
             stop_matcher=StopStringMatcher(params.stop) if params.stop else None, grammar=grammar)
 
-    def _expand(self, prepared: list[tuple[list[int], SamplingParams]], logprobs: LogprobOptions,
+    def _expand(self, prepared: Prepared, logprobs: LogprobOptions,
                 make_sink: Callable[[int], Callable[[ReqOutput], None]], opts: RequestOptions,
                 guides: dict[GrammarSpec, Guide]) -> list[Req]:
         """One Req per (prompt, copy of n); a caller's rid names a single request, or prefixes several."""
@@ -180,101 +191,83 @@ class Engine:
                 reqs.append(self._make_req(ids, params, copy, logprobs, make_sink(i), one_rid, opts, guides))
         return reqs
 
-    # ---- public API ------------------------------------------------------------------------------
-    def generate(self, prompt: str | Sequence[str] | None = None, sampling_params: Any = None,
-                 input_ids: Any = None, return_logprob: bool = False, top_logprobs_num: int = 0,
-                 logprob_start_len: int = -1, stream: bool = False, rid: str | None = None,
-                 cache_salt: str | None = None, priority: int = 0):
-        """`cache_salt`: requests with different salts never share cached prefixes (tenant isolation).
-        `priority`: larger is more important (admitted first by fcfs/lpm, retracted last)."""
+    # ---- the one submit path ---------------------------------------------------------------------
+    def _accept(self, call: GenerateCall) -> _Submission:
+        """Validate a call on the caller's thread; nothing reaches the loop unless all of it is valid."""
         self._check_alive()
-        opts = RequestOptions(rid, cache_salt, priority)
-        logprobs = LogprobOptions(bool(return_logprob), top_logprobs_num, logprob_start_len)
-        prepared, single = self._prepare(prompt, sampling_params, input_ids, logprobs)
-        if stream and (len(prepared) != 1 or prepared[0][1].n != 1):
+        opts = RequestOptions(call.rid, call.cache_salt, call.priority)
+        logprobs = LogprobOptions(bool(call.return_logprob), call.top_logprobs_num, call.logprob_start_len)
+        prepared, single = self._prepare(call.prompt, call.sampling_params, call.input_ids, logprobs)
+        if call.stream and (len(prepared) != 1 or prepared[0][1].n != 1):
             raise ValueError("stream=True takes a single prompt with n=1")
-        guides = self._compile_grammars(prepared)
-        if stream:
-            return self._stream(prepared, logprobs, opts, guides)
-        done: queue.SimpleQueue = queue.SimpleQueue()
-        results: list[_Collected] = []
+        return _Submission(prepared, single, logprobs, opts, bool(call.stream))
 
-        def make_sink(i: int) -> Callable[[ReqOutput], None]:
-            results.append(_Collected())
-            return results[-1].sink(lambda: done.put(i))
-
-        reqs = self._expand(prepared, logprobs, make_sink, opts, guides)
+    def _submit(self, sub: _Submission, guides: dict[GrammarSpec, Guide],
+                make_sink: Callable[[int], Callable[[ReqOutput], None]]) -> list[Req]:
+        reqs = self._expand(sub.prepared, sub.logprobs, make_sink, sub.opts, guides)
         self.core.submit(*reqs)
-        for _ in reqs:
-            done.get()
-        dicts = [r.as_dict() for r in results]
-        return dicts[0] if single and len(dicts) == 1 else dicts
+        return reqs
 
-    def _stream(self, prepared, logprobs: LogprobOptions, opts: RequestOptions,
-                guides: dict[GrammarSpec, Guide]) -> Iterator[dict[str, Any]]:
-        inbox: queue.SimpleQueue = queue.SimpleQueue()
-        (req,) = self._expand(prepared, logprobs, lambda i: inbox.put, opts, guides)
-        self.core.submit(req)
-        finished = False
+    @contextmanager
+    def _abort_unless(self, finished: Callable[[], bool], reqs: list[Req]) -> Iterator[None]:
+        """Abort `reqs` when the block is left before `finished()` (a stream closed early, a cancelled
+        await), so their memory is freed instead of decoding on for nobody."""
         try:
-            while not finished:
-                out = inbox.get()
-                finished = out.finished
-                yield _chunk(out)
+            yield
         finally:
-            if not finished:    # the consumer stopped early: free the request's memory
-                self.core.abort(req.rid)
+            if not finished():
+                for req in reqs:
+                    self.core.abort(req.rid)
 
-    async def async_generate(self, prompt: str | Sequence[str] | None = None, sampling_params: Any = None,
-                             input_ids: Any = None, return_logprob: bool = False, top_logprobs_num: int = 0,
-                             logprob_start_len: int = -1, stream: bool = False, rid: str | None = None,
-                             cache_salt: str | None = None, priority: int = 0):
-        """Awaitable form; with stream=True returns an async iterator of increments."""
-        self._check_alive()
-        opts = RequestOptions(rid, cache_salt, priority)
-        logprobs = LogprobOptions(bool(return_logprob), top_logprobs_num, logprob_start_len)
-        prepared, single = self._prepare(prompt, sampling_params, input_ids, logprobs)
-        if stream and (len(prepared) != 1 or prepared[0][1].n != 1):
-            raise ValueError("stream=True takes a single prompt with n=1")
-        guides = await self._acompile_grammars(prepared)
+    # ---- public API ------------------------------------------------------------------------------
+    @_takes_call
+    def generate(self, *args: Any, **kwargs: Any):
+        """Blocking generation: a dict (one prompt) or a list of dicts; with `stream=True` an iterator of
+        chunks. Arguments: see `GenerateCall`."""
+        sub = self._accept(GenerateCall(*args, **kwargs))
+        guides = self._compile_grammars(sub.prepared)
+        if sub.stream:
+            return self._stream(sub, guides)
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        results = Results(sub.single)
+        for _ in self._submit(sub, guides, results.sinks(done.put)):
+            done.get()
+        return results.value()
+
+    def _stream(self, sub: _Submission, guides: dict[GrammarSpec, Guide]) -> Iterator[dict[str, Any]]:
+        inbox: queue.SimpleQueue = queue.SimpleQueue()
+        chunks = StreamChunks()
+        reqs = self._submit(sub, guides, lambda _i: inbox.put)
+        with self._abort_unless(lambda: chunks.finished, reqs):
+            while not chunks.finished:
+                yield chunks.chunk(inbox.get())
+
+    @_takes_call
+    async def async_generate(self, *args: Any, **kwargs: Any):
+        """Awaitable form of `generate`; with `stream=True` returns an async iterator of chunks. Outputs are
+        handed to the event loop thread-safely: per chunk when streaming, else once per finished request."""
+        sub = self._accept(GenerateCall(*args, **kwargs))
+        guides = await self._acompile_grammars(sub.prepared)
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
 
-        if stream:
-            def stream_sink(i: int) -> Callable[[ReqOutput], None]:
-                return lambda out: loop.call_soon_threadsafe(inbox.put_nowait, (i, out))
+        def wake(item: Any) -> None:
+            loop.call_soon_threadsafe(inbox.put_nowait, item)
 
-            (req,) = self._expand(prepared, logprobs, stream_sink, opts, guides)
-            self.core.submit(req)
-            return self._astream(req, inbox)
-        results: list[_Collected] = []
-
-        def make_sink(i: int) -> Callable[[ReqOutput], None]:
-            results.append(_Collected())
-            return results[-1].sink(lambda: loop.call_soon_threadsafe(inbox.put_nowait, i))
-
-        reqs = self._expand(prepared, logprobs, make_sink, opts, guides)
-        self.core.submit(*reqs)
-        try:
+        if sub.stream:
+            return self._astream(self._submit(sub, guides, lambda _i: wake), inbox)
+        results = Results(sub.single)
+        reqs = self._submit(sub, guides, results.sinks(wake))
+        with self._abort_unless(lambda: results.finished, reqs):
             for _ in reqs:
                 await inbox.get()
-        except asyncio.CancelledError:
-            for req in reqs:
-                self.core.abort(req.rid)
-            raise
-        dicts = [r.as_dict() for r in results]
-        return dicts[0] if single and len(dicts) == 1 else dicts
+        return results.value()
 
-    async def _astream(self, req: Req, inbox: asyncio.Queue) -> AsyncIterator[dict[str, Any]]:
-        finished = False
-        try:
-            while not finished:
-                _, out = await inbox.get()
-                finished = out.finished
-                yield _chunk(out)
-        finally:
-            if not finished:
-                self.core.abort(req.rid)
+    async def _astream(self, reqs: list[Req], inbox: asyncio.Queue) -> AsyncIterator[dict[str, Any]]:
+        chunks = StreamChunks()
+        with self._abort_unless(lambda: chunks.finished, reqs):
+            while not chunks.finished:
+                yield chunks.chunk(await inbox.get())
 
     def abort(self, rid: str) -> None:
         self.core.abort(rid)

@@ -7,13 +7,13 @@ import logging
 import torch
 
 from loomlm.runtime.attention import create_attention_backend
+from loomlm.runtime.batch import ScheduledBatch
 from loomlm.runtime.config import EngineConfig
 from loomlm.runtime.cuda_graph import DecodeGraphRunner
-from loomlm.runtime.forward_context import ForwardContext, SharedPrefix
+from loomlm.runtime.forward_context import ForwardContext
 from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
 from loomlm.runtime.models.loader import load_model, resolve_model_path
 from loomlm.runtime.models.ops import create_ops
-from loomlm.runtime.batch import ScheduledBatch
 
 logger = logging.getLogger(__name__)
 
@@ -74,15 +74,6 @@ class ModelRunner:
         from a CUDA graph returns a view that the next forward overwrites)."""
         if self.graph_runner is not None and self.graph_runner.can_run(batch):
             return self.graph_runner.forward(batch)
-        dev = self.device
-        ctx = ForwardContext(
-            mode=batch.mode, input_ids=batch.input_ids.to(dev, non_blocking=True),
-            positions=batch.positions.to(dev, non_blocking=True),
-            out_slots=batch.out_slots.to(dev, non_blocking=True), req_rows=batch.req_rows,
-            prefix_lens=batch.prefix_lens, extend_lens=batch.extend_lens,
-            logits_indices=batch.logits_indices.to(dev, non_blocking=True), kv_pool=self.kv_pool,
-            req_to_token_pool=self.req_pool, attn_backend=self.attn_backend,
-            shared_prefixes=tuple(SharedPrefix(g.slots.to(dev, non_blocking=True), g.members.to(dev, non_blocking=True))
-                                  for g in batch.shared_prefixes))
+        ctx = ForwardContext(batch.to(self.device), self.kv_pool, self.req_pool, self.attn_backend)
         self.attn_backend.prepare(ctx)
         return self.model(ctx)

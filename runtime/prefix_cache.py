@@ -73,7 +73,7 @@ class PrefixCache:
         if self.tree is None:
             return PrefixMatch(_EMPTY, None)
         tokens = req.fill_ids[:match_limit(req)]
-        m = self.tree.match_prefix(tokens, req.namespace)
+        m = self.tree.match_prefix(tokens, req.cache_salt)
         return PrefixMatch(m.slots, m.last_node)
 
     def lock(self, req: Req, match: PrefixMatch) -> None:
@@ -101,8 +101,8 @@ class PrefixCache:
             return
         tokens = req.fill_ids[:req.kv_len]
         row = self.req_pool.req_to_token[req.row]
-        self.tree.insert(tokens, row[:req.kv_len].to(torch.int64), req.namespace)
-        m = self.tree.match_prefix(tokens, req.namespace)
+        self.tree.insert(tokens, row[:req.kv_len].to(torch.int64), req.cache_salt)
+        m = self.tree.match_prefix(tokens, req.cache_salt)
         n = int(m.slots.numel())   # == kv_len unless a full-length insert was impossible (never)
         row[:n] = m.slots.to(torch.int32)
         self.tree.inc_lock_ref(m.last_node)
@@ -115,7 +115,7 @@ class PrefixCache:
         tree (finished or retracted requests); otherwise (aborts, failed steps) its own slots are freed."""
         row = self.req_pool.req_to_token[req.row]
         if keep and self.tree is not None and req.kv_len > req.cache_len:
-            self.tree.insert(req.fill_ids[:req.kv_len], row[:req.kv_len].to(torch.int64), req.namespace)
+            self.tree.insert(req.fill_ids[:req.kv_len], row[:req.kv_len].to(torch.int64), req.cache_salt)
         elif req.kv_len > req.cache_len:
             self.kv_pool.free(row[req.cache_len:req.kv_len].to(torch.int64))
         self.unlock(req)

@@ -16,6 +16,7 @@ and is skipped on pop when it no longer describes the node. Invariant: every unl
 valid heap entry, so `evict` never scans the tree.
 
 Namespaces: each namespace key has its own root (created lazily); entries are never shared across roots.
+The engine passes a request's `cache_salt` as its namespace.
 """
 
 from __future__ import annotations

@@ -1,8 +1,14 @@
-"""Batched, seeded token sampler with per-request parameter tables.
+"""Batched, seeded token sampler with per-request parameter tables and grammar masks.
 
-Each running request owns a *row* (0..max_requests-1) of small tables (temperature, top-p, ...) filled
-once by `begin_request`; a step then only indexes those tables by the batch's `rows` tensor, so nothing
-is rebuilt from Python objects per step and no Python loop runs over batch rows or the vocabulary.
+Each running request owns a *row* (0..max_requests-1, its request row) of small tables (temperature,
+top-p, ...) filled once by `begin_request`; a step then only indexes those tables by the batch's `rows`
+tensor, so nothing is rebuilt from Python objects per step and no Python loop runs over the vocabulary.
+
+The engine drives a row's whole life through two calls per step. `prepare(batch)` ends the rows the
+scheduler freed since the previous batch (`batch.released_rows`), claims a row for every request of an
+extend batch that has none yet (its first chunk, or resumed after a retraction or a jump-forward) and
+points constrained rows at their guide's current state (`ConstraintMasks`); `sample_batch(batch, logits)`
+masks, samples and counts the batch's next tokens.
 
 `sample` applies, in order: min-new-tokens blocking of stop tokens, repetition penalty (HF rule, over
 prompt and output tokens), frequency/presence penalties (OpenAI rule, over output tokens), temperature,
@@ -17,16 +23,24 @@ p. E_i = -log(U_i), where U_i is a counter-based hash of (request seed, num_gene
 int64 tensor ops (32-bit multiply-xorshift, constants < 2^31 so products stay < 2^63). A request's draw
 therefore depends only on its own seed, position and logits, never on the rest of the batch.
 
-Grammar masks are not applied here: callers set disallowed logits to -inf before `sample`.
+`sample` itself applies no grammar mask: `sample_batch` sets disallowed logits to -inf before it.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+from loomlm.runtime.constrained import ConstraintMasks
+from loomlm.runtime.forward_context import ForwardMode
 from loomlm.runtime.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from loomlm.runtime.batch import ScheduledBatch
+    from loomlm.runtime.request import Req
 
 _MASK32 = 0xFFFFFFFF
 _TOP_P_CANDIDATES = (256, 4096)  # topk sizes tried for top-p before a full sort
@@ -40,6 +54,15 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     x = x ^ (x >> 15)
     x = (x * 0x2C1B3C6D) & _MASK32
     return x ^ (x >> 16)
+
+
+@dataclass
+class SampledTokens:
+    """One step's sampling: the S requests that sampled, the logits they sampled from (grammar masks
+    applied: output logprobs are taken from them) and the tokens."""
+    reqs: list[Req]
+    logits: torch.Tensor   # [S, V] float32
+    tokens: torch.Tensor   # [S] int64, on the logits' device
 
 
 class Sampler:
@@ -71,6 +94,53 @@ class Sampler:
         self._stop_mask: torch.Tensor | None = None      # bool: token ends the request (EOS, stop ids)
         self._row_features: list[frozenset[str] | None] = [None] * R  # None = row free
         self._num_using = dict.fromkeys(_FEATURES, 0)
+        self.constraints = ConstraintMasks(vocab_size, max_requests, self.device)
+
+    # ------------------------------------------------------------------ per-step row life
+    def prepare(self, batch: ScheduledBatch) -> None:
+        """Bring the rows in line with `batch` before its forward (see the module docstring)."""
+        for row in batch.released_rows:
+            if self.in_use(row):
+                self.end_request(row)
+            self.constraints.end(row)
+        if batch.mode == ForwardMode.EXTEND:   # a decode batch only holds requests claimed at their extend
+            for req in batch.reqs:
+                if not self.in_use(req.row):
+                    self.begin_request(req.row, req.params, req.prompt_ids, req.seed, req.stop_token_ids,
+                                       req.output_ids)
+                    if req.grammar is not None:
+                        self.constraints.begin(req.row, req.grammar)
+        if self.constraints.active:   # guides advanced (or jumped) since the rows' masks were set
+            for req in batch.reqs:
+                if req.grammar is not None:
+                    self.constraints.update(req.row)
+
+    def sample_batch(self, batch: ScheduledBatch, logits: torch.Tensor) -> SampledTokens:
+        """The next token of each request of `batch` that samples this step; logits [N, V] are the
+        batch's logits rows. Counts the tokens for the penalties."""
+        reqs = batch.sampling_reqs
+        logits = logits[batch.sample_rows]                                          # [S, V]
+        rows = batch.req_rows[batch.sample_index]                                   # [S]
+        if not reqs:   # prompt chunks only: nothing to sample
+            return SampledTokens(reqs, logits, torch.zeros(0, dtype=torch.int64, device=logits.device))
+        num_generated = torch.tensor([len(r.output_ids) for r in reqs], dtype=torch.int64)
+        if self.constraints.active:
+            logits = self.constraints.apply(logits, rows)
+        tokens = self.sample(logits, rows, num_generated)
+        self.record(rows, tokens)
+        return SampledTokens(reqs, logits, tokens)
+
+    def check_rows(self, holder_rows: Iterable[int], released_rows: Iterable[int]) -> None:
+        """Integrity between steps: every holder's row is claimed, every claimed row is a holder's or
+        was freed since the last batch, and the feature counters match the claimed rows."""
+        used = {row for row, f in enumerate(self._row_features) if f is not None}
+        holders = set(holder_rows)
+        if not holders <= used or not used <= holders | set(released_rows):
+            raise AssertionError(f"sampler rows in use {sorted(used)} disagree with the holders' rows "
+                                 f"{sorted(holders)} and the released ones {sorted(set(released_rows))}")
+        counts = {name: sum(name in f for f in self._row_features if f is not None) for name in _FEATURES}
+        if counts != self._num_using:
+            raise AssertionError(f"sampler feature counters {self._num_using} disagree with the rows {counts}")
 
     # ------------------------------------------------------------------ per-request tables
     def begin_request(self, row: int, params: SamplingParams, prompt_ids: list[int] | torch.Tensor,
@@ -171,6 +241,8 @@ class Sampler:
         `num_generated[b]` counts the tokens row b generated so far: it drives min-new-tokens blocking
         and keys the random draw. `logits` is not modified. A row whose logits are all -inf is invalid.
         """
+        if logits.shape[0] == 0:   # the top-k / top-p paths reduce over the batch
+            return torch.zeros(0, dtype=torch.int64, device=logits.device)
         use = self._num_using
         logits = logits.float()
         rows, num_generated = rows.to(self.device), num_generated.to(self.device)
@@ -292,20 +364,3 @@ def _filter_sorted(values: torch.Tensor, k: torch.Tensor, k_on: torch.Tensor, to
     values = values.masked_fill((cum - probs >= p) & (p < 1.0), -inf)
     covered = k_on | (top_p >= 1.0) | (cum[:, -1] >= top_p)
     return values, covered
-
-
-def compute_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, top_k: int
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Log-probabilities from raw logits [B, V]: of `token_ids` [B], and the `top_k` best per row.
-
-    Returns (token_logprobs [B], top_values [B, k], top_ids [B, k]); k = min(top_k, V), 0 allowed.
-    """
-    if top_k < 0:
-        raise ValueError(f"top_k for logprobs must be >= 0, got {top_k}")
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    token_logprobs = logprobs.gather(-1, token_ids.long()[:, None]).squeeze(-1)
-    k = min(top_k, logprobs.shape[-1])
-    top_values, top_ids = logprobs.topk(k, dim=-1) if k > 0 else (
-        logprobs.new_empty(logprobs.shape[0], 0), torch.empty(logprobs.shape[0], 0, dtype=torch.int64,
-                                                              device=logprobs.device))
-    return token_logprobs, top_values, top_ids

@@ -116,7 +116,7 @@ class SamplingParams:
         if self.regex is not None and not isinstance(self.regex, str):
             raise ValueError(f"sampling parameter regex must be a string, got {self.regex!r}")
         if self.json_schema is not None:
-            from loomlm.grammars.cache import canonical_json_schema
+            from loomlm.grammars import canonical_json_schema
 
             set_("json_schema", canonical_json_schema(self.json_schema))
         if self.choices is not None:

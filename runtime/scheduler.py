@@ -11,22 +11,25 @@ When a decode step then finds too few slots, the cache is evicted first, and if 
 running requests are retracted (lowest priority, then least progress first): their computed tokens go
 into the tree, they return to the queue with their output so far, and are recomputed from the cached
 prefix later.
+
+The scheduler knows nothing of sampling or grammars: the request rows it frees (finish, retraction,
+requeue) are handed over with the next batch (`ScheduledBatch.released_rows`), and the sampler, which
+claims a row for each request new to it, ends them there.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable
 
 import torch
 
 from loomlm.runtime.batch import ExtendItem, ScheduledBatch, build_decode, build_extend
-from loomlm.runtime.forward_context import SharedPrefix
+from loomlm.runtime.forward_context import ForwardMode, SharedPrefix
 from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
 from loomlm.runtime.policy import IN_BATCH_SHARE_MIN, SchedulePolicy
-from loomlm.runtime.radix_cache import common_prefix_len
 from loomlm.runtime.prefix_cache import PrefixCache
+from loomlm.runtime.radix_cache import common_prefix_len
 from loomlm.runtime.request import FinishReason, Req, ReqStatus
 from loomlm.runtime.stats import EngineStats
 
@@ -39,8 +42,7 @@ CLIP_MAX_NEW_TOKENS = 4096   # a huge max_new_tokens should not block admission 
 
 class Scheduler:
     def __init__(self, kv_pool: KVPool, req_pool: ReqToTokenPool, *, prefill_budget: int,
-                 chunked_prefill: bool, policy: str, enable_cache: bool, stats: EngineStats,
-                 on_row_released: Callable[[int], None] = lambda row: None):
+                 chunked_prefill: bool, policy: str, enable_cache: bool, stats: EngineStats):
         self.kv_pool = kv_pool
         self.req_pool = req_pool
         self.prefill_budget = prefill_budget
@@ -48,7 +50,6 @@ class Scheduler:
         self.cache = PrefixCache(kv_pool, req_pool, enable_cache)
         self.policy = SchedulePolicy(policy, enable_cache)
         self.stats = stats
-        self.on_row_released = on_row_released
         self.waiting: list[Req] = []
         self.running: list[Req] = []          # past their prefill: decode every step
         self.chunked: Req | None = None       # prompt being prefilled chunk by chunk
@@ -56,6 +57,7 @@ class Scheduler:
         self._decode_turn = False
         self._arrivals = itertools.count()
         self._decode_groups: tuple[SharedPrefix, ...] | None = None   # None: running changed, recompute
+        self._released_rows: list[int] = []   # freed since the last batch; handed over with the next one
 
     # ---- queue management -------------------------------------------------------------------
     def add(self, req: Req) -> None:
@@ -72,6 +74,18 @@ class Scheduler:
 
     # ---- batch building ----------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch | None:
+        """The next batch (None: nothing can run), carrying the rows freed since the previous batch."""
+        batch = self._next_batch()
+        if batch is not None:
+            batch.released_rows, self._released_rows = tuple(self._released_rows), []
+        return batch
+
+    @property
+    def pending_released_rows(self) -> tuple[int, ...]:
+        """Rows freed since the last batch (the next batch will carry them)."""
+        return tuple(self._released_rows)
+
+    def _next_batch(self) -> ScheduledBatch | None:
         if self._decode_turn and self.running:
             self._decode_turn = False
             return self._schedule_decode()
@@ -236,17 +250,16 @@ class Scheduler:
         self.waiting.append(req)
 
     # ---- after a forward -------------------------------------------------------------------------
-    def after_forward(self, batch: ScheduledBatch) -> None:
-        """The batch's new tokens now have K/V in the pool (also after a failed forward: the slots are
-        the requests' either way, and aborting them frees the slots)."""
+    def after_forward(self, batch: ScheduledBatch, succeeded: bool = True) -> None:
+        """The batch's new tokens now have K/V in the pool. Also called after a failed forward
+        (`succeeded=False`): the slots are the requests' either way, and aborting them frees the slots.
+        After a successful extend its requests' computed tokens become hits for later requests."""
         for req, n in zip(batch.reqs, batch.extend_lens.tolist()):
             req.kv_len += n
-
-    def cache_prefill(self, batch: ScheduledBatch) -> None:
-        """After a successful extend: its requests' computed tokens become hits for later requests."""
-        for req in batch.reqs:
-            if req.status == ReqStatus.RUNNING:
-                self.cache.cache_unfinished(req)
+        if succeeded and batch.mode == ForwardMode.EXTEND:
+            for req in batch.reqs:
+                if req.status == ReqStatus.RUNNING:
+                    self.cache.cache_unfinished(req)
 
     # ---- finishing ---------------------------------------------------------------------------
     def finish(self, req: Req, reason: FinishReason) -> None:
@@ -268,7 +281,7 @@ class Scheduler:
         if req.row >= 0:
             row, req.row = req.row, -1
             self.req_pool.free(row)
-            self.on_row_released(row)
+            self._released_rows.append(row)
 
     def find(self, rid: str) -> Req | None:
         for req in self.waiting + self.holders():

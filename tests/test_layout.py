@@ -10,12 +10,16 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Which loomlm sub-packages each layer may import at module level.
 ALLOWED = {
+    # the top layer: benchmarks compare loomlm's layers with baselines, so they may import any of them
+    "bench": {"bench", "lang", "runtime", "grammars", "kernels"},
     # runtime only lazily, through lang/backends (checked below); grammars for gen(dtype=...)'s regexes
     "lang": {"lang", "runtime", "grammars"},
     "runtime": {"runtime", "grammars", "kernels"},
     "grammars": {"grammars"},
     "kernels": {"kernels"},
 }
+# Each layer's folder: ROOT / layer, but for the benchmarks, which live in the package root's folder.
+FOLDERS = {"bench": ROOT / "loomlm" / "bench"}
 
 
 def test_public_api_and_no_bare_names():
@@ -48,14 +52,53 @@ def _imports(path: pathlib.Path) -> list[tuple[str, bool]]:
 
 def test_layers_import_downward_only():
     for layer, allowed in ALLOWED.items():
-        for path in (ROOT / layer).rglob("*.py"):
+        for path in FOLDERS.get(layer, ROOT / layer).rglob("*.py"):
             for target, top in _imports(path):
-                if layer == "lang" and target == "runtime" and "bench" in path.parts:
-                    continue   # benchmarks sit above both layers (they compare loomlm with baselines)
                 if layer == "lang" and target == "runtime":
                     assert not top and "backends" in path.parts, f"{path} imports loomlm.runtime"
                     continue
                 assert target in allowed, f"{path.relative_to(ROOT)} imports loomlm.{target}"
+
+
+def _grammar_modules(path: pathlib.Path) -> list[str]:
+    """Every `loomlm.grammars...` module a file imports (module level or lazily)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.append(node.module)
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+    return [name for name in found if name.startswith("loomlm.grammars")]
+
+
+def test_runtime_and_lang_use_the_grammars_facade_only():
+    """`from loomlm.grammars import ...`, never `loomlm.grammars.<module>`: its modules are free to move."""
+    for layer in ("runtime", "lang"):
+        for path in (ROOT / layer).rglob("*.py"):
+            for name in _grammar_modules(path):
+                assert name == "loomlm.grammars", f"{path.relative_to(ROOT)} imports {name}; use loomlm.grammars"
+
+
+def test_grammars_facade_exports_and_imports_without_cycles():
+    names = ("compile_regex", "compile_json_schema", "compile_choices", "compile_type", "json_schema_to_regex",
+             "Vocabulary", "Guide", "GrammarError", "GrammarLimits", "GrammarCache", "GrammarSpec", "spec_from_params",
+             "JumpPlan", "REJECTED")
+    code = ("import loomlm.grammars as g;"
+            f"assert set({names!r}) <= set(g.__all__), set({names!r}) - set(g.__all__);"
+            "assert all(hasattr(g, n) for n in g.__all__)")
+    subprocess.run([sys.executable, "-c", code], cwd="/", check=True)
+    # Each module imported first, in a fresh interpreter: an import cycle would fail one of them.
+    for path in sorted((ROOT / "grammars").glob("*.py")):
+        module = "loomlm.grammars" + ("" if path.stem == "__init__" else f".{path.stem}")
+        subprocess.run([sys.executable, "-c", f"import {module}"], cwd="/", check=True)
+
+
+def test_benchmarks_live_only_in_loomlm_bench():
+    """No layer below holds benchmark code (a `bench` folder or a `bench*.py` module)."""
+    for layer in ("runtime", "lang", "grammars", "kernels"):
+        for path in (ROOT / layer).rglob("*.py"):
+            rel = path.relative_to(ROOT)
+            assert not any(part.startswith("bench") for part in rel.parts[1:]), f"{rel}: benchmarks go in loomlm/bench"
 
 
 def test_no_pickle_loading():

@@ -27,6 +27,26 @@ class GenResult:
     meta_info: dict[str, Any]
 
 
+# Output-side meta keys a streamed chunk may carry for its own tokens only (SGLang's incremental streaming;
+# loomlm's Engine streams so); `output_token_logprobs_length` is then the count sent so far in all.
+STREAM_SLICED_KEYS = ("output_token_logprobs", "output_top_logprobs")
+
+
+def accumulate_stream_meta(so_far: dict[str, Any] | None, chunk: dict[str, Any]) -> dict[str, Any]:
+    """The meta info of a stream so far, given the previous one and the next chunk's. A chunk whose output
+    logprobs are fewer than its `output_token_logprobs_length` holds just its own (incremental): they are
+    appended. One with all of them (SGLang's cumulative default), or without that length, replaces them."""
+    length = chunk.get("output_token_logprobs_length")
+    own = chunk.get("output_token_logprobs")
+    if so_far is None or length is None or own is None or len(own) >= length:
+        return dict(chunk)
+    merged = dict(chunk)
+    for key in STREAM_SLICED_KEYS:
+        if key in chunk:
+            merged[key] = list(so_far.get(key) or []) + list(chunk[key])
+    return merged
+
+
 @dataclass(frozen=True)
 class ChatContext:
     """The conversation where a gen or select runs: the finished messages, and the role begun but not yet
@@ -58,7 +78,8 @@ class Backend(ABC):
     @abstractmethod
     def generate_stream(self, prompt: str, sampling: dict[str, Any],
                         logprobs: LogprobRequest) -> Iterator[GenResult]:
-        """Continue `prompt`, yielding increments (text delta, meta info so far)."""
+        """Continue `prompt`, yielding increments: the text delta and the meta info so far (every output
+        logprob up to here: see `accumulate_stream_meta`)."""
 
     @abstractmethod
     def select(self, prompt: str, choices: Sequence[str], method: ChoicesMethod) -> ChoicesDecision:
@@ -70,6 +91,14 @@ class Backend(ABC):
 
     def model_name(self) -> str:
         return type(self).__name__
+
+    def flush_cache(self) -> bool:
+        """Drop cached prefixes; True if done. False where there is no cache this client can flush."""
+        return False
+
+    def get_server_info(self) -> dict[str, Any]:
+        """What is known about the model behind the backend (`sgl.get_server_info`)."""
+        return {"model_path": self.model_name()}
 
     def shutdown(self) -> None:
         """Release what the backend owns (an in-process engine); a no-op for clients."""

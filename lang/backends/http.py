@@ -10,7 +10,9 @@ The protocol, as SGLang's server defines it (and loomlm's server will):
   `[logprob, token_id, token_text_or_null]`.
 - `"stream": true` answers with server-sent events `data: {json}\\n\\n`, ending with `data: [DONE]`. Each
   event's `text` is the whole output so far (SGLang's default); the increments are computed here. A
-  server set to send increments instead is recognised when an event does not extend the text so far.
+  server set to send increments instead is recognised when an event does not extend the text so far, and
+  output logprobs sent per chunk (SGLang's incremental streaming: fewer than the event's
+  `output_token_logprobs_length`) are gathered, so the meta info seen is always the whole so far.
   An event `{"error": {"message"}}` reports a failure after the stream began.
 - Errors: `{"error": {"message": ...}}` with HTTP 400 (SGLang), or FastAPI's `{"detail": ...}`.
 
@@ -33,9 +35,16 @@ import urllib.error
 import urllib.request
 from typing import Any, Iterator, Sequence
 
-from loomlm.lang.backends.base import Backend, GenResult
+from loomlm.lang.backends.base import Backend, GenResult, accumulate_stream_meta
 from loomlm.lang.chat_template import ChatTemplate
-from loomlm.lang.choices import ChoicesDecision, ChoicesMethod
+from loomlm.lang.choices import (
+    ChoicesDecision,
+    ChoicesMethod,
+    check_select_args,
+    common_prefix_len,
+    decide,
+    score_select,
+)
 from loomlm.lang.ir import LogprobRequest
 
 _SCORE_ONLY = {"max_new_tokens": 0, "temperature": 0.0}
@@ -61,14 +70,6 @@ def _server_message(raw: bytes) -> str:
             if key in body:
                 return body[key] if isinstance(body[key], str) else json.dumps(body[key])
     return text
-
-
-def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _as_tuples(meta: dict[str, Any]) -> dict[str, Any]:
@@ -140,6 +141,14 @@ class RuntimeEndpoint(Backend):
 
     def model_name(self) -> str:
         return str(self.model_info.get("model_path", self.base_url))
+
+    def flush_cache(self) -> bool:
+        with self._open("POST", "/flush_cache", {}) as response:   # SGLang answers with plain text
+            response.read()
+        return True
+
+    def get_server_info(self) -> dict[str, Any]:
+        return self._request("GET", "/get_server_info")
 
     # ---- HTTP --------------------------------------------------------------------------------
     def _open(self, method: str, path: str, body: Any = None):
@@ -216,7 +225,7 @@ class RuntimeEndpoint(Backend):
     def generate_stream(self, prompt: str, sampling: dict[str, Any],
                         logprobs: LogprobRequest) -> Iterator[GenResult]:
         body = {**self._payload(prompt, sampling, logprobs), "stream": True}
-        seen = ""
+        seen, meta = "", None
         with self._open("POST", "/generate", body) as response:   # closing it early aborts the request
             for event in self._events(response):
                 text = event.get("text", "")
@@ -224,7 +233,8 @@ class RuntimeEndpoint(Backend):
                     delta, seen = text[len(seen):], text
                 else:                           # a server that streams increments
                     delta, seen = text, seen + text
-                yield GenResult(delta, self._meta(event.get("meta_info", {}), logprobs))
+                meta = accumulate_stream_meta(meta, _as_tuples(event.get("meta_info", {})))
+                yield GenResult(delta, self._meta(meta, logprobs))
 
     def prefill(self, prompt: str) -> None:
         if prompt:
@@ -245,53 +255,28 @@ class RuntimeEndpoint(Backend):
         the prompt's last characters (SGLang's "token healing" case; SGLang itself instead compares the
         first token's text with the prompt's end). Either way the unconditional method's second pass
         sends the choice's token ids alone."""
-        if not choices or not all(isinstance(c, str) for c in choices):
-            raise ValueError(f"select needs a non-empty list of strings, got {choices!r}")
-        if not prompt:
-            raise ValueError("select needs a non-empty prompt: a choice's first token has no logprob "
-                             "without context")
+        check_select_args(prompt, choices)
         if self.tokenizer is not None:
-            scored, outs, prompt_tokens = self._score_with_ids(prompt, choices)
-        else:
-            scored, outs, prompt_tokens = self._score_from_server(prompt, choices)
-        unconditional = None
-        if method.needs_unconditional:
-            alone = [[e[1] for e in entries] for entries in scored]
-            uouts = self._request("POST", "/generate", {
-                "input_ids": alone, "sampling_params": [_SCORE_ONLY] * len(alone),
-                "return_logprob": True, "logprob_start_len": 0})
-            unconditional = [_tail(_as_tuples(o["meta_info"])["input_token_logprobs"], ids)
-                             for o, ids in zip(uouts, alone)]
-        decision = method(list(choices), scored, unconditional)
-        decision.meta_info.update(
-            prompt_tokens=prompt_tokens, output_token_logprobs=[[] for _ in choices],
-            choice_prompt_tokens=[o["meta_info"]["prompt_tokens"] for o in outs],
-            cached_tokens=[o["meta_info"].get("cached_tokens") for o in outs])
-        return decision
+            return score_select(self._encode(prompt), [self._encode(prompt + c) for c in choices], choices,
+                                method, self._input_logprobs, self._prefill_ids)
+        scored, outs, prompt_tokens = self._score_from_server(prompt, choices)
+        return decide(choices, method, scored, prompt_tokens, [o["meta_info"] for o in outs], self._input_logprobs)
 
     def _encode(self, text: str) -> list[int]:
         with self._tokenizer_lock:
             return list(self.tokenizer(text)["input_ids"])
 
-    def _score_with_ids(self, prompt: str, choices: Sequence[str]):
-        prompt_ids = self._encode(prompt)
-        if not prompt_ids:
-            raise ValueError("select needs a prompt of at least one token")
-        self._request("POST", "/generate", {"input_ids": prompt_ids, "sampling_params": _SCORE_ONLY})
-        full = [self._encode(prompt + c) for c in choices]
-        starts = [max(_common_prefix_len(prompt_ids, ids), 1) for ids in full]
-        for choice, ids, start in zip(choices, full, starts):
-            if start >= len(ids):
-                raise ValueError(f"select choice {choice!r} adds no token to the prompt")
-        # One position early: the entries then cover every choice token whichever convention the server
-        # has for the entry at logprob_start_len (see _tail).
-        first = min(starts) - 1
+    def _prefill_ids(self, ids: list[int]) -> None:
+        self._request("POST", "/generate", {"input_ids": ids, "sampling_params": _SCORE_ONLY})
+
+    def _input_logprobs(self, id_lists: list[list[int]], start: int) -> list[tuple[list, dict[str, Any]]]:
+        # One position early: the entries then cover every position from `start` whichever convention the
+        # server has for the entry at logprob_start_len (see _tail).
         outs = self._request("POST", "/generate", {
-            "input_ids": full, "sampling_params": [_SCORE_ONLY] * len(full),
-            "return_logprob": True, "logprob_start_len": first})
-        scored = [_tail(_as_tuples(o["meta_info"])["input_token_logprobs"], ids[s:])
-                  for o, ids, s in zip(outs, full, starts)]
-        return scored, outs, len(prompt_ids)
+            "input_ids": id_lists, "sampling_params": [_SCORE_ONLY] * len(id_lists),
+            "return_logprob": True, "logprob_start_len": max(start - 1, 0)})
+        return [(_tail(_as_tuples(o["meta_info"])["input_token_logprobs"], ids[start:]), o["meta_info"])
+                for o, ids in zip(outs, id_lists)]
 
     def _score_from_server(self, prompt: str, choices: Sequence[str]):
         head = self._request("POST", "/generate", {"text": prompt, "sampling_params": _SCORE_ONLY})
@@ -305,7 +290,7 @@ class RuntimeEndpoint(Backend):
         tail_ids = [e[1] for e in entries[0]]
         scored = []
         for choice, own in zip(choices, entries[1:]):
-            start = _common_prefix_len(tail_ids, [e[1] for e in own])
+            start = common_prefix_len(tail_ids, [e[1] for e in own])
             if start < len(own) and own[start][0] is None:    # the first prompt token has no logprob
                 start += 1
             if start >= len(own):

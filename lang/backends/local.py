@@ -4,12 +4,9 @@
 owns it; `LocalBackend(engine)` borrows one the caller made. The runtime is imported only here, so
 importing `loomlm.lang` stays light.
 
-`select` scores the choices the way the issue asks: the prompt is prefilled once (the radix cache then
-holds it), and every `prompt + choice` goes to the engine in one call, so the scheduler puts them in one
-extend batch in which each request computes only the tokens after the cached prompt. A choice's tokens
-are those where the tokenization of `prompt + choice` departs from the prompt's own tokenization, so a
-choice that merges with the prompt's last characters is scored over the merged token too (SGLang's
-"token healing" case).
+`select` scores with `loomlm.lang.choices.score_select`: the prompt is prefilled once (the radix cache
+then holds it) and every `prompt + choice` goes to the engine in one call, so the scheduler puts them
+in one extend batch in which each request computes only the tokens after the cached prompt.
 """
 
 from __future__ import annotations
@@ -18,20 +15,12 @@ import difflib
 import inspect
 from typing import Any, Iterator, Sequence
 
-from loomlm.lang.backends.base import Backend, GenResult
+from loomlm.lang.backends.base import Backend, GenResult, accumulate_stream_meta
 from loomlm.lang.chat_template import ChatTemplate
-from loomlm.lang.choices import ChoicesDecision, ChoicesMethod
+from loomlm.lang.choices import ChoicesDecision, ChoicesMethod, check_select_args, score_select
 from loomlm.lang.ir import LogprobRequest
 
 _SCORE_ONLY = {"max_new_tokens": 0, "temperature": 0.0}
-
-
-def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class LocalBackend(Backend):
@@ -44,6 +33,12 @@ class LocalBackend(Backend):
 
     def model_name(self) -> str:
         return str(self.engine.runner.model_path)
+
+    def flush_cache(self) -> bool:
+        return bool(self.engine.flush_cache())
+
+    def get_server_info(self) -> dict[str, Any]:
+        return {"model_path": self.model_name(), **self.engine.get_stats()}
 
     def _logprob_kwargs(self, lp: LogprobRequest) -> dict[str, Any]:
         return {"return_logprob": lp.return_logprob, "top_logprobs_num": lp.top_logprobs_num,
@@ -65,8 +60,10 @@ class LocalBackend(Backend):
 
     def generate_stream(self, prompt: str, sampling: dict[str, Any],
                         logprobs: LogprobRequest) -> Iterator[GenResult]:
+        meta = None      # the engine's chunks hold their own output logprobs only: gather them
         for chunk in self.engine.generate(prompt, sampling, stream=True, **self._logprob_kwargs(logprobs)):
-            yield GenResult(chunk["text"], self._meta(chunk["meta_info"], logprobs))
+            meta = accumulate_stream_meta(meta, chunk["meta_info"])
+            yield GenResult(chunk["text"], self._meta(meta, logprobs))
 
     @property
     def _caching(self) -> bool:
@@ -77,36 +74,19 @@ class LocalBackend(Backend):
             self.engine.generate(prompt, _SCORE_ONLY)
 
     def select(self, prompt: str, choices: Sequence[str], method: ChoicesMethod) -> ChoicesDecision:
-        if not choices or not all(isinstance(c, str) for c in choices):
-            raise ValueError(f"select needs a non-empty list of strings, got {choices!r}")
+        check_select_args(prompt, choices)
         encode = lambda text: self.tokenizer(text)["input_ids"]  # noqa: E731
-        prompt_ids = encode(prompt)
-        if not prompt_ids:
-            raise ValueError("select needs a non-empty prompt: a choice's first token has no logprob "
-                             "without context")
+        return score_select(encode(prompt), [encode(prompt + c) for c in choices], choices, method,
+                            self._input_logprobs, self._prefill_ids)
+
+    def _prefill_ids(self, ids: list[int]) -> None:
         if self._caching:
-            self.engine.generate(input_ids=prompt_ids, sampling_params=_SCORE_ONLY)   # the prompt's KV, once
-        full = [encode(prompt + c) for c in choices]
-        starts = [max(_common_prefix_len(prompt_ids, ids), 1) for ids in full]
-        for choice, ids, start in zip(choices, full, starts):
-            if start >= len(ids):
-                raise ValueError(f"select choice {choice!r} adds no token to the prompt")
-        first = min(starts)
-        outs = self.engine.generate(input_ids=full, sampling_params=[_SCORE_ONLY] * len(full),
-                                    return_logprob=True, logprob_start_len=first)
-        scored = [out["meta_info"]["input_token_logprobs"][start - first:] for out, start in zip(outs, starts)]
-        unconditional = None
-        if method.needs_unconditional:
-            alone = [ids[start:] for ids, start in zip(full, starts)]
-            uouts = self.engine.generate(input_ids=alone, sampling_params=[_SCORE_ONLY] * len(alone),
-                                         return_logprob=True, logprob_start_len=0)
-            unconditional = [o["meta_info"]["input_token_logprobs"] for o in uouts]
-        decision = method(list(choices), scored, unconditional)
-        decision.meta_info.update(
-            prompt_tokens=len(prompt_ids), output_token_logprobs=[[] for _ in choices],
-            choice_prompt_tokens=[o["meta_info"]["prompt_tokens"] for o in outs],
-            cached_tokens=[o["meta_info"]["cached_tokens"] for o in outs])
-        return decision
+            self.engine.generate(input_ids=ids, sampling_params=_SCORE_ONLY)
+
+    def _input_logprobs(self, id_lists: list[list[int]], start: int) -> list[tuple[list, dict[str, Any]]]:
+        outs = self.engine.generate(input_ids=id_lists, sampling_params=[_SCORE_ONLY] * len(id_lists),
+                                    return_logprob=True, logprob_start_len=start)
+        return [(o["meta_info"]["input_token_logprobs"], o["meta_info"]) for o in outs]
 
 
 class Runtime(LocalBackend):

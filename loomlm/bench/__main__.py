@@ -1,4 +1,4 @@
-"""`python -m loomlm.bench <name> [args]`: run one benchmark from `loomlm.runtime.bench`."""
+"""`python -m loomlm.bench <name> [args]`: run one benchmark of this package (`loomlm/bench/<name>.py`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import sys
 
 # Benchmark name -> module with a `main(argv) -> int`.
 BENCHMARKS = {
-    "grammar": "loomlm.runtime.bench.grammar",
-    "kernels": "loomlm.kernels.bench",
-    "offline": "loomlm.runtime.bench.offline",
-    "prefix": "loomlm.runtime.bench.prefix",
-    "programs": "loomlm.lang.bench.programs",
+    "grammar": "loomlm.bench.grammar",
+    "kernels": "loomlm.bench.kernels",
+    "offline": "loomlm.bench.offline",
+    "prefix": "loomlm.bench.prefix",
+    "programs": "loomlm.bench.programs",
 }
 
 

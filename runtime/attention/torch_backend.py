@@ -9,7 +9,7 @@ Decode (one query per request) uses two batched matmuls with query heads grouped
 on CPU that is several times faster than SDPA for bfloat16 at batch > 1, and its [B, H, L] scores are
 small. Scores and softmax are float32 whatever the KV dtype.
 
-Decode requests that share a cached prefix (`ctx.shared_prefixes`, from the radix tree) read those
+Decode requests that share a cached prefix (`ctx.batch.shared_prefixes`, from the radix tree) read those
 keys once per group rather than once per request: each member attends to its own keys past the prefix
 in the batched pass, the group attends to the prefix in one matmul, and the two partial softmaxes are
 merged with their maxima and sums (the log-sum-exp merge of cascade attention). Gathering K/V is what
@@ -43,7 +43,7 @@ class TorchAttentionMetadata:
     buckets: list[ExtendBucket]             # extend only
     kv_index: torch.Tensor | None = None    # decode: [B, L] int64 slots of each request's own keys
     decode_bias: torch.Tensor | None = None  # decode: [B, 1, 1, L] float32, 0 or -inf
-    shared: tuple = ()                      # decode: ctx.shared_prefixes
+    shared: tuple = ()                      # decode: ctx.batch.shared_prefixes
 
 
 # Requests whose extend is under half of the longest in their bucket start a new bucket, so padding
@@ -57,11 +57,11 @@ class TorchAttentionBackend(AttentionBackend):
         self.scale = scale
 
     def prepare(self, ctx: ForwardContext) -> None:
-        B = ctx.batch_size
-        if int(ctx.extend_lens.max()) == 1 and ctx.num_tokens == B:
+        B = ctx.batch.batch_size
+        if int(ctx.batch.extend_lens.max()) == 1 and ctx.batch.num_tokens == B:
             self._prepare_decode(ctx)
             return
-        lens = ctx.extend_lens.tolist()
+        lens = ctx.batch.extend_lens.tolist()
         order = sorted(range(B), key=lambda i: -lens[i])
         groups: list[list[int]] = [[]]
         for i in order:
@@ -76,8 +76,8 @@ class TorchAttentionBackend(AttentionBackend):
 
     def _bucket(self, ctx: ForwardContext, idx: torch.Tensor | None) -> ExtendBucket:
         """Padded-SDPA metadata for the requests `idx` of the batch (None: all of them)."""
-        device = ctx.input_ids.device
-        prefix_cpu, extend_cpu, rows = ctx.prefix_lens, ctx.extend_lens, ctx.req_rows
+        device = ctx.batch.input_ids.device
+        prefix_cpu, extend_cpu, rows = ctx.batch.prefix_lens, ctx.batch.extend_lens, ctx.batch.req_rows
         if idx is not None:
             prefix_cpu, extend_cpu, rows = prefix_cpu[idx], extend_cpu[idx], rows[idx]
         prefix, extend = prefix_cpu.to(device), extend_cpu.to(device)
@@ -99,7 +99,7 @@ class TorchAttentionBackend(AttentionBackend):
         tok_off = torch.arange(tok_req.numel(), device=device) - starts[tok_req]
         tokens = None
         if idx is not None:
-            all_ext = ctx.extend_lens.to(device)
+            all_ext = ctx.batch.extend_lens.to(device)
             global_starts = (torch.cumsum(all_ext, 0) - all_ext)[idx.to(device)]
             tokens = global_starts[tok_req] + tok_off
         return ExtendBucket(kv_index, mask[:, None], tok_req * E + tok_off, tokens, E)
@@ -107,30 +107,30 @@ class TorchAttentionBackend(AttentionBackend):
     def _prepare_decode(self, ctx: ForwardContext) -> None:
         """Each request's own keys: positions start .. seq_len-1, where start is its group's prefix
         length (0 outside groups). Padding points at the scratch slot and is masked by the bias."""
-        device = ctx.input_ids.device
-        B = ctx.batch_size
-        seq = (ctx.prefix_lens + ctx.extend_lens).to(device)                     # [B]
+        device = ctx.batch.input_ids.device
+        B = ctx.batch.batch_size
+        seq = (ctx.batch.prefix_lens + ctx.batch.extend_lens).to(device)         # [B]
         starts = torch.zeros(B, dtype=torch.int64, device=device)
-        for group in ctx.shared_prefixes:
+        for group in ctx.batch.shared_prefixes:
             starts[group.members] = group.slots.numel()
         own = seq - starts
         L = int(own.max())
         offs = torch.arange(L, device=device)
         key_valid = offs[None, :] < own[:, None]                                 # [B, L]
-        table = ctx.req_to_token_pool.req_to_token[ctx.req_rows.to(device)]     # [B, max_context]
+        table = ctx.req_to_token_pool.req_to_token[ctx.batch.req_rows.to(device)]     # [B, max_context]
         pos = (starts[:, None] + offs[None, :]).clamp_(max=table.shape[1] - 1)
         kv_index = torch.where(key_valid, torch.gather(table, 1, pos).to(torch.int64), ctx.kv_pool.scratch_slot)
         bias = torch.zeros((B, 1, 1, L), dtype=torch.float32, device=device)
         bias.masked_fill_(~key_valid[:, None, None, :], float("-inf"))
-        ctx.attn_metadata = TorchAttentionMetadata([], kv_index, bias, ctx.shared_prefixes)
+        ctx.attn_metadata = TorchAttentionMetadata([], kv_index, bias, ctx.batch.shared_prefixes)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int,
                 ctx: ForwardContext) -> torch.Tensor:
         md: TorchAttentionMetadata = ctx.attn_metadata
         pool = ctx.kv_pool
         k_buf, v_buf = pool.k_buffers[layer_id], pool.v_buffers[layer_id]
-        k_buf.index_copy_(0, ctx.out_slots, k.to(k_buf.dtype))
-        v_buf.index_copy_(0, ctx.out_slots, v.to(v_buf.dtype))
+        k_buf.index_copy_(0, ctx.batch.out_slots, k.to(k_buf.dtype))
+        v_buf.index_copy_(0, ctx.batch.out_slots, v.to(v_buf.dtype))
         if md.decode_bias is not None:
             keys, values = self._gather(k_buf, v_buf, md.kv_index, q.dtype)
             if md.shared:

@@ -4,7 +4,7 @@
 each, no device -> host sync); `forward` stores the layer's new K/V into their slots and runs the decode
 kernel (one query per request) or the extend kernel (new tokens over their cached prefix, causally over
 themselves). The kernels read every key through `req_to_token`, so requests sharing a cached prefix need
-nothing special here (`ctx.shared_prefixes` is a torch-backend optimisation and is ignored).
+nothing special here (`ctx.batch.shared_prefixes` is a torch-backend optimisation and is ignored).
 
 `decode_metadata` builds the decode metadata from caller-owned device tensors: the CUDA-graph runner
 passes its static buffers, so a captured decode step reads each replay's rows and lengths.
@@ -56,11 +56,11 @@ class TritonAttentionBackend(AttentionBackend):
         return TritonDecodeMetadata(req_rows, seq_lens, splits)
 
     def prepare(self, ctx: ForwardContext) -> None:
-        device = ctx.input_ids.device
-        prefix, extend = ctx.prefix_lens, ctx.extend_lens                      # CPU [B]
-        rows = ctx.req_rows.to(device, non_blocking=True)
+        device = ctx.batch.input_ids.device
+        prefix, extend = ctx.batch.prefix_lens, ctx.batch.extend_lens          # CPU [B]
+        rows = ctx.batch.req_rows.to(device, non_blocking=True)
         kv_heads = ctx.kv_pool.k_buffers[0].shape[1]
-        if ctx.num_tokens == ctx.batch_size:    # one new token each: decode (seq = prefix + itself)
+        if ctx.batch.num_tokens == ctx.batch.batch_size:    # one new token each: decode (seq = prefix + itself)
             seq = (prefix + 1).to(torch.int32).to(device, non_blocking=True)
             ctx.attn_metadata = self.decode_metadata(rows, seq, kv_heads)
             return
@@ -72,7 +72,7 @@ class TritonAttentionBackend(AttentionBackend):
                 ctx: ForwardContext) -> torch.Tensor:
         pool = ctx.kv_pool
         k_buf, v_buf = pool.k_buffers[layer_id], pool.v_buffers[layer_id]
-        self._store(k_buf, v_buf, k, v, ctx.out_slots)
+        self._store(k_buf, v_buf, k, v, ctx.batch.out_slots)
         md = ctx.attn_metadata
         table = ctx.req_to_token_pool.req_to_token
         if isinstance(md, TritonDecodeMetadata):

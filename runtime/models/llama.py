@@ -1,7 +1,7 @@
 """Llama-family decoder (Llama 2/3, SmolLM, Qwen2, Mistral) in plain PyTorch over flattened tokens.
 
-All requests of a forward are flattened into T tokens (`ctx.input_ids`); attention goes through
-`ctx.attn_backend`, which owns the KV pool. Only the rows `ctx.logits_indices` reach the final norm and
+All requests of a forward are flattened into T tokens (`ctx.batch.input_ids`); attention goes through
+`ctx.attn_backend`, which owns the KV pool. Only the rows `ctx.batch.logits_indices` reach the final norm and
 the LM head. q/k/v and gate/up are fused into one matmul each; `load_weights` takes Hugging Face
 parameter names and copies each shard into its slice of the fused weights. The element-wise ops (norms
 with the residual add fused, RoPE, SiLU-and-mul) come from `self.ops`: eager torch, or the Triton
@@ -154,14 +154,14 @@ class LlamaForCausalLM(nn.Module):
 
     @torch.inference_mode()
     def forward(self, ctx: ForwardContext) -> torch.Tensor:
-        """Returns float32 logits [N, vocab] for the hidden rows `ctx.logits_indices`."""
+        """Returns float32 logits [N, vocab] for the hidden rows `ctx.batch.logits_indices`."""
         ops = self.ops
-        h = self.embed_tokens(ctx.input_ids)                                    # [T, hidden]
-        rope = self.rotary.inputs(ctx.positions, h.dtype, ops)
+        h = self.embed_tokens(ctx.batch.input_ids)                              # [T, hidden]
+        rope = self.rotary.inputs(ctx.batch.positions, h.dtype, ops)
         residual = None
         for layer in self.layers:
             h, residual = layer(h, residual, rope, ctx, ops)
-        idx = ctx.logits_indices
+        idx = ctx.batch.logits_indices
         h, _ = self.norm(h[idx], ops, residual[idx])                            # [N, hidden]
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(h, weight).float()                                      # [N, vocab]

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
+import threading
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loomlm.grammars.cache import GrammarCache, GrammarSpec
-from loomlm.grammars.errors import GrammarError
-from loomlm.grammars.guide import compile_regex
-from loomlm.grammars.jump_forward import plan_jump
-from loomlm.grammars.limits import GrammarLimits
-from loomlm.grammars.vocabulary import Vocabulary
+from loomlm.grammars import (
+    GrammarCache,
+    GrammarError,
+    GrammarLimits,
+    GrammarSpec,
+    GrammarTimeoutError,
+    Vocabulary,
+    compile_regex,
+    compile_spec,
+    plan_jump,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +53,73 @@ def test_cache_respects_limits(vocab: Vocabulary) -> None:
             cache.compile(GrammarSpec("regex", r"[ab]*a[ab]{20}"))
     finally:
         cache.shutdown()
+
+
+def test_cache_keeps_deterministic_failures_only(vocab: Vocabulary) -> None:
+    cache = GrammarCache(vocab, GrammarLimits(max_work=50))
+    try:
+        bad = cache.get(GrammarSpec("regex", r"[ab]*a[ab]{8}"))
+        with pytest.raises(GrammarError, match="max_work"):
+            bad.result()
+        assert cache.get(GrammarSpec("regex", r"[ab]*a[ab]{8}")) is bad   # the same on every machine: kept
+    finally:
+        cache.shutdown()
+    ticks = itertools.count(step=100)   # a clock 100 s further on at every read: every compile overruns
+    cache = GrammarCache(vocab, GrammarLimits(max_seconds=1, clock=lambda: next(ticks)))
+    try:
+        slow = cache.get(GrammarSpec("regex", "a+"))
+        with pytest.raises(GrammarTimeoutError, match="max_seconds"):
+            slow.result()
+        assert len(cache) == 0 and cache.get(GrammarSpec("regex", "a+")) is not slow   # compiled again
+    finally:
+        cache.shutdown()
+
+
+def test_unexpected_compiler_errors_reach_the_waiter_as_grammar_errors(vocab: Vocabulary) -> None:
+    def broken(spec, vocab, limits, whitespace):
+        raise KeyError("a bug")
+
+    cache = GrammarCache(vocab, compiler=broken)
+    try:
+        with pytest.raises(GrammarError, match="KeyError") as info:
+            cache.compile(GrammarSpec("regex", "a"))
+        assert isinstance(info.value.__cause__, KeyError) and len(cache) == 0   # not kept
+    finally:
+        cache.shutdown()
+
+
+def test_a_blocked_compile_delays_only_its_own_spec_and_shutdown_fails_it(vocab: Vocabulary) -> None:
+    """Deterministic: the slow compile waits on an event (no wall-clock race)."""
+    started, release = threading.Event(), threading.Event()
+    slow = GrammarSpec("regex", "s+")
+
+    def gated(spec, *args):
+        if spec == slow:
+            started.set()
+            release.wait()
+        return compile_spec(spec, *args)
+
+    cache = GrammarCache(vocab, compiler=gated)
+    try:
+        blocked = cache.get(slow)
+        assert started.wait(60)
+        assert cache.compile(GrammarSpec("regex", "f+")).matches("ff")   # the other worker serves it
+        assert not blocked.done()
+        release.set()
+        assert blocked.result(60).matches("ss")
+        # A compile still pending at shutdown fails cleanly; so does any later request.
+        started.clear()
+        release.clear()
+        slow = GrammarSpec("regex", "t+")
+        pending = cache.get(slow)
+        assert started.wait(60)
+    finally:
+        cache.shutdown()
+        release.set()
+    with pytest.raises(GrammarError, match="shut down"):
+        pending.result(60)
+    with pytest.raises(GrammarError, match="shut down"):
+        cache.compile(GrammarSpec("regex", "u+"))
 
 
 def _encode(tokenizer):

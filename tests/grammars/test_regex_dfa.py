@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loomlm.grammars.errors import GrammarError
+from loomlm.grammars.errors import GrammarError, GrammarTimeoutError
 from loomlm.grammars.limits import GrammarLimits
 from loomlm.grammars.regex_dfa import compile_dfa
 from loomlm.grammars.utf8 import utf8_sequences
@@ -107,15 +106,36 @@ def test_bad_patterns_raise_grammar_error_naming_the_problem(pattern: str, words
         compile_dfa(pattern)
 
 
-def test_blow_up_pattern_fails_within_the_budget() -> None:
-    limits = GrammarLimits(max_states=20_000, max_seconds=5.0)
-    t0 = time.monotonic()
+class FakeClock:
+    """A clock that advances `step` seconds each time it is read: the time budget without racing one."""
+
+    def __init__(self, step: float):
+        self.now, self.step, self.reads = 0.0, step, 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        self.now += self.step
+        return self.now
+
+
+def test_blow_up_pattern_fails_on_the_deterministic_budgets() -> None:
     with pytest.raises(GrammarError, match="max_states"):
-        compile_dfa(r"[ab]*a[ab]{20}", limits)
-    assert time.monotonic() - t0 < 5.0
-    with pytest.raises(GrammarError, match="max_seconds"):
-        compile_dfa(r"[ab]*a[ab]{20}", GrammarLimits(max_states=10**7, max_seconds=0.05))
+        compile_dfa(r"[ab]*a[ab]{20}", GrammarLimits(max_states=20_000))
+    with pytest.raises(GrammarError, match="max_work"):
+        compile_dfa(r"[ab]*a[ab]{20}", GrammarLimits(max_states=10**7, max_work=5_000))
+    # The work budget counts the same work on every machine: a compile within it always passes.
+    assert compile_dfa(r"[ab]*a[ab]{3}", GrammarLimits(max_work=5_000)).matches("aabab")
     assert isinstance(GrammarError("x"), ValueError)
+
+
+def test_time_budget_reads_the_injected_clock() -> None:
+    # Each read moves 1 s on: start reads t=1 (deadline t=4), checks read t=2, 3, 4, 5 and t=5 fails.
+    clock = FakeClock(step=1.0)
+    with pytest.raises(GrammarTimeoutError, match="max_seconds"):
+        compile_dfa(r"[ab]*a[ab]{20}", GrammarLimits(max_states=10**7, max_seconds=3, clock=clock))
+    assert clock.reads == 5   # the same on every machine
+    frozen = lambda: 0.0      # time never passes: only the deterministic budgets can fail
+    assert compile_dfa(r"[ab]*a[ab]{6}", GrammarLimits(max_seconds=1e-9, clock=frozen)).matches("aaaaaaa")
 
 
 def test_limits_are_validated() -> None:
@@ -123,3 +143,7 @@ def test_limits_are_validated() -> None:
         GrammarLimits(max_states=0)
     with pytest.raises(ValueError, match="max_seconds"):
         GrammarLimits(max_seconds=-1)
+    with pytest.raises(ValueError, match="max_work"):
+        GrammarLimits(max_work=0)
+    with pytest.raises(ValueError, match="clock"):
+        GrammarLimits(clock=3.0)  # type: ignore[arg-type]

@@ -10,10 +10,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loomlm.grammars.errors import GrammarError
-from loomlm.grammars.guide import (FINISHED, compile_choices, compile_regex, compile_type, escape_literal,
-                                   INT_REGEX, FLOAT_REGEX)
-from loomlm.grammars.vocabulary import Vocabulary
+from loomlm.grammars import (
+    FINISHED,
+    REJECTED,
+    GrammarError,
+    Guide,
+    Vocabulary,
+    allowed_tokens,
+    bitmask_words,
+    compile_choices,
+    compile_regex,
+    compile_type,
+    escape_literal,
+)
+from loomlm.grammars.guide import FLOAT_REGEX, INT_REGEX
 
 EOS = 0
 # A tiny vocabulary with multi-character tokens and both halves of a two-byte character.
@@ -72,10 +82,29 @@ def test_bitmask_and_bool_mask_agree() -> None:
         assert (unpacked == guide.allowed_tokens(state)).all()
 
 
-def test_disallowed_token_raises() -> None:
+def test_disallowed_token_is_rejected() -> None:
     guide = compile_regex("ab", TINY)
-    with pytest.raises(ValueError, match="not allowed"):
-        guide.advance(guide.initial_state, 2)
+    assert guide.advance(guide.initial_state, 2) is REJECTED
+    assert guide.advance(guide.initial_state, 10**6) is REJECTED      # outside the vocabulary
+    done = guide.advance(guide.advance(guide.initial_state, 3), EOS)
+    assert done == FINISHED and guide.advance(done, 1) is REJECTED     # nothing follows EOS
+
+
+@pytest.mark.parametrize("pattern", TINY_PATTERNS)
+def test_dfa_guide_implements_the_protocol(pattern: str) -> None:
+    """fill_bitmask writes the allowed set; equal mask keys mean equal masks (the cache invariant)."""
+    guide = compile_regex(pattern, TINY)
+    assert isinstance(guide, Guide)
+    rows: dict = {}
+    for state in [*range(guide.num_states), FINISHED]:
+        out = np.full(bitmask_words(TINY.size), 7, dtype=np.int32)
+        guide.fill_bitmask(state, out)
+        assert (out == guide.allowed_bitmask(state)).all()
+        assert (allowed_tokens(guide, state) == guide.allowed_tokens(state)).all()
+        key = guide.mask_key(state)
+        hash(key)
+        assert (rows.setdefault(key, out) == out).all(), (state, key)
+    assert len(rows) == guide.index.num_classes + 1   # FINISHED (nothing allowed) has a key of its own
 
 
 def test_choices_and_types() -> None:

@@ -12,7 +12,8 @@ import sys
 import pytest
 import torch
 
-from loomlm.kernels import attention_block, bench, decode_attention
+from loomlm.bench import kernels as bench
+from loomlm.kernels import attention_block, decode_attention
 
 
 def test_small_run_reports_every_row(capsys, device):

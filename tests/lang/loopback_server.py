@@ -9,7 +9,9 @@ stream with usage), with the extension parameters (`regex`, `json_schema`, `top_
 body as `extra_body` puts them there. Standard library only (`http.server`), one thread per connection,
 HTTP/1.0 (every answer closes its connection). `hits` counts requests per path, `bodies` keeps the last
 body per path, so tests can check what a client sent. `shift_input_logprobs=True` makes `/generate` leave
-out the entry at `logprob_start_len` itself, as some SGLang versions do, so clients can be tested on both.
+out the entry at `logprob_start_len` itself, as some SGLang versions do, so clients can be tested on both;
+`incremental_streaming_output=True` streams as SGLang's server with that flag does (each event's own text
+and output logprobs, `output_token_logprobs_length` the count so far) instead of the whole output so far.
 """
 
 from __future__ import annotations
@@ -29,15 +31,17 @@ _OPENAI_SAMPLING = {"max_tokens": "max_new_tokens", "max_completion_tokens": "ma
                     "regex": "regex", "json_schema": "json_schema", "top_k": "top_k", "min_p": "min_p",
                     "repetition_penalty": "repetition_penalty", "min_tokens": "min_new_tokens",
                     "stop_token_ids": "stop_token_ids", "ignore_eos": "ignore_eos"}
+_STREAM_SLICED = ("output_token_logprobs", "output_top_logprobs")   # per chunk in the engine's stream
 
 
 class LoopbackServer:
     """`with LoopbackServer(engine, api_key=None) as server:` serves at `server.url` until the block ends."""
 
     def __init__(self, engine: Any, api_key: str | None = None, model_name: str = "loomlm-test",
-                 shift_input_logprobs: bool = False):
+                 shift_input_logprobs: bool = False, incremental_streaming_output: bool = False):
         self.engine = engine
         self.shift_input_logprobs = shift_input_logprobs
+        self.incremental_streaming_output = incremental_streaming_output
         self.api_key = api_key
         self.model_name = model_name
         self.hits: collections.Counter = collections.Counter()
@@ -253,12 +257,21 @@ class _Handler(BaseHTTPRequestHandler):
         args = app.generate_args(body)
         with_text = bool(body.get("return_text_in_logprobs"))
         if body.get("stream"):
-            text = ""
+            text, logprobs = "", {key: [] for key in _STREAM_SLICED}
 
             def event(chunk: dict[str, Any]) -> dict[str, Any]:
+                # The engine's chunks are incremental (their own text and output logprobs); SGLang's
+                # default server sends the whole text and logprobs so far, its incremental mode passes them on.
                 nonlocal text
-                text += chunk["text"]       # SGLang streams the whole text so far
-                return {"text": text, "meta_info": app.native_meta(chunk["meta_info"], with_text)}
+                text += chunk["text"]
+                meta = dict(chunk["meta_info"])
+                if app.incremental_streaming_output:
+                    return {"text": chunk["text"], "meta_info": app.native_meta(meta, with_text)}
+                for key in _STREAM_SLICED:
+                    if key in meta:
+                        logprobs[key] += meta[key]
+                        meta[key] = list(logprobs[key])
+                return {"text": text, "meta_info": app.native_meta(meta, with_text)}
             self._stream(app.engine.generate(**args, stream=True), event)
             return
         out = app.engine.generate(**args)

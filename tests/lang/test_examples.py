@@ -24,10 +24,13 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def load_example(name: str) -> ModuleType:
-    """Import examples/<name>.py as a module (examples/ is not a package)."""
+    """Import examples/<name>.py as a module (examples/ is not a package; its scripts import their shared
+    `_runner` helper from their own folder, as `python examples/<name>.py` allows)."""
     module_name = f"loomlm_example_{name}"
     if module_name in sys.modules:
         return sys.modules[module_name]
+    if str(EXAMPLES) not in sys.path:
+        sys.path.append(str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module       # dataclasses look their module up while being defined
@@ -51,7 +54,7 @@ def backend(local, idle_engine):
 def test_every_example_has_a_test():
     tested = {"quickstart", "few_shot", "tree_of_thought", "json_extraction", "react_agent",
               "multi_turn_chat", "batch"}
-    assert {p.stem for p in EXAMPLES.glob("*.py")} == tested
+    assert {p.stem for p in EXAMPLES.glob("*.py") if not p.stem.startswith("_")} == tested
 
 
 def test_quickstart_streams_the_answer(backend, capsys):

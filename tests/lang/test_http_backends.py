@@ -164,6 +164,21 @@ def test_streaming_yields_increments_with_growing_meta(endpoint):
     assert len(metas[-1]["output_token_logprobs"]) == counts[-1]
 
 
+def test_incremental_streaming_server_gives_the_same_meta(engine, endpoint):
+    """Against a server with SGLang's `incremental_streaming_output` (per-event text and output logprobs),
+    programs still see the whole output and every logprob so far, as from a cumulative server."""
+    with LoopbackServer(engine, incremental_streaming_output=True) as incremental:
+        states = [qa.run(question="Name a fruit.", backend=backend, temperature=0, stream=True,
+                         return_logprob=True) for backend in (sgl.RuntimeEndpoint(incremental.url), endpoint)]
+        for state in states:
+            chunks = list(state.text_iter("answer"))
+            assert len(chunks) > 1 and "".join(chunks) == state["answer"]
+            meta = state.get_meta_info("answer")
+            assert len(meta["output_token_logprobs"]) == meta["completion_tokens"]
+        inc, cum = (st.get_meta_info("answer")["output_token_logprobs"] for st in states)
+        assert [e[1] for e in inc] == [e[1] for e in cum] and states[0]["answer"] == states[1]["answer"]
+
+
 @sgl.function
 def forked(s):
     s += "Three tips for staying healthy: 1. Eat well. 2. Exercise. 3. Sleep.\n"

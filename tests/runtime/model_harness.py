@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from loomlm.runtime.attention import create_attention_backend
-from loomlm.runtime.forward_context import ForwardContext, ForwardMode
+from loomlm.runtime.forward_context import ForwardBatch, ForwardContext, ForwardMode
 from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
 from loomlm.runtime.models.config import ModelConfig
 
@@ -36,7 +36,7 @@ class OneRequest:
         n = len(token_ids)
         slots = self.kv_pool.alloc(n).to(self.device)
         self.req_pool.req_to_token[self.row, self.cached:self.cached + n] = slots.to(torch.int32)
-        ctx = ForwardContext(
+        batch = ForwardBatch(
             mode=mode,
             input_ids=torch.tensor(token_ids, dtype=torch.int64, device=self.device),
             positions=torch.arange(self.cached, self.cached + n, device=self.device),
@@ -45,10 +45,8 @@ class OneRequest:
             prefix_lens=torch.tensor([self.cached], dtype=torch.int64),
             extend_lens=torch.tensor([n], dtype=torch.int64),
             logits_indices=torch.arange(n, device=self.device),
-            kv_pool=self.kv_pool,
-            req_to_token_pool=self.req_pool,
-            attn_backend=self.backend,
         )
+        ctx = ForwardContext(batch, self.kv_pool, self.req_pool, self.backend)
         self.backend.prepare(ctx)
         logits = model(ctx)
         self.cached += n

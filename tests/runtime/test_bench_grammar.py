@@ -12,8 +12,8 @@ import time
 import pytest
 
 from loomlm.bench.__main__ import main as bench_main
-from loomlm.runtime.bench.grammar import timed_call
-from loomlm.runtime.bench.grammar_workload import REGEXES, SCHEMAS
+from loomlm.bench.grammar import timed_call
+from loomlm.bench.grammar_workload import REGEXES, SCHEMAS
 
 BASELINES = ("outlines_core", "xgrammar")
 

@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from loomlm.bench.__main__ import main as bench_main
-from loomlm.runtime.bench.hf_baseline import left_pad
-from loomlm.runtime.bench.offline import make_prompts
-from loomlm.runtime.bench.report import Measurement, format_table
+from loomlm.bench.hf_baseline import left_pad
+from loomlm.bench.offline import make_prompts
+from loomlm.bench.report import Measurement, format_table
 
 
 def test_offline_tiny_run_reports_every_field(capsys):
@@ -96,7 +96,7 @@ def test_decode_sweep_reports_each_batch_size(capsys):
 
 
 def test_decode_sweep_arguments():
-    from loomlm.runtime.bench.offline_decode import parse_batch_sizes
+    from loomlm.bench.offline_decode import parse_batch_sizes
 
     assert parse_batch_sizes("1,16,64,256") == (1, 16, 64, 256)
     assert parse_batch_sizes("off") == () and parse_batch_sizes("2,2") == (2,)

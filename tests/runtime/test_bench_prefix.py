@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from loomlm.bench.__main__ import main as bench_main
-from loomlm.runtime.bench.prefix import make_workload
+from loomlm.bench.prefix import make_workload
 
 
 def test_workload_shape_and_ideal_hit_rate():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import pytest
+
 PROMPTS = [
     "Hi",
     "The quick brown fox jumps over the lazy dog. Then the dog",
@@ -50,6 +52,36 @@ def test_stream_increments_concatenate_to_text(idle_engine):
     assert "".join(c["text"] for c in chunks) == whole["text"]
     assert sum((c["output_ids"] for c in chunks), []) == whole["output_ids"]
     assert chunks[-1]["meta_info"]["finish_reason"] == whole["meta_info"]["finish_reason"]
+
+
+def test_stream_meta_holds_each_chunks_own_logprobs(idle_engine):
+    """As SGLang streams: a chunk's output (top) logprobs are its own tokens', with the running count in
+    `output_token_logprobs_length`; input logprobs come in every chunk; the non-streamed meta is whole."""
+    args = dict(sampling_params={"max_new_tokens": 12, "temperature": 0}, return_logprob=True,
+                top_logprobs_num=2, logprob_start_len=0)
+    whole = idle_engine.generate("The moon is", **args)
+    chunks = list(idle_engine.generate("The moon is", stream=True, **args))
+    metas = [c["meta_info"] for c in chunks]
+    assert sum((m["output_token_logprobs"] for m in metas), []) == whole["meta_info"]["output_token_logprobs"]
+    assert sum((m["output_top_logprobs"] for m in metas), []) == whole["meta_info"]["output_top_logprobs"]
+    for chunk, meta in zip(chunks, metas):
+        assert [e[1] for e in meta["output_token_logprobs"]] == chunk["output_ids"]
+        assert meta["input_token_logprobs"] == whole["meta_info"]["input_token_logprobs"]
+    lengths = [m["output_token_logprobs_length"] for m in metas]
+    assert lengths == [len(sum((c["output_ids"] for c in chunks[:i + 1]), [])) for i in range(len(chunks))]
+    assert whole["meta_info"]["output_token_logprobs_length"] == whole["meta_info"]["completion_tokens"]
+
+
+def test_generate_signatures_are_sglangs(engine):
+    import inspect
+
+    names = ["self", "prompt", "sampling_params", "input_ids", "return_logprob", "top_logprobs_num",
+             "logprob_start_len", "stream", "rid", "cache_salt", "priority"]
+    for method in (engine.generate, engine.async_generate):
+        assert list(inspect.signature(type(engine).__dict__[method.__name__]).parameters) == names
+    assert inspect.iscoroutinefunction(engine.async_generate)
+    with pytest.raises(TypeError):
+        engine.generate("hi", promt="typo")
 
 
 def test_stream_closed_early_frees_memory(idle_engine):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
+import threading
 
 import jsonschema
 import pytest
 
-from loomlm.grammars.errors import GrammarError
+from loomlm.grammars import GrammarError
 
 REGEXES = [
     r"\(\d{3}\) \d{3}-\d{4}",
@@ -23,11 +25,13 @@ REGEXES = [
 S = {"type": "string", "maxLength": 12}
 I = {"type": "integer", "minimum": -999, "maximum": 999}
 SCHEMAS = [
-    {"type": "object", "properties": {"name": S, "age": {"type": "integer", "minimum": 0, "maximum": 150}}, "required": ["name", "age"]},
+    {"type": "object", "properties": {"name": S, "age": {"type": "integer", "minimum": 0, "maximum": 150}},
+     "required": ["name", "age"]},
     {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]},
     {"type": "object", "properties": {"color": {"enum": ["red", "green", "blue"]}}, "required": ["color"]},
     {"type": "object", "properties": {"tags": {"type": "array", "items": S, "maxItems": 3}}, "required": ["tags"]},
-    {"type": "object", "properties": {"score": {"type": "number", "minimum": 0, "maximum": 100, "multipleOf": 0.01}}, "required": ["score"]},
+    {"type": "object", "properties": {"score": {"type": "number", "minimum": 0, "maximum": 100, "multipleOf": 0.01}},
+     "required": ["score"]},
     {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 120}}, "required": ["n"]},
     {"type": "object", "properties": {"date": {"type": "string", "format": "date"}}, "required": ["date"]},
     {"type": "object", "properties": {"id": {"type": "string", "format": "uuid"}}, "required": ["id"]},
@@ -36,7 +40,8 @@ SCHEMAS = [
     {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": S}, "required": ["b"]}},
      "required": ["a"]},
     {"type": "object", "properties": {"name": S, "nick": S}, "required": ["name"]},
-    {"type": "object", "properties": {"v": {"anyOf": [{"type": "integer", "minimum": -99, "maximum": 99}, {"type": "null"}]}}, "required": ["v"]},
+    {"type": "object", "properties": {"v": {"anyOf": [{"type": "integer", "minimum": -99, "maximum": 99},
+                                                      {"type": "null"}]}}, "required": ["v"]},
     {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{2}$"}},
      "required": ["code"]},
     {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "minItems": 1, "maxItems": 4},
@@ -53,6 +58,18 @@ SCHEMAS = [
                                       "note": {"type": ["string", "null"], "maxLength": 10}},
      "required": ["level", "count", "note"]},
 ]
+
+
+def _frozen_clock() -> float:
+    return 0.0
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_grammar_budgets(engine, monkeypatch):
+    """The shared engine's compiles here never race the wall clock (a busy machine must not fail a
+    schema): time stands still for their budget, and the state limit still applies."""
+    cache = engine.grammars
+    monkeypatch.setattr(cache, "limits", dataclasses.replace(cache.limits, clock=_frozen_clock))
 
 
 def _validate(text: str, schema: dict) -> None:
@@ -169,19 +186,72 @@ def test_jump_forward_saves_forward_passes_and_stays_valid(idle_engine) -> None:
     assert 1 - passes["on"] / passes["off"] >= 0.3, passes
 
 
-def test_a_slow_compile_does_not_block_other_requests(idle_engine) -> None:
-    import threading
+def _gate_compile(monkeypatch, engine, slow_spec):
+    """Make the engine's grammar cache block the compile of `slow_spec` until the returned event is set
+    (the compile itself is the real one). Returns (started, release) events."""
+    from loomlm.grammars import compile_spec
 
-    from loomlm.grammars.cache import GrammarSpec
+    started, release = threading.Event(), threading.Event()
 
-    slow = r'"[^"]{0,2000}"'   # about 16000 states: seconds to compile
+    def gated(spec, *args):
+        if spec == slow_spec:
+            started.set()
+            release.wait()
+        return compile_spec(spec, *args)
+
+    monkeypatch.setattr(engine.grammars, "compiler", gated)
+    return started, release
+
+
+def test_a_slow_compile_does_not_block_other_requests(idle_engine, monkeypatch) -> None:
+    """Deterministic: the "slow" compile blocks on an event until the other requests are served."""
+    from loomlm.grammars import GrammarSpec
+
+    slow = r'"[^"]{0,7}" \(slow\)'   # a spec no other test compiles: its compile really runs here
+    started, release = _gate_compile(monkeypatch, idle_engine, GrammarSpec("regex", slow))
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(
-        out=idle_engine.generate("Quote:", {"regex": slow, "max_new_tokens": 8, "temperature": 0})))
+
+    def waiter() -> None:
+        try:
+            result["out"] = idle_engine.generate("Quote:", {"regex": slow, "max_new_tokens": 16, "temperature": 0})
+        except Exception as exc:   # reported by the main thread rather than lost in this one
+            result["error"] = exc
+
+    thread = threading.Thread(target=waiter)
     thread.start()
-    future = idle_engine.grammars.get(GrammarSpec("regex", slow))   # the same compile the thread waits on
-    out = idle_engine.generate("hi", {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True})
-    assert len(out["output_ids"]) == 4
-    assert not future.done()    # the other request was served while the grammar was still compiling
-    thread.join()
-    assert result["out"]["text"].startswith('"')
+    try:
+        assert started.wait(60)
+        future = idle_engine.grammars.get(GrammarSpec("regex", slow))   # the compile the thread waits on
+        out = idle_engine.generate("hi", {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True})
+        assert len(out["output_ids"]) == 4
+        other = idle_engine.generate("Pick:", {"choices": ["up", "down"], "temperature": 0})
+        assert other["text"] in ("up", "down")   # another grammar compiles and decodes meanwhile
+        assert not future.done() and thread.is_alive()
+    finally:
+        release.set()
+        thread.join(120)
+    assert "error" not in result, result
+    assert re.fullmatch(r'"[^"]{0,7}" \(slow\)', result["out"]["text"]), result
+
+
+def test_a_compile_that_overruns_its_budget_fails_cleanly(idle_engine, monkeypatch) -> None:
+    """A compile past its time budget: the caller gets a GrammarError, the engine keeps serving, and the
+    failure is not cached (it depends on the machine), so the same grammar compiles when sent again."""
+    from loomlm.grammars import GrammarTimeoutError, compile_spec
+
+    calls = []
+
+    def overrun_once(spec, *args):
+        calls.append(spec)
+        if len(calls) == 1:
+            raise GrammarTimeoutError("compiling regex took longer than the budget of 10 s (GrammarLimits.max_seconds)")
+        return compile_spec(spec, *args)
+
+    monkeypatch.setattr(idle_engine.grammars, "compiler", overrun_once)
+    params = {"regex": r"[0-9]{2} \(overrun\)", "max_new_tokens": 16, "temperature": 0}
+    with pytest.raises(GrammarError, match="max_seconds"):
+        idle_engine.generate("Count:", params)
+    out = idle_engine.generate("hi", {"max_new_tokens": 3, "temperature": 0, "ignore_eos": True})
+    assert len(out["output_ids"]) == 3
+    again = idle_engine.generate("Count:", params)
+    assert re.fullmatch(r"[0-9]{2} \(overrun\)", again["text"]) and len(calls) == 2

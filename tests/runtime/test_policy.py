@@ -18,7 +18,7 @@ from loomlm.runtime.sampling_params import SamplingParams
 
 def make_req(tokens: list[int], arrival: int) -> Req:
     req = Req(rid=f"r{arrival}", prompt_ids=tokens, params=SamplingParams(), seed=0, logprobs=LogprobOptions(),
-              sink=lambda out: None, max_new_tokens=4)
+              sink=lambda out: None, max_new_tokens=4, detokenizer=None)   # never detokenized here
     req.arrival = arrival
     req.scored_upto = len(tokens)
     return req

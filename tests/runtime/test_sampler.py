@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loomlm.runtime.sampler import Sampler, compute_logprobs
+from loomlm.runtime.logprobs import compute_logprobs
+from loomlm.runtime.sampler import Sampler
 from loomlm.runtime.sampling_params import SamplingParams as P
 
 EOS = 3
@@ -404,3 +405,37 @@ def test_masked_out_tokens_are_never_drawn() -> None:
     for step in range(8):
         tokens = s.sample(logits, rows, torch.full((R,), step))
         assert (allowed == tokens[:, None]).any(dim=1).all()
+
+
+# ---------------------------------------------------------------- a row's life through prepare()
+def _extend_batch(reqs: list, released: tuple[int, ...] = ()):
+    from loomlm.runtime.batch import ExtendItem, build_extend
+
+    table = torch.zeros(8, 16, dtype=torch.int32)
+    batch = build_extend([ExtendItem(r, 0, len(r.prompt_ids)) for r in reqs], table)
+    batch.released_rows = released
+    return batch
+
+
+def _req(rid: str, row: int, params: P):
+    from loomlm.runtime.request import LogprobOptions, Req
+
+    return Req(rid=rid, prompt_ids=[1, 2], params=params, seed=0, logprobs=LogprobOptions(), sink=print,
+               max_new_tokens=4, detokenizer=None, row=row, scored_upto=2)   # no prompt logprobs
+
+
+def test_prepare_ends_released_rows_before_claiming_them_again():
+    s = make()
+    first = _req("a", 0, P(repetition_penalty=1.5))
+    s.prepare(_extend_batch([first]))
+    assert s.in_use(0) and s._num_using["repetition"] == 1
+    s.check_rows([0], [])
+    # Row 0 is freed (the request finished) and given to a greedy request in the same batch.
+    second = _req("b", 0, P(temperature=0))
+    s.prepare(_extend_batch([second], released=(0,)))
+    assert s.in_use(0) and s._num_using["repetition"] == 0 and s._num_using["sample"] == 0
+    s.check_rows([0], [])
+    with pytest.raises(AssertionError):
+        s.check_rows([], [])   # a claimed row nobody holds and nobody released
+    tokens = s.sample_batch(_extend_batch([second]), torch.stack([LOGITS]))
+    assert tokens.tokens.tolist() == [0] and tokens.reqs == [second]

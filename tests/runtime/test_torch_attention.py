@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from loomlm.runtime.attention.torch_backend import TorchAttentionBackend
-from loomlm.runtime.forward_context import ForwardContext, ForwardMode, SharedPrefix
+from loomlm.runtime.forward_context import ForwardBatch, ForwardContext, ForwardMode, SharedPrefix
 from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
 
 
@@ -39,10 +39,11 @@ def test_extend_attention_matches_reference(extend_lens):
     v = torch.randn(T, KVH, D, generator=gen)
     B = len(extend_lens)
     backend = TorchAttentionBackend(D ** -0.5)
-    ctx = ForwardContext(ForwardMode.EXTEND, torch.zeros(T, dtype=torch.int64),
+    batch = ForwardBatch(ForwardMode.EXTEND, torch.zeros(T, dtype=torch.int64),
                          torch.cat([torch.arange(p, p + e) for p, e in zip(prefix_lens, extend_lens)]),
                          torch.cat(out_slots), torch.arange(B), torch.tensor(prefix_lens),
-                         torch.tensor(extend_lens), torch.arange(T), pool, table, backend)
+                         torch.tensor(extend_lens), torch.arange(T))
+    ctx = ForwardContext(batch, pool, table, backend)
     backend.prepare(ctx)
     if max(extend_lens) >= 4 * min(extend_lens):
         assert len(ctx.attn_metadata.buckets) > 1
@@ -91,10 +92,10 @@ def decode_outputs(dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.T
     backend = TorchAttentionBackend(D ** -0.5)
     out = []
     for shared in ((), groups):
-        ctx = ForwardContext(ForwardMode.DECODE, torch.zeros(B, dtype=torch.int64), kv,
+        batch = ForwardBatch(ForwardMode.DECODE, torch.zeros(B, dtype=torch.int64), kv,
                              table.req_to_token[torch.arange(B), kv].to(torch.int64), torch.arange(B), kv,
-                             torch.ones(B, dtype=torch.int64), torch.arange(B), pool, table, backend,
-                             shared_prefixes=shared)
+                             torch.ones(B, dtype=torch.int64), torch.arange(B), shared_prefixes=shared)
+        ctx = ForwardContext(batch, pool, table, backend)
         backend.prepare(ctx)
         out.append(backend.forward(q, k, v, 0, ctx).float())
     return out[0], out[1]

@@ -1,4 +1,4 @@
-"""`python -m loomlm.kernels.compile_check`: compile every kernel for a real GPU without one.
+"""`python tools/kernel_compile_check.py`: compile every kernel for a real GPU without one.
 
 Each wrapper is called on CPU tensors of the shapes and dtypes the runtime uses. Triton binds and
 specialises the arguments exactly as for a launch, against a compile-only driver that reports the target
@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-    raise SystemExit("compile_check compiles for a GPU: unset TRITON_INTERPRET")
+    raise SystemExit("kernel_compile_check compiles for a GPU: unset TRITON_INTERPRET")
 
 import torch
 import triton
@@ -146,11 +146,11 @@ class Checker:
         return failures
 
 
-def cases() -> list[tuple[str, Callable[[], Any]]]:
+def cases(dtypes: tuple[torch.dtype, ...] = DTYPES) -> list[tuple[str, Callable[[], Any]]]:
     from loomlm.kernels import decode_attention, extend_attention, fused_ops, rope_kv
 
     out: list[tuple[str, Callable[[], Any]]] = []
-    for dtype in DTYPES:
+    for dtype in dtypes:
         name = str(dtype).split(".")[-1]
         for heads, kv_heads, dim in ATTENTION_SHAPES:
             shape = f"{name} H={heads} KVH={kv_heads} D={dim}"
@@ -189,10 +189,10 @@ def cases() -> list[tuple[str, Callable[[], Any]]]:
     return out
 
 
-def check(arch: int) -> tuple[list[Compiled], list[str]]:
-    """Compile every case for compute capability `arch`; (compiled kernels, failures)."""
+def check(arch: int, dtypes: tuple[torch.dtype, ...] = DTYPES) -> tuple[list[Compiled], list[str]]:
+    """Compile every case of `dtypes` for compute capability `arch`; (compiled kernels, failures)."""
     checker = Checker(arch)
-    failures = checker.run(cases())
+    failures = checker.run(cases(dtypes))
     limit = SHARED_LIMIT.get(arch, 99 * 1024)
     for r in checker.results:
         if r.local_bytes:
@@ -203,11 +203,18 @@ def check(arch: int) -> tuple[list[Compiled], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loomlm.kernels.compile_check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python tools/kernel_compile_check.py",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
     parser.add_argument("--json", action="store_true", help="end with one line of JSON")
+    parser.add_argument("--dtypes", default=",".join(str(d).split(".")[-1] for d in DTYPES),
+                        help="comma-separated input dtypes to compile for (the bitmask kernel is float32 always)")
     args = parser.parse_args(argv)
-    results, failures = check(args.arch)
+    by_name = {str(d).split(".")[-1]: d for d in DTYPES}
+    unknown = [n for n in args.dtypes.split(",") if n not in by_name]
+    if unknown:
+        parser.error(f"unknown dtype(s) {unknown}; choose from {sorted(by_name)}")
+    results, failures = check(args.arch, tuple(by_name[n] for n in args.dtypes.split(",")))
     width = max((len(r.case) for r in results), default=4)
     print(f"{'case'.ljust(width)}  {'kernel':<22} warps stages  regs  shared B  local B  compile s")
     for r in results:

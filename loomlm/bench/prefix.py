@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from loomlm.runtime.bench.common import resolve_target, use_threads
-from loomlm.runtime.bench.report import environment, text_table
+from loomlm.bench.common import resolve_target, use_threads
+from loomlm.bench.report import environment, text_table
 from loomlm.runtime.config import DTYPES, LOAD_FORMATS, SCHEDULE_POLICIES
 
 WARMUP_TOKENS = 4

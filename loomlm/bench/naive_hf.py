@@ -11,7 +11,7 @@ It honours what the benchmark's programs use: greedy decoding (anything else is 
 decoded with special tokens skipped, as the engine does, and cut off with everything after them), and
 `regex` / `json_schema` constraints, applied by a logits processor that walks the same compiled
 `loomlm.grammars` guide the engine would use (without jump-forward). The model is built from the same
-weights as loomlm's by `runtime/bench/hf_baseline.load_hf_model`.
+weights as loomlm's by `hf_baseline.load_hf_model`.
 """
 
 from __future__ import annotations
@@ -48,8 +48,13 @@ class _GuideWalk:
         self.seen = prompt_len
 
     def sync(self, input_ids: torch.Tensor) -> int:
+        from loomlm.grammars import REJECTED
+
         for token in input_ids[0, self.seen:].tolist():
-            self.state = self.guide.advance(self.state, token)   # ValueError on a token outside the language
+            state = self.guide.advance(self.state, token)
+            if state is REJECTED:
+                raise ValueError(f"token {token} is outside the constraint ({self.guide.description})")
+            self.state = state
         self.seen = input_ids.shape[1]
         return self.state
 
@@ -119,7 +124,7 @@ class NaiveHFBackend(Backend):
 
     def __init__(self, model_path: str | None = None, load_format: str = "auto", dtype: str = "float32",
                  device: str = "cpu", seed: int = 0):
-        from loomlm.runtime.bench.hf_baseline import load_hf_model
+        from loomlm.bench.hf_baseline import load_hf_model
         from loomlm.runtime.config import DTYPES
         from loomlm.runtime.models.loader import resolve_model_path
         from loomlm.runtime.tokenizer import load_tokenizer
@@ -153,9 +158,7 @@ class NaiveHFBackend(Backend):
 
     def _guide(self, kind: str, spec: str) -> Any:
         """The compiled guide of a regex or JSON schema (compiled once per spec, like the engine's cache)."""
-        from loomlm.grammars.cache import GrammarSpec, compile_spec
-        from loomlm.grammars.limits import GrammarLimits
-        from loomlm.grammars.vocabulary import Vocabulary
+        from loomlm.grammars import GrammarLimits, GrammarSpec, Vocabulary, compile_spec
 
         key = (kind, spec)
         if key not in self._guides:

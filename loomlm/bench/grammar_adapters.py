@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from loomlm.runtime.bench.grammar_workload import JSON_SCHEMA, Case
+from loomlm.bench.grammar_workload import JSON_SCHEMA, Case
 
 LIBRARIES = ("loomlm", "outlines_core", "xgrammar")
 _DISTRIBUTIONS = {"loomlm": "loomlm", "outlines_core": "outlines-core", "xgrammar": "xgrammar"}
@@ -71,9 +71,11 @@ class _LoomlmWalker(Walker):
     (`allowed_bitmask`) copied into a preallocated array."""
 
     def __init__(self, guide: Any):
+        from loomlm.grammars import REJECTED
         from loomlm.runtime.constrained import ConstraintMasks, GrammarState
 
         self.guide = guide
+        self.rejected = REJECTED
         self.gs = GrammarState(guide)
         self.masks = ConstraintMasks(guide.vocab.size, 1, torch.device("cpu"))
         self.masks.begin(0, self.gs)
@@ -98,10 +100,10 @@ class _LoomlmWalker(Walker):
         return self.nbuf
 
     def advance(self, token: int) -> bool:
-        try:
-            self.gs.state = self.guide.advance(self.gs.state, token)
-        except ValueError:
+        state = self.guide.advance(self.gs.state, token)
+        if state is self.rejected:
             return False
+        self.gs.state = state
         self.masks.update(0)
         return True
 
@@ -114,8 +116,8 @@ class Loomlm(Library):
     name = "loomlm"
 
     def __init__(self, tokenizer: Any):
+        from loomlm.grammars import Vocabulary
         from loomlm.grammars.token_index import token_trie
-        from loomlm.grammars.vocabulary import Vocabulary
 
         start = time.perf_counter()
         self.vocab = Vocabulary.from_tokenizer(tokenizer)
@@ -123,8 +125,7 @@ class Loomlm(Library):
         self.setup_s = time.perf_counter() - start
 
     def compiler(self, case: Case, timeout_s: float) -> Callable[[], Any]:
-        from loomlm.grammars.guide import compile_json_schema, compile_regex
-        from loomlm.grammars.limits import GrammarLimits
+        from loomlm.grammars import GrammarLimits, compile_json_schema, compile_regex
 
         limits = GrammarLimits(max_seconds=timeout_s)
         text, vocab = case.spec_text, self.vocab

@@ -25,10 +25,11 @@ from typing import Any, Sequence
 
 import torch
 
-from loomlm.runtime.bench import offline_decode as sweep
-from loomlm.runtime.bench.common import resolve_target, use_threads
-from loomlm.runtime.bench.offline_decode import WARMUP_TOKENS, engine_kwargs, log as _log, make_prompts, timed
-from loomlm.runtime.bench.report import Measurement, environment, format_table, speedup
+from loomlm.bench import offline_decode as sweep
+from loomlm.bench.common import resolve_target, use_threads
+from loomlm.bench.offline_decode import WARMUP_TOKENS, engine_kwargs, make_prompts, timed
+from loomlm.bench.offline_decode import log as _log
+from loomlm.bench.report import Measurement, environment, format_table, speedup
 from loomlm.runtime.config import DTYPES, LOAD_FORMATS
 
 __all__ = ["build_parser", "main", "make_prompts"]
@@ -107,8 +108,9 @@ def run_loomlm(args: argparse.Namespace, prompts: list[list[int]], threads: int,
 
 
 def load_hf(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
-    from loomlm.runtime.bench.hf_baseline import load_hf_model
     from transformers.utils import logging as hf_logging
+
+    from loomlm.bench.hf_baseline import load_hf_model
 
     hf_logging.set_verbosity_error()
     overrides = json.loads(args.json_model_override_args) if args.json_model_override_args else None
@@ -118,7 +120,7 @@ def load_hf(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
 
 def run_hf(model: torch.nn.Module, args: argparse.Namespace, prompts: list[list[int]],
            device: torch.device) -> tuple[Measurement, Measurement, list[list[int]]]:
-    from loomlm.runtime.bench.hf_baseline import generate_in_batches
+    from loomlm.bench.hf_baseline import generate_in_batches
 
     m, b = args.output_len, args.batch_size
     sequential = prompts[:args.hf_sequential_prompts or len(prompts)]
@@ -163,7 +165,8 @@ def _summary(args: argparse.Namespace, device: torch.device, threads: int, ours:
         num_prompts=args.num_prompts, input_len=args.input_len, output_len=args.output_len,
         batch_size=args.batch_size, max_running_requests=args.max_running_requests,
         model=args.model_path or "default (SmolLM2-135M-Instruct Q4_1 GGUF)", load_format=args.load_format,
-        dtype=args.dtype, json_model_override_args=args.json_model_override_args, device=str(device), threads=threads, seed=args.seed,
+        dtype=args.dtype, json_model_override_args=args.json_model_override_args, device=str(device), threads=threads,
+        seed=args.seed,
         attention_backend=args.attention_backend or "engine default", disable_cuda_graph=args.disable_cuda_graph,
         **environment(device))
     return result

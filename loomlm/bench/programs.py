@@ -34,9 +34,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
+from loomlm.bench.program_workloads import (
+    WORKLOAD_KEYS,
+    Workload,
+    chat_workload,
+    few_shot_workload,
+    json_workload,
+    tree_of_thought_workload,
+)
 from loomlm.lang.backends.base import Backend, GenResult
-from loomlm.lang.bench.program_workloads import (WORKLOAD_KEYS, Workload, chat_workload, few_shot_workload,
-                                                 json_workload, tree_of_thought_workload)
 from loomlm.lang.choices import ChoicesDecision, ChoicesMethod
 from loomlm.lang.ir import LogprobRequest
 
@@ -179,7 +185,7 @@ def _log(message: str) -> None:
 
 def make_backend(kind: str, args: argparse.Namespace, device: Any, threads: int) -> Backend:
     if kind == "naive":
-        from loomlm.lang.bench.naive_hf import NaiveHFBackend
+        from loomlm.bench.naive_hf import NaiveHFBackend
 
         return NaiveHFBackend(args.model_path, args.load_format, args.dtype, str(device), args.seed)
     from loomlm.lang.backends.local import Runtime
@@ -240,7 +246,7 @@ def _total(kind: str, runs: list[RunStats]) -> RunStats:
 
 def format_table(rows: list[tuple[str, RunStats, RunStats]]) -> str:
     """rows: (workload label, run, the cache-on run of the same workload)."""
-    from loomlm.runtime.bench.report import text_table
+    from loomlm.bench.report import text_table
 
     headers = ("workload", "backend", "programs", "gens/selects", "output tok", "prefill computed",
                "prefill cached", "hit rate", "wall s", "wall / cache on")
@@ -314,8 +320,8 @@ def _summary(args: argparse.Namespace, workloads: list[Workload], runs: dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    from loomlm.runtime.bench.common import use_threads
-    from loomlm.runtime.bench.report import environment
+    from loomlm.bench.common import use_threads
+    from loomlm.bench.report import environment
     from loomlm.runtime.config import EngineConfig
 
     args = build_parser().parse_args(argv)

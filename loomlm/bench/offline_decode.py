@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 
-from loomlm.runtime.bench.report import text_table
+from loomlm.bench.report import text_table
 
 T = TypeVar("T")
 WARMUP_TOKENS = 4
@@ -152,7 +152,7 @@ def free_memory(device: torch.device) -> None:
 
 def run_hf_sweep(model: torch.nn.Module, args: argparse.Namespace, device: torch.device, vocab: int,
                  sizes: Sequence[int]) -> dict[int, dict[str, Any]]:
-    from loomlm.runtime.bench.hf_baseline import generate_greedy
+    from loomlm.bench.hf_baseline import generate_greedy
 
     n = args.decode_output_len
     out: dict[int, dict[str, Any]] = {}

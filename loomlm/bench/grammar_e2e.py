@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from loomlm.runtime.bench.grammar_workload import select
-from loomlm.runtime.bench.report import text_table
+from loomlm.bench.grammar_workload import select
+from loomlm.bench.report import text_table
 from loomlm.runtime.config import EngineConfig
 
 MODES = (("jump-forward on", False), ("jump-forward off", True))   # (label, disable_jump_forward)

@@ -49,10 +49,9 @@ from typing import Any, Callable
 import torch
 import triton
 
-from loomlm.kernels import attention_block
+from loomlm.bench.kernel_timing import LEGEND, Timer, copy_bandwidth, format_rows, make_row, max_err
+from loomlm.kernels import attention_block, fused_ops, reference, rope_kv
 from loomlm.kernels import decode_attention as decode_mod
-from loomlm.kernels import fused_ops, reference, rope_kv
-from loomlm.kernels.bench_timing import LEGEND, Timer, copy_bandwidth, format_rows, make_row, max_err
 from loomlm.kernels.extend_attention import extend_attention
 
 PROG = "python -m loomlm.bench kernels"

@@ -35,9 +35,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from loomlm.runtime.bench.grammar_adapters import LIBRARIES, Library, Walker, load_libraries
-from loomlm.runtime.bench.grammar_workload import JSON_SCHEMA, REGEX, REGEXES, SCHEMAS, Case, select
-from loomlm.runtime.bench.report import environment, text_table
+from loomlm.bench.grammar_adapters import LIBRARIES, Library, Walker, load_libraries
+from loomlm.bench.grammar_workload import JSON_SCHEMA, REGEX, REGEXES, SCHEMAS, Case, select
+from loomlm.bench.report import environment, text_table
 from loomlm.runtime.config import DTYPES, LOAD_FORMATS
 
 LABELS = {"loomlm": "loomlm", "loomlm_numpy": "loomlm (numpy row copy)", "outlines_core": "Outlines-core",
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     rc = 0
     e2e: dict[str, Any] | None = None
     if not args.skip_e2e:
-        from loomlm.runtime.bench.grammar_e2e import format_e2e, run_end_to_end
+        from loomlm.bench.grammar_e2e import format_e2e, run_end_to_end
 
         try:
             e2e = run_end_to_end(args)

@@ -1,1 +1,0 @@
-"""Benchmarks of the frontend language: `python -m loomlm.bench programs` (see `programs.py`)."""
