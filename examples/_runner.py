@@ -13,7 +13,8 @@ the leading underscore keeps it out of the examples the tests enumerate.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import loomlm as sgl
 
@@ -26,9 +27,9 @@ def example_parser(doc: str | None) -> argparse.ArgumentParser:
 
 
 def run_demo(demo: Callable[[argparse.Namespace], T], args: argparse.Namespace, backend: Any = None) -> T:
-    if backend is not None:            # a backend the caller already runs
+    if backend is not None:  # a backend the caller already runs
         sgl.set_default_backend(backend)
         return demo(args)
-    with sgl.Runtime() as runtime:     # loads the default model; shut down when the block ends
+    with sgl.Runtime() as runtime:  # loads the default model; shut down when the block ends
         sgl.set_default_backend(runtime)
         return demo(args)

@@ -46,9 +46,8 @@ def demo(args: argparse.Namespace) -> list[sgl.ProgramState]:
     prefix = review_analysis.trace().prefix
     print(f"Shared prefix found by tracing ({len(prefix)} characters), computed once:\n{prefix!r}\n")
 
-    arguments = [{"review": review} for review in REVIEWS[:args.num_reviews]]
-    states = review_analysis.run_batch(arguments, progress_bar=True, temperature=0,
-                                       max_new_tokens=args.max_tokens)
+    arguments = [{"review": review} for review in REVIEWS[: args.num_reviews]]
+    states = review_analysis.run_batch(arguments, progress_bar=True, temperature=0, max_new_tokens=args.max_tokens)
     for argument, state in zip(arguments, states):
         print(f"[{state['sentiment']:>8}] {argument['review']}\n           -> {state['summary'].strip()}")
     return states

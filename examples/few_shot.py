@@ -60,14 +60,14 @@ def compared_scores(meta: dict[str, Any], method_name: str) -> list[float]:
     if method_name == "unconditional_likelihood_normalized":
         return meta["normalized_unconditional_prompt_logprobs"]
     if method_name == "greedy_token_selection":
-        return [row[0] for row in meta["greedy_logprob_matrix"]]     # first-token logprobs
-    return meta["normalized_prompt_logprobs"]                        # mean logprob per token
+        return [row[0] for row in meta["greedy_logprob_matrix"]]  # first-token logprobs
+    return meta["normalized_prompt_logprobs"]  # mean logprob per token
 
 
 def demo(args: argparse.Namespace) -> list[sgl.ProgramState]:
     method = METHODS[args.choices_method]
     states = []
-    for question, choices in QUESTIONS[:args.num_questions]:
+    for question, choices in QUESTIONS[: args.num_questions]:
         state = few_shot_qa.run(question=question, choices=choices, choices_method=method)
         scores = compared_scores(state.get_meta_info("answer"), args.choices_method)
         print(f"Q: {question}\nA: {state['answer']}")

@@ -51,7 +51,7 @@ def demo(args: argparse.Namespace) -> list[Person]:
         if state.get_meta_info("person")["finish_reason"]["type"] == "length":
             print(f"Text:   {text}\nJSON:   {raw}  (cut short: raise --max-tokens)\n")
             continue
-        person = Person.model_validate_json(raw)     # valid by construction
+        person = Person.model_validate_json(raw)  # valid by construction
         print(f"Text:   {text}\nJSON:   {raw}\nParsed: {person!r}\n")
         people.append(person)
     return people
@@ -59,8 +59,9 @@ def demo(args: argparse.Namespace) -> list[Person]:
 
 def main(argv: list[str] | None = None, backend: Any = None) -> list[Person]:
     parser = example_parser(__doc__)
-    parser.add_argument("--max-tokens", type=int, default=96,
-                        help="the most tokens of JSON (too few cuts the object short)")
+    parser.add_argument(
+        "--max-tokens", type=int, default=96, help="the most tokens of JSON (too few cuts the object short)"
+    )
     return run_demo(demo, parser.parse_args(argv), backend)
 
 

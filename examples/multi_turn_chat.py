@@ -38,7 +38,7 @@ def multi_turn_chat(s, questions):
 
 
 def demo(args: argparse.Namespace) -> sgl.ProgramState:
-    questions = QUESTIONS[:args.turns]
+    questions = QUESTIONS[: args.turns]
     state = multi_turn_chat.run(questions=questions, temperature=0, max_new_tokens=args.max_tokens)
     for i, question in enumerate(questions):
         meta = state.get_meta_info(f"answer_{i}")

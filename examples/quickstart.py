@@ -26,7 +26,7 @@ import loomlm as sgl
 def chat(s, question):
     s += sgl.system("You are a concise, helpful assistant.")
     s += sgl.user(question)
-    s += sgl.assistant(sgl.gen("answer"))      # max_tokens etc. come from run(...) below
+    s += sgl.assistant(sgl.gen("answer"))  # max_tokens etc. come from run(...) below
 
 
 def demo(args: argparse.Namespace) -> sgl.ProgramState:
@@ -41,8 +41,10 @@ def demo(args: argparse.Namespace) -> sgl.ProgramState:
     print()
 
     meta = state.get_meta_info("answer")
-    print(f"({meta['prompt_tokens']} prompt tokens, {meta['completion_tokens']} generated, "
-          f"finish: {meta['finish_reason']['type']})")
+    print(
+        f"({meta['prompt_tokens']} prompt tokens, {meta['completion_tokens']} generated, "
+        f"finish: {meta['finish_reason']['type']})"
+    )
     print("\nThe conversation as chat messages:")
     for message in state.messages():
         print(f"  {message['role']:>9}: {message['content']}")

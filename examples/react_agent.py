@@ -20,8 +20,9 @@ from __future__ import annotations
 import argparse
 import ast
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from _runner import example_parser, run_demo
 
@@ -29,13 +30,18 @@ import loomlm as sgl
 
 # ---- tools: plain Python functions from text to text ------------------------------------------------
 _OPERATORS: dict[type, Callable[..., float]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.USub: operator.neg, ast.UAdd: operator.pos,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
 }
 
 
 def calculator(expression: str) -> str:
     """Evaluate + - * / and parentheses over numbers (walks the syntax tree; never calls eval)."""
+
     def value(node: ast.AST) -> float:
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
             return node.value
@@ -102,26 +108,26 @@ def react_agent(s, question, max_steps=4):
     for step in range(max_steps):
         s += "Thought:" + sgl.gen(f"thought_{step}", stop="\n", max_tokens=40) + "\n"
         s += "Action: " + sgl.select(f"action_{step}", choices=ACTIONS) + "\n"
-        action = s[f"action_{step}"]          # waits for the select: the next step depends on it
+        action = s[f"action_{step}"]  # waits for the select: the next step depends on it
         if action == "finish":
             s += "Action Input:" + sgl.gen("answer", stop="\n", max_tokens=24) + "\n"
             break
-        if action == "calculator":            # numbers, operators, parentheses, then end of line
+        if action == "calculator":  # numbers, operators, parentheses, then end of line
             s += "Action Input: " + sgl.gen(f"input_{step}", regex=r"[-(0-9][-+*/(). 0-9]{0,40}\n")
-        else:                                 # only countries the lookup knows
+        else:  # only countries the lookup knows
             s += "Action Input: " + sgl.select(f"input_{step}", choices=list(CAPITALS)) + "\n"
         argument = s[f"input_{step}"].strip()
         observation = TOOLS[action](argument)
         calls.append(ToolCall(action, argument, observation))
         s += f"Observation: {observation}\n"
-    return calls                              # the state's ret_value
+    return calls  # the state's ret_value
 
 
 def demo(args: argparse.Namespace) -> list[sgl.ProgramState]:
     states = []
     for question in args.question or ["What is 23 * 47 + 12?", "What is the capital of Japan?"]:
         state = react_agent.run(question=question, max_steps=args.max_steps, temperature=0)
-        print(state.text()[len(PROMPT):].rstrip())        # the agent's transcript
+        print(state.text()[len(PROMPT) :].rstrip())  # the agent's transcript
         for call in state.ret_value:
             print(f"  -> called {call.tool}({call.argument!r}) = {call.observation}")
         answer = state["answer"].strip() if "answer" in state else f"(none within {args.max_steps} steps)"

@@ -52,15 +52,13 @@ def tree_of_thought(s, question, num_branches=2):
     # Back in the root conversation: show the candidates and let the model pick one (a constrained choice).
     candidates = [a.strip() for group in s["answer"] for a in group]
     listing = "\n".join(f"{k}. {text}" for k, text in enumerate(candidates, 1))
-    s += sgl.user(f"Here are some answers to the question:\n{listing}\nWhich answer is best? "
-                  f"Reply with its number.")
+    s += sgl.user(f"Here are some answers to the question:\n{listing}\nWhich answer is best? Reply with its number.")
     s += sgl.assistant(sgl.select("best", choices=[str(k) for k in range(1, len(candidates) + 1)]))
 
 
 def demo(args: argparse.Namespace) -> sgl.ProgramState:
     # max_new_tokens is a default for every gen of the run (the gens above set only temperature and seed).
-    state = tree_of_thought.run(question=args.question, num_branches=args.branches,
-                                max_new_tokens=args.max_tokens)
+    state = tree_of_thought.run(question=args.question, num_branches=args.branches, max_new_tokens=args.max_tokens)
     print("Question:", args.question)
     k = 0
     for i, plan in enumerate(state["plan"]):
@@ -75,8 +73,7 @@ def demo(args: argparse.Namespace) -> sgl.ProgramState:
 def main(argv: list[str] | None = None, backend: Any = None) -> sgl.ProgramState:
     parser = example_parser(__doc__)
     parser.add_argument("--question", default="How can a small town reduce traffic in its centre?")
-    parser.add_argument("--branches", type=int, default=2, help="branches per fork (the tree has "
-                        "branches**2 answers)")
+    parser.add_argument("--branches", type=int, default=2, help="branches per fork (the tree has branches**2 answers)")
     parser.add_argument("--max-tokens", type=int, default=40, help="the most tokens per plan or answer")
     return run_demo(demo, parser.parse_args(argv), backend)
 

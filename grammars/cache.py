@@ -44,8 +44,7 @@ class GrammarSpec:
         hash(self.spec)
 
 
-def compile_spec(spec: GrammarSpec, vocab: Vocabulary, limits: GrammarLimits,
-                 whitespace: str = "default") -> Guide:
+def compile_spec(spec: GrammarSpec, vocab: Vocabulary, limits: GrammarLimits, whitespace: str = "default") -> Guide:
     if spec.kind == "regex":
         return compile_regex(spec.spec, vocab, limits)
     if spec.kind == "json_schema":
@@ -60,17 +59,24 @@ Compiler = Callable[[GrammarSpec, Vocabulary, GrammarLimits, str], Guide]
 
 
 class GrammarCache:
-    def __init__(self, vocab: Vocabulary, limits: GrammarLimits | None = None, max_entries: int = 128,
-                 workers: int = 2, whitespace: str = "default", compiler: Compiler = compile_spec):
+    def __init__(
+        self,
+        vocab: Vocabulary,
+        limits: GrammarLimits | None = None,
+        max_entries: int = 128,
+        workers: int = 2,
+        whitespace: str = "default",
+        compiler: Compiler = compile_spec,
+    ):
         if max_entries < 1 or workers < 1:
             raise ValueError(f"GrammarCache needs max_entries >= 1 and workers >= 1, got {max_entries}, {workers}")
         self.vocab = vocab
         self.limits = limits or GrammarLimits()
         self.max_entries = max_entries
         self.whitespace = whitespace
-        self.compiler = compiler    # read by each compile when it starts (tests may swap it)
+        self.compiler = compiler  # read by each compile when it starts (tests may swap it)
         self._entries: OrderedDict[tuple, concurrent.futures.Future] = OrderedDict()
-        self._pending: set[concurrent.futures.Future] = set()   # submitted, not settled yet
+        self._pending: set[concurrent.futures.Future] = set()  # submitted, not settled yet
         self._lock = threading.Lock()
         self._closed = False
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="loomlm-grammar")
@@ -94,7 +100,7 @@ class GrammarCache:
             self._entries[key] = fut
             self._pending.add(fut)
             while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)   # a pending future evicted still settles for its waiters
+                self._entries.popitem(last=False)  # a pending future evicted still settles for its waiters
             self._pool.submit(self._run, key, spec, fut)
             return fut
 
@@ -106,7 +112,7 @@ class GrammarCache:
         """Worker body: compile, then settle `fut` (it is never left pending, whatever the compiler does)."""
         try:
             guide = self.compiler(spec, self.vocab, self.limits, self.whitespace)
-        except Exception as exc:   # every failure reaches the waiter as a GrammarError
+        except Exception as exc:  # every failure reaches the waiter as a GrammarError
             error, keep = _as_grammar_error(spec, exc)
             with self._lock:
                 if not keep and self._entries.get(key) is fut:
@@ -115,10 +121,11 @@ class GrammarCache:
         else:
             self._settle(fut, guide=guide)
 
-    def _settle(self, fut: concurrent.futures.Future, guide: Guide | None = None,
-                error: GrammarError | None = None) -> None:
+    def _settle(
+        self, fut: concurrent.futures.Future, guide: Guide | None = None, error: GrammarError | None = None
+    ) -> None:
         with self._lock:
-            if fut not in self._pending:   # already failed by shutdown
+            if fut not in self._pending:  # already failed by shutdown
                 return
             self._pending.discard(fut)
         if error is not None:
@@ -152,8 +159,7 @@ def _as_grammar_error(spec: GrammarSpec, exc: Exception) -> tuple[GrammarError, 
     return error, False
 
 
-def spec_from_params(regex: str | None, json_schema: str | None, choices: tuple[str, ...] | None
-                     ) -> GrammarSpec | None:
+def spec_from_params(regex: str | None, json_schema: str | None, choices: tuple[str, ...] | None) -> GrammarSpec | None:
     """The one constraint a request's sampling parameters ask for (they validate that at most one is
     set), or None."""
     if regex is not None:
@@ -176,6 +182,5 @@ def canonical_json_schema(schema: Any) -> str:
         except json.JSONDecodeError as exc:
             raise ValueError(f"sampling parameter json_schema is not valid JSON ({exc}): {schema[:200]!r}") from None
     if isinstance(schema, (dict, bool)):
-        return json.dumps(schema)   # keeps key order: properties are emitted in schema order
-    raise ValueError(f"sampling parameter json_schema must be a JSON string, dict or pydantic model, "
-                     f"got {schema!r}")
+        return json.dumps(schema)  # keeps key order: properties are emitted in schema order
+    raise ValueError(f"sampling parameter json_schema must be a JSON string, dict or pydantic model, got {schema!r}")

@@ -33,11 +33,11 @@ def _classes(nfa: NFA) -> tuple[list[list[int]], list[list[ByteRanges]]]:
         signatures[tuple((ch in chars) != negated for chars, negated in groups)].append(ch)
     other_sig = tuple(negated for _, negated in groups)
     class_sigs = list(signatures) + [other_sig]
-    class_seqs: list[list[ByteRanges]] = [utf8_sequences(code_point_ranges(sorted(map(ord, chars))))
-                                          for chars in signatures.values()]
+    class_seqs: list[list[ByteRanges]] = [
+        utf8_sequences(code_point_ranges(sorted(map(ord, chars)))) for chars in signatures.values()
+    ]
     class_seqs.append(utf8_sequences(complement(code_point_ranges(sorted(map(ord, named))))))
-    group_classes = [[k for k, sig in enumerate(class_sigs) if sig[g] and class_seqs[k]]
-                     for g in range(len(groups))]
+    group_classes = [[k for k, sig in enumerate(class_sigs) if sig[g] and class_seqs[k]] for g in range(len(groups))]
     return group_classes, class_seqs
 
 
@@ -94,15 +94,16 @@ def determinise(nfa: NFA, budget: Budget) -> tuple[list[dict[int, int]], list[bo
     return trans, accepting, class_seqs
 
 
-def to_bytes(trans: list[dict[int, int]], accepting: list[bool], class_seqs: list[list[ByteRanges]],
-             budget: Budget) -> tuple[np.ndarray, np.ndarray]:
+def to_bytes(
+    trans: list[dict[int, int]], accepting: list[bool], class_seqs: list[list[ByteRanges]], budget: Budget
+) -> tuple[np.ndarray, np.ndarray]:
     """Class-level DFA -> byte-level table [S', 256] int32 and accepting [S'] bool."""
     ascii_ranges = [[s[0] for s in seqs if len(s) == 1] for seqs in class_seqs]
     multi = [[s for s in seqs if len(s) > 1] for seqs in class_seqs]
     rows: list[np.ndarray] = []
     inter_ids: dict[frozenset, int] = {}
     lead_memo: dict[frozenset, np.ndarray] = {}
-    pending: list[tuple[int, frozenset]] = []   # intermediate states whose rows are still to fill
+    pending: list[tuple[int, frozenset]] = []  # intermediate states whose rows are still to fill
 
     def intermediate(items: frozenset) -> int:
         sid = inter_ids.get(items)
@@ -118,7 +119,7 @@ def to_bytes(trans: list[dict[int, int]], accepting: list[bool], class_seqs: lis
         longer = [(seq, t) for seq, t in items if len(seq) > 1]
         for seq, t in items:
             if len(seq) == 1:
-                row[seq[0][0]:seq[0][1] + 1] = t
+                row[seq[0][0] : seq[0][1] + 1] = t
         if not longer:
             return
         cuts = sorted({seq[0][0] for seq, _ in longer} | {seq[0][1] + 1 for seq, _ in longer})
@@ -131,7 +132,7 @@ def to_bytes(trans: list[dict[int, int]], accepting: list[bool], class_seqs: lis
         row = np.full(256, DEAD, dtype=np.int32)
         for k, t in row_map.items():
             for lo, hi in ascii_ranges[k]:
-                row[lo:hi + 1] = t
+                row[lo : hi + 1] = t
         lead_key = frozenset((k, t) for k, t in row_map.items() if multi[k])
         if lead_key:
             lead = lead_memo.get(lead_key)
@@ -149,7 +150,7 @@ def to_bytes(trans: list[dict[int, int]], accepting: list[bool], class_seqs: lis
         inter_rows[sid] = row
     table = np.stack(rows + [inter_rows[len(trans) + i] for i in range(len(inter_ids))])
     acc = np.zeros(len(table), dtype=bool)
-    acc[:len(accepting)] = accepting
+    acc[: len(accepting)] = accepting
     return table, acc
 
 
@@ -187,7 +188,7 @@ def trim(table: np.ndarray, accepting: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _renumber(table: np.ndarray, accepting: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    new_id = np.full(len(table) + 1, DEAD, dtype=np.int32)   # index -1 (dead) maps to dead
+    new_id = np.full(len(table) + 1, DEAD, dtype=np.int32)  # index -1 (dead) maps to dead
     new_id[:-1][keep] = np.arange(int(keep.sum()), dtype=np.int32)
     return new_id[table[keep]], accepting[keep]
 
@@ -199,12 +200,12 @@ def minimise(table: np.ndarray, accepting: np.ndarray, budget: Budget) -> tuple[
         return table, accepting
     # Bytes every state treats alike (all letters of a string body, say) are one column: signatures
     # get a few dozen columns instead of 256.
-    columns = np.unique(table.T, axis=0).T                                      # [S, K]
+    columns = np.unique(table.T, axis=0).T  # [S, K]
     cls = accepting.astype(np.int64)
     n_cls = len(np.unique(cls))
     while True:
         budget.charge(S)
-        ext = np.append(cls, -1)                        # the dead state is its own class
+        ext = np.append(cls, -1)  # the dead state is its own class
         sig = np.ascontiguousarray(np.column_stack([cls, ext[columns]]))
         keys = sig.view(np.dtype((np.void, sig.dtype.itemsize * sig.shape[1]))).ravel()
         _, new_cls = np.unique(keys, return_inverse=True)

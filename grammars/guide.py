@@ -30,8 +30,8 @@ FLOAT_REGEX = r"-?(0|[1-9][0-9]{0,18})(\.[0-9]{1,17})?([eE][+-]?[0-9]{1,3})?"
 BOOL_REGEX = r"(True|False)"
 STR_REGEX = r'"([^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
 _TYPE_REGEXES = {int: INT_REGEX, float: FLOAT_REGEX, bool: BOOL_REGEX, str: STR_REGEX}
-FINISHED = EOS_STATE   # the state after EOS
-_FINISHED_KEY = -1     # mask key of FINISHED (nothing allowed); mask classes are >= 0
+FINISHED = EOS_STATE  # the state after EOS
+_FINISHED_KEY = -1  # mask key of FINISHED (nothing allowed); mask classes are >= 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,8 +72,9 @@ class DFAGuide:
 
     def is_finished(self, state: int) -> bool:
         """Nothing but the end may follow: after EOS, or accepting with no token to continue."""
-        return state == FINISHED or (bool(self.dfa.accepting[state])
-                                     and self.index.num_allowed[self.index.state_class[state]] == 0)
+        return state == FINISHED or (
+            bool(self.dfa.accepting[state]) and self.index.num_allowed[self.index.state_class[state]] == 0
+        )
 
     def forced_bytes(self, state: int) -> bytes:
         """The unique continuation of `state` (b"" when the next byte is a choice, or it may end)."""
@@ -103,8 +104,9 @@ class DFAGuide:
         return self.dfa.matches(text)
 
 
-def compile_regex(pattern: str, vocab: Vocabulary, limits: GrammarLimits | None = None,
-                  description: str | None = None) -> DFAGuide:
+def compile_regex(
+    pattern: str, vocab: Vocabulary, limits: GrammarLimits | None = None, description: str | None = None
+) -> DFAGuide:
     limits = limits or GrammarLimits()
     dfa = compile_dfa(pattern, limits)
     budget = limits.start(description or f"regex {pattern[:80]!r}")
@@ -140,14 +142,22 @@ def compile_type(python_type: type, vocab: Vocabulary, limits: GrammarLimits | N
     return compile_regex(type_regex(python_type), vocab, limits, f"type {python_type.__name__}")
 
 
-def compile_json_schema(schema: Any, vocab: Vocabulary, whitespace: str = "default", strict: bool = True,
-                        limits: GrammarLimits | None = None) -> DFAGuide:
+def compile_json_schema(
+    schema: Any,
+    vocab: Vocabulary,
+    whitespace: str = "default",
+    strict: bool = True,
+    limits: GrammarLimits | None = None,
+) -> DFAGuide:
     """A JSON schema (dict, JSON text, or pydantic model class) through its regex."""
     from loomlm.grammars.json_schema import json_schema_to_regex
 
     pattern = json_schema_to_regex(schema, whitespace=whitespace, strict=strict)
-    text = schema if isinstance(schema, str) else (
-        json.dumps(schema)[:80] if isinstance(schema, (dict, bool)) else getattr(schema, "__name__", "schema"))
+    text = (
+        schema
+        if isinstance(schema, str)
+        else (json.dumps(schema)[:80] if isinstance(schema, (dict, bool)) else getattr(schema, "__name__", "schema"))
+    )
     return compile_regex(pattern, vocab, limits, f"JSON schema {str(text)[:80]}")
 
 

@@ -45,8 +45,8 @@ def bitmask_words(vocab_size: int) -> int:
 class Guide(Protocol):
     """A constraint the runtime can decode with (see the module docstring for the invariants)."""
 
-    vocab: Vocabulary     # token bytes (jump-forward re-tokenizes with them), size, EOS ids
-    description: str      # human-readable, for errors ("token 5 is outside the constraint (...)")
+    vocab: Vocabulary  # token bytes (jump-forward re-tokenizes with them), size, EOS ids
+    description: str  # human-readable, for errors ("token 5 is outside the constraint (...)")
 
     @property
     def initial_state(self) -> Any: ...

@@ -26,8 +26,14 @@ _BY_TYPE = {
     "array": ("prefixItems", "items", "minItems", "maxItems", "contains"),
     "object": ("properties", "required", "additionalProperties", "propertyNames", "minProperties", "maxProperties"),
 }
-_SWAP = {"minLength": "maxLength", "maxLength": "minLength", "minItems": "maxItems", "maxItems": "minItems",
-         "minProperties": "maxProperties", "maxProperties": "minProperties"}
+_SWAP = {
+    "minLength": "maxLength",
+    "maxLength": "minLength",
+    "minItems": "maxItems",
+    "maxItems": "minItems",
+    "minProperties": "maxProperties",
+    "maxProperties": "minProperties",
+}
 
 
 class Unnegatable(Exception):
@@ -37,6 +43,7 @@ class Unnegatable(Exception):
 class Negated(NamedTuple):
     """A schema standing for the complement of the conjunction of `subs`; the compiler expands it
     (eagerly, into `leaves`, where a failure must surface at once)."""
+
     subs: tuple
     leaves: Any = None
 
@@ -45,8 +52,11 @@ def other_types(types: list[str]) -> list[dict]:
     """Leaves for the JSON values whose type is not among `types`."""
     out = [{"type": frozenset({t})} for t in TYPES if t not in types and t not in ("integer", "number")]
     if "number" not in types:
-        out.append({"type": frozenset({"number"})} if "integer" not in types else
-                   {"type": frozenset({"number"}), "not_types": frozenset({"integer"})})
+        out.append(
+            {"type": frozenset({"number"})}
+            if "integer" not in types
+            else {"type": frozenset({"number"}), "not_types": frozenset({"integer"})}
+        )
     return out
 
 
@@ -62,7 +72,7 @@ def negate_leaf(leaf: dict, types: list[str], closed_objects: bool = False) -> l
     if "enum" in leaf:
         return other_types(types) + [part for kind in types for part in _not_values(kind, leaf)]
     out = other_types(types)
-    if "number" in types and "integer" in leaf.get("not_types", ()):   # the leaf holds no integer
+    if "number" in types and "integer" in leaf.get("not_types", ()):  # the leaf holds no integer
         out.append({"type": frozenset({"integer"})})
     for kind in types:
         if kind in ("null", "boolean"):
@@ -118,9 +128,9 @@ def _break(key: str, value: Any) -> list[dict]:
     if key == "required":
         return [{"properties": {name: _FALSE}} for name in value]
     if key == "properties":
-        return [{"required": [name], "properties": {name: [Sub(Negated(tuple(subs)), ())]}}
-                for name, subs in value.items()]
+        return [
+            {"required": [name], "properties": {name: [Sub(Negated(tuple(subs)), ())]}} for name, subs in value.items()
+        ]
     if key in ("additionalProperties", "items") and all(s.schema in (True, {}) for s in value):
         return []
     raise Unnegatable(key)
-

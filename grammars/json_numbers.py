@@ -21,7 +21,7 @@ EXPONENT = "(?:[eE][+-]?[0-9]+)?"
 ANY_NUMBER = "-?(?:0|[1-9][0-9]*)(?:\\.[0-9]+)?" + EXPONENT
 ANY_INTEGER = "-?(?:0|[1-9][0-9]*)"
 
-Bound = tuple[str, bool] | None   # (digits of a fraction, bound is inclusive); None = no bound
+Bound = tuple[str, bool] | None  # (digits of a fraction, bound is inclusive); None = no bound
 
 
 def alternation(parts: list[str]) -> str:
@@ -126,7 +126,7 @@ def uint_range(lo: int, hi: int | None) -> str | None:
     top = len(str(hi)) if hi is not None else len(str(lo))
     for width in range(len(str(lo)), top + 1):
         a = max(lo, 10 ** (width - 1) if width > 1 else 0)
-        b = 10 ** width - 1 if hi is None else min(hi, 10 ** width - 1)
+        b = 10**width - 1 if hi is None else min(hi, 10**width - 1)
         if a <= b:
             parts.append(fixed_width_range([int(c) for c in str(a)], [int(c) for c in str(b)]))
     if hi is None:
@@ -158,7 +158,7 @@ def _fraction_digits(lower: Bound, upper: Bound, nonempty: bool, places: int | N
     `nonempty`. None when no string qualifies."""
     if lower == ("", True):
         lower = None
-    if places == 0 or (upper is not None and upper[0] == ""):   # only zeros may follow
+    if places == 0 or (upper is not None and upper[0] == ""):  # only zeros may follow
         if lower is not None or (upper is not None and upper[0] == "" and not upper[1]):
             return None
         return "0+" if nonempty else "0*"
@@ -166,11 +166,15 @@ def _fraction_digits(lower: Bound, upper: Bound, nonempty: bool, places: int | N
         if places is None:
             return "[0-9]+" if nonempty else "[0-9]*"
         return f"[0-9]{{{int(nonempty)},{places}}}0*"
-    if lower == ("", False) and upper is None:   # any positive fraction
+    if lower == ("", False) and upper is None:  # any positive fraction
         if places is None:
             return "0*[1-9][0-9]*"
-        return alternation(["0" * j + "[1-9]" + (f"[0-9]{{0,{places - j - 1}}}" if places - j > 1 else "") + "0*"
-                            for j in range(places)])
+        return alternation(
+            [
+                "0" * j + "[1-9]" + (f"[0-9]{{0,{places - j - 1}}}" if places - j > 1 else "") + "0*"
+                for j in range(places)
+            ]
+        )
     parts: list[str] = [] if nonempty or lower is not None else [""]
     groups: list[tuple[int, int, Bound, Bound]] = []
     for d in range(10):
@@ -227,8 +231,9 @@ def _split(value: Decimal) -> tuple[int, str]:
     return int(whole), frac.rstrip("0")
 
 
-def _nonneg_range(lo: Decimal, lo_incl: bool, hi: Decimal | None, hi_incl: bool,
-                  places: int | None, fractional: bool = False) -> str | None:
+def _nonneg_range(
+    lo: Decimal, lo_incl: bool, hi: Decimal | None, hi_incl: bool, places: int | None, fractional: bool = False
+) -> str | None:
     """Non-negative plain decimals (`0|[1-9][0-9]*` with optional fraction) in the interval; with
     `fractional`, only those whose fraction is not 0 (the non-integers)."""
     if hi is not None and (lo > hi or (lo == hi and not (lo_incl and hi_incl))):
@@ -261,8 +266,14 @@ def _join(whole: str, fraction: str | None) -> str | None:
     return None if fraction is None else whole + fraction
 
 
-def number_range(lo: Decimal | None, lo_excl: bool, hi: Decimal | None, hi_excl: bool,
-                 places: int | None = None, fractional: bool = False) -> str | None:
+def number_range(
+    lo: Decimal | None,
+    lo_excl: bool,
+    hi: Decimal | None,
+    hi_excl: bool,
+    places: int | None = None,
+    fractional: bool = False,
+) -> str | None:
     """JSON numbers x with lo <(=) x <(=) hi (either bound None: open), with at most `places`
     significant fraction digits when given (multipleOf 10**-places), only non-integers when
     `fractional`; None when the interval is empty."""

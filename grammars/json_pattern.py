@@ -21,11 +21,21 @@ from loomlm.grammars.json_strings import ANY_CHAR, MAX_CODE, Ranges, char_set, c
 
 DIGIT: Ranges = [(0x30, 0x39)]
 WORD: Ranges = [(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)]
-SPACE: Ranges = [(0x09, 0x0D), (0x20, 0x20), (0xA0, 0xA0), (0x1680, 0x1680), (0x2000, 0x200A),
-                 (0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F), (0x3000, 0x3000), (0xFEFF, 0xFEFF)]
+SPACE: Ranges = [
+    (0x09, 0x0D),
+    (0x20, 0x20),
+    (0xA0, 0xA0),
+    (0x1680, 0x1680),
+    (0x2000, 0x200A),
+    (0x2028, 0x2029),
+    (0x202F, 0x202F),
+    (0x205F, 0x205F),
+    (0x3000, 0x3000),
+    (0xFEFF, 0xFEFF),
+]
 DOT: Ranges = complement([(0x0A, 0x0A), (0x0D, 0x0D), (0x2028, 0x2029)])
 _CLASS_ESCAPES = {"d": DIGIT, "w": WORD, "s": SPACE}
-MAX_FITTED_REPEAT = 128   # most repetitions a maxLength-capped pattern keeps (see translate)
+MAX_FITTED_REPEAT = 128  # most repetitions a maxLength-capped pattern keeps (see translate)
 _CONTROL_ESCAPES = {"t": 9, "n": 10, "v": 11, "f": 12, "r": 13, "0": 0}
 
 
@@ -33,6 +43,7 @@ _CONTROL_ESCAPES = {"t": 9, "n": 10, "v": 11, "f": 12, "r": 13, "0": 0}
 class Node:
     """kind: "lit" (value: str), "set" (value: Ranges), "seq"/"alt" (value: list[Node]),
     "rep" (value: Node, lo, hi with hi None = unbounded), "bol"/"eol" (anchors)."""
+
     kind: str
     value: str | Ranges | list | Node | None = None
     lo: int = 0
@@ -77,7 +88,7 @@ class _Parser:
         if atom.kind in ("bol", "eol"):
             raise self.fail("a quantifier on an anchor is not supported")
         if self.peek() == "?":
-            self.pos += 1   # lazy: same language
+            self.pos += 1  # lazy: same language
         if self.quantifier(peek_only=True) is not None:
             raise self.fail("nothing to repeat")
         return Node("rep", atom, *bounds)
@@ -92,10 +103,10 @@ class _Parser:
         if c != "{":
             return None
         end = self.text.find("}", self.pos)
-        body = self.text[self.pos + 1:end] if end > 0 else ""
+        body = self.text[self.pos + 1 : end] if end > 0 else ""
         lo, comma, hi = body.partition(",")
         if not lo.isdigit() or (hi and not hi.isdigit()):
-            return None   # a literal '{' (Annex B)
+            return None  # a literal '{' (Annex B)
         if not peek_only:
             self.pos = end + 1
         bounds = (int(lo), int(hi) if hi else None if comma else int(lo))
@@ -124,7 +135,7 @@ class _Parser:
 
     def group(self) -> Node:
         if self.peek() == "?":
-            head = self.text[self.pos:self.pos + 3]
+            head = self.text[self.pos : self.pos + 3]
             if head.startswith("?:"):
                 self.pos += 2
             elif head.startswith("?<") and head[2:3] not in ("=", "!"):
@@ -158,7 +169,7 @@ class _Parser:
                         raise self.fail("character class range out of order")
                     ranges.append((lo, hi))
                     continue
-                ranges += [(ord(first.value),) * 2, (0x2D, 0x2D), *last.value]   # e.g. [a-\d]
+                ranges += [(ord(first.value),) * 2, (0x2D, 0x2D), *last.value]  # e.g. [a-\d]
                 continue
             ranges += [(ord(first.value),) * 2] if first.kind == "lit" else first.value
         self.pos += 1
@@ -203,11 +214,11 @@ class _Parser:
     def hex_escape(self, kind: str) -> str:
         if kind == "u" and self.peek() == "{":
             end = self.text.find("}", self.pos)
-            digits = self.text[self.pos + 1:end] if end > 0 else ""
+            digits = self.text[self.pos + 1 : end] if end > 0 else ""
             self.pos = end + 1
         else:
             width = 2 if kind == "x" else 4
-            digits = self.text[self.pos:self.pos + width]
+            digits = self.text[self.pos : self.pos + width]
             if len(digits) != width:
                 digits = ""
             self.pos += width
@@ -217,8 +228,8 @@ class _Parser:
             raise self.fail(f"malformed \\{kind} escape") from None
         if code > MAX_CODE:
             raise self.fail(f"\\{kind} escape beyond U+10FFFF")
-        if 0xD800 <= code <= 0xDBFF and self.text[self.pos:self.pos + 2] == "\\u":
-            low = self.text[self.pos + 2:self.pos + 6]
+        if 0xD800 <= code <= 0xDBFF and self.text[self.pos : self.pos + 2] == "\\u":
+            low = self.text[self.pos + 2 : self.pos + 6]
             if len(low) == 4 and all(h in "0123456789abcdefABCDEF" for h in low) and 0xDC00 <= int(low, 16) <= 0xDFFF:
                 self.pos += 6
                 return chr(0x10000 + ((code - 0xD800) << 10) + (int(low, 16) - 0xDC00))
@@ -230,7 +241,8 @@ class _Parser:
 @dataclass(frozen=True)
 class Pattern:
     """A translated pattern: `regex` (JSON string content, no quotes) and the decoded length range."""
-    regex: str | None          # None: matches no string
+
+    regex: str | None  # None: matches no string
     min_len: int
     max_len: int | None
 
@@ -280,11 +292,11 @@ def repeat_chars(pattern: str, *, search: bool, where: str = "#") -> tuple[Range
     items = list(tree.value) if tree.kind == "seq" else []
     start = bool(items) and items[0].kind == "bol"
     end = bool(items) and items[-1].kind == "eol"
-    core = items[int(start):len(items) - int(end)]
+    core = items[int(start) : len(items) - int(end)]
     if (search and not (start and end)) or len(core) != 1:
         return None
     node = core[0]
-    while node.kind == "seq" and len(node.value) == 1:   # a group around it
+    while node.kind == "seq" and len(node.value) == 1:  # a group around it
         node = node.value[0]
     if node.kind in ("set", "lit"):
         node = Node("rep", node, 1, 1)
@@ -321,8 +333,10 @@ def _cap(node: Node, count: int) -> Node:
 
 def _check_no_anchor(node: Node, where: str, pattern: str) -> None:
     if node.kind in ("bol", "eol"):
-        raise GrammarError(f"pattern at {where}: anchors (^, $) are only supported at the ends of the "
-                           f"pattern or of a top-level alternative (in {pattern!r})")
+        raise GrammarError(
+            f"pattern at {where}: anchors (^, $) are only supported at the ends of the "
+            f"pattern or of a top-level alternative (in {pattern!r})"
+        )
     if node.kind in ("seq", "alt"):
         for child in node.value:
             _check_no_anchor(child, where, pattern)

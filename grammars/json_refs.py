@@ -14,11 +14,23 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from loomlm.grammars.json_schema_keywords import Path, Sub, fail, pointer
 
-ROOT_URI = "https://loomlm.invalid/schema.json"   # base URI of a root without $id
+ROOT_URI = "https://loomlm.invalid/schema.json"  # base URI of a root without $id
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
 _SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
-_SUBSCHEMAS = ("additionalProperties", "items", "additionalItems", "not", "if", "then", "else", "contains",
-               "propertyNames", "unevaluatedProperties", "unevaluatedItems", "contentSchema")
+_SUBSCHEMAS = (
+    "additionalProperties",
+    "items",
+    "additionalItems",
+    "not",
+    "if",
+    "then",
+    "else",
+    "contains",
+    "propertyNames",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "contentSchema",
+)
 
 
 def _join(base: str, ref: str) -> str:
@@ -31,9 +43,9 @@ class SchemaIndex:
     """Resources, anchors and base URIs of one schema document."""
 
     def __init__(self, root: Any) -> None:
-        self.resources: dict[str, Sub] = {ROOT_URI: Sub(root, ())}    # absolute URI -> resource
-        self.anchors: dict[tuple[str, str], Sub] = {}                 # (resource URI, name) -> schema
-        self.bases: dict[str, str] = {}                                # JSON pointer -> base URI
+        self.resources: dict[str, Sub] = {ROOT_URI: Sub(root, ())}  # absolute URI -> resource
+        self.anchors: dict[tuple[str, str], Sub] = {}  # (resource URI, name) -> schema
+        self.bases: dict[str, str] = {}  # JSON pointer -> base URI
         self._walk(root, (), ROOT_URI)
 
     def _walk(self, schema: Any, path: Path, base: str) -> None:

@@ -26,6 +26,7 @@ _INT_FRACTION = "(?:\\.0+)?"
 
 class Context(Protocol):
     """What the builders need from the compiler: the mode, and where to record why a part is empty."""
+
     strict: bool
 
     def unsat(self, reason: str) -> None: ...
@@ -39,10 +40,11 @@ def string_regex(leaf: dict, path: Path, ctx: Context, _type: str = "string") ->
     sources += [("format", FORMATS[name], where) for name, where in leaf.get("format", [])]
     if len(sources) > 1:
         if ctx.strict:
-            raise fail(sources[0][0], path, "several patterns/formats on one string cannot be combined "
-                                            "by the regex compiler")
+            raise fail(
+                sources[0][0], path, "several patterns/formats on one string cannot be combined by the regex compiler"
+            )
         sources = sources[:1]
-    if leaf.get("not_enum"):   # strings other than these (from a negated enum)
+    if leaf.get("not_enum"):  # strings other than these (from a negated enum)
         if not sources and not lo and hi is None:
             return key_not_in(leaf["not_enum"])
         if ctx.strict:
@@ -72,7 +74,7 @@ def _constrained(source: tuple[str, str, Path], lo: int, hi: int | None, ctx: Co
         return ctx.unsat(f"{keyword} at {pointer(where)} cannot meet minLength/maxLength")
     if ctx.strict:
         raise unsupported(keyword, where, "cannot be combined with this minLength")
-    return found.regex   # strict=False: the lengths are ignored
+    return found.regex  # strict=False: the lengths are ignored
 
 
 def number_regex(leaf: dict, path: Path, ctx: Context, kind: str = "number") -> str | None:
@@ -86,13 +88,13 @@ def number_regex(leaf: dict, path: Path, ctx: Context, kind: str = "number") -> 
     if len(steps) == 1 and steps[0] == 1:
         integer, steps = True, []
     elif len(steps) == 1 and steps[0].normalize().as_tuple()[1] == (1,) and steps[0] < 1:
-        places, steps = None if integer else -steps[0].normalize().as_tuple()[2], []   # 0.01: 2 places
+        places, steps = None if integer else -steps[0].normalize().as_tuple()[2], []  # 0.01: 2 places
     suffix = "" if integer and ctx.strict and kind == "integer" else _INT_FRACTION
     if steps:
         regex = _multiple_of(steps, lower, upper, suffix, path, ctx)
         if regex is not None:
             return regex
-    fractional = "integer" in leaf.get("not_types", ()) and not integer   # numbers that are no integers
+    fractional = "integer" in leaf.get("not_types", ()) and not integer  # numbers that are no integers
     if integer:
         body = integer_range(lo, lo_x, hi, hi_x) if lower or upper else ANY_INTEGER
     elif lower or upper or places is not None or fractional:
@@ -104,20 +106,24 @@ def number_regex(leaf: dict, path: Path, ctx: Context, kind: str = "number") -> 
     return body + suffix if integer else body
 
 
-def _multiple_of(steps: list[Decimal], lower: tuple | None, upper: tuple | None, suffix: str, path: Path,
-                 ctx: Context) -> str | None:
+def _multiple_of(
+    steps: list[Decimal], lower: tuple | None, upper: tuple | None, suffix: str, path: Path, ctx: Context
+) -> str | None:
     """Integers that are multiples of a divisor of 1000 (the last digits decide), with no bound but 0;
     None (strict=False) to ignore other multipleOf."""
     step = steps[0]
-    width = next((k for k in (1, 2, 3) if step == int(step) and 10 ** k % int(step) == 0), None)
+    width = next((k for k in (1, 2, 3) if step == int(step) and 10**k % int(step) == 0), None)
     if len(steps) > 1 or width is None or any(b is not None and b[0] != 0 for b in (lower, upper)):
         if ctx.strict:
-            raise unsupported("multipleOf", path, "only multipleOf 10**-k, or a divisor of 1000 with no bound "
-                                                  "but 0, is supported")
+            raise unsupported(
+                "multipleOf", path, "only multipleOf 10**-k, or a divisor of 1000 with no bound but 0, is supported"
+            )
         return None
-    multiples = range(int(step), 10 ** width, int(step))
-    positive = alternation([str(v) for v in multiples] + ["[1-9][0-9]*" + alternation([
-        str(v).zfill(width) for v in range(0, 10 ** width, int(step))])])
-    parts = [] if (lower and lower[1]) or (upper and upper[1]) else ["-?0"]   # zero unless excluded
+    multiples = range(int(step), 10**width, int(step))
+    positive = alternation(
+        [str(v) for v in multiples]
+        + ["[1-9][0-9]*" + alternation([str(v).zfill(width) for v in range(0, 10**width, int(step))])]
+    )
+    parts = [] if (lower and lower[1]) or (upper and upper[1]) else ["-?0"]  # zero unless excluded
     parts += ([] if lower else ["-" + positive]) + ([] if upper else [positive])
     return alternation(parts) + suffix

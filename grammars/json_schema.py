@@ -57,13 +57,14 @@ from loomlm.grammars.json_shapes import (
 )
 from loomlm.grammars.json_strings import key_not_in, literal_string
 
-ANY_VALUE_DEPTH = 2             # nesting levels of arrays/objects inside "any JSON value"
-MAX_ALTERNATIVES = 256          # most alternatives one schema may expand into (anyOf x allOf products)
-_FAMILIES = {"object": {"properties", "required", "additionalProperties", "propertyNames", "minProperties",
-                        "maxProperties"},
-             "array": {"prefixItems", "items", "minItems", "maxItems", "contains"},
-             "string": {"minLength", "maxLength", "pattern", "format"},
-             "number": {"lower", "upper", "multipleOf"}}
+ANY_VALUE_DEPTH = 2  # nesting levels of arrays/objects inside "any JSON value"
+MAX_ALTERNATIVES = 256  # most alternatives one schema may expand into (anyOf x allOf products)
+_FAMILIES = {
+    "object": {"properties", "required", "additionalProperties", "propertyNames", "minProperties", "maxProperties"},
+    "array": {"prefixItems", "items", "minItems", "maxItems", "contains"},
+    "string": {"minLength", "maxLength", "pattern", "format"},
+    "number": {"lower", "upper", "multipleOf"},
+}
 Leaf = tuple[dict, Path]
 
 
@@ -72,7 +73,7 @@ class _Ctx:
     strict: bool
     style: Style
     index: SchemaIndex
-    reasons: list = field(default_factory=list)       # why parts of the schema match nothing
+    reasons: list = field(default_factory=list)  # why parts of the schema match nothing
 
     def unsat(self, reason: str) -> None:
         self.reasons.append(reason)
@@ -133,13 +134,18 @@ def _expand(sub: Sub, ctx: _Ctx) -> list[Leaf]:
         target = ctx.index.resolve(schema["$ref"], path)
         key = pointer(target.path)
         if key in refs:
-            raise fail("$ref", path, f"recursive $ref {schema['$ref']!r} is not supported by the regex "
-                                     "compiler (it needs a grammar)")
+            raise fail(
+                "$ref",
+                path,
+                f"recursive $ref {schema['$ref']!r} is not supported by the regex compiler (it needs a grammar)",
+            )
         factors.append(_expand(Sub(target.schema, target.path, refs | {key}), ctx))
     for i, s in enumerate(schema.get("allOf", [])):
         factors.append(_expand(Sub(s, path + ("allOf", i), refs), ctx))
-    branches = {key: [_expand(Sub(s, path + (key, i), refs), ctx) for i, s in enumerate(schema.get(key, []))]
-                for key in ("anyOf", "oneOf")}
+    branches = {
+        key: [_expand(Sub(s, path + (key, i), refs), ctx) for i, s in enumerate(schema.get(key, []))]
+        for key in ("anyOf", "oneOf")
+    }
     if "anyOf" in schema:
         factors.append([leaf for branch in branches["anyOf"] for leaf in branch])
     if "oneOf" in schema:
@@ -158,10 +164,16 @@ def _negate(alternatives: list[Leaf], path: Path, ctx: _Ctx, closed: bool = Fals
     factors = []
     for leaf, where in alternatives:
         parts = negate_leaf(leaf, _leaf_types(leaf, ctx, infer=False), closed)
-        for part in parts:   # "a present and not S": expand not-S now, so that Unnegatable shows here
+        for part in parts:  # "a present and not S": expand not-S now, so that Unnegatable shows here
             for name, subs in part.get("properties", {}).items():
-                part["properties"][name] = [s if not isinstance(s.schema, Negated) else Sub(s.schema._replace(
-                    leaves=_negate(_leaves(list(s.schema.subs), ctx), where, ctx, closed)), where) for s in subs]
+                part["properties"][name] = [
+                    s
+                    if not isinstance(s.schema, Negated)
+                    else Sub(
+                        s.schema._replace(leaves=_negate(_leaves(list(s.schema.subs), ctx), where, ctx, closed)), where
+                    )
+                    for s in subs
+                ]
         factors.append([(part, where) for part in parts])
     return _product(factors, ctx, path)
 
@@ -189,12 +201,21 @@ def _one_of(branches: list[list[Leaf]], path: Path, ctx: _Ctx) -> list[Leaf]:
     union: then an instance matching several branches is accepted."""
     try:
         negated = [_negate(branch, path, ctx, closed=ctx.strict) for branch in branches]
-        return [leaf for i, branch in enumerate(branches)
-                for leaf in _product([branch, *negated[:i], *negated[i + 1:]], ctx, path)] \
-            or ctx.unsat(f"no value matches exactly one branch of oneOf at {pointer(path)}") or []
-    except (Unnegatable, _TooMany):   # a superset of oneOf: marked so that it is never negated
-        return [({**leaf, "ignored": [*leaf.get("ignored", []), "oneOf"]}, where)
-                for branch in branches for leaf, where in branch]
+        return (
+            [
+                leaf
+                for i, branch in enumerate(branches)
+                for leaf in _product([branch, *negated[:i], *negated[i + 1 :]], ctx, path)
+            ]
+            or ctx.unsat(f"no value matches exactly one branch of oneOf at {pointer(path)}")
+            or []
+        )
+    except (Unnegatable, _TooMany):  # a superset of oneOf: marked so that it is never negated
+        return [
+            ({**leaf, "ignored": [*leaf.get("ignored", []), "oneOf"]}, where)
+            for branch in branches
+            for leaf, where in branch
+        ]
 
 
 def _dependencies(schema: dict, path: Path, refs: frozenset, ctx: _Ctx) -> list[list[Leaf]]:
@@ -225,8 +246,10 @@ def _product(factors: list[list[Leaf]], ctx: _Ctx, path: Path = ()) -> list[Leaf
     if not factors:
         return [({}, path)]
     if math.prod(len(f) for f in factors) > MAX_ALTERNATIVES:
-        raise _TooMany(f"the schema expands into more than {MAX_ALTERNATIVES} alternatives "
-                       "(anyOf/oneOf/not/if combined through allOf); simplify it")
+        raise _TooMany(
+            f"the schema expands into more than {MAX_ALTERNATIVES} alternatives "
+            "(anyOf/oneOf/not/if combined through allOf); simplify it"
+        )
     out = []
     for combo in itertools.product(*factors):
         leaf, path = combo[0]
@@ -254,8 +277,15 @@ def _leaf_regex(leaf: dict, path: Path, ctx: _Ctx) -> str | None:
     types = _leaf_types(leaf, ctx)
     if "enum" in leaf:
         return _enum(leaf, types, path, ctx)
-    builders = {"null": lambda *_: "null", "boolean": lambda *_: "(?:true|false)", "object": _object,
-                "array": _array, "string": string_regex, "number": number_regex, "integer": number_regex}
+    builders = {
+        "null": lambda *_: "null",
+        "boolean": lambda *_: "(?:true|false)",
+        "object": _object,
+        "array": _array,
+        "string": string_regex,
+        "number": number_regex,
+        "integer": number_regex,
+    }
     parts = [r for t in types if (r := builders[t](leaf, path, ctx, t)) is not None]
     if not types:
         ctx.unsat(f"no type is left at {pointer(path)}")
@@ -265,7 +295,7 @@ def _leaf_regex(leaf: dict, path: Path, ctx: _Ctx) -> str | None:
 def _object(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> str | None:
     props, required = leaf.get("properties", {}), leaf.get("required", [])
     extra_schema = leaf.get("additionalProperties")
-    closed = ctx.strict and leaf.get("object_stated", False)   # strict closes objects the schema is about
+    closed = ctx.strict and leaf.get("object_stated", False)  # strict closes objects the schema is about
     if extra_schema is None and not closed and not _FAMILIES["object"] & leaf.keys():
         return any_object(ctx.style, ANY_VALUE_DEPTH)
     if extra_schema is None:
@@ -285,8 +315,11 @@ def _object(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> str | None:
         members.append((literal_string(name) + colon + value, name in required))
     missing = [name for name in required if name not in props]
     if missing and (extra_value is None or (names is not None and not all(_name_ok(n, names) for n in missing))):
-        why = "additionalProperties or propertyNames forbid it" if extra_schema is not None or names else \
-            "objects are closed by strict=True (declare it in properties, or set additionalProperties)"
+        why = (
+            "additionalProperties or propertyNames forbid it"
+            if extra_schema is not None or names
+            else "objects are closed by strict=True (declare it in properties, or set additionalProperties)"
+        )
         return ctx.unsat(f"required property {missing[0]!r} at {pointer(path)} is not allowed: {why}")
     members += [(literal_string(name) + colon + extra_value, True) for name in missing]
     key = None if extra_value is None else _extra_key([*props, *missing], names, path, ctx)
@@ -341,15 +374,18 @@ def _property_count(leaf: dict, members: list, extra: str | None, path: Path, ct
     if needed == len(members):
         return max(0, lo - needed), None if hi is None else hi - needed
     if ctx.strict:
-        raise unsupported("minProperties" if lo > needed else "maxProperties", path,
-                          "only supported when every declared property is required")
+        raise unsupported(
+            "minProperties" if lo > needed else "maxProperties",
+            path,
+            "only supported when every declared property is required",
+        )
     return 0, None
 
 
 def _array(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> str | None:
     if not _FAMILIES["array"] & leaf.keys():
         return any_array(ctx.style, ANY_VALUE_DEPTH)
-    contains = [c for c in leaf.get("contains", []) if c[1:] != (0, None)]   # minContains 0: no constraint
+    contains = [c for c in leaf.get("contains", []) if c[1:] != (0, None)]  # minContains 0: no constraint
     if contains:
         regex = _array_contains(leaf, contains, path, ctx)
         if regex != "":
@@ -358,7 +394,7 @@ def _array(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> str | None:
     item = any_value(ctx.style, ANY_VALUE_DEPTH) if "items" not in leaf else _compile(leaf["items"], ctx)
     lo, hi = leaf.get("minItems", 0), leaf.get("maxItems")
     if None in prefix:
-        prefix, item = prefix[:prefix.index(None)], None
+        prefix, item = prefix[: prefix.index(None)], None
     if item is None:
         hi = len(prefix) if hi is None else min(hi, len(prefix))
     if hi is not None and lo > hi:
@@ -424,9 +460,7 @@ def _enum(leaf: dict, types: list[str], path: Path, ctx: _Ctx) -> str | None:
 
 
 def _compact_dump(value: Any, leaf: dict) -> str:
-    if isinstance(value, dict):   # declared properties first, as the object regex expects
+    if isinstance(value, dict):  # declared properties first, as the object regex expects
         order = [*leaf.get("properties", {}), *leaf.get("required", [])]
         value = {k: value[k] for k in [*[n for n in order if n in value], *value]}
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-

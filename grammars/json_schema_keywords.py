@@ -29,12 +29,47 @@ from loomlm.grammars.json_formats import ANNOTATION_FORMATS, FORMATS
 
 Path = tuple
 TYPES = ("null", "boolean", "object", "array", "string", "number", "integer")
-ANNOTATIONS = frozenset({
-    "title", "description", "default", "examples", "$comment", "$schema", "deprecated", "readOnly",
-    "writeOnly", "contentMediaType", "contentEncoding", "contentSchema", "$defs", "definitions",
-    "$anchor", "$dynamicAnchor", "$vocabulary", "$id", "discriminator", "xml", "externalDocs", "example"})
-COMPOSITION = frozenset({"$ref", "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentRequired",
-                         "dependentSchemas", "dependencies"})   # expanded by the compiler, checked here
+ANNOTATIONS = frozenset(
+    {
+        "title",
+        "description",
+        "default",
+        "examples",
+        "$comment",
+        "$schema",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "contentMediaType",
+        "contentEncoding",
+        "contentSchema",
+        "$defs",
+        "definitions",
+        "$anchor",
+        "$dynamicAnchor",
+        "$vocabulary",
+        "$id",
+        "discriminator",
+        "xml",
+        "externalDocs",
+        "example",
+    }
+)
+COMPOSITION = frozenset(
+    {
+        "$ref",
+        "allOf",
+        "anyOf",
+        "oneOf",
+        "not",
+        "if",
+        "then",
+        "else",
+        "dependentRequired",
+        "dependentSchemas",
+        "dependencies",
+    }
+)  # expanded by the compiler, checked here
 # Assertions the compiler cannot express: GrammarError when strict, ignored (a wider language) if not.
 # So are the cases of other keywords the compiler cannot express (a `not` it cannot negate, a
 # `multipleOf` other than 10**-k or a divisor of 1000 bounded by 0 at most, an unknown `format`, ...).
@@ -46,6 +81,7 @@ NEVER = frozenset({"$dynamicRef", "$recursiveRef", "$recursiveAnchor"})
 class Sub(NamedTuple):
     """A sub-schema, its location (JSON pointer tokens from the document root) and the `$ref`
     targets being expanded around it (to detect recursion)."""
+
     schema: Any
     path: Path
     refs: frozenset = frozenset()
@@ -84,8 +120,11 @@ def _count(value: Any, keyword: str, path: Path) -> int:
 
 
 def _number(value: Any, keyword: str, path: Path) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            (isinstance(value, float) and not math.isfinite(value)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and not math.isfinite(value))
+    ):
         raise fail(keyword, path, f"expected a finite number, got {value!r}")
     return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
 
@@ -131,7 +170,7 @@ def normalize(schema: dict, path: Path, strict: bool, refs: frozenset = frozense
             continue
         if strict:
             raise unsupported(key, path) if key in NARROWING else fail(key, path, "unknown keyword")
-        if key in NARROWING:   # the leaf now matches more than the schema: it must not be negated
+        if key in NARROWING:  # the leaf now matches more than the schema: it must not be negated
             leaf.setdefault("ignored", []).append(key)
     _check_composition(schema, path)
     _type_keywords(schema, path, leaf)
@@ -139,7 +178,7 @@ def normalize(schema: dict, path: Path, strict: bool, refs: frozenset = frozense
     _array_keywords(schema, path, leaf)
     _scalar_keywords(schema, path, leaf, strict)
     if "object" in leaf.get("type", ()) or _OBJECT_KEYWORDS & schema.keys():
-        leaf["object_stated"] = True   # strict=True closes such objects (without additionalProperties)
+        leaf["object_stated"] = True  # strict=True closes such objects (without additionalProperties)
     if refs:
         _attach(leaf, refs)
     return leaf
@@ -160,18 +199,59 @@ def _attach(leaf: dict, refs: frozenset) -> None:
 
 def _no_op(key: str, value: Any, schema: dict) -> bool:
     """Narrowing keywords in a form that narrows nothing."""
-    return ((key == "uniqueItems" and value is False) or (key == "patternProperties" and value == {})
-            or (key in ("unevaluatedProperties", "unevaluatedItems") and value in (True, {})))
+    return (
+        (key == "uniqueItems" and value is False)
+        or (key == "patternProperties" and value == {})
+        or (key in ("unevaluatedProperties", "unevaluatedItems") and value in (True, {}))
+    )
 
 
-_OBJECT_KEYWORDS = frozenset({
-    "properties", "required", "additionalProperties", "propertyNames", "minProperties", "maxProperties",
-    "patternProperties", "dependentRequired", "dependentSchemas", "dependencies", "unevaluatedProperties"})
-_HANDLED = frozenset({
-    "type", "nullable", "enum", "const", "properties", "required", "additionalProperties", "items",
-    "prefixItems", "additionalItems", "minItems", "maxItems", "minLength", "maxLength", "pattern",
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "format",
-    "propertyNames", "minProperties", "maxProperties", "contains", "minContains", "maxContains"})
+_OBJECT_KEYWORDS = frozenset(
+    {
+        "properties",
+        "required",
+        "additionalProperties",
+        "propertyNames",
+        "minProperties",
+        "maxProperties",
+        "patternProperties",
+        "dependentRequired",
+        "dependentSchemas",
+        "dependencies",
+        "unevaluatedProperties",
+    }
+)
+_HANDLED = frozenset(
+    {
+        "type",
+        "nullable",
+        "enum",
+        "const",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "prefixItems",
+        "additionalItems",
+        "minItems",
+        "maxItems",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "format",
+        "propertyNames",
+        "minProperties",
+        "maxProperties",
+        "contains",
+        "minContains",
+        "maxContains",
+    }
+)
 
 
 def _check_composition(schema: dict, path: Path) -> None:
@@ -219,16 +299,18 @@ def _object_keywords(schema: dict, path: Path, leaf: dict) -> None:
         props = schema["properties"]
         if not isinstance(props, dict):
             raise fail("properties", path, f"expected an object, got {props!r}")
-        leaf["properties"] = {name: [sub_schema(v, "properties", path + ("properties", name))]
-                              for name, v in props.items()}
+        leaf["properties"] = {
+            name: [sub_schema(v, "properties", path + ("properties", name))] for name, v in props.items()
+        }
     if "required" in schema:
         req = schema["required"]
         if not isinstance(req, list) or any(not isinstance(n, str) for n in req):
             raise fail("required", path, f"expected an array of strings, got {req!r}")
         leaf["required"] = list(dict.fromkeys(req))
     if "additionalProperties" in schema:
-        leaf["additionalProperties"] = [sub_schema(schema["additionalProperties"], "additionalProperties",
-                                                   path + ("additionalProperties",))]
+        leaf["additionalProperties"] = [
+            sub_schema(schema["additionalProperties"], "additionalProperties", path + ("additionalProperties",))
+        ]
     if schema.get("propertyNames", True) not in (True, {}):
         leaf["propertyNames"] = [sub_schema(schema["propertyNames"], "propertyNames", path + ("propertyNames",))]
     for key in ("minProperties", "maxProperties"):
@@ -242,7 +324,7 @@ def _array_keywords(schema: dict, path: Path, leaf: dict) -> None:
         if isinstance(items, list):
             raise fail("items", path, "an array form of items cannot be combined with prefixItems")
         leaf["prefixItems"] = [[s] for s in _schema_list(schema["prefixItems"], "prefixItems", path, False)]
-    if isinstance(items, list):   # draft 4-2019 tuple form; additionalItems governs the rest
+    if isinstance(items, list):  # draft 4-2019 tuple form; additionalItems governs the rest
         leaf["prefixItems"] = [[s] for s in _schema_list(items, "items", path, False)]
         if "additionalItems" in schema:
             leaf["items"] = [sub_schema(schema["additionalItems"], "additionalItems", path + ("additionalItems",))]
@@ -321,12 +403,15 @@ def merge(a: dict, b: dict) -> dict:
             out[key] = min(out[key], value)
         elif key in ("lower", "upper"):
             out[key] = tighter(out[key], value, key == "lower")
-        elif key != "unsat":   # lists: required, additionalProperties, propertyNames, items, multipleOf, ...
+        elif key != "unsat":  # lists: required, additionalProperties, propertyNames, items, multipleOf, ...
             out[key] = out[key] + [v for v in value if v not in out[key]]
     for key, side in (("properties", _property_side), ("prefixItems", _item_side)):
         if key in a or key in b:
-            names = list(dict.fromkeys([*a.get(key, {}), *b.get(key, {})])) if key == "properties" else \
-                range(max(len(a.get(key, [])), len(b.get(key, []))))
+            names = (
+                list(dict.fromkeys([*a.get(key, {}), *b.get(key, {})]))
+                if key == "properties"
+                else range(max(len(a.get(key, [])), len(b.get(key, []))))
+            )
             merged = {n: side(a, n) + side(b, n) for n in names}
             out[key] = merged if key == "properties" else list(merged.values())
     return out

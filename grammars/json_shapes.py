@@ -24,6 +24,7 @@ FLEXIBLE_WHITESPACE = "[ \\t\\n\\r]{0,8}"
 @dataclass(frozen=True)
 class Style:
     """Separators as regex text; `inner` is the whitespace allowed just inside brackets."""
+
     comma: str
     colon: str
     inner: str = ""
@@ -36,7 +37,7 @@ COMPACT = Style(",", ":")
 
 
 def whitespace_style(whitespace: str) -> Style:
-    """"default": json.dumps output with either separators (", "/": " or ","/":"), no newlines;
+    """ "default": json.dumps output with either separators (", "/": " or ","/":"), no newlines;
     "compact": no whitespace; "flexible": FLEXIBLE_WHITESPACE around every structural character;
     anything else: a regex for that whitespace (its language is the caller's responsibility)."""
     if not isinstance(whitespace, str):
@@ -64,8 +65,9 @@ def repeat(regex: str, lo: int, hi: int | None) -> str:
     return regex if count == "" else (regex if single else f"(?:{regex})") + count
 
 
-def object_regex(members: list[tuple[str, bool]], extra: str | None, style: Style,
-                 extras: tuple[int, int | None] = (0, None)) -> str:
+def object_regex(
+    members: list[tuple[str, bool]], extra: str | None, style: Style, extras: tuple[int, int | None] = (0, None)
+) -> str:
     """An object of `members` in order (each (regex of `"key":value`, required)) followed by
     extras[0]..extras[1] `extra` members. Extra counts other than (0, None) need every member
     required (the caller checks). Each member and `extra` appear at most twice in the result."""

@@ -72,8 +72,10 @@ def char_class(ranges: Ranges) -> str:
     ranges = normalize(ranges)
     negate = bool(ranges) and ranges[-1][1] == MAX_CODE
     listed = complement(ranges) if negate else ranges
-    body = "".join(_class_char(lo) if lo == hi else _class_char(lo) + ("" if hi == lo + 1 else "-") +
-                   _class_char(hi) for lo, hi in listed)
+    body = "".join(
+        _class_char(lo) if lo == hi else _class_char(lo) + ("" if hi == lo + 1 else "-") + _class_char(hi)
+        for lo, hi in listed
+    )
     if not negate and len(listed) == 1 and listed[0][0] == listed[0][1]:
         return escape_literal(chr(listed[0][0])) if listed[0][0] >= 0x20 else body
     return f"[^{body}]" if negate else f"[{body}]"
@@ -81,8 +83,9 @@ def char_class(ranges: Ranges) -> str:
 
 def escape_literal(text: str) -> str:
     """Regex text matching `text` exactly (raw characters, control characters as `\\xHH`)."""
-    return "".join("\\" + c if c in _REGEX_SPECIAL else f"\\x{ord(c):02x}" if ord(c) < 0x20 or c == "\x7f"
-                   else c for c in text)
+    return "".join(
+        "\\" + c if c in _REGEX_SPECIAL else f"\\x{ord(c):02x}" if ord(c) < 0x20 or c == "\x7f" else c for c in text
+    )
 
 
 def _u_escapes(ranges: Ranges) -> str | None:
@@ -99,6 +102,7 @@ def _u_escapes(ranges: Ranges) -> str | None:
 
 def _pair_ranges(lo: int, hi: int) -> list[str]:
     """Surrogate pairs (`DXXX\\uDXXX`) of the astral code points in [lo, hi]."""
+
     def split(code: int) -> tuple[int, int]:
         return 0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)
 
@@ -120,7 +124,7 @@ def _pair_ranges(lo: int, hi: int) -> list[str]:
 
 # Code points json.dumps writes as \u escapes (with ensure_ascii): controls, DEL and non-ASCII.
 _DUMPS_ESCAPED: Ranges = [(0x00, 0x1F), (0x7F, MAX_CODE)]
-_RAW: Ranges = [(0x20, 0x21), (0x23, 0x5B), (0x5D, MAX_CODE)]   # what JSON allows unescaped
+_RAW: Ranges = [(0x20, 0x21), (0x23, 0x5B), (0x5D, MAX_CODE)]  # what JSON allows unescaped
 
 
 def char_set(ranges: Ranges, *, every_escape: bool = False, raw: bool = True) -> str | None:
@@ -174,7 +178,7 @@ def key_not_in(names: list[str]) -> str:
             node = node.setdefault(ch, {})
         node[None] = True
     plain = all(0x20 <= ord(ch) < 0x7F and ch not in '"\\' for name in names for ch in name)
-    if plain:   # leaving by an escape is possible after any prefix: share that part
+    if plain:  # leaving by an escape is possible after any prefix: share that part
         raw = _trie_leaves(trie, raw_only=True)
         leaves = alternation([p for p in (raw, _trie_all(trie) + _ESCAPES) if p is not None])
     else:

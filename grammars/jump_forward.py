@@ -29,7 +29,7 @@ class JumpPlan:
 
     num_replaced: int
     tokens: tuple[int, ...]
-    state: Any                   # a state of the guide the plan was made with
+    state: Any  # a state of the guide the plan was made with
 
 
 def _complete_utf8_prefix(data: bytes) -> int:
@@ -44,8 +44,14 @@ def _complete_utf8_prefix(data: bytes) -> int:
     return 0
 
 
-def plan_jump(guide: Guide, state_before_last: Any, last_token: int, state_after_last: Any,
-              encode: Callable[[str], Sequence[int]], max_tokens: int) -> JumpPlan | None:
+def plan_jump(
+    guide: Guide,
+    state_before_last: Any,
+    last_token: int,
+    state_after_last: Any,
+    encode: Callable[[str], Sequence[int]],
+    max_tokens: int,
+) -> JumpPlan | None:
     """A jump from `state_after_last` (after `last_token` was sampled in `state_before_last`), using at
     most `max_tokens` tokens in all; None when nothing (whole) is forced or no safe plan exists."""
     forced = guide.forced_bytes(state_after_last)
@@ -67,8 +73,9 @@ def plan_jump(guide: Guide, state_before_last: Any, last_token: int, state_after
     return _try(guide, state_after_last, forced[:cut], encode, 0, max_tokens - 1)
 
 
-def plan_prefix_jump(guide: Guide, state: Any, encode: Callable[[str], Sequence[int]],
-                     max_tokens: int) -> JumpPlan | None:
+def plan_prefix_jump(
+    guide: Guide, state: Any, encode: Callable[[str], Sequence[int]], max_tokens: int
+) -> JumpPlan | None:
     """A jump before anything was sampled (the output must start with forced text, e.g. `{"`):
     the forced text's own tokens, appended to the prompt's output before its prefill."""
     forced = guide.forced_bytes(state)
@@ -78,11 +85,12 @@ def plan_prefix_jump(guide: Guide, state: Any, encode: Callable[[str], Sequence[
     return _try(guide, state, forced[:cut], encode, 0, max_tokens)
 
 
-def _try(guide: Guide, state: Any, data: bytes, encode: Callable[[str], Sequence[int]], num_replaced: int,
-         max_tokens: int) -> JumpPlan | None:
+def _try(
+    guide: Guide, state: Any, data: bytes, encode: Callable[[str], Sequence[int]], num_replaced: int, max_tokens: int
+) -> JumpPlan | None:
     try:
         text = data.decode("utf-8")
-    except UnicodeDecodeError:   # starts inside a character (the previous token split it)
+    except UnicodeDecodeError:  # starts inside a character (the previous token split it)
         return None
     tokens = [int(t) for t in encode(text)]
     if not tokens or guide.vocab.decode_bytes(tokens) != data:
@@ -92,11 +100,11 @@ def _try(guide: Guide, state: Any, data: bytes, encode: Callable[[str], Sequence
     tokens = tokens[:max_tokens]
     eos = guide.vocab.eos_token_ids
     for t in tokens:
-        if t in eos:   # a jump spells forced text; it never ends the output
+        if t in eos:  # a jump spells forced text; it never ends the output
             return None
         state = guide.advance(state, t)
         if state is REJECTED:
             return None
     if num_replaced == 1 and len(tokens) == 1:
-        return None   # re-tokenizing only reproduced the sampled token, nothing was added
+        return None  # re-tokenizing only reproduced the sampled token, nothing was added
     return JumpPlan(num_replaced, tuple(tokens), state)

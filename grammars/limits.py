@@ -37,8 +37,11 @@ class GrammarLimits:
     def __post_init__(self) -> None:
         if not _positive_int(self.max_states):
             raise ValueError(f"GrammarLimits.max_states must be an int >= 1, got {self.max_states!r}")
-        if isinstance(self.max_seconds, bool) or not isinstance(self.max_seconds, (int, float)) \
-                or not self.max_seconds > 0:
+        if (
+            isinstance(self.max_seconds, bool)
+            or not isinstance(self.max_seconds, (int, float))
+            or not self.max_seconds > 0
+        ):
             raise ValueError(f"GrammarLimits.max_seconds must be > 0, got {self.max_seconds!r}")
         if self.max_work is not None and not _positive_int(self.max_work):
             raise ValueError(f"GrammarLimits.max_work must be None or an int >= 1, got {self.max_work!r}")
@@ -63,16 +66,22 @@ class Budget:
         self.work += units
         max_work = self.limits.max_work
         if max_work is not None and self.work > max_work:
-            raise GrammarError(f"compiling {self.what} needs more than the work budget of {max_work} "
-                               f"(GrammarLimits.max_work); simplify it or raise the limit")
+            raise GrammarError(
+                f"compiling {self.what} needs more than the work budget of {max_work} "
+                f"(GrammarLimits.max_work); simplify it or raise the limit"
+            )
         self.check_time()
 
     def check_time(self) -> None:
         if self.limits.clock() > self.deadline:
-            raise GrammarTimeoutError(f"compiling {self.what} took longer than the budget of "
-                                      f"{self.limits.max_seconds:g} s (GrammarLimits.max_seconds)")
+            raise GrammarTimeoutError(
+                f"compiling {self.what} took longer than the budget of "
+                f"{self.limits.max_seconds:g} s (GrammarLimits.max_seconds)"
+            )
 
     def check_states(self, n: int, kind: str = "DFA") -> None:
         if n > self.limits.max_states:
-            raise GrammarError(f"{self.what} needs more than {self.limits.max_states} {kind} states "
-                               f"(GrammarLimits.max_states); simplify it or raise the limit")
+            raise GrammarError(
+                f"{self.what} needs more than {self.limits.max_states} {kind} states "
+                f"(GrammarLimits.max_states); simplify it or raise the limit"
+            )

@@ -67,7 +67,6 @@ class ByteDFA:
         return bytes(out)
 
 
-
 def compile_dfa(pattern: str, limits: GrammarLimits | None = None) -> ByteDFA:
     """Compile `pattern` (see `regex_nfa` for the dialect); `GrammarError` on bad or too-big input."""
     limits = limits or GrammarLimits()

@@ -22,7 +22,7 @@ from interegular import patterns as ip
 from loomlm.grammars.errors import GrammarError
 from loomlm.grammars.limits import Budget
 
-CharGroup = tuple[frozenset, bool]   # (characters, negated)
+CharGroup = tuple[frozenset, bool]  # (characters, negated)
 
 _UNICODE_ESCAPE = re.compile(r"\\\\|\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})|\\x\{([0-9a-fA-F]{1,6})\}")
 
@@ -55,6 +55,7 @@ class NFA:
 def _replace_unicode_escapes(pattern: str) -> str:
     """interegular does not read \\u escapes: write those characters literally (special ASCII ones
     as \\xHH, which it does read)."""
+
     def sub(m: re.Match) -> str:
         if m.group(0) == "\\\\":
             return m.group(0)
@@ -62,6 +63,7 @@ def _replace_unicode_escapes(pattern: str) -> str:
         if code > 0x10FFFF:
             raise GrammarError(f"invalid regex {pattern!r}: escape {m.group(0)!r} is not a code point")
         return f"\\x{code:02x}" if code < 0x80 else chr(code)
+
     return _UNICODE_ESCAPE.sub(sub, pattern)
 
 
@@ -82,10 +84,12 @@ def parse_regex(pattern: str) -> ip.Pattern:
     except ip.Unsupported as exc:
         text = str(exc)
         if text in ("'^'", "'$'") or "\\b" in text or "\\A" in text or "\\Z" in text or "\\B" in text:
-            text = ("anchors and word boundaries (^, $, \\b, \\A, \\Z) are not supported; "
-                    "the whole output must match the pattern, so anchoring is implied")
+            text = (
+                "anchors and word boundaries (^, $, \\b, \\A, \\Z) are not supported; "
+                "the whole output must match the pattern, so anchoring is implied"
+            )
         raise GrammarError(f"regex {pattern!r} uses a feature a finite automaton cannot take: {text}") from None
-    except Exception as exc:   # interegular's parser raises a few internal types on bad syntax
+    except Exception as exc:  # interegular's parser raises a few internal types on bad syntax
         raise GrammarError(f"regex {pattern!r} could not be parsed: {type(exc).__name__}: {exc}") from None
 
 
@@ -137,7 +141,7 @@ class _Builder:
             raise GrammarError(f"regex {self.pattern!r}: unsupported construct {type(node).__name__}")
 
     def _char(self, a: int, b: int, group: CharGroup) -> None:
-        mid = self.nfa.new_state()   # a fresh state keeps "at most one character edge per state"
+        mid = self.nfa.new_state()  # a fresh state keeps "at most one character edge per state"
         self.nfa.eps[a].append(mid)
         self.nfa.edges[mid] = (self.nfa.group_id(group), b)
 
@@ -148,7 +152,7 @@ class _Builder:
             nxt = nfa.new_state()
             self.add(base, cur, nxt)
             cur = nxt
-        if hi is None:                       # cur -(base)-> loop back to cur, or leave
+        if hi is None:  # cur -(base)-> loop back to cur, or leave
             body_end = nfa.new_state()
             loop = nfa.new_state()
             nfa.eps[cur].append(loop)
@@ -156,7 +160,7 @@ class _Builder:
             nfa.eps[body_end].append(loop)
             nfa.eps[loop].append(b)
             return
-        for _ in range(hi - lo):             # each optional copy may be skipped straight to the end
+        for _ in range(hi - lo):  # each optional copy may be skipped straight to the end
             nfa.eps[cur].append(b)
             nxt = nfa.new_state()
             self.add(base, cur, nxt)

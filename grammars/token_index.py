@@ -29,7 +29,7 @@ import numpy as np
 from loomlm.grammars.limits import Budget
 from loomlm.grammars.vocabulary import Vocabulary
 
-EOS_STATE = -2   # the state after EOS: nothing follows
+EOS_STATE = -2  # the state after EOS: nothing follows
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,13 @@ class TokenTrie:
     """Nodes in breadth-first order (node 0 = root, so a level is a contiguous range).
     Children of a node are contiguous: `child_start[n] .. child_start[n] + child_count[n]`."""
 
-    byte: np.ndarray          # [N] uint8, the byte on the edge into the node
-    child_start: np.ndarray   # [N] int64
-    child_count: np.ndarray   # [N] int64
-    token_start: np.ndarray   # [N] int64, tokens spelled exactly by the node: token_ids[start:start+count]
-    token_count: np.ndarray   # [N] int64
-    token_ids: np.ndarray     # [T] int64
-    max_depth: int            # bytes of the longest token
+    byte: np.ndarray  # [N] uint8, the byte on the edge into the node
+    child_start: np.ndarray  # [N] int64
+    child_count: np.ndarray  # [N] int64
+    token_start: np.ndarray  # [N] int64, tokens spelled exactly by the node: token_ids[start:start+count]
+    token_count: np.ndarray  # [N] int64
+    token_ids: np.ndarray  # [T] int64
+    max_depth: int  # bytes of the longest token
 
 
 def token_trie(vocab: Vocabulary) -> TokenTrie:
@@ -95,12 +95,12 @@ def _expand(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 @dataclass(frozen=True)
 class TokenIndex:
-    masks: np.ndarray          # [C, W] int32 packed allowed-token bitmask per mask class
-    state_class: np.ndarray    # [S] int64, mask class of each state
-    num_allowed: np.ndarray    # [C] int64 non-EOS tokens allowed
+    masks: np.ndarray  # [C, W] int32 packed allowed-token bitmask per mask class
+    state_class: np.ndarray  # [S] int64, mask class of each state
+    num_allowed: np.ndarray  # [C] int64 non-EOS tokens allowed
     vocab_size: int
-    transitions: memoryview    # flat [S * 256] int32 next state per (state, byte), -1 dead (fast scalar reads)
-    token_bytes: tuple         # the vocabulary's token bytes
+    transitions: memoryview  # flat [S * 256] int32 next state per (state, byte), -1 dead (fast scalar reads)
+    token_bytes: tuple  # the vocabulary's token bytes
     eos_token_ids: frozenset
 
     @property
@@ -133,19 +133,19 @@ class TokenIndex:
     def allowed(self, state: int) -> np.ndarray:
         """Bool mask [V] of the tokens allowed in `state` (EOS included when accepting)."""
         bits = np.unpackbits(self.mask_row(state).view(np.uint8), bitorder="little")
-        return bits[:self.vocab_size].astype(bool)
+        return bits[: self.vocab_size].astype(bool)
 
 
 def mask_classes(transitions: np.ndarray, accepting: np.ndarray, depth: int, budget: Budget) -> np.ndarray:
     """[S] class ids: states equal in acceptance and in which byte strings of length <= depth die."""
     S = len(transitions)
     # Bytes every state treats alike (e.g. all letters of a string body) collapse into one column.
-    columns = np.unique(transitions.T, axis=0)                                 # [K, S]
+    columns = np.unique(transitions.T, axis=0)  # [K, S]
     cls = accepting.astype(np.int64)
     n = len(np.unique(cls))
     for _ in range(depth):
         budget.charge(S)
-        ext = np.append(cls, -1)                                                # dead: its own class
+        ext = np.append(cls, -1)  # dead: its own class
         sig = np.ascontiguousarray(np.column_stack([cls, ext[columns.T]]))
         keys = sig.view(np.dtype((np.void, sig.dtype.itemsize * sig.shape[1]))).ravel()
         _, new = np.unique(keys, return_inverse=True)
@@ -157,15 +157,14 @@ def mask_classes(transitions: np.ndarray, accepting: np.ndarray, depth: int, bud
     return cls
 
 
-def build_token_index(transitions: np.ndarray, accepting: np.ndarray, vocab: Vocabulary,
-                      budget: Budget) -> TokenIndex:
+def build_token_index(transitions: np.ndarray, accepting: np.ndarray, vocab: Vocabulary, budget: Budget) -> TokenIndex:
     trie = token_trie(vocab)
     V = vocab.size
     state_class = mask_classes(transitions, accepting, trie.max_depth, budget)
-    _, reps = np.unique(state_class, return_index=True)                         # one state per class
+    _, reps = np.unique(state_class, return_index=True)  # one state per class
     C = len(reps)
     table = transitions.astype(np.int64)
-    origin = np.arange(C, dtype=np.int64)          # the class being walked for
+    origin = np.arange(C, dtype=np.int64)  # the class being walked for
     node = np.zeros(C, dtype=np.int64)
     cur = reps.astype(np.int64)
     out_o, out_t = [], []
@@ -193,8 +192,9 @@ def build_token_index(transitions: np.ndarray, accepting: np.ndarray, vocab: Voc
         t = np.concatenate([t, np.tile(eos, len(ends))])
     order = np.lexsort((t, o))
     flat = memoryview(np.ascontiguousarray(transitions, dtype=np.int32).ravel())
-    return TokenIndex(_pack(o[order], t[order], C, V), state_class, num_allowed, V, flat,
-                      vocab.token_bytes, vocab.eos_token_ids)
+    return TokenIndex(
+        _pack(o[order], t[order], C, V), state_class, num_allowed, V, flat, vocab.token_bytes, vocab.eos_token_ids
+    )
 
 
 def _pack(states: np.ndarray, tokens: np.ndarray, S: int, V: int) -> np.ndarray:
@@ -205,5 +205,5 @@ def _pack(states: np.ndarray, tokens: np.ndarray, S: int, V: int) -> np.ndarray:
         keys = states * W + (tokens >> 5)
         bits = np.left_shift(np.int64(1), tokens & 31)
         starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
-        masks[keys[starts]] = np.add.reduceat(bits, starts)   # distinct bits: sum == or
+        masks[keys[starts]] = np.add.reduceat(bits, starts)  # distinct bits: sum == or
     return masks.astype(np.uint32).view(np.int32).reshape(S, W)

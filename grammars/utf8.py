@@ -14,7 +14,7 @@ MAX_CODE_POINT = 0x10FFFF
 _SURROGATES = (0xD800, 0xDFFF)
 _LENGTH_LIMITS = (0x7F, 0x7FF, 0xFFFF, MAX_CODE_POINT)
 
-ByteRanges = tuple[tuple[int, int], ...]   # one (lo, hi) inclusive byte range per position
+ByteRanges = tuple[tuple[int, int], ...]  # one (lo, hi) inclusive byte range per position
 
 
 def code_point_ranges(code_points: list[int]) -> list[tuple[int, int]]:

@@ -46,7 +46,7 @@ class Vocabulary:
     token_bytes: tuple[bytes, ...]
     eos_token_ids: frozenset[int]
     fingerprint: str = ""
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)   # derived tables (token trie)
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)  # derived tables (token trie)
 
     def __post_init__(self) -> None:
         for i in self.eos_token_ids:
@@ -65,8 +65,9 @@ class Vocabulary:
         return len(self.token_bytes)
 
     @classmethod
-    def from_dict(cls, tokens: Mapping[int, bytes | str], eos_token_ids: Iterable[int] = (),
-                  size: int | None = None) -> Vocabulary:
+    def from_dict(
+        cls, tokens: Mapping[int, bytes | str], eos_token_ids: Iterable[int] = (), size: int | None = None
+    ) -> Vocabulary:
         """Tiny vocabularies for tests: {id: bytes or str (UTF-8 encoded)}; missing ids get no bytes."""
         n = max(tokens, default=-1) + 1 if size is None else size
         out = [b""] * n
@@ -75,8 +76,9 @@ class Vocabulary:
         return cls(tuple(out), frozenset(eos_token_ids))
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Any, eos_token_ids: Iterable[int] | None = None,
-                       size: int | None = None) -> Vocabulary:
+    def from_tokenizer(
+        cls, tokenizer: Any, eos_token_ids: Iterable[int] | None = None, size: int | None = None
+    ) -> Vocabulary:
         """From a `transformers` tokenizer. `eos_token_ids` defaults to the tokenizer's EOS; `size` to
         its length (pass the model's vocab size when the embedding is padded)."""
         vocab: dict[str, int] = tokenizer.get_vocab()
@@ -121,7 +123,7 @@ def _token_bytes(tok: str, byte_level: bool) -> bytes:
     if byte_level:
         try:
             return bytes(_UNICODE_TO_BYTE[ch] for ch in tok)
-        except KeyError:   # a token outside the byte alphabet: take it as text
+        except KeyError:  # a token outside the byte alphabet: take it as text
             return tok.encode("utf-8")
     m = _BYTE_FALLBACK.fullmatch(tok)
     if m:

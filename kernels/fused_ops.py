@@ -30,15 +30,29 @@ def _check_rows(name: str, t: torch.Tensor, width: int | None = None) -> None:
 def _check_out(name: str, t: torch.Tensor, like: torch.Tensor, shape: tuple[int, int]) -> None:
     """A caller-provided output: `shape`, `like`'s dtype and device, rows contiguous in the last dim."""
     if tuple(t.shape) != shape or t.dtype != like.dtype or t.device != like.device:
-        raise ValueError(f"{name} must be {shape} {like.dtype} on {like.device}, got {tuple(t.shape)} "
-                         f"{t.dtype} on {t.device}")
+        raise ValueError(
+            f"{name} must be {shape} {like.dtype} on {like.device}, got {tuple(t.shape)} {t.dtype} on {t.device}"
+        )
     if t.stride(1) != 1:
         raise ValueError(f"{name} must be contiguous in its last dimension, got strides {t.stride()}")
 
 
 @triton.jit
-def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, x_stride, res_stride, out_stride,
-                     res_out_stride, H, eps, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+def _rms_norm_kernel(
+    x_ptr,
+    res_ptr,
+    w_ptr,
+    out_ptr,
+    res_out_ptr,
+    x_stride,
+    res_stride,
+    out_stride,
+    res_out_stride,
+    H,
+    eps,
+    HAS_RESIDUAL: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < H
@@ -54,9 +68,15 @@ def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, x_stride, res_
     tl.store(out_ptr + row * out_stride + cols, w * normed, mask=mask)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None, *,
-             out: torch.Tensor | None = None,
-             residual_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    residual: torch.Tensor | None = None,
+    *,
+    out: torch.Tensor | None = None,
+    residual_out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Same contract as `reference.rms_norm`: (weight * normalised(x [+ residual]), the sum or None).
     `out` and `residual_out` (which needs `residual`) are written entirely when given. `residual_out`
     may be `residual` itself (an in-place update: each program reads its row before writing it), and
@@ -64,13 +84,16 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     _check_rows("x", x)
     hidden = x.shape[1]
     if weight.shape != (hidden,) or weight.dtype != x.dtype or weight.device != x.device:
-        raise ValueError(f"weight must be [{hidden}] {x.dtype} on {x.device}, got {tuple(weight.shape)} "
-                         f"{weight.dtype} on {weight.device}")
+        raise ValueError(
+            f"weight must be [{hidden}] {x.dtype} on {x.device}, got {tuple(weight.shape)} "
+            f"{weight.dtype} on {weight.device}"
+        )
     if residual is not None:
         _check_rows("residual", residual, hidden)
         if residual.shape != x.shape or residual.dtype != x.dtype:
-            raise ValueError(f"residual must match x ({tuple(x.shape)} {x.dtype}), got "
-                             f"{tuple(residual.shape)} {residual.dtype}")
+            raise ValueError(
+                f"residual must match x ({tuple(x.shape)} {x.dtype}), got {tuple(residual.shape)} {residual.dtype}"
+            )
     if out is None:
         out = torch.empty_like(x)
     else:
@@ -83,13 +106,24 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
             raise ValueError("out and residual_out must not be the same memory")
     if residual_out is not None:
         res_out = residual_out
-    else:                          # without a residual, a dummy the kernel never writes
+    else:  # without a residual, a dummy the kernel never writes
         res_out = torch.empty_like(x) if residual is not None else out
     if x.shape[0]:
         _rms_norm_kernel[(x.shape[0],)](
-            x, residual if residual is not None else x, weight.contiguous(), out, res_out, x.stride(0),
-            residual.stride(0) if residual is not None else 0, out.stride(0), res_out.stride(0), hidden,
-            float(eps), HAS_RESIDUAL=residual is not None, BLOCK=triton.next_power_of_2(hidden))
+            x,
+            residual if residual is not None else x,
+            weight.contiguous(),
+            out,
+            res_out,
+            x.stride(0),
+            residual.stride(0) if residual is not None else 0,
+            out.stride(0),
+            res_out.stride(0),
+            hidden,
+            float(eps),
+            HAS_RESIDUAL=residual is not None,
+            BLOCK=triton.next_power_of_2(hidden),
+        )
     return out, (res_out if residual is not None else None)
 
 
@@ -117,13 +151,13 @@ def silu_and_mul(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.T
     block = min(1024, triton.next_power_of_2(max(inter, 1)))
     if x.shape[0] and inter:
         _silu_and_mul_kernel[(x.shape[0], triton.cdiv(inter, block))](
-            x, out, x.stride(0), out.stride(0), inter, BLOCK=block)
+            x, out, x.stride(0), out.stride(0), inter, BLOCK=block
+        )
     return out
 
 
 @triton.jit
-def _bitmask_kernel(logits_ptr, mask_ptr, rows_ptr, logits_stride, mask_stride, vocab,
-                    BLOCK: tl.constexpr):
+def _bitmask_kernel(logits_ptr, mask_ptr, rows_ptr, logits_stride, mask_stride, vocab, BLOCK: tl.constexpr):
     i = tl.program_id(0)
     tokens = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     in_vocab = tokens < vocab
@@ -133,15 +167,16 @@ def _bitmask_kernel(logits_ptr, mask_ptr, rows_ptr, logits_stride, mask_stride, 
     tl.store(logits_ptr + row * logits_stride + tokens, float("-inf"), mask=in_vocab & ~allowed)
 
 
-def apply_token_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor,
-                         rows: torch.Tensor | None = None) -> torch.Tensor:
+def apply_token_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     """In place, same contract as `reference.apply_token_bitmask_`; touches only disallowed entries."""
     _check_rows("logits", logits)
     vocab = logits.shape[1]
     width = (vocab + 31) // 32
     if bitmask.dim() != 2 or bitmask.dtype != torch.int32 or bitmask.shape[1] != width:
-        raise ValueError(f"bitmask must be int32 [rows, {width}] for a vocabulary of {vocab}, got "
-                         f"{bitmask.dtype} {tuple(bitmask.shape)}")
+        raise ValueError(
+            f"bitmask must be int32 [rows, {width}] for a vocabulary of {vocab}, got "
+            f"{bitmask.dtype} {tuple(bitmask.shape)}"
+        )
     if bitmask.stride(1) != 1 or bitmask.device != logits.device:
         raise ValueError("bitmask must be contiguous in its last dimension and on the logits' device")
     n = bitmask.shape[0]
@@ -154,5 +189,6 @@ def apply_token_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor,
     block = 1024
     if n and vocab:
         _bitmask_kernel[(n, triton.cdiv(vocab, block))](
-            logits, bitmask, rows, logits.stride(0), bitmask.stride(0), vocab, BLOCK=block)
+            logits, bitmask, rows, logits.stride(0), bitmask.stride(0), vocab, BLOCK=block
+        )
     return logits

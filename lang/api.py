@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from loomlm.lang.choices import ChoicesMethod, token_length_normalized
 from loomlm.lang.ir import Expr, Gen, GenParams, RoleBegin, RoleEnd, Select, role_expr
@@ -25,9 +26,10 @@ def _gen_signature() -> inspect.Signature:
     for f in dataclasses.fields(GenParams):
         params.append(_P(f.name, _P.POSITIONAL_OR_KEYWORD, default=None, annotation=f.type))
         if f.name == "dtype":
-            params += [_P("choices", _P.POSITIONAL_OR_KEYWORD, default=None, annotation="Sequence[str] | None"),
-                       _P("choices_method", _P.POSITIONAL_OR_KEYWORD, default=None,
-                          annotation="ChoicesMethod | None")]
+            params += [
+                _P("choices", _P.POSITIONAL_OR_KEYWORD, default=None, annotation="Sequence[str] | None"),
+                _P("choices_method", _P.POSITIONAL_OR_KEYWORD, default=None, annotation="ChoicesMethod | None"),
+            ]
     return inspect.Signature(params, return_annotation="Expr")
 
 
@@ -51,7 +53,7 @@ def gen(*args: Any, **kwargs: Any) -> Expr:
     return Gen(name, GenParams(**values))
 
 
-gen.__signature__ = _GEN_SIGNATURE   # type: ignore[attr-defined]
+gen.__signature__ = _GEN_SIGNATURE  # type: ignore[attr-defined]
 
 
 def gen_int(name: str | None = None, **kwargs: Any) -> Expr:
@@ -62,11 +64,19 @@ def gen_string(name: str | None = None, **kwargs: Any) -> Expr:
     return gen(name, dtype=str, **kwargs)
 
 
-def select(name: str | None = None, choices: Sequence[str] | None = None, temperature: float = 0.0,
-           choices_method: ChoicesMethod = token_length_normalized) -> Expr:
+def select(
+    name: str | None = None,
+    choices: Sequence[str] | None = None,
+    temperature: float = 0.0,
+    choices_method: ChoicesMethod = token_length_normalized,
+) -> Expr:
     """Append the choice the model scores highest (see `loomlm.lang.choices` for the methods)."""
-    if choices is None or isinstance(choices, str) or not list(choices) \
-            or not all(isinstance(c, str) and c for c in choices):
+    if (
+        choices is None
+        or isinstance(choices, str)
+        or not list(choices)
+        or not all(isinstance(c, str) and c for c in choices)
+    ):
         raise ValueError(f"select choices must be a non-empty list of non-empty strings, got {choices!r}")
     if not isinstance(choices_method, ChoicesMethod):
         raise TypeError(f"choices_method must be one of loomlm's choices methods, got {choices_method!r}")
@@ -76,6 +86,7 @@ def select(name: str | None = None, choices: Sequence[str] | None = None, temper
 def _role_function(role: str) -> Callable[[Any], Expr]:
     def message(expr: Any = "") -> Expr:
         return role_expr(role, expr)
+
     message.__name__ = message.__qualname__ = role
     message.__doc__ = f"A whole {role} message: `s += sgl.{role}(expr)`."
     return message
@@ -84,14 +95,16 @@ def _role_function(role: str) -> Callable[[Any], Expr]:
 def _marker_function(node: type, role: str, end: str) -> Callable[[], Expr]:
     def marker() -> Expr:
         return node(role)
+
     marker.__name__ = marker.__qualname__ = f"{role}_{end}"
     marker.__doc__ = f"The {end} of a {role} message (the text between is its content)."
     return marker
 
 
 system, user, assistant = (_role_function(r) for r in ("system", "user", "assistant"))
-system_begin, user_begin, assistant_begin = (_marker_function(RoleBegin, r, "begin")
-                                             for r in ("system", "user", "assistant"))
+system_begin, user_begin, assistant_begin = (
+    _marker_function(RoleBegin, r, "begin") for r in ("system", "user", "assistant")
+)
 system_end, user_end, assistant_end = (_marker_function(RoleEnd, r, "end") for r in ("system", "user", "assistant"))
 
 
@@ -125,8 +138,11 @@ def video(path: str, num_frames: int) -> Expr:
 
 def _unsupported_backend(name: str) -> Callable[..., Any]:
     def backend(*_args: Any, **_kwargs: Any) -> Any:
-        raise NotImplementedError(f"sgl.{name}: loomlm has no {name} backend; use loomlm.OpenAI(base_url=...) "
-                                  f"for an OpenAI-compatible endpoint, RuntimeEndpoint or Runtime")
+        raise NotImplementedError(
+            f"sgl.{name}: loomlm has no {name} backend; use loomlm.OpenAI(base_url=...) "
+            f"for an OpenAI-compatible endpoint, RuntimeEndpoint or Runtime"
+        )
+
     backend.__name__ = backend.__qualname__ = name
     backend.__doc__ = f"SGLang's {name} backend; not available in loomlm (raises NotImplementedError)."
     return backend

@@ -11,8 +11,9 @@ A tokenizer without a template gets `ChatTemplate.plain()` ("USER: ...\n").
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 ROLES = ("system", "user", "assistant")
 _SENTINEL = "\u2063LOOMLM-CONTENT\u2063"
@@ -21,10 +22,10 @@ _OTHER = "\u2063LOOMLM-OTHER\u2063"
 
 @dataclass(frozen=True)
 class ChatTemplate:
-    prefixes: Mapping[str, str]                 # role -> text before a message that is not the first
-    suffixes: Mapping[str, str]                 # role -> text after a message
-    first_prefixes: Mapping[str, str]           # role -> text before the conversation's first message
-    stop: tuple[str, ...] = ()                  # end-of-turn strings that stop a gen
+    prefixes: Mapping[str, str]  # role -> text before a message that is not the first
+    suffixes: Mapping[str, str]  # role -> text after a message
+    first_prefixes: Mapping[str, str]  # role -> text before the conversation's first message
+    stop: tuple[str, ...] = ()  # end-of-turn strings that stop a gen
     name: str = "tokenizer"
 
     def prefix(self, role: str, first: bool) -> str:
@@ -42,16 +43,17 @@ class ChatTemplate:
 
     def render(self, messages: list[dict[str, str]]) -> str:
         """The text these pieces give for a conversation (tests compare it with the tokenizer's)."""
-        return "".join(self.prefix(m["role"], i == 0) + m["content"] + self.suffix(m["role"])
-                       for i, m in enumerate(messages))
+        return "".join(
+            self.prefix(m["role"], i == 0) + m["content"] + self.suffix(m["role"]) for i, m in enumerate(messages)
+        )
 
     @classmethod
-    def plain(cls) -> "ChatTemplate":
+    def plain(cls) -> ChatTemplate:
         prefixes = {"system": "SYSTEM: ", "user": "USER: ", "assistant": "ASSISTANT: "}
         return cls(prefixes, {r: "\n" for r in ROLES}, prefixes, (), name="plain")
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Any) -> "ChatTemplate":
+    def from_tokenizer(cls, tokenizer: Any) -> ChatTemplate:
         if not getattr(tokenizer, "chat_template", None):
             return cls.plain()
 
@@ -72,9 +74,9 @@ class ChatTemplate:
             try:
                 base = render([opener])
                 full = render([opener, {"role": role, "content": _SENTINEL}])
-            except Exception:   # templates may refuse e.g. a system message after a user message
+            except Exception:  # templates may refuse e.g. a system message after a user message
                 base, full = "", render([{"role": role, "content": _SENTINEL}])
-            rest = full[len(base):] if full.startswith(base) else full
+            rest = full[len(base) :] if full.startswith(base) else full
             prefixes[role], tail = split(rest, role)
             if tail != suffixes[role]:
                 suffixes[role] = tail

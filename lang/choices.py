@@ -22,10 +22,11 @@ token too (SGLang's "token healing" case).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
-Logprobs = Sequence[Sequence[Any]]   # [(logprob, token_id, text), ...] of one choice
+Logprobs = Sequence[Sequence[Any]]  # [(logprob, token_id, text), ...] of one choice
 # score(id_lists, start) -> per list, (input-token logprob entries of positions start.., meta info)
 ScoreFn = Callable[[list[list[int]], int], list[tuple[list, dict[str, Any]]]]
 
@@ -52,19 +53,28 @@ def _argmax_first(values: Sequence[float]) -> int:
 
 class ChoicesMethod:
     """Picks a choice; `needs_unconditional` asks the backend for logprobs of the choices alone too."""
+
     needs_unconditional = False
     name = "choices_method"
 
-    def __call__(self, choices: Sequence[str], input_token_logprobs: Sequence[Logprobs],
-                 unconditional_token_logprobs: Sequence[Logprobs] | None = None) -> ChoicesDecision:
+    def __call__(
+        self,
+        choices: Sequence[str],
+        input_token_logprobs: Sequence[Logprobs],
+        unconditional_token_logprobs: Sequence[Logprobs] | None = None,
+    ) -> ChoicesDecision:
         normalized = [mean_logprob(lp) for lp in input_token_logprobs]
         index, extra = self.pick(normalized, input_token_logprobs, unconditional_token_logprobs)
-        meta = {"normalized_prompt_logprobs": normalized,
-                "input_token_logprobs": [list(lp) for lp in input_token_logprobs], **extra}
+        meta = {
+            "normalized_prompt_logprobs": normalized,
+            "input_token_logprobs": [list(lp) for lp in input_token_logprobs],
+            **extra,
+        }
         return ChoicesDecision(choices[index], index, meta)
 
-    def pick(self, normalized: list[float], logprobs: Sequence[Logprobs],
-             unconditional: Sequence[Logprobs] | None) -> tuple[int, dict[str, Any]]:
+    def pick(
+        self, normalized: list[float], logprobs: Sequence[Logprobs], unconditional: Sequence[Logprobs] | None
+    ) -> tuple[int, dict[str, Any]]:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -107,8 +117,10 @@ class UnconditionalLikelihoodNormalized(ChoicesMethod):
                 raise ValueError(f"a choice has {len(c)} conditional but {len(u)} unconditional token logprobs")
             u = [0.0 if v is None else v for v in u]
             scores.append(sum(a - b for a, b in zip(c, u)) / len(c))
-        return _argmax_first(scores), {"unconditional_token_logprobs": [list(u) for u in unconditional],
-                                       "normalized_unconditional_prompt_logprobs": scores}
+        return _argmax_first(scores), {
+            "unconditional_token_logprobs": [list(u) for u in unconditional],
+            "normalized_unconditional_prompt_logprobs": scores,
+        }
 
 
 token_length_normalized = TokenLengthNormalized()
@@ -128,17 +140,21 @@ def check_select_args(prompt: str, choices: Sequence[str]) -> None:
     if not choices or not all(isinstance(c, str) for c in choices):
         raise ValueError(f"select needs a non-empty list of strings, got {choices!r}")
     if not prompt:
-        raise ValueError("select needs a non-empty prompt: a choice's first token has no logprob "
-                         "without context")
+        raise ValueError("select needs a non-empty prompt: a choice's first token has no logprob without context")
 
 
-def score_select(prompt_ids: list[int], full: list[list[int]], choices: Sequence[str], method: ChoicesMethod,
-                 score: ScoreFn, prefill: Callable[[list[int]], None]) -> ChoicesDecision:
+def score_select(
+    prompt_ids: list[int],
+    full: list[list[int]],
+    choices: Sequence[str],
+    method: ChoicesMethod,
+    score: ScoreFn,
+    prefill: Callable[[list[int]], None],
+) -> ChoicesDecision:
     """Pick among `choices` given the token ids of the prompt and of each `prompt + choice` (see the
     module docstring); `prefill(prompt_ids)` caches the prompt first."""
     if not prompt_ids:
-        raise ValueError("select needs a non-empty prompt: a choice's first token has no logprob "
-                         "without context")
+        raise ValueError("select needs a non-empty prompt: a choice's first token has no logprob without context")
     prefill(prompt_ids)
     starts = [max(common_prefix_len(prompt_ids, ids), 1) for ids in full]
     for choice, ids, start in zip(choices, full, starts):
@@ -146,12 +162,18 @@ def score_select(prompt_ids: list[int], full: list[list[int]], choices: Sequence
             raise ValueError(f"select choice {choice!r} adds no token to the prompt")
     first = min(starts)
     outs = score(full, first)
-    scored = [entries[start - first:] for (entries, _meta), start in zip(outs, starts)]
+    scored = [entries[start - first :] for (entries, _meta), start in zip(outs, starts)]
     return decide(choices, method, scored, len(prompt_ids), [meta for _, meta in outs], score)
 
 
-def decide(choices: Sequence[str], method: ChoicesMethod, scored: list[list], prompt_tokens: int,
-           metas: list[dict[str, Any]], score: ScoreFn) -> ChoicesDecision:
+def decide(
+    choices: Sequence[str],
+    method: ChoicesMethod,
+    scored: list[list],
+    prompt_tokens: int,
+    metas: list[dict[str, Any]],
+    score: ScoreFn,
+) -> ChoicesDecision:
     """Let `method` pick from each choice's scored token logprobs (scoring the choices' tokens alone too
     when the method needs that), and add SGLang's meta info of a select."""
     unconditional = None
@@ -160,7 +182,9 @@ def decide(choices: Sequence[str], method: ChoicesMethod, scored: list[list], pr
         unconditional = [entries for entries, _meta in score(alone, 0)]
     decision = method(list(choices), scored, unconditional)
     decision.meta_info.update(
-        prompt_tokens=prompt_tokens, output_token_logprobs=[[] for _ in choices],
+        prompt_tokens=prompt_tokens,
+        output_token_logprobs=[[] for _ in choices],
         choice_prompt_tokens=[m["prompt_tokens"] for m in metas],
-        cached_tokens=[m.get("cached_tokens") for m in metas])
+        cached_tokens=[m.get("cached_tokens") for m in metas],
+    )
     return decision

@@ -14,13 +14,14 @@ import difflib
 import inspect
 import os
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import tqdm
 
+from loomlm.global_config import global_config
 from loomlm.lang.backends.default import resolve_backend
-from loomlm.lang.global_config import global_config
 from loomlm.lang.interpreter import StreamExecutor
 from loomlm.lang.ir import GenParams
 from loomlm.lang.state import ProgramState
@@ -64,8 +65,10 @@ class SglFunction:
             if name not in known:
                 close = difflib.get_close_matches(name, known, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise TypeError(f"program {self.__name__} got an unexpected argument {name!r}{hint}; "
-                                f"its arguments: {', '.join(known) or 'none'}")
+                raise TypeError(
+                    f"program {self.__name__} got an unexpected argument {name!r}{hint}; "
+                    f"its arguments: {', '.join(known) or 'none'}"
+                )
 
     def _bind(self, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
         self._check_names(kwargs)
@@ -77,7 +80,7 @@ class SglFunction:
         values.pop(next(iter(self._signature.parameters)))
         return values
 
-    def bind(self, **kwargs: Any) -> "SglFunction":
+    def bind(self, **kwargs: Any) -> SglFunction:
         """A copy with some arguments fixed (they count as constants when tracing)."""
         self._check_names(kwargs)
         return SglFunction(self.func, {**self.bind_arguments, **kwargs})
@@ -103,7 +106,7 @@ class SglFunction:
                 raise
         finally:
             state.stream_executor.end()
-        if global_config.verbosity >= 2:     # SGLang's verbosity: print each finished run's text
+        if global_config.verbosity >= 2:  # SGLang's verbosity: print each finished run's text
             print(state.text())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -113,9 +116,16 @@ class SglFunction:
             return self.func(*args, **{**self.bind_arguments, **kwargs})
         return self.run(*args, **kwargs)
 
-    def run_batch(self, batch_kwargs: list[dict[str, Any]], *, num_threads: int | str = "auto",
-                  progress_bar: bool = False, backend: Any = None, generator_style: bool = False,
-                  **sampling: Any) -> Any:
+    def run_batch(
+        self,
+        batch_kwargs: list[dict[str, Any]],
+        *,
+        num_threads: int | str = "auto",
+        progress_bar: bool = False,
+        backend: Any = None,
+        generator_style: bool = False,
+        **sampling: Any,
+    ) -> Any:
         """Run the program once per argument dict, concurrently; returns the finished states in order
         (`generator_style=True`: an iterator yielding them in order as they finish)."""
         if not isinstance(batch_kwargs, (list, tuple)) or not all(isinstance(k, dict) for k in batch_kwargs):
@@ -123,7 +133,7 @@ class SglFunction:
         if not batch_kwargs:
             return []
         backend = resolve_backend(backend)
-        for kwargs in batch_kwargs:    # argument errors surface before anything runs
+        for kwargs in batch_kwargs:  # argument errors surface before anything runs
             self._bind((), _split_sampling(dict(kwargs), self._arg_names)[1])
         if num_threads == "auto":
             num_threads = max(64, 16 * (os.cpu_count() or 1))
@@ -142,8 +152,13 @@ class SglFunction:
         results = self._dispatch(run_one, batch_kwargs, num_threads, progress_bar)
         return results if generator_style else list(results)
 
-    def _dispatch(self, run_one: Callable[[dict[str, Any]], ProgramState], batch_kwargs: list[dict[str, Any]],
-                  num_threads: int, progress_bar: bool) -> Iterator[ProgramState]:
+    def _dispatch(
+        self,
+        run_one: Callable[[dict[str, Any]], ProgramState],
+        batch_kwargs: list[dict[str, Any]],
+        num_threads: int,
+        progress_bar: bool,
+    ) -> Iterator[ProgramState]:
         bar = tqdm.tqdm(total=len(batch_kwargs), desc=self.__name__, disable=not progress_bar)
         try:
             with ThreadPoolExecutor(min(num_threads, len(batch_kwargs))) as pool:

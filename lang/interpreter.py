@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
+from loomlm.global_config import global_config
 from loomlm.lang.backends.base import Backend, chat_kwargs
 from loomlm.lang.chat_template import ChatTemplate
-from loomlm.lang.global_config import global_config
 from loomlm.lang.ir import (
     CommitLazy,
     ConcatAndAppend,
@@ -83,8 +84,7 @@ class _VarSlot:
 
 
 class StreamExecutor:
-    def __init__(self, backend: Backend, defaults: GenParams, stream: bool,
-                 chat_template: ChatTemplate | None = None):
+    def __init__(self, backend: Backend, defaults: GenParams, stream: bool, chat_template: ChatTemplate | None = None):
         self.backend = backend
         self.defaults = defaults
         self.stream = stream
@@ -93,11 +93,11 @@ class StreamExecutor:
         self.messages_: list[dict[str, str]] = []
         self.variables: dict[str, Any] = {}
         self.meta_info: dict[str, Any] = {}
-        self.assigned: list[str] = []            # variables set by this executor (fork join gathers these)
+        self.assigned: list[str] = []  # variables set by this executor (fork join gathers these)
         self.error_: BaseException | None = None
         self.cur_role: str | None = None
         self.cur_role_begin_pos = 0
-        self.fork_start_pos = 0                  # where a fork branch's own text begins
+        self.fork_start_pos = 0  # where a fork branch's own text begins
         self.children: list[StreamExecutor] = []
         self.text_log = StreamLog()
         self._slots: dict[str, _VarSlot] = {}
@@ -157,7 +157,7 @@ class StreamExecutor:
         self.get_var(name)
         return self.meta_info.get(name)
 
-    def fork(self, size: int) -> list["StreamExecutor"]:
+    def fork(self, size: int) -> list[StreamExecutor]:
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"fork size must be a positive integer, got {size!r}")
         if size > 1:
@@ -210,7 +210,7 @@ class StreamExecutor:
                     if self.error_ is not None:
                         raise self.error_
                     self._execute(expr, slots)
-                except BaseException as exc:   # handed to whoever reads the node's variables
+                except BaseException as exc:  # handed to whoever reads the node's variables
                     if self.error_ is None:
                         self.error_ = exc
                     for slot in slots.values():
@@ -244,8 +244,9 @@ class StreamExecutor:
         elif isinstance(expr, Gen):
             self._gen(expr, slots)
         elif isinstance(expr, Select):
-            decision = self.backend.select(self.text_, expr.choices, expr.choices_method,
-                                           **chat_kwargs(self.backend, self))
+            decision = self.backend.select(
+                self.text_, expr.choices, expr.choices_method, **chat_kwargs(self.backend, self)
+            )
             self._append(decision.decision)
             if expr.name is not None:
                 slot = slots.get(expr.name)
@@ -260,7 +261,7 @@ class StreamExecutor:
         elif isinstance(expr, RoleEnd):
             if self.cur_role != expr.role:
                 raise ValueError(f"role {expr.role!r} ends but the open role is {self.cur_role!r}")
-            self.messages_.append({"role": expr.role, "content": self.text_[self.cur_role_begin_pos:]})
+            self.messages_.append({"role": expr.role, "content": self.text_[self.cur_role_begin_pos :]})
             self._append(self.chat_template.suffix(expr.role))
             self.cur_role = None
         elif isinstance(expr, VarScopeBegin):
@@ -268,7 +269,7 @@ class StreamExecutor:
         elif isinstance(expr, VarScopeEnd):
             if expr.name not in self._scopes:
                 raise ValueError(f"var_scope {expr.name!r} ends without beginning")
-            self._set(expr.name, self.text_[self._scopes.pop(expr.name):], None, slots)
+            self._set(expr.name, self.text_[self._scopes.pop(expr.name) :], None, slots)
         elif isinstance(expr, CommitLazy):
             self.backend.prefill(self.text_)
         elif isinstance(expr, ConcatAndAppend):
@@ -276,18 +277,18 @@ class StreamExecutor:
                 branch.sync()
                 if branch.error_ is not None:
                     raise branch.error_
-                self._append(branch.text_[branch.fork_start_pos:])
+                self._append(branch.text_[branch.fork_start_pos :])
         else:
             raise TypeError(f"unknown program node {expr!r}")
 
     def _gen(self, gen: Gen, slots: dict[str, _VarSlot]) -> None:
         params = gen.params.merged_over(self.defaults)
-        if self.cur_role is not None:   # inside a role the model may end its turn in text
+        if self.cur_role is not None:  # inside a role the model may end its turn in text
             params = params.with_stop(self.chat_template.stop)
         sampling, logprobs = params.to_sampling_dict(), params.logprob_options()
         if not global_config.skip_special_tokens_in_output:
             sampling["skip_special_tokens"] = False
-        chat = chat_kwargs(self.backend, self)      # the conversation, for chat-API backends
+        chat = chat_kwargs(self.backend, self)  # the conversation, for chat-API backends
         slot = slots.get(gen.name) if gen.name is not None else None
         if self.stream:
             value, meta = "", {}

@@ -24,10 +24,10 @@ DTYPES = {int: int, float: float, str: str, bool: bool, "int": int, "float": flo
 class Expr:
     """Base of every node; `a + b` concatenates nodes (strings become `Constant`)."""
 
-    def __add__(self, other: Any) -> "ExprList":
+    def __add__(self, other: Any) -> ExprList:
         return ExprList((*_flatten(self), *_flatten(to_expr(other))))
 
-    def __radd__(self, other: Any) -> "ExprList":
+    def __radd__(self, other: Any) -> ExprList:
         return ExprList((*_flatten(to_expr(other)), *_flatten(self)))
 
 
@@ -38,12 +38,11 @@ def to_expr(value: Any) -> Expr:
         return Constant(value)
     if isinstance(value, (int, float, bool)):
         return Constant(str(value))
-    getattr(value, "as_program_text", None)   # a tracer placeholder ends the trace here
-    raise TypeError(f"cannot add a {type(value).__name__} to a program: use a string, gen(), select() "
-                    f"or a role")
+    getattr(value, "as_program_text", None)  # a tracer placeholder ends the trace here
+    raise TypeError(f"cannot add a {type(value).__name__} to a program: use a string, gen(), select() or a role")
 
 
-def role_expr(role: str, expr: Any) -> "ExprList":
+def role_expr(role: str, expr: Any) -> ExprList:
     """A whole message: begin `role`, `expr`, end it."""
     return ExprList((RoleBegin(role), to_expr(expr), RoleEnd(role)))
 
@@ -59,10 +58,10 @@ class GenParams:
     # SGLang's `gen` arguments, in its order (`gen`'s signature is built from these fields).
     max_tokens: int | None = None
     min_tokens: int | None = None
-    n: int | None = None               # 1 only: a gen makes one completion (see __post_init__)
+    n: int | None = None  # 1 only: a gen makes one completion (see __post_init__)
     stop: str | tuple[str, ...] | None = None
     stop_token_ids: tuple[int, ...] | None = None
-    stop_regex: str | tuple[str, ...] | None = None   # accepted for SGLang; not supported (an error)
+    stop_regex: str | tuple[str, ...] | None = None  # accepted for SGLang; not supported (an error)
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
@@ -74,9 +73,9 @@ class GenParams:
     logprob_start_len: int | None = None
     top_logprobs_num: int | None = None
     return_text_in_logprobs: bool | None = None
-    dtype: Any = None                  # int, float, str, bool (or their names)
+    dtype: Any = None  # int, float, str, bool (or their names)
     regex: str | None = None
-    json_schema: Any = None            # dict, JSON text or pydantic model class
+    json_schema: Any = None  # dict, JSON text or pydantic model class
     # loomlm's additions (engine sampling parameters SGLang's gen does not name).
     repetition_penalty: float | None = None
     seed: int | None = None
@@ -87,11 +86,14 @@ class GenParams:
         if isinstance(self.stop_token_ids, list):
             object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
         if self.n not in (None, 1):
-            raise NotImplementedError(f"gen(n={self.n!r}): a gen makes one completion in loomlm; use "
-                                      f"s.fork(n) for several")
+            raise NotImplementedError(
+                f"gen(n={self.n!r}): a gen makes one completion in loomlm; use s.fork(n) for several"
+            )
         if self.stop_regex is not None:
-            raise NotImplementedError("gen(stop_regex=...) is not supported by loomlm's engine; use stop= "
-                                      "strings or regex= to constrain the output")
+            raise NotImplementedError(
+                "gen(stop_regex=...) is not supported by loomlm's engine; use stop= "
+                "strings or regex= to constrain the output"
+            )
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"gen dtype must be one of int, float, str, bool, got {self.dtype!r}")
         given = [n for n in ("regex", "json_schema", "dtype") if getattr(self, n) is not None]
@@ -102,7 +104,7 @@ class GenParams:
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
 
-    def merged_over(self, defaults: "GenParams") -> "GenParams":
+    def merged_over(self, defaults: GenParams) -> GenParams:
         """These values where given, else `defaults`' (constraints are never inherited)."""
         values = {}
         for name in self.field_names():
@@ -111,7 +113,7 @@ class GenParams:
             values[name] = mine if mine is not None or not inherit else getattr(defaults, name)
         return GenParams(**values)
 
-    def with_stop(self, extra: tuple[str, ...]) -> "GenParams":
+    def with_stop(self, extra: tuple[str, ...]) -> GenParams:
         """Adds stop strings (a chat template's end-of-turn text)."""
         if not extra:
             return self
@@ -121,8 +123,16 @@ class GenParams:
     def to_sampling_dict(self) -> dict[str, Any]:
         """The engine's sampling-parameter dict (`runtime/sampling_params.py` names); unset fields left out."""
         renames = {"max_tokens": "max_new_tokens", "min_tokens": "min_new_tokens"}
-        skip = {"return_logprob", "logprob_start_len", "top_logprobs_num", "return_text_in_logprobs", "dtype",
-                "json_schema", "n", "stop_regex"}
+        skip = {
+            "return_logprob",
+            "logprob_start_len",
+            "top_logprobs_num",
+            "return_text_in_logprobs",
+            "dtype",
+            "json_schema",
+            "n",
+            "stop_regex",
+        }
         out: dict[str, Any] = {}
         for name in self.field_names():
             value = getattr(self, name)
@@ -140,10 +150,13 @@ class GenParams:
             out["regex"] = type_regex(DTYPES[self.dtype])
         return out
 
-    def logprob_options(self) -> "LogprobRequest":
-        return LogprobRequest(bool(self.return_logprob), self.top_logprobs_num or 0,
-                              -1 if self.logprob_start_len is None else self.logprob_start_len,
-                              bool(self.return_text_in_logprobs))
+    def logprob_options(self) -> LogprobRequest:
+        return LogprobRequest(
+            bool(self.return_logprob),
+            self.top_logprobs_num or 0,
+            -1 if self.logprob_start_len is None else self.logprob_start_len,
+            bool(self.return_text_in_logprobs),
+        )
 
 
 @dataclass(frozen=True)
@@ -175,7 +188,7 @@ class Select(Expr):
     name: str | None
     choices: tuple[str, ...]
     temperature: float
-    choices_method: Any      # a ChoicesMethod (lang/choices.py)
+    choices_method: Any  # a ChoicesMethod (lang/choices.py)
 
 
 @dataclass(frozen=True, eq=False)
@@ -212,7 +225,8 @@ class CommitLazy(Expr):
 @dataclass(frozen=True, eq=False)
 class ConcatAndAppend(Expr):
     """Append each fork branch's own text (after the fork point) to the parent, in branch order."""
-    branches: tuple[Any, ...]     # StreamExecutors
+
+    branches: tuple[Any, ...]  # StreamExecutors
 
 
 def variable_names(expr: Expr) -> list[str]:

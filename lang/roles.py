@@ -6,8 +6,9 @@ class mixes `RoleMethods` in and says, in `_add_node`, what taking a node means 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from loomlm.lang.ir import Expr, RoleBegin, RoleEnd, role_expr
 

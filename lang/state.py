@@ -10,8 +10,9 @@ and `forks[i] += expr`. Reads block only until the value they need exists.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any
 
 from loomlm.lang.interpreter import StreamExecutor
 from loomlm.lang.ir import ConcatAndAppend, Expr, VarScopeBegin, VarScopeEnd, to_expr
@@ -24,7 +25,7 @@ class ProgramState(RoleMethods):
         self.ret_value: Any = None
 
     # ---- building the program ---------------------------------------------------------------
-    def __iadd__(self, other: Any) -> "ProgramState":
+    def __iadd__(self, other: Any) -> ProgramState:
         self.stream_executor.submit(to_expr(other))
         return self
 
@@ -38,12 +39,12 @@ class ProgramState(RoleMethods):
         yield
         self.stream_executor.submit(VarScopeEnd(name))
 
-    def fork(self, size: int = 1, position_ids_offset: Any = None) -> "ProgramStateGroup":
+    def fork(self, size: int = 1, position_ids_offset: Any = None) -> ProgramStateGroup:
         """`size` branches that start from the text so far (`position_ids_offset`, SGLang's, is unused)."""
         return ProgramStateGroup([ProgramState(e) for e in self.stream_executor.fork(size)], self)
 
     @contextmanager
-    def copy(self, position_ids_offset: Any = None) -> Iterator["ProgramState"]:
+    def copy(self, position_ids_offset: Any = None) -> Iterator[ProgramState]:
         """`with s.copy() as c:` one branch of `s`, joined back (its variables gathered) when the block ends."""
         group = self.fork(1, position_ids_offset)
         try:
@@ -89,8 +90,7 @@ class ProgramState(RoleMethods):
         for text, _meta in self.stream_executor.iter_log(var_name):
             yield text
 
-    async def text_async_iter(self, var_name: str | None = None,
-                              return_meta_data: bool = False) -> AsyncIterator[Any]:
+    async def text_async_iter(self, var_name: str | None = None, return_meta_data: bool = False) -> AsyncIterator[Any]:
         """Async increments; with `return_meta_data`, (text, meta) pairs where meta holds the completion
         tokens and output token logprobs so far."""
         iterator = self.stream_executor.iter_log(var_name)
@@ -128,13 +128,14 @@ class ProgramStateGroup:
         """`forks[i] += expr` appends to branch i in place, then stores the same state back; only that is
         allowed (a branch cannot be replaced by another state)."""
         if value is not self.states[i]:
-            raise TypeError(f"fork branch {i} can only be given back itself (as `forks[i] += ...` does), "
-                            f"not {type(value).__name__}")
+            raise TypeError(
+                f"fork branch {i} can only be given back itself (as `forks[i] += ...` does), not {type(value).__name__}"
+            )
 
     def __iter__(self) -> Iterator[ProgramState]:
         return iter(self.states)
 
-    def __iadd__(self, other: Any) -> "ProgramStateGroup":
+    def __iadd__(self, other: Any) -> ProgramStateGroup:
         """`branches += expr` appends to every branch; `branches += lambda i: expr` a branch's own, and
         `branches += [e0, e1, ...]` (one per branch) too."""
         per_branch: Callable[[int], Any] | None = None

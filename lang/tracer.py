@@ -9,8 +9,9 @@ programs, so they all find it in the radix cache instead of computing it side by
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from loomlm.lang.chat_template import ChatTemplate
 from loomlm.lang.ir import Constant, Expr, ExprList, RoleBegin, RoleEnd, to_expr
@@ -23,9 +24,9 @@ class _StopTracing(Exception):
 
 @dataclass(frozen=True)
 class ProgramTrace:
-    prefix: str                      # text every run begins with
-    nodes: tuple[Expr, ...]          # the constant nodes that make it
-    stopped_at: str                  # what ended the trace ("end of program" when nothing did)
+    prefix: str  # text every run begins with
+    nodes: tuple[Expr, ...]  # the constant nodes that make it
+    stopped_at: str  # what ended the trace ("end of program" when nothing did)
 
 
 class TracedArgument:
@@ -72,7 +73,7 @@ class TracerState(RoleMethods):
             raise _StopTracing(type(expr).__name__.lower())
         self.nodes.append(expr)
 
-    def __iadd__(self, other: Any) -> "TracerState":
+    def __iadd__(self, other: Any) -> TracerState:
         self._take(to_expr(other))
         return self
 
@@ -96,14 +97,17 @@ class TracerState(RoleMethods):
 def trace_program(func: Callable[..., Any], bound: dict[str, Any], chat_template: ChatTemplate) -> ProgramTrace:
     """Trace `func(s, **args)` with unbound arguments replaced by `TracedArgument`s."""
     params = list(inspect.signature(func).parameters.values())[1:]
-    args = {p.name: bound.get(p.name, TracedArgument(p.name)) for p in params
-            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    args = {
+        p.name: bound.get(p.name, TracedArgument(p.name))
+        for p in params
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
     state = TracerState(chat_template)
     stopped_at = "end of program"
     try:
         func(state, **args)
     except _StopTracing as stop:
         stopped_at = str(stop.args[0]) if stop.args else "unknown"
-    except Exception as exc:   # the program needed a real value somewhere: the prefix so far stands
+    except Exception as exc:  # the program needed a real value somewhere: the prefix so far stands
         stopped_at = f"{type(exc).__name__}: {exc}"
     return ProgramTrace(state.prefix, tuple(state.nodes), stopped_at)

@@ -15,17 +15,51 @@ _EXPORTS = {
     "EngineConfig": "loomlm.runtime.config",
     "SamplingParams": "loomlm.runtime.sampling_params",
     "default_model_path": "loomlm.runtime.models.loader",
-    **{name: "loomlm.lang" for name in (
-        "function", "gen", "gen_int", "gen_string", "select", "system", "user", "assistant",
-        "system_begin", "system_end", "user_begin", "user_end", "assistant_begin", "assistant_end",
-        "set_default_backend", "get_default_backend", "Runtime", "LocalBackend", "RuntimeEndpoint", "OpenAI",
-        "SglFunction",
-        "ProgramState", "ProgramStateGroup", "token_length_normalized", "greedy_token_selection",
-        "unconditional_likelihood_normalized", "flush_cache", "get_server_info", "image", "video",
-        "Anthropic", "LiteLLM", "VertexAI", "global_config")},
+    **{
+        name: "loomlm.lang"
+        for name in (
+            "function",
+            "gen",
+            "gen_int",
+            "gen_string",
+            "select",
+            "system",
+            "user",
+            "assistant",
+            "system_begin",
+            "system_end",
+            "user_begin",
+            "user_end",
+            "assistant_begin",
+            "assistant_end",
+            "set_default_backend",
+            "get_default_backend",
+            "Runtime",
+            "LocalBackend",
+            "RuntimeEndpoint",
+            "OpenAI",
+            "SglFunction",
+            "ProgramState",
+            "ProgramStateGroup",
+            "token_length_normalized",
+            "greedy_token_selection",
+            "unconditional_likelihood_normalized",
+            "flush_cache",
+            "get_server_info",
+            "image",
+            "video",
+            "Anthropic",
+            "LiteLLM",
+            "VertexAI",
+        )
+    },
 }
 
-__all__ = ["__version__", *_EXPORTS]
+# Binds the settings object over its module's name, as SGLang does (`sgl.global_config.verbosity = 2`); a
+# leaf module, so this import is free.
+from loomlm.global_config import global_config  # noqa: E402
+
+__all__ = ["__version__", "global_config", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:

@@ -37,7 +37,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         kind = _scalar_type(hints[f.name]) if not isinstance(hints[f.name], type) else hints[f.name]
         names = [flag, "--model"] if f.name == "model_path" else [flag]
-        if kind is bool:   # argparse's type=bool would read "False" as True
+        if kind is bool:  # argparse's type=bool would read "False" as True
             parser.add_argument(*names, dest=f.name, action="store_true", default=f.default, help=_HELP.get(f.name))
             continue
         parser.add_argument(*names, dest=f.name, type=kind, default=f.default, help=_HELP.get(f.name))

@@ -23,25 +23,26 @@ from loomlm.runtime.request import Req
 @dataclass
 class ExtendItem:
     req: Req
-    start: int          # first fill position computed (== tokens already in the pool)
-    end: int            # one past the last; the request samples iff end == len(fill_ids)
+    start: int  # first fill position computed (== tokens already in the pool)
+    end: int  # one past the last; the request samples iff end == len(fill_ids)
 
 
 @dataclass
 class LogprobSpan:
-    first_row: int      # first row of the logits tensor holding prompt-logprob rows of this request
-    count: int          # number of rows (0: none this step)
-    first_target: int   # prompt position scored by the first row
+    first_row: int  # first row of the logits tensor holding prompt-logprob rows of this request
+    count: int  # number of rows (0: none this step)
+    first_target: int  # prompt position scored by the first row
 
 
 @dataclass(kw_only=True)
 class ScheduledBatch(ForwardBatch):
     """One step's forward tensors (on the host) and what the engine needs around the forward."""
+
     reqs: list[Req]
-    sample_index: torch.Tensor     # [S] int64, batch index of each request that samples this step
-    sample_rows: torch.Tensor      # [S] int64, its row of the logits (0..N-1)
-    logprob_spans: list[LogprobSpan] | None   # per request (extend only)
-    released_rows: tuple[int, ...] = ()        # request rows freed since the previous batch (set by schedule())
+    sample_index: torch.Tensor  # [S] int64, batch index of each request that samples this step
+    sample_rows: torch.Tensor  # [S] int64, its row of the logits (0..N-1)
+    logprob_spans: list[LogprobSpan] | None  # per request (extend only)
+    released_rows: tuple[int, ...] = ()  # request rows freed since the previous batch (set by schedule())
 
     @property
     def sampling_reqs(self) -> list[Req]:
@@ -75,23 +76,43 @@ def build_extend(items: list[ExtendItem], req_to_token: torch.Tensor) -> Schedul
         offset += e - a
     reqs = [item.req for item in items]
     return ScheduledBatch(
-        mode=ForwardMode.EXTEND, reqs=reqs, input_ids=torch.cat(ids), positions=torch.cat(positions),
-        out_slots=torch.cat(slots), req_rows=torch.tensor([r.row for r in reqs], dtype=torch.int64),
+        mode=ForwardMode.EXTEND,
+        reqs=reqs,
+        input_ids=torch.cat(ids),
+        positions=torch.cat(positions),
+        out_slots=torch.cat(slots),
+        req_rows=torch.tensor([r.row for r in reqs], dtype=torch.int64),
         prefix_lens=torch.tensor([item.start for item in items], dtype=torch.int64),
         extend_lens=torch.tensor([item.end - item.start for item in items], dtype=torch.int64),
         logits_indices=torch.tensor(logits_idx, dtype=torch.int64),
         sample_index=torch.tensor(sample_index, dtype=torch.int64),
-        sample_rows=torch.tensor(sample_rows, dtype=torch.int64), logprob_spans=spans)
+        sample_rows=torch.tensor(sample_rows, dtype=torch.int64),
+        logprob_spans=spans,
+    )
 
 
-def build_decode(reqs: list[Req], rows: torch.Tensor, kv_lens: torch.Tensor, slots: torch.Tensor,
-                 shared_prefixes: tuple[SharedPrefix, ...] = ()) -> ScheduledBatch:
+def build_decode(
+    reqs: list[Req],
+    rows: torch.Tensor,
+    kv_lens: torch.Tensor,
+    slots: torch.Tensor,
+    shared_prefixes: tuple[SharedPrefix, ...] = (),
+) -> ScheduledBatch:
     """rows, kv_lens, slots: [B] int64; each request feeds its last output token at position kv_len."""
     B = len(reqs)
     arange = torch.arange(B, dtype=torch.int64)
     return ScheduledBatch(
-        mode=ForwardMode.DECODE, reqs=list(reqs),
+        mode=ForwardMode.DECODE,
+        reqs=list(reqs),
         input_ids=torch.tensor([r.output_ids[-1] for r in reqs], dtype=torch.int64),
-        positions=kv_lens, out_slots=slots, req_rows=rows, prefix_lens=kv_lens,
-        extend_lens=torch.ones(B, dtype=torch.int64), logits_indices=arange, sample_index=arange,
-        sample_rows=arange, logprob_spans=None, shared_prefixes=shared_prefixes)
+        positions=kv_lens,
+        out_slots=slots,
+        req_rows=rows,
+        prefix_lens=kv_lens,
+        extend_lens=torch.ones(B, dtype=torch.int64),
+        logits_indices=arange,
+        sample_index=arange,
+        sample_rows=arange,
+        logprob_spans=None,
+        shared_prefixes=shared_prefixes,
+    )

@@ -26,10 +26,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from loomlm.runtime.engine import Engine   # heavy imports after argument errors are reported
+    from loomlm.runtime.engine import Engine  # heavy imports after argument errors are reported
+    from loomlm.runtime.sampling_params import SamplingParams
 
-    try:
+    params = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "seed": args.seed,
+    }
+    try:  # every argument checked before the model loads (seconds)
         config = engine_config_from_args(args)
+        SamplingParams.from_dict(params)
     except ValueError as exc:
         print(f"loomlm: {exc}", file=sys.stderr)
         return 2
@@ -41,10 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prompt = args.prompt
         if args.chat:
-            messages = ([{"role": "system", "content": args.system}] if args.system else [])
+            messages = [{"role": "system", "content": args.system}] if args.system else []
             prompt = engine.apply_chat_template(messages + [{"role": "user", "content": prompt}])
-        params = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                  "top_p": args.top_p, "seed": args.seed}
         if args.no_stream:
             print(engine.generate(prompt, params)["text"])
         else:

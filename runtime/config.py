@@ -21,30 +21,30 @@ JSON_WHITESPACE = ("default", "compact", "flexible")
 
 @dataclass(frozen=True)
 class EngineConfig:
-    model_path: str | None = None          # None = the default model (SmolLM2-135M-Instruct GGUF)
-    tokenizer_path: str | None = None      # None = the model's own tokenizer
-    dtype: str = "auto"                    # auto: float32 on CPU, bfloat16 on CUDA
+    model_path: str | None = None  # None = the default model (SmolLM2-135M-Instruct GGUF)
+    tokenizer_path: str | None = None  # None = the model's own tokenizer
+    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
     load_format: str = "auto"
-    context_length: int | None = None      # None = the model's max positions
-    max_total_tokens: int | None = None    # KV pool size in tokens; None = from mem_fraction_static
+    context_length: int | None = None  # None = the model's max positions
+    max_total_tokens: int | None = None  # KV pool size in tokens; None = from mem_fraction_static
     mem_fraction_static: float | None = None  # share of free memory for the KV pool (CPU 0.25, CUDA 0.85)
     max_running_requests: int = 128
-    max_prefill_tokens: int = 8192         # new tokens per extend step (a longer prompt runs alone)
-    chunked_prefill_size: int = 2048       # prompts longer than this are prefilled in chunks; -1 = never chunk
-    schedule_policy: str = "lpm"           # fcfs | lpm (longest prefix match) | dfs-weight (tree order)
-    disable_radix_cache: bool = False      # no prefix reuse at all (for comparison)
-    disable_jump_forward: bool = False     # constrained outputs: sample forced text token by token
-    grammar_max_states: int = 50_000       # largest automaton a regex / JSON schema may compile to
-    grammar_timeout_s: float = 10.0        # compile-time budget of one grammar
-    grammar_cache_size: int = 128          # compiled grammars kept (LRU)
-    json_whitespace: str = "default"       # JSON-schema whitespace: default | compact | flexible
-    attention_backend: str | None = None   # torch | triton; None = triton on CUDA, torch on CPU
-    disable_cuda_graph: bool = False       # CUDA: run decode eagerly instead of replaying captured graphs
-    cuda_graph_max_bs: int = 256           # largest decode batch captured (bigger batches run eagerly)
+    max_prefill_tokens: int = 8192  # new tokens per extend step (a longer prompt runs alone)
+    chunked_prefill_size: int = 2048  # prompts longer than this are prefilled in chunks; -1 = never chunk
+    schedule_policy: str = "lpm"  # fcfs | lpm (longest prefix match) | dfs-weight (tree order)
+    disable_radix_cache: bool = False  # no prefix reuse at all (for comparison)
+    disable_jump_forward: bool = False  # constrained outputs: sample forced text token by token
+    grammar_max_states: int = 50_000  # largest automaton a regex / JSON schema may compile to
+    grammar_timeout_s: float = 10.0  # compile-time budget of one grammar
+    grammar_cache_size: int = 128  # compiled grammars kept (LRU)
+    json_whitespace: str = "default"  # JSON-schema whitespace: default | compact | flexible
+    attention_backend: str | None = None  # torch | triton; None = triton on CUDA, torch on CPU
+    disable_cuda_graph: bool = False  # CUDA: run decode eagerly instead of replaying captured graphs
+    cuda_graph_max_bs: int = 256  # largest decode batch captured (bigger batches run eagerly)
     json_model_override_args: str | None = None  # JSON object of model-config fields to override
-    random_seed: int = 0                   # seeds dummy weights and unseeded requests
-    device: str = "auto"                   # auto: cuda when available, else cpu
-    cpu_threads: int | None = None         # torch intra-op threads on CPU; None = leave torch's default
+    random_seed: int = 0  # seeds dummy weights and unseeded requests
+    device: str = "auto"  # auto: cuda when available, else cpu
+    cpu_threads: int | None = None  # torch intra-op threads on CPU; None = leave torch's default
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in DTYPES:
@@ -54,8 +54,7 @@ class EngineConfig:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.attention_backend is not None and self.attention_backend not in ATTENTION_BACKENDS:
-            raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, "
-                             f"got {self.attention_backend!r}")
+            raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")
         for name in ("context_length", "max_total_tokens", "cpu_threads"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
@@ -69,8 +68,11 @@ class EngineConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.grammar_timeout_s, bool) or not isinstance(self.grammar_timeout_s, (int, float)) \
-                or not self.grammar_timeout_s > 0:
+        if (
+            isinstance(self.grammar_timeout_s, bool)
+            or not isinstance(self.grammar_timeout_s, (int, float))
+            or not self.grammar_timeout_s > 0
+        ):
             raise ValueError(f"grammar_timeout_s must be > 0, got {self.grammar_timeout_s!r}")
         if self.json_whitespace not in JSON_WHITESPACE:
             raise ValueError(f"json_whitespace must be one of {JSON_WHITESPACE}, got {self.json_whitespace!r}")
@@ -89,13 +91,15 @@ class EngineConfig:
             except (TypeError, json.JSONDecodeError) as exc:
                 raise ValueError(f"json_model_override_args is not valid JSON: {exc}") from None
             if not isinstance(overrides, dict):
-                raise ValueError("json_model_override_args must be a JSON object of model-config fields, "
-                                 f"got {self.json_model_override_args!r}")
+                raise ValueError(
+                    "json_model_override_args must be a JSON object of model-config fields, "
+                    f"got {self.json_model_override_args!r}"
+                )
         if not isinstance(self.random_seed, int):
             raise ValueError(f"random_seed must be an integer, got {self.random_seed!r}")
 
     @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> "EngineConfig":
+    def from_kwargs(cls, **kwargs: Any) -> EngineConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(kwargs) - names)
         if unknown:

@@ -26,7 +26,7 @@ import torch
 
 from loomlm.grammars import REJECTED, Guide, JumpPlan, bitmask_words, plan_jump, plan_prefix_jump
 
-_DEFAULT_CACHE_BYTES = 256 << 20   # arena bound: ~13k rows of a 150k-token vocabulary
+_DEFAULT_CACHE_BYTES = 256 << 20  # arena bound: ~13k rows of a 150k-token vocabulary
 _INITIAL_ROWS = 64
 
 
@@ -35,9 +35,9 @@ class GrammarState:
     """A constrained request's position in its guide (one per request, also for each of n copies)."""
 
     guide: Guide
-    state: Any = None            # None: the guide's initial state
-    prev_state: Any = None       # before the last output token (jump-forward re-tokenizes that token)
-    rejected: bool = False       # a sampled token the guide did not allow (never expected)
+    state: Any = None  # None: the guide's initial state
+    prev_state: Any = None  # before the last output token (jump-forward re-tokenizes that token)
+    rejected: bool = False  # a sampled token the guide did not allow (never expected)
 
     def __post_init__(self) -> None:
         if self.state is None:
@@ -73,8 +73,9 @@ class GrammarState:
 class ConstraintMasks:
     """Sampler row -> arena row of its guide state's mask; fills and applies a batch's masks."""
 
-    def __init__(self, vocab_size: int, max_rows: int, device: torch.device,
-                 max_cache_bytes: int = _DEFAULT_CACHE_BYTES):
+    def __init__(
+        self, vocab_size: int, max_rows: int, device: torch.device, max_cache_bytes: int = _DEFAULT_CACHE_BYTES
+    ):
         self.vocab_size = vocab_size
         self.words = bitmask_words(vocab_size)
         self.device = torch.device(device)
@@ -85,18 +86,18 @@ class ConstraintMasks:
         # (rows filled since the last step are copied over before it).
         self.arena = np.empty((min(_INITIAL_ROWS, self.max_cached_rows), self.words), dtype=np.int32)
         self.arena[0] = -1
-        self.num_rows = 1                          # arena rows ever handed out (high-water mark)
-        self._free: list[int] = []                 # handed-out rows no key uses now
+        self.num_rows = 1  # arena rows ever handed out (high-water mark)
+        self._free: list[int] = []  # handed-out rows no key uses now
         self.arena_row = np.zeros(max_rows, dtype=np.int64)
         self._device_arena: torch.Tensor | None = None
-        self._dirty: list[int] = []                # rows filled since the device copy was synced
+        self._dirty: list[int] = []  # rows filled since the device copy was synced
         self._buf = np.empty((max_rows, self.words), dtype=np.int32)
         self._buf_t = torch.from_numpy(self._buf)
-        self._tables: dict[int, dict[Hashable, int]] = {}   # id(guide) -> mask key -> arena row
-        self._guides: dict[int, Guide] = {}        # keeps each id() above alive and unique
-        self._users: dict[int, int] = {}           # id(guide) -> sampler rows using it
+        self._tables: dict[int, dict[Hashable, int]] = {}  # id(guide) -> mask key -> arena row
+        self._guides: dict[int, Guide] = {}  # keeps each id() above alive and unique
+        self._users: dict[int, int] = {}  # id(guide) -> sampler rows using it
         self._row_state: dict[int, GrammarState] = {}
-        self._row_table: dict[int, dict[Hashable, int]] = {}   # sampler row -> its guide's table
+        self._row_table: dict[int, dict[Hashable, int]] = {}  # sampler row -> its guide's table
         self._shifts = torch.arange(32, dtype=torch.int32, device=self.device)
 
     @property
@@ -111,9 +112,10 @@ class ConstraintMasks:
     def begin(self, row: int, gs: GrammarState) -> None:
         guide = gs.guide
         if bitmask_words(guide.vocab.size) != self.words:
-            raise ValueError(f"guide {guide.description} is over {guide.vocab.size} tokens, the logits over "
-                             f"{self.vocab_size}")
-        if row in self._row_state:   # re-begun without an end: release the old guide's use first
+            raise ValueError(
+                f"guide {guide.description} is over {guide.vocab.size} tokens, the logits over {self.vocab_size}"
+            )
+        if row in self._row_state:  # re-begun without an end: release the old guide's use first
             self.end(row)
         key = id(guide)
         if key not in self._tables:
@@ -132,7 +134,7 @@ class ConstraintMasks:
         self.arena_row[row] = 0
         key = id(gs.guide)
         self._users[key] -= 1
-        if self._users[key] == 0:   # nobody uses the guide: its rows are free for other guides
+        if self._users[key] == 0:  # nobody uses the guide: its rows are free for other guides
             del self._users[key], self._guides[key]
             self._free.extend(self._tables.pop(key).values())
 
@@ -156,9 +158,9 @@ class ConstraintMasks:
             return self._free.pop()
         if self.num_rows == len(self.arena):
             grown = np.empty((min(2 * len(self.arena), self.max_cached_rows), self.words), dtype=np.int32)
-            grown[:self.num_rows] = self.arena[:self.num_rows]
+            grown[: self.num_rows] = self.arena[: self.num_rows]
             self.arena = grown
-            self._device_arena = None   # copied again whole
+            self._device_arena = None  # copied again whole
         self.num_rows += 1
         return self.num_rows - 1
 
@@ -184,12 +186,13 @@ class ConstraintMasks:
         return self._buf_t[:n]
 
     def _synced_device_arena(self) -> torch.Tensor:
-        if self._device_arena is None:   # a copy even on CPU (tests check the sync through it)
+        if self._device_arena is None:  # a copy even on CPU (tests check the sync through it)
             self._device_arena = torch.from_numpy(self.arena).to(self.device, copy=True)
         elif self._dirty:
             index = np.unique(np.array(self._dirty, dtype=np.int64))
-            self._device_arena[torch.from_numpy(index).to(self.device)] = \
-                torch.from_numpy(self.arena[index]).to(self.device)
+            self._device_arena[torch.from_numpy(index).to(self.device)] = torch.from_numpy(self.arena[index]).to(
+                self.device
+            )
         self._dirty.clear()
         return self._device_arena
 
@@ -198,14 +201,15 @@ class ConstraintMasks:
         the Triton bitmask kernel writes them in place)."""
         rows_np = rows.cpu().numpy()
         if self.device.type == "cpu":
-            packed = self.bitmask(self.fill_bitmask(rows_np))                         # [B, W] int32
+            packed = self.bitmask(self.fill_bitmask(rows_np))  # [B, W] int32
         else:
             arena = self._synced_device_arena()
             index = torch.from_numpy(self.arena_row.take(rows_np)).to(self.device, non_blocking=True)
             packed = arena.index_select(0, index)
             if logits.stride(-1) == 1:
                 from loomlm.kernels.fused_ops import apply_token_bitmask_
+
                 return apply_token_bitmask_(logits, packed)
-        bits = (packed.unsqueeze(-1) >> self._shifts) & 1                             # [B, W, 32]
-        allowed = bits.view(len(packed), -1)[:, :logits.shape[-1]].bool()
+        bits = (packed.unsqueeze(-1) >> self._shifts) & 1  # [B, W, 32]
+        allowed = bits.view(len(packed), -1)[:, : logits.shape[-1]].bool()
         return logits.masked_fill(~allowed, float("-inf"))

@@ -54,19 +54,22 @@ class DecodeGraphRunner:
         self.replays = 0
         device = runner.device
         self._kv_heads = runner.model_config.num_kv_heads
-        self._host = torch.zeros((4, self.max_bs), dtype=torch.int64,
-                                 pin_memory=device.type == "cuda")
+        self._host = torch.zeros((4, self.max_bs), dtype=torch.int64, pin_memory=device.type == "cuda")
         self._host_np = self._host.numpy()
         self._pad_host(0)
         self._static = self._host.to(device, copy=True)
         self._logits_indices = torch.arange(self.max_bs, dtype=torch.int64, device=device)
         self._steps: dict[int, Callable[[], torch.Tensor]] = {}
         start = time.perf_counter()
-        for bs in reversed(self.buckets):   # largest first: smaller graphs reuse its memory pool
+        for bs in reversed(self.buckets):  # largest first: smaller graphs reuse its memory pool
             self._steps[bs] = self._build(bs)
         if capture:
-            logger.info("captured %d decode CUDA graphs (batch %s) in %.1fs", len(self.buckets),
-                        ",".join(map(str, self.buckets)), time.perf_counter() - start)
+            logger.info(
+                "captured %d decode CUDA graphs (batch %s) in %.1fs",
+                len(self.buckets),
+                ",".join(map(str, self.buckets)),
+                time.perf_counter() - start,
+            )
 
     def _pad_host(self, first: int) -> None:
         """Host rows `first..` become padding."""
@@ -79,9 +82,15 @@ class DecodeGraphRunner:
         s = self._static
         positions = s[POSITIONS, :bs]
         batch = ForwardBatch(
-            mode=ForwardMode.DECODE, input_ids=s[IDS, :bs], positions=positions, out_slots=s[SLOTS, :bs],
-            req_rows=s[ROWS, :bs], prefix_lens=torch.zeros(bs, dtype=torch.int64),
-            extend_lens=torch.ones(bs, dtype=torch.int64), logits_indices=self._logits_indices[:bs])
+            mode=ForwardMode.DECODE,
+            input_ids=s[IDS, :bs],
+            positions=positions,
+            out_slots=s[SLOTS, :bs],
+            req_rows=s[ROWS, :bs],
+            prefix_lens=torch.zeros(bs, dtype=torch.int64),
+            extend_lens=torch.ones(bs, dtype=torch.int64),
+            logits_indices=self._logits_indices[:bs],
+        )
         ctx = ForwardContext(batch, runner.kv_pool, runner.req_pool, runner.attn_backend)
         seq_lens = (positions + 1).to(torch.int32)
         ctx.attn_metadata = runner.attn_backend.decode_metadata(s[ROWS, :bs], seq_lens, self._kv_heads)
@@ -107,6 +116,7 @@ class DecodeGraphRunner:
         def replay() -> torch.Tensor:
             graph.replay()
             return out
+
         return replay
 
     def can_run(self, batch: ScheduledBatch) -> bool:

@@ -19,7 +19,8 @@ earliest in the full text wins (the shortest one on a tie), exactly as `min(text
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 _REPLACEMENT = "\ufffd"
 
@@ -50,7 +51,7 @@ class IncrementalDetokenizer:
 
     @property
     def output_ids(self) -> list[int]:
-        return self._ids[self._num_context:]
+        return self._ids[self._num_context :]
 
     def _decode(self, ids: list[int]) -> str:
         return self._decode_ids(ids, skip_special_tokens=self.skip_special_tokens)
@@ -70,8 +71,8 @@ class IncrementalDetokenizer:
     def _advance(self, final: bool) -> str:
         if self._read_offset == len(self._ids):
             return ""
-        prefix_text = self._decode(self._ids[self._prefix_offset:self._read_offset])
-        full_text = self._decode(self._ids[self._prefix_offset:])
+        prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
+        full_text = self._decode(self._ids[self._prefix_offset :])
         start = len(prefix_text) + self._sent
         if full_text.endswith(_REPLACEMENT) and not final:
             # A character split over tokens: release what precedes it (those characters are final
@@ -131,7 +132,7 @@ class StopStringMatcher:
     def _finish(self, buf: str, match: tuple[int, int, str]) -> tuple[str, str]:
         self.matched = match[2]
         self._held = ""
-        return buf[:match[0]], match[2]
+        return buf[: match[0]], match[2]
 
     def _first_match(self, buf: str) -> tuple[int, int, str] | None:
         """(start, length, stop) of the earliest complete stop in buf, shortest on a tie."""

@@ -24,9 +24,10 @@ import inspect
 import queue
 import random
 import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
 
 from loomlm.grammars import GrammarCache, GrammarLimits, GrammarSpec, Guide, Vocabulary, spec_from_params
 from loomlm.runtime.config import EngineConfig
@@ -39,14 +40,14 @@ from loomlm.runtime.request import LogprobOptions, Req, ReqOutput, RequestOption
 from loomlm.runtime.sampling_params import SamplingParams
 from loomlm.runtime.tokenizer import load_tokenizer
 
-Prepared = list[tuple[list[int], SamplingParams]]     # (prompt ids, params) per prompt
-
+Prepared = list[tuple[list[int], SamplingParams]]  # (prompt ids, params) per prompt
 
 
 @dataclass(frozen=True)
 class GenerateCall:
     """The arguments of one `generate` / `async_generate` call: SGLang's names, order and defaults. The one
     definition of them: both methods' signatures are built from these fields (`_takes_call`)."""
+
     prompt: str | Sequence[str] | None = None
     sampling_params: Any = None
     input_ids: Any = None
@@ -55,25 +56,28 @@ class GenerateCall:
     logprob_start_len: int = -1
     stream: bool = False
     rid: str | None = None
-    cache_salt: str | None = None      # requests with different salts never share cached prefixes
-    priority: int = 0                  # larger is more important (admitted first, retracted last)
+    cache_salt: str | None = None  # requests with different salts never share cached prefixes
+    priority: int = 0  # larger is more important (admitted first, retracted last)
 
 
 def _takes_call(method: Callable[..., Any]) -> Callable[..., Any]:
     """Give `method(self, *args, **kwargs)` the inspectable signature `(self, <GenerateCall fields>)`; the
     body builds `GenerateCall(*args, **kwargs)`, which rejects unknown or doubled arguments as usual."""
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    params += [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default,
-                                 annotation=f.type) for f in dataclasses.fields(GenerateCall)]
-    method.__signature__ = inspect.Signature(params)   # type: ignore[attr-defined]
+    params += [
+        inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default, annotation=f.type)
+        for f in dataclasses.fields(GenerateCall)
+    ]
+    method.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     return method
 
 
 @dataclass(frozen=True)
 class _Submission:
     """A validated call, ready to be expanded into requests once its grammars are compiled."""
+
     prepared: Prepared
-    single: bool                       # one prompt given (not a list): the answer is one dict
+    single: bool  # one prompt given (not a list): the answer is one dict
     logprobs: LogprobOptions
     opts: RequestOptions
     stream: bool
@@ -88,7 +92,7 @@ class Engine:
         self.eos_token_ids = self._eos_ids()
         self._rng = random.Random(self.config.random_seed)
         self.core = EngineCore(self.runner, self.tokenizer, self.config)
-        self._grammars: GrammarCache | None = None   # made on the first constrained request
+        self._grammars: GrammarCache | None = None  # made on the first constrained request
 
     @property
     def grammars(self) -> GrammarCache:
@@ -96,14 +100,14 @@ class Engine:
         if self._grammars is None:
             vocab = Vocabulary.from_tokenizer(self.tokenizer, self.eos_token_ids, size=self.runner.vocab_size)
             limits = GrammarLimits(self.config.grammar_max_states, float(self.config.grammar_timeout_s))
-            self._grammars = GrammarCache(vocab, limits, self.config.grammar_cache_size,
-                                          whitespace=self.config.json_whitespace)
+            self._grammars = GrammarCache(
+                vocab, limits, self.config.grammar_cache_size, whitespace=self.config.json_whitespace
+            )
         return self._grammars
 
     def _grammar_futures(self, prepared: Prepared) -> dict[GrammarSpec, Any]:
         """Start compiling (on the cache's worker thread) every grammar the requests need."""
-        specs = {spec for _, p in prepared
-                 if (spec := spec_from_params(p.regex, p.json_schema, p.choices)) is not None}
+        specs = {spec for _, p in prepared if (spec := spec_from_params(p.regex, p.json_schema, p.choices)) is not None}
         return {spec: self.grammars.get(spec) for spec in specs}
 
     def _compile_grammars(self, prepared: Prepared) -> dict[GrammarSpec, Guide]:
@@ -121,9 +125,13 @@ class Engine:
         return frozenset(ids)
 
     # ---- request construction (caller's thread) ------------------------------------------------
-    def _prepare(self, prompt: str | Sequence[str] | None, sampling_params: Any,
-                 input_ids: Sequence[int] | Sequence[Sequence[int]] | None,
-                 logprobs: LogprobOptions) -> tuple[Prepared, bool]:
+    def _prepare(
+        self,
+        prompt: str | Sequence[str] | None,
+        sampling_params: Any,
+        input_ids: Sequence[int] | Sequence[Sequence[int]] | None,
+        logprobs: LogprobOptions,
+    ) -> tuple[Prepared, bool]:
         """Validate everything and return (prompt ids, params) per request, and whether input was a list."""
         if (prompt is None) == (input_ids is None):
             raise ValueError("give exactly one of prompt and input_ids")
@@ -150,36 +158,62 @@ class Engine:
             if any((not isinstance(t, int)) or t < 0 or t >= vocab for t in ids):
                 raise ValueError(f"input_ids must be integers in [0, {vocab})")
             if len(ids) >= self.context_length:
-                raise ValueError(f"the prompt has {len(ids)} tokens, more than the context length "
-                                 f"({self.context_length}) allows (at most {self.context_length - 1})")
+                raise ValueError(
+                    f"the prompt has {len(ids)} tokens, more than the context length "
+                    f"({self.context_length}) allows (at most {self.context_length - 1})"
+                )
             worst = len(ids) + max(min(p.max_new_tokens, self.context_length - len(ids)) - 1, 0)
             if worst > pool_slots:
-                raise ValueError(f"prompt + max_new_tokens needs {worst} KV slots, the pool has {pool_slots} "
-                                 "(raise max_total_tokens)")
+                raise ValueError(
+                    f"prompt + max_new_tokens needs {worst} KV slots, the pool has {pool_slots} "
+                    "(raise max_total_tokens)"
+                )
         return list(zip(id_lists, params)), single
 
-    def _make_req(self, ids: list[int], params: SamplingParams, copy: int, logprobs: LogprobOptions,
-                  sink: Callable[[ReqOutput], None], rid: str | None, opts: RequestOptions,
-                  guides: dict[GrammarSpec, Guide]) -> Req:
+    def _make_req(
+        self,
+        ids: list[int],
+        params: SamplingParams,
+        copy: int,
+        logprobs: LogprobOptions,
+        sink: Callable[[ReqOutput], None],
+        rid: str | None,
+        opts: RequestOptions,
+        guides: dict[GrammarSpec, Guide],
+    ) -> Req:
         if params.seed is None:
             seed = self._rng.getrandbits(31)
         else:
-            seed = (params.seed + 7919 * copy) & 0x7FFFFFFF   # n > 1: distinct but reproducible streams
+            seed = (params.seed + 7919 * copy) & 0x7FFFFFFF  # n > 1: distinct but reproducible streams
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_token_ids))
         spec = spec_from_params(params.regex, params.json_schema, params.choices)
         grammar = None if spec is None else GrammarState(guides[spec])
         return Req(
-            rid=rid or uuid.uuid4().hex, prompt_ids=ids, params=params, seed=seed, logprobs=logprobs,
-            sink=sink, max_new_tokens=min(params.max_new_tokens, self.context_length - len(ids)),
-            cache_salt=opts.cache_salt, priority=opts.priority,
+            rid=rid or uuid.uuid4().hex,
+            prompt_ids=ids,
+            params=params,
+            seed=seed,
+            logprobs=logprobs,
+            sink=sink,
+            max_new_tokens=min(params.max_new_tokens, self.context_length - len(ids)),
+            cache_salt=opts.cache_salt,
+            priority=opts.priority,
             stop_token_ids=frozenset(stop_ids),
-            detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids_tail=ids[-4:],
-                                               skip_special_tokens=params.skip_special_tokens),
-            stop_matcher=StopStringMatcher(params.stop) if params.stop else None, grammar=grammar)
+            detokenizer=IncrementalDetokenizer(
+                self.tokenizer, prompt_ids_tail=ids[-4:], skip_special_tokens=params.skip_special_tokens
+            ),
+            stop_matcher=StopStringMatcher(params.stop) if params.stop else None,
+            grammar=grammar,
+        )
 
-    def _expand(self, prepared: Prepared, logprobs: LogprobOptions,
-                make_sink: Callable[[int], Callable[[ReqOutput], None]], opts: RequestOptions,
-                guides: dict[GrammarSpec, Guide]) -> list[Req]:
+    def _expand(
+        self,
+        prepared: Prepared,
+        logprobs: LogprobOptions,
+        make_sink: Callable[[int], Callable[[ReqOutput], None]],
+        opts: RequestOptions,
+        guides: dict[GrammarSpec, Guide],
+    ) -> list[Req]:
         """One Req per (prompt, copy of n); a caller's rid names a single request, or prefixes several."""
         total = sum(params.n for _ids, params in prepared)
         reqs: list[Req] = []
@@ -202,8 +236,12 @@ class Engine:
             raise ValueError("stream=True takes a single prompt with n=1")
         return _Submission(prepared, single, logprobs, opts, bool(call.stream))
 
-    def _submit(self, sub: _Submission, guides: dict[GrammarSpec, Guide],
-                make_sink: Callable[[int], Callable[[ReqOutput], None]]) -> list[Req]:
+    def _submit(
+        self,
+        sub: _Submission,
+        guides: dict[GrammarSpec, Guide],
+        make_sink: Callable[[int], Callable[[ReqOutput], None]],
+    ) -> list[Req]:
         reqs = self._expand(sub.prepared, sub.logprobs, make_sink, sub.opts, guides)
         self.core.submit(*reqs)
         return reqs
@@ -273,8 +311,7 @@ class Engine:
         self.core.abort(rid)
 
     def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def flush_cache(self) -> bool:
         """Drop every cached prefix. Only when idle: returns False (and drops nothing) while requests run."""
@@ -282,12 +319,14 @@ class Engine:
 
     def get_stats(self) -> dict[str, Any]:
         """Work counters, prefix-cache hit rate and memory use (see `EngineStats`)."""
+
         def snapshot() -> dict[str, Any]:
             out = self.core.stats.snapshot()
             out.update(self.core.scheduler.memory_snapshot())
             out["token_usage"] = out["kv_pool_used"] / out["kv_pool_size"]
             out["cuda_graph_replays"] = self.core.runner.cuda_graph_replays
             return out
+
         return self.core.call(snapshot)
 
     def check_integrity(self) -> None:
@@ -297,12 +336,14 @@ class Engine:
     def idle_integrity(self) -> None:
         """Like check_integrity, and also require that nothing is queued or running, no cache node is locked
         and every slot in use belongs to the prefix cache."""
+
         def check() -> None:
             self.core.scheduler.check_integrity()
             sched = self.core.scheduler
             mem = sched.memory_snapshot()
             if sched.has_work() or mem["kv_pool_used"] != mem["cache_size"] or mem["cache_protected"]:
                 raise AssertionError(f"engine not idle: {mem}")
+
         self.core.call(check)
 
     def _check_alive(self) -> None:
@@ -314,7 +355,7 @@ class Engine:
         if self._grammars is not None:
             self._grammars.shutdown()
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: Any) -> None:

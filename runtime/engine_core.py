@@ -45,9 +45,14 @@ class EngineCore:
         self.stats = EngineStats()
         self.sampler = Sampler(runner.vocab_size, runner.req_pool.max_requests, runner.device)
         self.scheduler = Scheduler(
-            runner.kv_pool, runner.req_pool, prefill_budget=config.prefill_token_budget(),
-            chunked_prefill=config.chunked_prefill_size != -1, policy=config.schedule_policy,
-            enable_cache=not config.disable_radix_cache, stats=self.stats)
+            runner.kv_pool,
+            runner.req_pool,
+            prefill_budget=config.prefill_token_budget(),
+            chunked_prefill=config.chunked_prefill_size != -1,
+            policy=config.schedule_policy,
+            enable_cache=not config.disable_radix_cache,
+            stats=self.stats,
+        )
         # A jump sends the request back through an extend step that reuses its cached prefix; without
         # the radix cache that would recompute the whole sequence, so jump-forward needs the cache.
         jump_forward = not config.disable_jump_forward and not config.disable_radix_cache
@@ -77,7 +82,7 @@ class EngineCore:
         return fut.result()
 
     def shutdown(self) -> None:
-        if self._thread.ident is None:   # never started: end what is queued here
+        if self._thread.ident is None:  # never started: end what is queued here
             self._stopped.set()
             self._abort_everything("engine shut down")
         elif not self._stopped.is_set():
@@ -147,7 +152,7 @@ class EngineCore:
         """One schedule -> forward -> sample -> process cycle; False when there was nothing to run."""
         try:
             batch = self.scheduler.schedule()
-        except Exception as exc:   # a scheduler bug: fail what is in flight, keep serving
+        except Exception as exc:  # a scheduler bug: fail what is in flight, keep serving
             logger.error("scheduling failed:\n%s", traceback.format_exc())
             self.output.abort(self.scheduler.holders(), f"engine error: {exc!r}")
             return True
@@ -158,12 +163,12 @@ class EngineCore:
             self.sampler.prepare(batch)
             logits = self.runner.forward(batch)
             forwarded = True
-            self.scheduler.after_forward(batch)       # K/V are in: the requests' lengths grow, prefixes cached
+            self.scheduler.after_forward(batch)  # K/V are in: the requests' lengths grow, prefixes cached
             sampled = self.sampler.sample_batch(batch, logits)
             self.output.process(batch, logits, sampled)
         except Exception as exc:  # a failed step must not hang callers or leak slots
             logger.error("step failed:\n%s", traceback.format_exc())
-            if not forwarded:   # the batch's slots are owned by its requests: aborting them frees them
+            if not forwarded:  # the batch's slots are owned by its requests: aborting them frees them
                 self.scheduler.after_forward(batch, succeeded=False)
             self.output.abort(batch.reqs, f"engine error: {exc!r}")
         return True

@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from loomlm.runtime.request import ReqOutput
 
@@ -32,6 +33,7 @@ class Collected:
     """Accumulates the increments of one non-streamed request. `add` runs on the engine thread (no
     wake-up of the caller per token: at batch 64 those hand-offs cost more than the decode step's
     bookkeeping); the caller is signalled once, when the request finishes."""
+
     parts: list[str] = field(default_factory=list)
     output_ids: list[int] = field(default_factory=list)
     meta_info: dict[str, Any] = field(default_factory=dict)
@@ -45,24 +47,31 @@ class Collected:
             if out.finished:
                 self.finished = True
                 on_finished()
+
         return deliver
 
     def as_dict(self) -> dict[str, Any]:
-        return {"text": "".join(self.parts), "output_ids": self.output_ids,
-                "meta_info": with_logprob_length(self.meta_info)}
+        return {
+            "text": "".join(self.parts),
+            "output_ids": self.output_ids,
+            "meta_info": with_logprob_length(self.meta_info),
+        }
 
 
 @dataclass
 class Results:
     """The collected requests of one non-streamed call, in request order."""
+
     single: bool
     items: list[Collected] = field(default_factory=list)
 
     def sinks(self, wake: Callable[[int], None]) -> Callable[[int], Callable[[ReqOutput], None]]:
         """A sink factory for `_expand`: request `i` calls `wake(i)` once, when it finishes."""
+
         def make_sink(i: int) -> Callable[[ReqOutput], None]:
             self.items.append(Collected())
             return self.items[-1].sink(lambda: wake(i))
+
         return make_sink
 
     @property
@@ -77,7 +86,8 @@ class Results:
 @dataclass
 class StreamChunks:
     """Turns one streamed request's outputs into chunks (see the module docstring)."""
-    sent: int = 0                      # output logprobs already sent
+
+    sent: int = 0  # output logprobs already sent
     finished: bool = False
 
     def chunk(self, out: ReqOutput) -> dict[str, Any]:
@@ -85,8 +95,10 @@ class StreamChunks:
         meta = out.meta_info
         if "output_token_logprobs" in meta:
             total = len(meta["output_token_logprobs"])
-            meta = {**meta, **{k: meta[k][self.sent:] for k in STREAM_SLICED_KEYS if k in meta},
-                    "output_token_logprobs_length": total}
+            meta = {
+                **meta,
+                **{k: meta[k][self.sent :] for k in STREAM_SLICED_KEYS if k in meta},
+                "output_token_logprobs_length": total,
+            }
             self.sent = total
-        return {"text": out.text_delta, "output_ids": out.new_token_ids, "meta_info": meta,
-                "finished": out.finished}
+        return {"text": out.text_delta, "output_ids": out.new_token_ids, "meta_info": meta, "finished": out.finished}

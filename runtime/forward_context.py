@@ -27,13 +27,14 @@ class SharedPrefix:
     """Decode requests whose first `len(slots)` tokens are the same cached tokens (one radix path).
 
     Attention reads those keys once for the whole group instead of once per request."""
-    slots: torch.Tensor     # [P] int64, the shared tokens' slots
-    members: torch.Tensor   # [M] int64, indices into the batch (M >= 2)
+
+    slots: torch.Tensor  # [P] int64, the shared tokens' slots
+    members: torch.Tensor  # [M] int64, indices into the batch (M >= 2)
 
 
 class ForwardMode(enum.Enum):
-    EXTEND = "extend"   # several new tokens per request, causal over prefix + themselves
-    DECODE = "decode"   # exactly one new token per request
+    EXTEND = "extend"  # several new tokens per request, causal over prefix + themselves
+    DECODE = "decode"  # exactly one new token per request
 
 
 @dataclass
@@ -41,14 +42,15 @@ class ForwardBatch:
     """The tensors of one forward. Built on the host by the scheduler; `to(device)` copies the token-level
     ones to the model's device. `prefix_lens` and `extend_lens` stay on the host (the backends derive
     their metadata from them without a device -> host sync); `req_rows` stays where it is."""
+
     mode: ForwardMode
-    input_ids: torch.Tensor        # [T] int64
-    positions: torch.Tensor        # [T] int64, position of each token in its sequence
-    out_slots: torch.Tensor        # [T] int64, KV slot that receives each token's K/V
-    req_rows: torch.Tensor         # [B] int64, rows of req_to_token
-    prefix_lens: torch.Tensor      # [B] int64 (CPU), tokens already cached per request
-    extend_lens: torch.Tensor      # [B] int64 (CPU), new tokens per request
-    logits_indices: torch.Tensor   # [N] int64, rows of the hidden states projected to logits
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64, position of each token in its sequence
+    out_slots: torch.Tensor  # [T] int64, KV slot that receives each token's K/V
+    req_rows: torch.Tensor  # [B] int64, rows of req_to_token
+    prefix_lens: torch.Tensor  # [B] int64 (CPU), tokens already cached per request
+    extend_lens: torch.Tensor  # [B] int64 (CPU), new tokens per request
+    logits_indices: torch.Tensor  # [N] int64, rows of the hidden states projected to logits
     # Decode only: groups sharing a cached prefix; a member's own keys start after its group's prefix.
     shared_prefixes: tuple[SharedPrefix, ...] = ()
 
@@ -63,20 +65,28 @@ class ForwardBatch:
     def to(self, device: torch.device) -> ForwardBatch:
         """A plain ForwardBatch whose token-level tensors are on `device` (non-blocking host -> device
         copies; a no-op on CPU)."""
+
         def dev(t: torch.Tensor) -> torch.Tensor:
             return t.to(device, non_blocking=True)
 
         return ForwardBatch(
-            mode=self.mode, input_ids=dev(self.input_ids), positions=dev(self.positions),
-            out_slots=dev(self.out_slots), req_rows=self.req_rows, prefix_lens=self.prefix_lens,
-            extend_lens=self.extend_lens, logits_indices=dev(self.logits_indices),
-            shared_prefixes=tuple(SharedPrefix(dev(g.slots), dev(g.members)) for g in self.shared_prefixes))
+            mode=self.mode,
+            input_ids=dev(self.input_ids),
+            positions=dev(self.positions),
+            out_slots=dev(self.out_slots),
+            req_rows=self.req_rows,
+            prefix_lens=self.prefix_lens,
+            extend_lens=self.extend_lens,
+            logits_indices=dev(self.logits_indices),
+            shared_prefixes=tuple(SharedPrefix(dev(g.slots), dev(g.members)) for g in self.shared_prefixes),
+        )
 
 
 @dataclass
 class ForwardContext:
     """What the model and the attention backend see during one forward."""
-    batch: ForwardBatch            # on the model's device (see ForwardBatch for what stays on the host)
+
+    batch: ForwardBatch  # on the model's device (see ForwardBatch for what stays on the host)
     kv_pool: KVPool
     req_to_token_pool: ReqToTokenPool
     attn_backend: AttentionBackend

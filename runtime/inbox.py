@@ -13,6 +13,7 @@ from loomlm.runtime.request import Req
 @dataclass(frozen=True)
 class AddRequests:
     """Queue requests; those of one message are all queued before the next step is scheduled."""
+
     reqs: tuple[Req, ...]
 
 
@@ -24,6 +25,7 @@ class AbortRequest:
 @dataclass(frozen=True)
 class CallOnLoop:
     """Run `fn` on the loop thread between steps; its result or exception goes to `future`."""
+
     fn: Callable[[], Any]
     future: concurrent.futures.Future
 

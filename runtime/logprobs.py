@@ -14,8 +14,9 @@ from loomlm.runtime.batch import ScheduledBatch
 from loomlm.runtime.request import Req
 
 
-def compute_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, top_k: int
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def compute_logprobs(
+    logits: torch.Tensor, token_ids: torch.Tensor, top_k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-probabilities from raw logits [B, V]: of `token_ids` [B], and the `top_k` best per row.
 
     Returns (token_logprobs [B], top_values [B, k], top_ids [B, k]); k = min(top_k, V), 0 allowed.
@@ -25,9 +26,14 @@ def compute_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, top_k: int
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     token_logprobs = logprobs.gather(-1, token_ids.long()[:, None]).squeeze(-1)
     k = min(top_k, logprobs.shape[-1])
-    top_values, top_ids = logprobs.topk(k, dim=-1) if k > 0 else (
-        logprobs.new_empty(logprobs.shape[0], 0), torch.empty(logprobs.shape[0], 0, dtype=torch.int64,
-                                                              device=logprobs.device))
+    top_values, top_ids = (
+        logprobs.topk(k, dim=-1)
+        if k > 0
+        else (
+            logprobs.new_empty(logprobs.shape[0], 0),
+            torch.empty(logprobs.shape[0], 0, dtype=torch.int64, device=logprobs.device),
+        )
+    )
     return token_logprobs, top_values, top_ids
 
 
@@ -38,7 +44,7 @@ def init_input_logprobs(req: Req) -> None:
         req.scored_upto = len(req.prompt_ids)
         return
     req.scored_upto = max(opts.logprob_start_len, 1)
-    if opts.logprob_start_len == 0:   # the first token has no logprob; SGLang reports None
+    if opts.logprob_start_len == 0:  # the first token has no logprob; SGLang reports None
         req.input_token_logprobs.append((None, req.prompt_ids[0], None))
         if opts.top_logprobs_num:
             req.input_top_logprobs.append([])
@@ -50,14 +56,16 @@ def record_input_logprobs(batch: ScheduledBatch, logits: torch.Tensor) -> None:
         if not span.count:
             continue
         end = span.first_target + span.count
-        targets = req.prompt_ids[span.first_target:end]
+        targets = req.prompt_ids[span.first_target : end]
         k = req.logprobs.top_logprobs_num
-        lp, tv, ti = compute_logprobs(logits[span.first_row:span.first_row + span.count],
-                                      torch.tensor(targets, dtype=torch.int64, device=logits.device), k)
+        lp, tv, ti = compute_logprobs(
+            logits[span.first_row : span.first_row + span.count],
+            torch.tensor(targets, dtype=torch.int64, device=logits.device),
+            k,
+        )
         req.input_token_logprobs += [(v, t, None) for v, t in zip(lp.tolist(), targets)]
         if k:
-            req.input_top_logprobs += [list(zip(vals, ids, [None] * k))
-                                       for vals, ids in zip(tv.tolist(), ti.tolist())]
+            req.input_top_logprobs += [list(zip(vals, ids, [None] * k)) for vals, ids in zip(tv.tolist(), ti.tolist())]
         req.scored_upto = end
 
 

@@ -18,8 +18,15 @@ class OutOfSlotsError(RuntimeError):
 class KVPool:
     """Token-slot KV cache. Slot `num_slots` (one past the end) is a scratch slot for padding writes."""
 
-    def __init__(self, num_slots: int, num_layers: int, num_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str):
+    def __init__(
+        self,
+        num_slots: int,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ):
         if num_slots <= 0:
             raise ValueError(f"KV pool needs at least one slot, got num_slots={num_slots}")
         self.num_slots = num_slots
@@ -31,8 +38,8 @@ class KVPool:
         self.k_buffers = [torch.empty(shape, dtype=dtype, device=self.device) for _ in range(num_layers)]
         self.v_buffers = [torch.empty(shape, dtype=dtype, device=self.device) for _ in range(num_layers)]
         for buf in self.k_buffers + self.v_buffers:
-            buf[num_slots].zero_()   # padding reads land on the scratch slot: it must be finite (0 * NaN = NaN)
-        self._free = torch.arange(num_slots - 1, -1, -1, dtype=torch.int64)   # a stack: top = lowest slot
+            buf[num_slots].zero_()  # padding reads land on the scratch slot: it must be finite (0 * NaN = NaN)
+        self._free = torch.arange(num_slots - 1, -1, -1, dtype=torch.int64)  # a stack: top = lowest slot
         self._num_free = num_slots
 
     @staticmethod
@@ -54,7 +61,7 @@ class KVPool:
         if n > self._num_free:
             raise OutOfSlotsError(f"asked for {n} KV slots, {self._num_free} free")
         start = self._num_free - n
-        out = self._free[start:self._num_free].flip(0).clone()
+        out = self._free[start : self._num_free].flip(0).clone()
         self._num_free = start
         return out
 
@@ -65,11 +72,11 @@ class KVPool:
             return
         if self._num_free + n > self.num_slots:
             raise RuntimeError("freeing more KV slots than were allocated (double free)")
-        self._free[self._num_free:self._num_free + n] = slots.to(torch.int64).cpu().flip(0)
+        self._free[self._num_free : self._num_free + n] = slots.to(torch.int64).cpu().flip(0)
         self._num_free += n
 
     def check_integrity(self) -> None:
-        free = self._free[:self._num_free]
+        free = self._free[: self._num_free]
         if free.numel() and (free.min() < 0 or free.max() >= self.num_slots):
             raise AssertionError("free list holds out-of-range slots")
         if torch.unique(free).numel() != free.numel():

@@ -25,19 +25,25 @@ class ModelRunner:
         self.dtype = config.resolved_dtype()
         if self.device.type == "cpu" and config.cpu_threads:
             torch.set_num_threads(config.cpu_threads)
-        self.model_path = resolve_model_path(config.model_path)   # dummy weights still read its config
+        self.model_path = resolve_model_path(config.model_path)  # dummy weights still read its config
         try:
             self.model, self.model_config = load_model(
-                self.model_path, load_format=config.load_format, dtype=self.dtype, device=self.device,
-                seed=config.random_seed, model_config_override=config.model_overrides() or None)
-        except TypeError as exc:   # dataclasses.replace: an override names no model-config field
+                self.model_path,
+                load_format=config.load_format,
+                dtype=self.dtype,
+                device=self.device,
+                seed=config.random_seed,
+                model_config_override=config.model_overrides() or None,
+            )
+        except TypeError as exc:  # dataclasses.replace: an override names no model-config field
             raise ValueError(f"json_model_override_args: {exc}") from None
         mc = self.model_config
         model_max = mc.max_position_embeddings
         if config.context_length is not None and config.context_length > model_max:
             # The RoPE tables stop at the model's positions: a longer context cannot be served.
-            raise ValueError(f"context_length {config.context_length} exceeds the model's "
-                             f"max_position_embeddings ({model_max})")
+            raise ValueError(
+                f"context_length {config.context_length} exceeds the model's max_position_embeddings ({model_max})"
+            )
         self.context_length = config.context_length or model_max
         self.vocab_size = mc.vocab_size
         per_token = KVPool.bytes_per_token(mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype)
@@ -48,19 +54,19 @@ class ModelRunner:
             # Never more than every running request at full context could use.
             num_slots = min(num_slots, config.max_running_requests * self.context_length)
         if num_slots < 2:
-            raise ValueError(f"the KV pool would hold {num_slots} tokens: raise max_total_tokens or "
-                             "mem_fraction_static")
+            raise ValueError(
+                f"the KV pool would hold {num_slots} tokens: raise max_total_tokens or mem_fraction_static"
+            )
         self.kv_pool = KVPool(num_slots, mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype, self.device)
         self.req_pool = ReqToTokenPool(config.max_running_requests, self.context_length, self.device)
         backend = config.resolved_attention_backend()
-        self.attn_backend = create_attention_backend(backend, mc.head_dim ** -0.5)
-        self.model.use_ops(create_ops(backend))    # the Triton backend brings the fused element-wise ops
+        self.attn_backend = create_attention_backend(backend, mc.head_dim**-0.5)
+        self.model.use_ops(create_ops(backend))  # the Triton backend brings the fused element-wise ops
         logger.info("KV pool: %d token slots (%.1f MiB)", num_slots, num_slots * per_token / 2**20)
         self.graph_runner: DecodeGraphRunner | None = None
         if self.device.type == "cuda" and not config.disable_cuda_graph:
             if backend == "triton":
-                self.graph_runner = DecodeGraphRunner(
-                    self, min(config.cuda_graph_max_bs, config.max_running_requests))
+                self.graph_runner = DecodeGraphRunner(self, min(config.cuda_graph_max_bs, config.max_running_requests))
             else:
                 logger.info("CUDA graphs need the triton attention backend; decoding eagerly")
 

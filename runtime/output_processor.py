@@ -34,8 +34,9 @@ logger = logging.getLogger(__name__)
 
 
 class OutputProcessor:
-    def __init__(self, scheduler: Scheduler, stats: EngineStats, tokenizer: Any, context_length: int,
-                 jump_forward: bool):
+    def __init__(
+        self, scheduler: Scheduler, stats: EngineStats, tokenizer: Any, context_length: int, jump_forward: bool
+    ):
         self.scheduler = scheduler
         self.stats = stats
         self.tokenizer = tokenizer
@@ -56,8 +57,13 @@ class OutputProcessor:
         JSON object) gets those tokens now and its prefill computes them with the prompt. Returns
         False when that already finished the request."""
         gs = req.grammar
-        if (gs is None or not self.jump_forward or req.logprobs.return_logprob or req.output_ids
-                or req.stop_matcher is not None):   # stop strings are matched on sampled steps only
+        if (
+            gs is None
+            or not self.jump_forward
+            or req.logprobs.return_logprob
+            or req.output_ids
+            or req.stop_matcher is not None
+        ):  # stop strings are matched on sampled steps only
             return True
         plan = gs.plan_prefix_jump(self._encode, req.max_new_tokens)
         if plan is None:
@@ -68,7 +74,7 @@ class OutputProcessor:
         self.stats.jump_forward_jumps += 1
         delta = req.detokenizer.add(list(plan.tokens))
         if gs.finished or len(req.output_ids) >= req.max_new_tokens:
-            self.scheduler.add(req)   # finish() expects a queued request
+            self.scheduler.add(req)  # finish() expects a queued request
             tail, _ = self._flush_text(req)
             reason = FinishReason("stop" if gs.finished else "length", matched=None)
             self.finish(req, reason, delta + tail, list(plan.tokens))
@@ -87,7 +93,7 @@ class OutputProcessor:
         for i, req in enumerate(sampled.reqs):
             if req.status != ReqStatus.RUNNING:
                 continue
-            if len(req.output_ids) >= req.max_new_tokens:   # max_new_tokens == 0: prompt only
+            if len(req.output_ids) >= req.max_new_tokens:  # max_new_tokens == 0: prompt only
                 self.finish(req, FinishReason("length", matched=None))
                 continue
             token = token_list[i]
@@ -105,19 +111,22 @@ class OutputProcessor:
         jump = None
         if gs is not None and token not in req.stop_token_ids:
             gs.advance(token)
-            if gs.rejected:   # only if nothing but a blocked EOS was allowed (min_new_tokens)
-                self.finish(req, FinishReason("abort", message=f"token {token} is outside the constraint "
-                                              f"({gs.guide.description})"))
+            if gs.rejected:  # only if nothing but a blocked EOS was allowed (min_new_tokens)
+                self.finish(
+                    req,
+                    FinishReason("abort", message=f"token {token} is outside the constraint ({gs.guide.description})"),
+                )
                 return
             if self.jump_forward and not req.logprobs.return_logprob:
-                room = min(req.max_new_tokens - len(req.output_ids),
-                           self.context_length - req.seq_len) + 1   # +1: the last token is replaced
+                room = (
+                    min(req.max_new_tokens - len(req.output_ids), self.context_length - req.seq_len) + 1
+                )  # +1: the last token is replaced
                 jump = gs.plan_jump(token, self._encode, room)
         if token in req.stop_token_ids:
             reason = FinishReason("stop", matched=token)
         else:
             if jump is not None:
-                del req.output_ids[len(req.output_ids) - jump.num_replaced:]
+                del req.output_ids[len(req.output_ids) - jump.num_replaced :]
                 req.output_ids.extend(jump.tokens)
                 gs.apply_jump(jump)
                 # The sampled token was not detokenized yet: feed what replaces it (or follows it).
@@ -131,13 +140,12 @@ class OutputProcessor:
                 delta, matched = req.stop_matcher.feed(delta)
                 if matched is not None:
                     reason = FinishReason("stop", matched=matched)
-        if reason is None and gs is not None and gs.finished:   # the guide can only end here
+        if reason is None and gs is not None and gs.finished:  # the guide can only end here
             reason = FinishReason("stop", matched=None)
-        if reason is None and (len(req.output_ids) >= req.max_new_tokens
-                               or req.seq_len >= self.context_length):
+        if reason is None and (len(req.output_ids) >= req.max_new_tokens or req.seq_len >= self.context_length):
             reason = FinishReason("length", matched=None)
         if reason is not None and not isinstance(reason.matched, str):
-            tail, matched = self._flush_text(req)   # text held back for a possible stop string is final now
+            tail, matched = self._flush_text(req)  # text held back for a possible stop string is final now
             delta += tail
             if matched is not None:
                 reason = FinishReason("stop", matched=matched)
@@ -146,7 +154,7 @@ class OutputProcessor:
             return
         self._send(req, ReqOutput(req.rid, delta, new_ids, False, self._meta_info(req, final=False)))
         if jump is not None and req.status == ReqStatus.RUNNING:
-            self.scheduler.requeue(req)   # an extend step computes the jumped tokens after the cached prefix
+            self.scheduler.requeue(req)  # an extend step computes the jumped tokens after the cached prefix
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -168,7 +176,7 @@ class OutputProcessor:
         """End a request in any state (a no-op when it already finished) and send its last increment."""
         if req.status == ReqStatus.FINISHED:
             return
-        self.scheduler.finish(req, reason)   # its row goes to the sampler with the next batch
+        self.scheduler.finish(req, reason)  # its row goes to the sampler with the next batch
         self.stats.requests_finished += 1
         if new_ids is None:
             new_ids = req.output_ids[-1:] if req.output_ids and reason.type != "abort" else []

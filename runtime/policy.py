@@ -14,7 +14,7 @@ waiting requests that costs more than it saves, and they fall back to fcfs (as S
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from loomlm.runtime.prefix_cache import PrefixMatch
 from loomlm.runtime.request import Req
@@ -80,6 +80,6 @@ def _tree_order(matched: list[tuple[Req, PrefixMatch]]) -> list[Req]:
             continue
         stack.append((node, True))
         children = [c for c in node.children.values() if id(c) in weight]
-        children.sort(key=lambda c: weight[id(c)])   # lightest pushed first, so the heaviest pops first
+        children.sort(key=lambda c: weight[id(c)])  # lightest pushed first, so the heaviest pops first
         stack.extend((c, False) for c in children)
     return out

@@ -23,8 +23,8 @@ from loomlm.runtime.request import Req
 
 @dataclass
 class PrefixMatch:
-    slots: torch.Tensor            # int64 [n]
-    node: TreeNode | None          # None when caching is off
+    slots: torch.Tensor  # int64 [n]
+    node: TreeNode | None  # None when caching is off
 
     @property
     def length(self) -> int:
@@ -32,7 +32,7 @@ class PrefixMatch:
 
 
 _EMPTY = torch.zeros(0, dtype=torch.int64)
-MIN_SHARED_PREFIX = 32   # shorter shared prefixes are not worth a separate attention pass
+MIN_SHARED_PREFIX = 32  # shorter shared prefixes are not worth a separate attention pass
 
 
 def match_limit(req: Req) -> int:
@@ -72,7 +72,7 @@ class PrefixCache:
     def match(self, req: Req) -> PrefixMatch:
         if self.tree is None:
             return PrefixMatch(_EMPTY, None)
-        tokens = req.fill_ids[:match_limit(req)]
+        tokens = req.fill_ids[: match_limit(req)]
         m = self.tree.match_prefix(tokens, req.cache_salt)
         return PrefixMatch(m.slots, m.last_node)
 
@@ -99,11 +99,11 @@ class PrefixCache:
         the row is pointed at the tree's slots."""
         if self.tree is None or req.kv_len == req.cache_len:
             return
-        tokens = req.fill_ids[:req.kv_len]
+        tokens = req.fill_ids[: req.kv_len]
         row = self.req_pool.req_to_token[req.row]
-        self.tree.insert(tokens, row[:req.kv_len].to(torch.int64), req.cache_salt)
+        self.tree.insert(tokens, row[: req.kv_len].to(torch.int64), req.cache_salt)
         m = self.tree.match_prefix(tokens, req.cache_salt)
-        n = int(m.slots.numel())   # == kv_len unless a full-length insert was impossible (never)
+        n = int(m.slots.numel())  # == kv_len unless a full-length insert was impossible (never)
         row[:n] = m.slots.to(torch.int32)
         self.tree.inc_lock_ref(m.last_node)
         self.unlock(req)
@@ -115,9 +115,9 @@ class PrefixCache:
         tree (finished or retracted requests); otherwise (aborts, failed steps) its own slots are freed."""
         row = self.req_pool.req_to_token[req.row]
         if keep and self.tree is not None and req.kv_len > req.cache_len:
-            self.tree.insert(req.fill_ids[:req.kv_len], row[:req.kv_len].to(torch.int64), req.cache_salt)
+            self.tree.insert(req.fill_ids[: req.kv_len], row[: req.kv_len].to(torch.int64), req.cache_salt)
         elif req.kv_len > req.cache_len:
-            self.kv_pool.free(row[req.cache_len:req.kv_len].to(torch.int64))
+            self.kv_pool.free(row[req.cache_len : req.kv_len].to(torch.int64))
         self.unlock(req)
         req.kv_len = 0
 
@@ -133,7 +133,7 @@ class PrefixCache:
             path = []
             node = req.last_node
             while node is not None and not node.is_root:
-                path.append(node)                       # deepest first
+                path.append(node)  # deepest first
                 passing[id(node)] = passing.get(id(node), 0) + 1
                 node = node.parent
             paths.append(path)
@@ -167,9 +167,10 @@ class PrefixCache:
             own += req.kv_len - req.cache_len
             if req.cache_len:
                 path = self.tree.path_slots(req.last_node)
-                row = self.req_pool.req_to_token[req.row, :req.cache_len].to(torch.int64)
+                row = self.req_pool.req_to_token[req.row, : req.cache_len].to(torch.int64)
                 if path.numel() != req.cache_len or not torch.equal(path, row):
                     raise AssertionError(f"request {req.rid}: its row disagrees with its locked tree path")
         if self.kv_pool.used() != cached + own:
-            raise AssertionError(f"KV pool has {self.kv_pool.used()} slots in use; the tree owns {cached} "
-                                 f"and the requests {own}")
+            raise AssertionError(
+                f"KV pool has {self.kv_pool.used()} slots in use; the tree owns {cached} and the requests {own}"
+            )

@@ -38,16 +38,23 @@ class TreeNode:
 
     __slots__ = ("key", "value", "children", "parent", "lock_ref", "last_access", "is_root", "removed")
 
-    def __init__(self, key: list[int], value: torch.Tensor, parent: TreeNode | None,
-                 last_access: int = 0, lock_ref: int = 0, is_root: bool = False):
-        self.key = key                                  # edge tokens; non-empty for non-roots
-        self.value = value                              # int64 CPU slots, len(value) == len(key)
-        self.children: dict[int, TreeNode] = {}         # first token of child's key -> child
+    def __init__(
+        self,
+        key: list[int],
+        value: torch.Tensor,
+        parent: TreeNode | None,
+        last_access: int = 0,
+        lock_ref: int = 0,
+        is_root: bool = False,
+    ):
+        self.key = key  # edge tokens; non-empty for non-roots
+        self.value = value  # int64 CPU slots, len(value) == len(key)
+        self.children: dict[int, TreeNode] = {}  # first token of child's key -> child
         self.parent = parent
-        self.lock_ref = lock_ref                        # locks held on this node or any descendant
-        self.last_access = last_access                  # logical clock; parent's >= every child's
+        self.lock_ref = lock_ref  # locks held on this node or any descendant
+        self.last_access = last_access  # logical clock; parent's >= every child's
         self.is_root = is_root
-        self.removed = False                            # set once evicted / reset: heap entries go stale
+        self.removed = False  # set once evicted / reset: heap entries go stale
 
     def __repr__(self) -> str:
         return f"TreeNode(len={len(self.key)}, head={self.key[:4]}, lock_ref={self.lock_ref}, root={self.is_root})"
@@ -55,8 +62,8 @@ class TreeNode:
 
 @dataclass
 class MatchResult:
-    slots: torch.Tensor    # int64 [n] CPU: slots of the matched tokens, in order
-    last_node: TreeNode    # its root->node path covers exactly the n matched tokens (namespace root if n == 0)
+    slots: torch.Tensor  # int64 [n] CPU: slots of the matched tokens, in order
+    last_node: TreeNode  # its root->node path covers exactly the n matched tokens (namespace root if n == 0)
 
 
 def _as_list(tokens: Sequence[int]) -> list[int]:
@@ -72,7 +79,7 @@ def common_prefix_len(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     if a[:n] == b[:n]:
         return n
-    lo, hi = 0, n   # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if a[lo:mid] == b[lo:mid]:
@@ -84,7 +91,7 @@ def common_prefix_len(a: list[int], b: list[int]) -> int:
 
 def _mismatch(key: list[int], tokens: list[int], start: int) -> int:
     """Length of the common prefix of `key` and `tokens[start:]` (caller knows it is not all of `key`)."""
-    return common_prefix_len(key, tokens[start:start + len(key)])
+    return common_prefix_len(key, tokens[start : start + len(key)])
 
 
 class RadixCache:
@@ -94,10 +101,10 @@ class RadixCache:
         self._heap: list[tuple[int, int, TreeNode]] = []
         self._seq = itertools.count()
         self._clock = 0
-        self._num_nodes = 0          # non-root nodes
-        self._evictable = 0          # tokens in non-root nodes with lock_ref == 0
-        self._protected = 0          # tokens in non-root nodes with lock_ref > 0
-        self.evicted_tokens = 0      # cumulative tokens freed by evict()
+        self._num_nodes = 0  # non-root nodes
+        self._evictable = 0  # tokens in non-root nodes with lock_ref == 0
+        self._protected = 0  # tokens in non-root nodes with lock_ref > 0
+        self.evicted_tokens = 0  # cumulative tokens freed by evict()
 
     # ------------------------------------------------------------------ helpers
 
@@ -115,8 +122,7 @@ class RadixCache:
     @staticmethod
     def _entry_valid(entry: tuple[int, int, TreeNode]) -> bool:
         node = entry[2]
-        return (not node.removed and not node.children and node.lock_ref == 0
-                and node.last_access == entry[0])
+        return not node.removed and not node.children and node.lock_ref == 0 and node.last_access == entry[0]
 
     def _compact_heap(self) -> None:
         seen: set[int] = set()
@@ -157,8 +163,9 @@ class RadixCache:
 
     # ------------------------------------------------------------------ lookup / insert
 
-    def _walk(self, tokens: list[int], namespace: Hashable | None,
-              split_at_end: bool) -> tuple[TreeNode, int, list[torch.Tensor]]:
+    def _walk(
+        self, tokens: list[int], namespace: Hashable | None, split_at_end: bool
+    ) -> tuple[TreeNode, int, list[torch.Tensor]]:
         """Follow `tokens` down the tree: (deepest node reached, tokens matched, the tree's slot tensors
         for them). A match ending inside an edge splits it when `split_at_end` or when tokens remain
         (they branch off there); otherwise that edge's node is returned with only its matched slots."""
@@ -171,12 +178,12 @@ class RadixCache:
                 break
             key = child.key
             klen = len(key)
-            if key == tokens[i:i + klen]:          # whole edge matches (C-level compare)
+            if key == tokens[i : i + klen]:  # whole edge matches (C-level compare)
                 values.append(child.value)
                 node = child
                 i += klen
                 continue
-            p = _mismatch(key, tokens, i)          # 1 <= p < klen: first token matched via children dict
+            p = _mismatch(key, tokens, i)  # 1 <= p < klen: first token matched via children dict
             i += p
             if split_at_end or i < n:
                 node = self._split(child, p)
@@ -374,7 +381,8 @@ class RadixCache:
         if (evictable, protected, count) != (self._evictable, self._protected, self._num_nodes):
             raise AssertionError(
                 f"counters (evictable={self._evictable}, protected={self._protected}, nodes={self._num_nodes}) "
-                f"!= recount ({evictable}, {protected}, {count})")
+                f"!= recount ({evictable}, {protected}, {count})"
+            )
         in_heap = {id(e[2]) for e in self._heap if self._entry_valid(e)}
         if not unlocked_leaves <= in_heap:
             raise AssertionError("an unlocked leaf has no valid eviction heap entry")
@@ -384,6 +392,6 @@ class RadixCache:
         if owned.numel():
             if owned.min() < 0 or owned.max() >= self.kv_pool.num_slots:
                 raise AssertionError("tree owns an out-of-range slot")
-            free = self.kv_pool._free[:self.kv_pool.available()]
+            free = self.kv_pool._free[: self.kv_pool.available()]
             if torch.isin(owned, free).any():
                 raise AssertionError("tree owns a slot that is on the pool's free list")

@@ -25,7 +25,7 @@ class ReqStatus(enum.Enum):
 class LogprobOptions:
     return_logprob: bool = False
     top_logprobs_num: int = 0
-    logprob_start_len: int = -1              # -1: output tokens only; k >= 0: prompt tokens from position k too
+    logprob_start_len: int = -1  # -1: output tokens only; k >= 0: prompt tokens from position k too
 
     def __post_init__(self) -> None:
         if not isinstance(self.top_logprobs_num, int) or self.top_logprobs_num < 0:
@@ -37,9 +37,10 @@ class LogprobOptions:
 @dataclass(frozen=True)
 class RequestOptions:
     """How one `generate` call's requests are named, isolated and ranked (not how they sample)."""
-    rid: str | None = None                   # a single request's id, or the prefix of several ("rid-0", "rid-1", ...)
-    cache_salt: str | None = None            # requests with different salts never share cached prefixes
-    priority: int = 0                        # larger = more important: admitted first, retracted last
+
+    rid: str | None = None  # a single request's id, or the prefix of several ("rid-0", "rid-1", ...)
+    cache_salt: str | None = None  # requests with different salts never share cached prefixes
+    priority: int = 0  # larger = more important: admitted first, retracted last
 
     def __post_init__(self) -> None:
         if self.rid is not None and not isinstance(self.rid, str):
@@ -53,6 +54,7 @@ class RequestOptions:
 @dataclass
 class ReqOutput:
     """One increment sent to the caller: new text/tokens, and meta info (complete when finished)."""
+
     rid: str
     text_delta: str
     new_token_ids: list[int]
@@ -62,7 +64,7 @@ class ReqOutput:
 
 @dataclass
 class FinishReason:
-    type: str                                # "stop" | "length" | "abort"
+    type: str  # "stop" | "length" | "abort"
     matched: int | str | None = None
     message: str | None = None
 
@@ -80,27 +82,27 @@ class Req:
     params: SamplingParams
     seed: int
     logprobs: LogprobOptions
-    sink: Callable[[ReqOutput], None]        # called on the scheduler thread
-    max_new_tokens: int                      # params.max_new_tokens clamped to the context length
-    detokenizer: IncrementalDetokenizer      # output ids -> text increments
+    sink: Callable[[ReqOutput], None]  # called on the scheduler thread
+    max_new_tokens: int  # params.max_new_tokens clamped to the context length
+    detokenizer: IncrementalDetokenizer  # output ids -> text increments
     stop_token_ids: frozenset[int] = frozenset()
-    cache_salt: str | None = None            # requests with different salts share no cached prefix
-    priority: int = 0                        # larger = more important
-    arrival: int = 0                         # admission order key (fcfs; retracted requests keep theirs)
+    cache_salt: str | None = None  # requests with different salts share no cached prefix
+    priority: int = 0  # larger = more important
+    arrival: int = 0  # admission order key (fcfs; retracted requests keep theirs)
     status: ReqStatus = ReqStatus.WAITING
-    row: int = -1                            # req_to_token row, also the sampler row
-    kv_len: int = 0                          # leading fill tokens whose K/V are in the pool
-    cache_len: int = 0                       # leading tokens whose slots the radix tree owns (locked via last_node)
-    last_node: TreeNode | None = None        # radix node this request holds a lock on
-    cached_tokens: int = 0                   # prompt tokens served from the cache at first admission
-    scored_upto: int = 0                     # next prompt position whose input logprob is still to be computed
-    skipped: int = 0                         # times a later request was admitted first (lpm starvation bound)
+    row: int = -1  # req_to_token row, also the sampler row
+    kv_len: int = 0  # leading fill tokens whose K/V are in the pool
+    cache_len: int = 0  # leading tokens whose slots the radix tree owns (locked via last_node)
+    last_node: TreeNode | None = None  # radix node this request holds a lock on
+    cached_tokens: int = 0  # prompt tokens served from the cache at first admission
+    scored_upto: int = 0  # next prompt position whose input logprob is still to be computed
+    skipped: int = 0  # times a later request was admitted first (lpm starvation bound)
     retractions: int = 0
-    admissions: int = 0                      # times admitted (again after a retraction or a jump-forward)
-    grammar: GrammarState | None = None      # constrained output: its position in the guide
+    admissions: int = 0  # times admitted (again after a retraction or a jump-forward)
+    grammar: GrammarState | None = None  # constrained output: its position in the guide
     output_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
-    stop_matcher: StopStringMatcher | None = None   # stop strings, if any
+    stop_matcher: StopStringMatcher | None = None  # stop strings, if any
     input_token_logprobs: list[tuple] = field(default_factory=list)
     input_top_logprobs: list[list[tuple]] = field(default_factory=list)
     output_token_logprobs: list[tuple] = field(default_factory=list)

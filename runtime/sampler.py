@@ -60,9 +60,10 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
 class SampledTokens:
     """One step's sampling: the S requests that sampled, the logits they sampled from (grammar masks
     applied: output logprobs are taken from them) and the tokens."""
+
     reqs: list[Req]
-    logits: torch.Tensor   # [S, V] float32
-    tokens: torch.Tensor   # [S] int64, on the logits' device
+    logits: torch.Tensor  # [S, V] float32
+    tokens: torch.Tensor  # [S] int64, on the logits' device
 
 
 class Sampler:
@@ -70,15 +71,14 @@ class Sampler:
 
     def __init__(self, vocab_size: int, max_requests: int, device: torch.device | str = "cpu"):
         if vocab_size <= 0 or max_requests <= 0:
-            raise ValueError(f"Sampler needs vocab_size > 0 and max_requests > 0, "
-                             f"got {vocab_size} and {max_requests}")
+            raise ValueError(f"Sampler needs vocab_size > 0 and max_requests > 0, got {vocab_size} and {max_requests}")
         self.vocab_size = vocab_size
         self.max_requests = max_requests
         self.device = torch.device(device)
         f32 = dict(dtype=torch.float32, device=self.device)
         i64 = dict(dtype=torch.int64, device=self.device)
         R = max_requests
-        self.temperature = torch.ones(R, **f32)          # 0 = greedy (also set for top_k == 1)
+        self.temperature = torch.ones(R, **f32)  # 0 = greedy (also set for top_k == 1)
         self.top_p = torch.ones(R, **f32)
         self.top_k = torch.full((R,), vocab_size, **i64)  # vocab_size = off
         self.min_p = torch.zeros(R, **f32)
@@ -86,12 +86,12 @@ class Sampler:
         self.frequency_penalty = torch.zeros(R, **f32)
         self.presence_penalty = torch.zeros(R, **f32)
         self.min_new_tokens = torch.zeros(R, **i64)
-        self.seed_hash = torch.zeros(R, **i64)           # _hash32(seed mod 2^32)
+        self.seed_hash = torch.zeros(R, **i64)  # _hash32(seed mod 2^32)
         self._vocab_hash = _hash32(torch.arange(vocab_size, **i64))  # [V]
         # [R, V] tables, allocated the first time a request needs them.
         self._output_counts: torch.Tensor | None = None  # int32 occurrences of each output token
-        self._prompt_mask: torch.Tensor | None = None    # bool: token occurs in the prompt
-        self._stop_mask: torch.Tensor | None = None      # bool: token ends the request (EOS, stop ids)
+        self._prompt_mask: torch.Tensor | None = None  # bool: token occurs in the prompt
+        self._stop_mask: torch.Tensor | None = None  # bool: token ends the request (EOS, stop ids)
         self._row_features: list[frozenset[str] | None] = [None] * R  # None = row free
         self._num_using = dict.fromkeys(_FEATURES, 0)
         self.constraints = ConstraintMasks(vocab_size, max_requests, self.device)
@@ -103,14 +103,15 @@ class Sampler:
             if self.in_use(row):
                 self.end_request(row)
             self.constraints.end(row)
-        if batch.mode == ForwardMode.EXTEND:   # a decode batch only holds requests claimed at their extend
+        if batch.mode == ForwardMode.EXTEND:  # a decode batch only holds requests claimed at their extend
             for req in batch.reqs:
                 if not self.in_use(req.row):
-                    self.begin_request(req.row, req.params, req.prompt_ids, req.seed, req.stop_token_ids,
-                                       req.output_ids)
+                    self.begin_request(
+                        req.row, req.params, req.prompt_ids, req.seed, req.stop_token_ids, req.output_ids
+                    )
                     if req.grammar is not None:
                         self.constraints.begin(req.row, req.grammar)
-        if self.constraints.active:   # guides advanced (or jumped) since the rows' masks were set
+        if self.constraints.active:  # guides advanced (or jumped) since the rows' masks were set
             for req in batch.reqs:
                 if req.grammar is not None:
                     self.constraints.update(req.row)
@@ -119,9 +120,9 @@ class Sampler:
         """The next token of each request of `batch` that samples this step; logits [N, V] are the
         batch's logits rows. Counts the tokens for the penalties."""
         reqs = batch.sampling_reqs
-        logits = logits[batch.sample_rows]                                          # [S, V]
-        rows = batch.req_rows[batch.sample_index]                                   # [S]
-        if not reqs:   # prompt chunks only: nothing to sample
+        logits = logits[batch.sample_rows]  # [S, V]
+        rows = batch.req_rows[batch.sample_index]  # [S]
+        if not reqs:  # prompt chunks only: nothing to sample
             return SampledTokens(reqs, logits, torch.zeros(0, dtype=torch.int64, device=logits.device))
         num_generated = torch.tensor([len(r.output_ids) for r in reqs], dtype=torch.int64)
         if self.constraints.active:
@@ -136,15 +137,24 @@ class Sampler:
         used = {row for row, f in enumerate(self._row_features) if f is not None}
         holders = set(holder_rows)
         if not holders <= used or not used <= holders | set(released_rows):
-            raise AssertionError(f"sampler rows in use {sorted(used)} disagree with the holders' rows "
-                                 f"{sorted(holders)} and the released ones {sorted(set(released_rows))}")
+            raise AssertionError(
+                f"sampler rows in use {sorted(used)} disagree with the holders' rows "
+                f"{sorted(holders)} and the released ones {sorted(set(released_rows))}"
+            )
         counts = {name: sum(name in f for f in self._row_features if f is not None) for name in _FEATURES}
         if counts != self._num_using:
             raise AssertionError(f"sampler feature counters {self._num_using} disagree with the rows {counts}")
 
     # ------------------------------------------------------------------ per-request tables
-    def begin_request(self, row: int, params: SamplingParams, prompt_ids: list[int] | torch.Tensor,
-                      seed: int, stop_token_ids: set[int], output_ids: Sequence[int] = ()) -> None:
+    def begin_request(
+        self,
+        row: int,
+        params: SamplingParams,
+        prompt_ids: list[int] | torch.Tensor,
+        seed: int,
+        stop_token_ids: set[int],
+        output_ids: Sequence[int] = (),
+    ) -> None:
         """Claim `row` for a request: write its parameters, reset its counts, record its prompt.
 
         `output_ids` re-counts tokens generated before (a retracted request that is resumed), so that
@@ -241,7 +251,7 @@ class Sampler:
         `num_generated[b]` counts the tokens row b generated so far: it drives min-new-tokens blocking
         and keys the random draw. `logits` is not modified. A row whose logits are all -inf is invalid.
         """
-        if logits.shape[0] == 0:   # the top-k / top-p paths reduce over the batch
+        if logits.shape[0] == 0:  # the top-k / top-p paths reduce over the batch
             return torch.zeros(0, dtype=torch.int64, device=logits.device)
         use = self._num_using
         logits = logits.float()
@@ -250,12 +260,12 @@ class Sampler:
 
         if use["min_tokens"]:
             assert self._stop_mask is not None
-            blocked = num_generated < self.min_new_tokens[rows]                     # [B]
+            blocked = num_generated < self.min_new_tokens[rows]  # [B]
             logits = logits.masked_fill(self._stop_mask[rows] & blocked[:, None], -inf)
 
         if use["repetition"] or use["freq_pres"]:
             assert self._output_counts is not None
-            counts = self._output_counts[rows]                                     # [B, V] int32
+            counts = self._output_counts[rows]  # [B, V] int32
             if use["repetition"]:
                 assert self._prompt_mask is not None
                 seen = self._prompt_mask[rows] | (counts > 0)
@@ -264,8 +274,11 @@ class Sampler:
                 logits = torch.where(seen, penalised, logits)
             if use["freq_pres"]:
                 counts_f = counts.float()
-                logits = (logits - self.frequency_penalty[rows][:, None] * counts_f
-                          - self.presence_penalty[rows][:, None] * (counts_f > 0))
+                logits = (
+                    logits
+                    - self.frequency_penalty[rows][:, None] * counts_f
+                    - self.presence_penalty[rows][:, None] * (counts_f > 0)
+                )
 
         greedy_tokens = logits.argmax(dim=-1)
         if not use["sample"]:
@@ -296,8 +309,8 @@ class Sampler:
         k_max = int(k_on.max())
         if k_max == 0:
             return logits
-        top_values = logits.topk(k_max, dim=-1).values                             # [B, k_max]
-        kth = top_values.gather(-1, (k_on - 1).clamp(min=0)[:, None])               # [B, 1]
+        top_values = logits.topk(k_max, dim=-1).values  # [B, k_max]
+        kth = top_values.gather(-1, (k_on - 1).clamp(min=0)[:, None])  # [B, 1]
         kth = torch.where((k_on > 0)[:, None], kth, -float("inf"))
         return logits.masked_fill(logits < kth, -float("inf"))
 
@@ -317,7 +330,7 @@ class Sampler:
         sizes = sorted({max(n, k_max) for n in _TOP_P_CANDIDATES if max(n, k_max) < V}) + [V]
         lse = logits.logsumexp(dim=-1, keepdim=True)
         out = torch.full_like(logits, -float("inf"))
-        todo = torch.arange(B, device=logits.device)                                    # rows left
+        todo = torch.arange(B, device=logits.device)  # rows left
         for n in sizes:
             part = logits if len(todo) == B else logits[todo]
             values, order = part.topk(n, dim=-1) if n < V else part.sort(dim=-1, descending=True)
@@ -333,8 +346,8 @@ class Sampler:
 
     def _exponentials(self, rows: torch.Tensor, num_generated: torch.Tensor) -> torch.Tensor:
         """Exp(1) variates [B, V], a pure function of (row seed, num_generated, token id)."""
-        step_key = _hash32(self.seed_hash[rows] ^ (num_generated & _MASK32))            # [B]
-        bits = _hash32(self._vocab_hash[None, :] ^ step_key[:, None])                   # [B, V]
+        step_key = _hash32(self.seed_hash[rows] ^ (num_generated & _MASK32))  # [B]
+        bits = _hash32(self._vocab_hash[None, :] ^ step_key[:, None])  # [B, V]
         # The top 23 bits give U = (k + 0.5) / 2^23 in (0, 1), exact in float32 (24 significant bits),
         # so -log(U) is finite and > 0. (With 24 bits the largest k rounds to U = 1.0, E = 0, and a
         # masked-out token's 0 / 0 = NaN would win the argmax.)
@@ -342,8 +355,9 @@ class Sampler:
         return uniform.log_().neg_()
 
 
-def _filter_sorted(values: torch.Tensor, k: torch.Tensor, k_on: torch.Tensor, top_p: torch.Tensor,
-                   lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _filter_sorted(
+    values: torch.Tensor, k: torch.Tensor, k_on: torch.Tensor, top_p: torch.Tensor, lse: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply top-k and top-p to the leading part of each row sorted descending.
 
     values [b, n] (the n largest logits of rows of length V >= n), k/k_on/top_p [b], lse [b, 1] the
@@ -352,7 +366,7 @@ def _filter_sorted(values: torch.Tensor, k: torch.Tensor, k_on: torch.Tensor, to
     """
     inf = float("inf")
     n = values.shape[-1]
-    kth = values.gather(-1, (k.clamp(max=n) - 1)[:, None])                              # [b, 1]
+    kth = values.gather(-1, (k.clamp(max=n) - 1)[:, None])  # [b, 1]
     values = values.masked_fill(k_on[:, None] & (values < kth), -inf)  # ties with the k-th stay
     # Top-p renormalises over what top-k kept (all within the n when k is on), else the whole row.
     lse = torch.where(k_on[:, None], values.logsumexp(dim=-1, keepdim=True), lse)

@@ -24,8 +24,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 
 def _check_int(name: str, value: Any, minimum: int | None = None) -> int:
@@ -73,16 +74,17 @@ class SamplingParams:
     choices: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        set_ = lambda name, value: object.__setattr__(self, name, value)
 
         _check_int("max_new_tokens", self.max_new_tokens, 0)
         _check_int("min_new_tokens", self.min_new_tokens, 0)
         if self.min_new_tokens > self.max_new_tokens:
-            raise ValueError(f"sampling parameter min_new_tokens must be <= max_new_tokens "
-                             f"({self.max_new_tokens}), got {self.min_new_tokens!r}")
+            raise ValueError(
+                f"sampling parameter min_new_tokens must be <= max_new_tokens "
+                f"({self.max_new_tokens}), got {self.min_new_tokens!r}"
+            )
 
-        for name in ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty",
-                     "repetition_penalty"):
+        for name in ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty"):
             set_(name, _check_float(name, getattr(self, name)))
         if self.temperature < 0:
             raise ValueError(f"sampling parameter temperature must be >= 0, got {self.temperature!r}")
@@ -94,8 +96,7 @@ class SamplingParams:
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise ValueError(f"sampling parameter {name} must be in [-2, 2], got {getattr(self, name)!r}")
         if self.repetition_penalty <= 0:
-            raise ValueError(f"sampling parameter repetition_penalty must be > 0, "
-                             f"got {self.repetition_penalty!r}")
+            raise ValueError(f"sampling parameter repetition_penalty must be > 0, got {self.repetition_penalty!r}")
 
         _check_int("top_k", self.top_k)
         if self.top_k == 0 or self.top_k < -1:
@@ -120,10 +121,15 @@ class SamplingParams:
 
             set_("json_schema", canonical_json_schema(self.json_schema))
         if self.choices is not None:
-            if isinstance(self.choices, str) or not isinstance(self.choices, (list, tuple)) or not self.choices \
-                    or not all(isinstance(c, str) for c in self.choices):
-                raise ValueError(f"sampling parameter choices must be a non-empty list of strings, "
-                                 f"got {self.choices!r}")
+            if (
+                isinstance(self.choices, str)
+                or not isinstance(self.choices, (list, tuple))
+                or not self.choices
+                or not all(isinstance(c, str) for c in self.choices)
+            ):
+                raise ValueError(
+                    f"sampling parameter choices must be a non-empty list of strings, got {self.choices!r}"
+                )
             set_("choices", tuple(self.choices))
         given = [name for name in ("regex", "json_schema", "choices") if getattr(self, name) is not None]
         if len(given) > 1:

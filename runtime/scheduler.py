@@ -35,14 +35,23 @@ from loomlm.runtime.stats import EngineStats
 
 INIT_NEW_TOKEN_RATIO = 0.7
 MIN_NEW_TOKEN_RATIO = 0.15
-NEW_TOKEN_RATIO_DECAY = (INIT_NEW_TOKEN_RATIO - MIN_NEW_TOKEN_RATIO) / 600   # per decode step
+NEW_TOKEN_RATIO_DECAY = (INIT_NEW_TOKEN_RATIO - MIN_NEW_TOKEN_RATIO) / 600  # per decode step
 RETRACT_RATIO_STEP = 0.2
-CLIP_MAX_NEW_TOKENS = 4096   # a huge max_new_tokens should not block admission forever
+CLIP_MAX_NEW_TOKENS = 4096  # a huge max_new_tokens should not block admission forever
 
 
 class Scheduler:
-    def __init__(self, kv_pool: KVPool, req_pool: ReqToTokenPool, *, prefill_budget: int,
-                 chunked_prefill: bool, policy: str, enable_cache: bool, stats: EngineStats):
+    def __init__(
+        self,
+        kv_pool: KVPool,
+        req_pool: ReqToTokenPool,
+        *,
+        prefill_budget: int,
+        chunked_prefill: bool,
+        policy: str,
+        enable_cache: bool,
+        stats: EngineStats,
+    ):
         self.kv_pool = kv_pool
         self.req_pool = req_pool
         self.prefill_budget = prefill_budget
@@ -51,13 +60,13 @@ class Scheduler:
         self.policy = SchedulePolicy(policy, enable_cache)
         self.stats = stats
         self.waiting: list[Req] = []
-        self.running: list[Req] = []          # past their prefill: decode every step
-        self.chunked: Req | None = None       # prompt being prefilled chunk by chunk
+        self.running: list[Req] = []  # past their prefill: decode every step
+        self.chunked: Req | None = None  # prompt being prefilled chunk by chunk
         self.new_token_ratio = INIT_NEW_TOKEN_RATIO
         self._decode_turn = False
         self._arrivals = itertools.count()
-        self._decode_groups: tuple[SharedPrefix, ...] | None = None   # None: running changed, recompute
-        self._released_rows: list[int] = []   # freed since the last batch; handed over with the next one
+        self._decode_groups: tuple[SharedPrefix, ...] | None = None  # None: running changed, recompute
+        self._released_rows: list[int] = []  # freed since the last batch; handed over with the next one
 
     # ---- queue management -------------------------------------------------------------------
     def add(self, req: Req) -> None:
@@ -134,7 +143,7 @@ class Scheduler:
         self.cache.make_room(take)
         take = min(take, self.kv_pool.available())
         if take <= 0:
-            return None     # decode steps will retract someone to make room
+            return None  # decode steps will retract someone to make room
         self._alloc(req, req.kv_len, take)
         if req.kv_len + take == fill_len:
             self.chunked = None
@@ -148,12 +157,13 @@ class Scheduler:
         for req in self.policy.order(self.waiting, self.cache.match):
             if budget <= 0 or self.req_pool.available() == 0:
                 break
-            match = self.cache.match(req)   # fresh: earlier matches may have split or evicted nodes
+            match = self.cache.match(req)  # fresh: earlier matches may have split or evicted nodes
             fill = req.fill_ids
             extend = len(fill) - match.length
             if self.policy.defers_in_batch_sharing() and any(
-                    common_prefix_len(fill, other) - match.length >= IN_BATCH_SHARE_MIN for other in batch_fills):
-                continue   # next step it hits what the other request is computing now
+                common_prefix_len(fill, other) - match.length >= IN_BATCH_SHARE_MIN for other in batch_fills
+            ):
+                continue  # next step it hits what the other request is computing now
             take = extend
             if take > budget:
                 if self.chunked_prefill and self.chunked is None:
@@ -172,7 +182,7 @@ class Scheduler:
                 break
             self.cache.make_room(take)
             self._alloc(req, match.length, take)
-            if not req.admissions:   # what the caller sees: prompt tokens cached when it started
+            if not req.admissions:  # what the caller sees: prompt tokens cached when it started
                 req.cached_tokens = match.length
             req.admissions += 1
             self.stats.cached_prefill_tokens += match.length
@@ -198,7 +208,7 @@ class Scheduler:
 
     def _alloc(self, req: Req, start: int, n: int) -> None:
         slots = self.kv_pool.alloc(n)
-        self.req_pool.req_to_token[req.row, start:start + n] = slots.to(torch.int32)
+        self.req_pool.req_to_token[req.row, start : start + n] = slots.to(torch.int32)
 
     def _schedule_decode(self) -> ScheduledBatch | None:
         if not self.cache.make_room(len(self.running)):
@@ -211,7 +221,7 @@ class Scheduler:
         slots = self.kv_pool.alloc(len(reqs))
         self.req_pool.req_to_token[rows, kv_lens] = slots.to(torch.int32)
         self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
-        if self._decode_groups is None:   # locked paths only change when the running set does
+        if self._decode_groups is None:  # locked paths only change when the running set does
             self._decode_groups = self.cache.shared_prefix_groups(reqs)
         return build_decode(reqs, rows, kv_lens, slots, self._decode_groups)
 
@@ -222,7 +232,7 @@ class Scheduler:
         while not self.cache.make_room(len(self.running)):
             candidates = self.holders()
             if len(candidates) <= 1:
-                return   # one request always fits a pool that passed admission's size check
+                return  # one request always fits a pool that passed admission's size check
             victim = min(candidates, key=lambda r: (r.priority, len(r.output_ids), -len(r.prompt_ids), -r.arrival))
             self.retract(victim)
 

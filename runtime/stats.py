@@ -19,16 +19,16 @@ class EngineStats:
     forward_passes: int = 0
     extend_passes: int = 0
     decode_passes: int = 0
-    computed_prefill_tokens: int = 0   # prompt tokens run through the model
-    cached_prefill_tokens: int = 0     # prompt tokens served from the prefix cache
-    decode_tokens: int = 0             # tokens fed by decode steps
-    retracted_requests: int = 0        # running requests sent back to the queue for lack of memory
+    computed_prefill_tokens: int = 0  # prompt tokens run through the model
+    cached_prefill_tokens: int = 0  # prompt tokens served from the prefix cache
+    decode_tokens: int = 0  # tokens fed by decode steps
+    retracted_requests: int = 0  # running requests sent back to the queue for lack of memory
     shared_prefix_reads_saved: int = 0  # decode key/value token reads saved by reading shared prefixes once
     max_running_batch: int = 0
-    jump_forward_jumps: int = 0        # constrained requests sent back to extend a forced continuation
-    jump_forward_tokens: int = 0       # output tokens appended by jump-forward instead of sampled
+    jump_forward_jumps: int = 0  # constrained requests sent back to extend a forced continuation
+    jump_forward_tokens: int = 0  # output tokens appended by jump-forward instead of sampled
 
-    def record_step(self, batch: "ScheduledBatch") -> None:
+    def record_step(self, batch: ScheduledBatch) -> None:
         self.forward_passes += 1
         n = int(batch.input_ids.numel())
         if batch.mode == ForwardMode.EXTEND:

@@ -10,12 +10,16 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import loomlm as sgl
 
-SHOTS = [("What is the capital of Italy?", "Rome"), ("What is the capital of Spain?", "Madrid"),
-         ("What is the capital of Germany?", "Berlin")]
+SHOTS = [
+    ("What is the capital of Italy?", "Rome"),
+    ("What is the capital of Spain?", "Madrid"),
+    ("What is the capital of Germany?", "Berlin"),
+]
 
 
 @sgl.function
@@ -60,10 +64,14 @@ def check_regex(backend: Any) -> None:
     assert re.fullmatch(r"\(\d{3}\) \d{3}-\d{4}", state["number"]), state["number"]
 
 
-CITY_SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
-                                                  "population": {"type": "integer", "minimum": 0,
-                                                                 "maximum": 99999999}},
-               "required": ["name", "population"]}
+CITY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "population": {"type": "integer", "minimum": 0, "maximum": 99999999},
+    },
+    "required": ["name", "population"],
+}
 
 
 @sgl.function
@@ -142,6 +150,7 @@ def check_streaming(backend: Any) -> None:
 
     async def collect() -> list[tuple[str, Any]]:
         return [item async for item in state.text_async_iter("short", return_meta_data=True)]
+
     pairs = asyncio.run(collect())
     assert "".join(text for text, _ in pairs) == state["short"]
     completions = [meta["completion_tokens"] for _, meta in pairs]
@@ -197,6 +206,16 @@ def check_min_tokens(backend: Any) -> None:
 
 
 CASES: list[Callable[[Any], None]] = [
-    check_few_shot, check_select, check_regex, check_json_and_dtype, check_fork_join, check_fork_concat,
-    check_roles, check_streaming, check_stream_logprobs, check_run_batch, check_var_scope, check_min_tokens,
+    check_few_shot,
+    check_select,
+    check_regex,
+    check_json_and_dtype,
+    check_fork_join,
+    check_fork_concat,
+    check_roles,
+    check_streaming,
+    check_stream_logprobs,
+    check_run_batch,
+    check_var_scope,
+    check_min_tokens,
 ]

@@ -13,7 +13,8 @@ ALLOWED = {
     # the top layer: benchmarks compare loomlm's layers with baselines, so they may import any of them
     "bench": {"bench", "lang", "runtime", "grammars", "kernels"},
     # runtime only lazily, through lang/backends (checked below); grammars for gen(dtype=...)'s regexes
-    "lang": {"lang", "runtime", "grammars"},
+    # and the process-wide settings, a leaf module in the package root (loomlm/global_config.py)
+    "lang": {"lang", "runtime", "grammars", "global_config"},
     "runtime": {"runtime", "grammars", "kernels"},
     "grammars": {"grammars"},
     "kernels": {"kernels"},
@@ -23,11 +24,13 @@ FOLDERS = {"bench": ROOT / "loomlm" / "bench"}
 
 
 def test_public_api_and_no_bare_names():
-    code = ("import importlib.util, loomlm;"
-            "assert all(importlib.util.find_spec(n) is None for n in ('runtime','lang','kernels','grammars'));"
-            "assert {'Engine','SamplingParams','EngineConfig'} <= set(loomlm.__all__);"
-            "import loomlm.runtime, loomlm.lang, loomlm.kernels, loomlm.grammars;"
-            "print(loomlm.Engine.__module__)")
+    code = (
+        "import importlib.util, loomlm;"
+        "assert all(importlib.util.find_spec(n) is None for n in ('runtime','lang','kernels','grammars'));"
+        "assert {'Engine','SamplingParams','EngineConfig'} <= set(loomlm.__all__);"
+        "import loomlm.runtime, loomlm.lang, loomlm.kernels, loomlm.grammars;"
+        "print(loomlm.Engine.__module__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "loomlm.runtime.engine"
 
@@ -80,12 +83,27 @@ def test_runtime_and_lang_use_the_grammars_facade_only():
 
 
 def test_grammars_facade_exports_and_imports_without_cycles():
-    names = ("compile_regex", "compile_json_schema", "compile_choices", "compile_type", "json_schema_to_regex",
-             "Vocabulary", "Guide", "GrammarError", "GrammarLimits", "GrammarCache", "GrammarSpec", "spec_from_params",
-             "JumpPlan", "REJECTED")
-    code = ("import loomlm.grammars as g;"
-            f"assert set({names!r}) <= set(g.__all__), set({names!r}) - set(g.__all__);"
-            "assert all(hasattr(g, n) for n in g.__all__)")
+    names = (
+        "compile_regex",
+        "compile_json_schema",
+        "compile_choices",
+        "compile_type",
+        "json_schema_to_regex",
+        "Vocabulary",
+        "Guide",
+        "GrammarError",
+        "GrammarLimits",
+        "GrammarCache",
+        "GrammarSpec",
+        "spec_from_params",
+        "JumpPlan",
+        "REJECTED",
+    )
+    code = (
+        "import loomlm.grammars as g;"
+        f"assert set({names!r}) <= set(g.__all__), set({names!r}) - set(g.__all__);"
+        "assert all(hasattr(g, n) for n in g.__all__)"
+    )
     subprocess.run([sys.executable, "-c", code], cwd="/", check=True)
     # Each module imported first, in a fresh interpreter: an import cycle would fail one of them.
     for path in sorted((ROOT / "grammars").glob("*.py")):

@@ -25,8 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     raise SystemExit("kernel_compile_check compiles for a GPU: unset TRITON_INTERPRET")
@@ -54,7 +55,7 @@ class Compiled:
     num_stages: int
     registers: int
     shared_bytes: int
-    local_bytes: int      # > 0: registers spilled
+    local_bytes: int  # > 0: registers spilled
     compile_s: float
 
 
@@ -97,8 +98,9 @@ def resource_usage(cubin: bytes) -> tuple[int, int, int]:
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(cubin)
     try:
-        text = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", f.name], capture_output=True,
-                              text=True, check=True).stdout
+        text = subprocess.run(
+            [_tool("cuobjdump"), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
     finally:
         os.unlink(f.name)
     found = re.search(r"REG:(\d+).*?SHARED:(\d+).*?LOCAL:(\d+)", text)
@@ -120,9 +122,19 @@ class Checker:
         kernel = triton.compile(src, target=self.target, options=options)
         elapsed = time.perf_counter() - start
         regs, _shared_static, local = resource_usage(kernel.asm["cubin"])
-        self.results.append(Compiled(fn.name, self.case, compile["num_warps"], compile["num_stages"], regs,
-                                     kernel.metadata.shared, local, round(elapsed, 2)))
-        return True   # compiled here: skip Triton's own compile and the launch
+        self.results.append(
+            Compiled(
+                fn.name,
+                self.case,
+                compile["num_warps"],
+                compile["num_stages"],
+                regs,
+                kernel.metadata.shared,
+                local,
+                round(elapsed, 2),
+            )
+        )
+        return True  # compiled here: skip Triton's own compile and the launch
 
     def run(self, cases: list[tuple[str, Callable[[], Any]]]) -> list[str]:
         """Call each case's wrapper; return the failures (compile errors)."""
@@ -135,13 +147,13 @@ class Checker:
                 self.case = case
                 try:
                     call()
-                except Exception as exc:  # noqa: BLE001 - every failure is reported, then the exit status
+                except Exception as exc:
                     failures.append(f"{case}: {type(exc).__name__}: {str(exc).strip()[:2000]}")
         finally:
             knobs.runtime.jit_cache_hook = previous
             try:
                 driver.reset_active()
-            except RuntimeError:   # no GPU driver on this machine to go back to
+            except RuntimeError:  # no GPU driver on this machine to go back to
                 pass
         return failures
 
@@ -160,26 +172,42 @@ def cases(dtypes: tuple[torch.dtype, ...] = DTYPES) -> list[tuple[str, Callable[
             rows = torch.arange(2, dtype=torch.int64)
             lens = torch.full((2,), 8, dtype=torch.int32)
             q = torch.zeros(2, heads, dim, dtype=dtype)
-            out.append((f"decode_attention {shape}", lambda q=q, k=k_buf, t=table, r=rows, n=lens: (
-                decode_attention.decode_attention(q, k, k, t, r, n, 0.125, num_kv_splits=4))))
+            out.append(
+                (
+                    f"decode_attention {shape}",
+                    lambda q=q, k=k_buf, t=table, r=rows, n=lens: decode_attention.decode_attention(
+                        q, k, k, t, r, n, 0.125, num_kv_splits=4
+                    ),
+                )
+            )
             qkv = torch.zeros(16, (heads + 2 * kv_heads) * dim, dtype=dtype)
-            q_ext = qkv[:, :heads * dim].view(16, heads, dim)
+            q_ext = qkv[:, : heads * dim].view(16, heads, dim)
             starts = torch.tensor([0, 8], dtype=torch.int32)
-            out.append((f"extend_attention {shape}", lambda q=q_ext, k=k_buf, t=table, r=rows, n=lens, s=starts: (
-                extend_attention.extend_attention(q, k, k, t, r, n, n, s, 0.125, max_extend=8))))
-            qk = qkv[:, :(heads + kv_heads) * dim].view(16, heads + kv_heads, dim)
+            out.append(
+                (
+                    f"extend_attention {shape}",
+                    lambda q=q_ext, k=k_buf, t=table, r=rows, n=lens, s=starts: extend_attention.extend_attention(
+                        q, k, k, t, r, n, n, s, 0.125, max_extend=8
+                    ),
+                )
+            )
+            qk = qkv[:, : (heads + kv_heads) * dim].view(16, heads + kv_heads, dim)
             cos = torch.zeros(32, dim // 2)
             positions = torch.zeros(16, dtype=torch.int64)
             out.append((f"apply_rope_ {shape}", lambda x=qk, p=positions, c=cos: rope_kv.apply_rope_(x, p, c, c)))
-            kv = qkv[:, heads * dim:(heads + kv_heads) * dim].view(16, kv_heads, dim)
+            kv = qkv[:, heads * dim : (heads + kv_heads) * dim].view(16, kv_heads, dim)
             slot_ids = torch.arange(16, dtype=torch.int64)
             out.append((f"store_kv_ {shape}", lambda k=k_buf, x=kv, s=slot_ids: rope_kv.store_kv_(k, k, x, x, s)))
         for hidden in (576, 4096):
             x = torch.zeros(4, hidden, dtype=dtype)
             w = torch.zeros(hidden, dtype=dtype)
             out.append((f"rms_norm {name} hidden={hidden}", lambda x=x, w=w: fused_ops.rms_norm(x, w, 1e-5)))
-            out.append((f"rms_norm+residual {name} hidden={hidden}",
-                        lambda x=x, w=w: fused_ops.rms_norm(x, w, 1e-5, x.clone())))
+            out.append(
+                (
+                    f"rms_norm+residual {name} hidden={hidden}",
+                    lambda x=x, w=w: fused_ops.rms_norm(x, w, 1e-5, x.clone()),
+                )
+            )
         for inter in (1536, 14336):
             gate_up = torch.zeros(4, 2 * inter, dtype=dtype)
             out.append((f"silu_and_mul {name} I={inter}", lambda x=gate_up: fused_ops.silu_and_mul(x)))
@@ -203,12 +231,14 @@ def check(arch: int, dtypes: tuple[torch.dtype, ...] = DTYPES) -> tuple[list[Com
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python tools/kernel_compile_check.py",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python tools/kernel_compile_check.py", description=__doc__.split("\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
     parser.add_argument("--json", action="store_true", help="end with one line of JSON")
-    parser.add_argument("--dtypes", default=",".join(str(d).split(".")[-1] for d in DTYPES),
-                        help="comma-separated input dtypes to compile for (the bitmask kernel is float32 always)")
+    parser.add_argument(
+        "--dtypes",
+        default=",".join(str(d).split(".")[-1] for d in DTYPES),
+        help="comma-separated input dtypes to compile for (the bitmask kernel is float32 always)",
+    )
     args = parser.parse_args(argv)
     by_name = {str(d).split(".")[-1]: d for d in DTYPES}
     unknown = [n for n in args.dtypes.split(",") if n not in by_name]
@@ -218,14 +248,24 @@ def main(argv: list[str] | None = None) -> int:
     width = max((len(r.case) for r in results), default=4)
     print(f"{'case'.ljust(width)}  {'kernel':<22} warps stages  regs  shared B  local B  compile s")
     for r in results:
-        print(f"{r.case.ljust(width)}  {r.kernel:<22} {r.num_warps:>5} {r.num_stages:>6} {r.registers:>5} "
-              f"{r.shared_bytes:>9} {r.local_bytes:>8} {r.compile_s:>10.2f}")
+        print(
+            f"{r.case.ljust(width)}  {r.kernel:<22} {r.num_warps:>5} {r.num_stages:>6} {r.registers:>5} "
+            f"{r.shared_bytes:>9} {r.local_bytes:>8} {r.compile_s:>10.2f}"
+        )
     print(f"{len(results)} kernels compiled for sm_{args.arch}; {len(failures)} failure(s)")
     for failure in failures:
         print(f"FAIL {failure}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"arch": args.arch, "triton": triton.__version__, "compiled": [asdict(r) for r in results],
-                          "failures": failures}))
+        print(
+            json.dumps(
+                {
+                    "arch": args.arch,
+                    "triton": triton.__version__,
+                    "compiled": [asdict(r) for r in results],
+                    "failures": failures,
+                }
+            )
+        )
     return 1 if failures else 0
 
 

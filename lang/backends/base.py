@@ -13,8 +13,9 @@ A backend that needs the conversation rather than the text (a chat-completions A
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from loomlm.lang.chat_template import ChatTemplate
 from loomlm.lang.choices import ChoicesDecision, ChoicesMethod
@@ -51,17 +52,18 @@ def accumulate_stream_meta(so_far: dict[str, Any] | None, chunk: dict[str, Any])
 class ChatContext:
     """The conversation where a gen or select runs: the finished messages, and the role begun but not yet
     ended there (None outside roles) with the text appended inside it so far."""
+
     messages: tuple[dict[str, str], ...]
     open_role: str | None = None
     open_text: str = ""
 
 
-def chat_kwargs(backend: "Backend", executor: Any) -> dict[str, Any]:
+def chat_kwargs(backend: Backend, executor: Any) -> dict[str, Any]:
     """`{"chat": ChatContext}` for a backend that wants it, else `{}` (read off a `StreamExecutor`)."""
     if not getattr(backend, "wants_chat_context", False):
         return {}
     role = executor.cur_role
-    text = executor.text_[executor.cur_role_begin_pos:] if role is not None else ""
+    text = executor.text_[executor.cur_role_begin_pos :] if role is not None else ""
     return {"chat": ChatContext(tuple(executor.messages_), role, text)}
 
 
@@ -69,15 +71,14 @@ class Backend(ABC):
     """One model behind a program. Thread-safe: many program executors call it at once."""
 
     chat_template: ChatTemplate
-    wants_chat_context = False     # True: generate/generate_stream/select also get `chat=ChatContext`
+    wants_chat_context = False  # True: generate/generate_stream/select also get `chat=ChatContext`
 
     @abstractmethod
     def generate(self, prompt: str, sampling: dict[str, Any], logprobs: LogprobRequest) -> GenResult:
         """Continue `prompt`; blocks until the output is complete."""
 
     @abstractmethod
-    def generate_stream(self, prompt: str, sampling: dict[str, Any],
-                        logprobs: LogprobRequest) -> Iterator[GenResult]:
+    def generate_stream(self, prompt: str, sampling: dict[str, Any], logprobs: LogprobRequest) -> Iterator[GenResult]:
         """Continue `prompt`, yielding increments: the text delta and the meta info so far (every output
         logprob up to here: see `accumulate_stream_meta`)."""
 
@@ -85,7 +86,7 @@ class Backend(ABC):
     def select(self, prompt: str, choices: Sequence[str], method: ChoicesMethod) -> ChoicesDecision:
         """Score each choice as a continuation of `prompt` and let `method` pick one."""
 
-    def prefill(self, prompt: str) -> None:
+    def prefill(self, prompt: str) -> None:  # noqa: B027 (an optional hook, a no-op by default)
         """Compute and cache `prompt`'s KV so later requests sharing it start from the cache (no-op
         where the backend has no cache to fill)."""
 
@@ -100,5 +101,5 @@ class Backend(ABC):
         """What is known about the model behind the backend (`sgl.get_server_info`)."""
         return {"model_path": self.model_name()}
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> None:  # noqa: B027 (an optional hook, a no-op by default)
         """Release what the backend owns (an in-process engine); a no-op for clients."""

@@ -17,8 +17,9 @@ def as_backend(backend: Any) -> Backend:
         from loomlm.lang.backends.local import LocalBackend
 
         return LocalBackend(backend)
-    raise TypeError(f"a backend must be loomlm.Runtime, RuntimeEndpoint, OpenAI or an Engine, "
-                    f"got {type(backend).__name__}")
+    raise TypeError(
+        f"a backend must be loomlm.Runtime, RuntimeEndpoint, OpenAI or an Engine, got {type(backend).__name__}"
+    )
 
 
 def set_default_backend(backend: Any) -> None:

@@ -33,7 +33,8 @@ import os
 import threading
 import urllib.error
 import urllib.request
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from loomlm.lang.backends.base import Backend, GenResult, accumulate_stream_meta
 from loomlm.lang.chat_template import ChatTemplate
@@ -89,8 +90,8 @@ def _tail(entries: list[tuple], ids: Sequence[int]) -> list[tuple]:
     servers differ on whether the entry at `logprob_start_len` itself (None at position 0) is included,
     so entries are aligned from the end; a missing first-position entry is filled with None."""
     if len(entries) < len(ids):
-        entries = [(None, i, None) for i in ids[:len(ids) - len(entries)]] + list(entries)
-    return list(entries[len(entries) - len(ids):])
+        entries = [(None, i, None) for i in ids[: len(ids) - len(entries)]] + list(entries)
+    return list(entries[len(entries) - len(ids) :])
 
 
 def _load_local_tokenizer(model_info: dict[str, Any]) -> Any | None:
@@ -102,12 +103,12 @@ def _load_local_tokenizer(model_info: dict[str, Any]) -> Any | None:
         try:
             from transformers import AutoTokenizer
 
-            if os.path.isfile(path):      # a GGUF file: transformers rebuilds the tokenizer from its metadata
+            if os.path.isfile(path):  # a GGUF file: transformers rebuilds the tokenizer from its metadata
                 return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
             if os.path.isdir(path):
                 return AutoTokenizer.from_pretrained(path)
             return AutoTokenizer.from_pretrained(path, local_files_only=True)
-        except Exception:   # not loadable here (another machine's path, not cached, no transformers)
+        except Exception:  # not loadable here (another machine's path, not cached, no transformers)
             continue
     return None
 
@@ -120,8 +121,14 @@ class RuntimeEndpoint(Backend):
     `chat_template`: overrides the template read off the tokenizer. `timeout`: seconds per socket
     operation (a long generation streams or answers within it)."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float | None = 600.0,
-                 chat_template: ChatTemplate | None = None, tokenizer: Any = "auto"):
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float | None = 600.0,
+        chat_template: ChatTemplate | None = None,
+        tokenizer: Any = "auto",
+    ):
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
@@ -134,7 +141,7 @@ class RuntimeEndpoint(Backend):
         if tokenizer == "auto":
             tokenizer = _load_local_tokenizer(self.model_info)
         self.tokenizer = tokenizer
-        self._tokenizer_lock = threading.Lock()   # HF fast tokenizers are not safe to share across threads
+        self._tokenizer_lock = threading.Lock()  # HF fast tokenizers are not safe to share across threads
         if chat_template is None:
             chat_template = ChatTemplate.plain() if tokenizer is None else ChatTemplate.from_tokenizer(tokenizer)
         self.chat_template = chat_template
@@ -143,7 +150,7 @@ class RuntimeEndpoint(Backend):
         return str(self.model_info.get("model_path", self.base_url))
 
     def flush_cache(self) -> bool:
-        with self._open("POST", "/flush_cache", {}) as response:   # SGLang answers with plain text
+        with self._open("POST", "/flush_cache", {}) as response:  # SGLang answers with plain text
             response.read()
         return True
 
@@ -167,7 +174,7 @@ class RuntimeEndpoint(Backend):
             raise ConnectionError(f"cannot reach the server at {url}: {exc.reason}") from None
         except TimeoutError:
             raise TimeoutError(f"no answer from {url} within {self.timeout} s") from None
-        except ConnectionError as exc:   # e.g. the server closed the connection without answering
+        except ConnectionError as exc:  # e.g. the server closed the connection without answering
             raise ConnectionError(f"lost the connection to {url}: {exc}") from None
 
     def _request(self, method: str, path: str, body: Any = None) -> Any:
@@ -176,8 +183,7 @@ class RuntimeEndpoint(Backend):
         try:
             return json.loads(raw)
         except ValueError:
-            raise RuntimeError(f"{method} {self.base_url + path} answered with non-JSON text: "
-                               f"{raw[:200]!r}") from None
+            raise RuntimeError(f"{method} {self.base_url + path} answered with non-JSON text: {raw[:200]!r}") from None
 
     def _events(self, response) -> Iterator[dict[str, Any]]:
         """The JSON events of a server-sent-event stream, until `data: [DONE]`."""
@@ -187,7 +193,7 @@ class RuntimeEndpoint(Backend):
             if line.startswith("data:"):
                 data.append(line[5:].removeprefix(" "))
                 continue
-            if line or not data:      # comments, other fields, stray blank lines
+            if line or not data:  # comments, other fields, stray blank lines
                 continue
             payload, data = "\n".join(data), []
             if payload == "[DONE]":
@@ -202,15 +208,19 @@ class RuntimeEndpoint(Backend):
     def _payload(self, prompt: str, sampling: dict[str, Any], lp: LogprobRequest) -> dict[str, Any]:
         body: dict[str, Any] = {"text": prompt, "sampling_params": sampling}
         if lp.return_logprob:
-            body.update(return_logprob=True, logprob_start_len=lp.logprob_start_len,
-                        top_logprobs_num=lp.top_logprobs_num, return_text_in_logprobs=lp.return_text_in_logprobs)
+            body.update(
+                return_logprob=True,
+                logprob_start_len=lp.logprob_start_len,
+                top_logprobs_num=lp.top_logprobs_num,
+                return_text_in_logprobs=lp.return_text_in_logprobs,
+            )
         return body
 
     def _meta(self, meta: dict[str, Any], lp: LogprobRequest) -> dict[str, Any]:
         meta = _as_tuples(meta)
         if not (lp.return_logprob and lp.return_text_in_logprobs) or self.tokenizer is None:
             return meta
-        for key in ("input_token_logprobs", "output_token_logprobs"):   # a server that left the texts out
+        for key in ("input_token_logprobs", "output_token_logprobs"):  # a server that left the texts out
             entries = meta.get(key) or []
             if entries and any(len(e) < 3 or e[2] is None for e in entries):
                 with self._tokenizer_lock:
@@ -222,16 +232,15 @@ class RuntimeEndpoint(Backend):
         out = self._request("POST", "/generate", self._payload(prompt, sampling, logprobs))
         return GenResult(out["text"], self._meta(out.get("meta_info", {}), logprobs))
 
-    def generate_stream(self, prompt: str, sampling: dict[str, Any],
-                        logprobs: LogprobRequest) -> Iterator[GenResult]:
+    def generate_stream(self, prompt: str, sampling: dict[str, Any], logprobs: LogprobRequest) -> Iterator[GenResult]:
         body = {**self._payload(prompt, sampling, logprobs), "stream": True}
         seen, meta = "", None
-        with self._open("POST", "/generate", body) as response:   # closing it early aborts the request
+        with self._open("POST", "/generate", body) as response:  # closing it early aborts the request
             for event in self._events(response):
                 text = event.get("text", "")
-                if text.startswith(seen):       # cumulative text (SGLang's default)
-                    delta, seen = text[len(seen):], text
-                else:                           # a server that streams increments
+                if text.startswith(seen):  # cumulative text (SGLang's default)
+                    delta, seen = text[len(seen) :], text
+                else:  # a server that streams increments
                     delta, seen = text, seen + text
                 meta = accumulate_stream_meta(meta, _as_tuples(event.get("meta_info", {})))
                 yield GenResult(delta, self._meta(meta, logprobs))
@@ -257,8 +266,14 @@ class RuntimeEndpoint(Backend):
         sends the choice's token ids alone."""
         check_select_args(prompt, choices)
         if self.tokenizer is not None:
-            return score_select(self._encode(prompt), [self._encode(prompt + c) for c in choices], choices,
-                                method, self._input_logprobs, self._prefill_ids)
+            return score_select(
+                self._encode(prompt),
+                [self._encode(prompt + c) for c in choices],
+                choices,
+                method,
+                self._input_logprobs,
+                self._prefill_ids,
+            )
         scored, outs, prompt_tokens = self._score_from_server(prompt, choices)
         return decide(choices, method, scored, prompt_tokens, [o["meta_info"] for o in outs], self._input_logprobs)
 
@@ -272,26 +287,42 @@ class RuntimeEndpoint(Backend):
     def _input_logprobs(self, id_lists: list[list[int]], start: int) -> list[tuple[list, dict[str, Any]]]:
         # One position early: the entries then cover every position from `start` whichever convention the
         # server has for the entry at logprob_start_len (see _tail).
-        outs = self._request("POST", "/generate", {
-            "input_ids": id_lists, "sampling_params": [_SCORE_ONLY] * len(id_lists),
-            "return_logprob": True, "logprob_start_len": max(start - 1, 0)})
-        return [(_tail(_as_tuples(o["meta_info"])["input_token_logprobs"], ids[start:]), o["meta_info"])
-                for o, ids in zip(outs, id_lists)]
+        outs = self._request(
+            "POST",
+            "/generate",
+            {
+                "input_ids": id_lists,
+                "sampling_params": [_SCORE_ONLY] * len(id_lists),
+                "return_logprob": True,
+                "logprob_start_len": max(start - 1, 0),
+            },
+        )
+        return [
+            (_tail(_as_tuples(o["meta_info"])["input_token_logprobs"], ids[start:]), o["meta_info"])
+            for o, ids in zip(outs, id_lists)
+        ]
 
     def _score_from_server(self, prompt: str, choices: Sequence[str]):
         head = self._request("POST", "/generate", {"text": prompt, "sampling_params": _SCORE_ONLY})
         prompt_tokens = head["meta_info"]["prompt_tokens"]
-        window = max(prompt_tokens - _TAIL_TOKENS, 0)     # first position whose token ids come back
+        window = max(prompt_tokens - _TAIL_TOKENS, 0)  # first position whose token ids come back
         texts = [prompt] + [prompt + c for c in choices]
-        outs = self._request("POST", "/generate", {
-            "text": texts, "sampling_params": [_SCORE_ONLY] * len(texts),
-            "return_logprob": True, "logprob_start_len": window})
+        outs = self._request(
+            "POST",
+            "/generate",
+            {
+                "text": texts,
+                "sampling_params": [_SCORE_ONLY] * len(texts),
+                "return_logprob": True,
+                "logprob_start_len": window,
+            },
+        )
         entries = [_as_tuples(o["meta_info"])["input_token_logprobs"] for o in outs]
         tail_ids = [e[1] for e in entries[0]]
         scored = []
         for choice, own in zip(choices, entries[1:]):
             start = common_prefix_len(tail_ids, [e[1] for e in own])
-            if start < len(own) and own[start][0] is None:    # the first prompt token has no logprob
+            if start < len(own) and own[start][0] is None:  # the first prompt token has no logprob
                 start += 1
             if start >= len(own):
                 raise ValueError(f"select choice {choice!r} adds no token to the prompt")

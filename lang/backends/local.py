@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from loomlm.lang.backends.base import Backend, GenResult, accumulate_stream_meta
 from loomlm.lang.chat_template import ChatTemplate
@@ -41,8 +42,11 @@ class LocalBackend(Backend):
         return {"model_path": self.model_name(), **self.engine.get_stats()}
 
     def _logprob_kwargs(self, lp: LogprobRequest) -> dict[str, Any]:
-        return {"return_logprob": lp.return_logprob, "top_logprobs_num": lp.top_logprobs_num,
-                "logprob_start_len": lp.logprob_start_len}
+        return {
+            "return_logprob": lp.return_logprob,
+            "top_logprobs_num": lp.top_logprobs_num,
+            "logprob_start_len": lp.logprob_start_len,
+        }
 
     def _meta(self, meta: dict[str, Any], lp: LogprobRequest) -> dict[str, Any]:
         if not (lp.return_logprob and lp.return_text_in_logprobs):
@@ -58,9 +62,8 @@ class LocalBackend(Backend):
         out = self.engine.generate(prompt, sampling, **self._logprob_kwargs(logprobs))
         return GenResult(out["text"], self._meta(out["meta_info"], logprobs))
 
-    def generate_stream(self, prompt: str, sampling: dict[str, Any],
-                        logprobs: LogprobRequest) -> Iterator[GenResult]:
-        meta = None      # the engine's chunks hold their own output logprobs only: gather them
+    def generate_stream(self, prompt: str, sampling: dict[str, Any], logprobs: LogprobRequest) -> Iterator[GenResult]:
+        meta = None  # the engine's chunks hold their own output logprobs only: gather them
         for chunk in self.engine.generate(prompt, sampling, stream=True, **self._logprob_kwargs(logprobs)):
             meta = accumulate_stream_meta(meta, chunk["meta_info"])
             yield GenResult(chunk["text"], self._meta(meta, logprobs))
@@ -70,22 +73,32 @@ class LocalBackend(Backend):
         return not self.engine.config.disable_radix_cache
 
     def prefill(self, prompt: str) -> None:
-        if prompt and self._caching:     # without a cache the computed KV would be thrown away
+        if prompt and self._caching:  # without a cache the computed KV would be thrown away
             self.engine.generate(prompt, _SCORE_ONLY)
 
     def select(self, prompt: str, choices: Sequence[str], method: ChoicesMethod) -> ChoicesDecision:
         check_select_args(prompt, choices)
-        encode = lambda text: self.tokenizer(text)["input_ids"]  # noqa: E731
-        return score_select(encode(prompt), [encode(prompt + c) for c in choices], choices, method,
-                            self._input_logprobs, self._prefill_ids)
+        encode = lambda text: self.tokenizer(text)["input_ids"]
+        return score_select(
+            encode(prompt),
+            [encode(prompt + c) for c in choices],
+            choices,
+            method,
+            self._input_logprobs,
+            self._prefill_ids,
+        )
 
     def _prefill_ids(self, ids: list[int]) -> None:
         if self._caching:
             self.engine.generate(input_ids=ids, sampling_params=_SCORE_ONLY)
 
     def _input_logprobs(self, id_lists: list[list[int]], start: int) -> list[tuple[list, dict[str, Any]]]:
-        outs = self.engine.generate(input_ids=id_lists, sampling_params=[_SCORE_ONLY] * len(id_lists),
-                                    return_logprob=True, logprob_start_len=start)
+        outs = self.engine.generate(
+            input_ids=id_lists,
+            sampling_params=[_SCORE_ONLY] * len(id_lists),
+            return_logprob=True,
+            logprob_start_len=start,
+        )
         return [(o["meta_info"]["input_token_logprobs"], o["meta_info"]) for o in outs]
 
 
@@ -104,14 +117,16 @@ class Runtime(LocalBackend):
             if name not in known:
                 close = difflib.get_close_matches(name, sorted(known), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise TypeError(f"Runtime got an unknown argument {name!r}{hint}; the engine arguments are: "
-                                f"{', '.join(sorted(known))}")
+                raise TypeError(
+                    f"Runtime got an unknown argument {name!r}{hint}; the engine arguments are: "
+                    f"{', '.join(sorted(known))}"
+                )
         super().__init__(Engine(model_path, **engine_args))
 
     def shutdown(self) -> None:
         self.engine.shutdown()
 
-    def __enter__(self) -> "Runtime":
+    def __enter__(self) -> Runtime:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -36,7 +36,8 @@ import inspect
 import json
 import os
 import re
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from loomlm.lang.backends.base import Backend, ChatContext, GenResult
 from loomlm.lang.chat_template import ChatTemplate
@@ -45,10 +46,24 @@ from loomlm.lang.ir import LogprobRequest
 
 # Models served only by the completions endpoint (SGLang's list, plus OpenAI's base models).
 COMPLETION_MODELS = ("gpt-3.5-turbo-instruct", "davinci-002", "babbage-002")
-_STANDARD = {"max_new_tokens": "max_tokens", "stop": "stop", "temperature": "temperature", "top_p": "top_p",
-             "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty", "seed": "seed"}
-_EXTENSIONS = {"regex": "regex", "top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repetition_penalty",
-               "min_new_tokens": "min_tokens", "stop_token_ids": "stop_token_ids", "ignore_eos": "ignore_eos"}
+_STANDARD = {
+    "max_new_tokens": "max_tokens",
+    "stop": "stop",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "seed": "seed",
+}
+_EXTENSIONS = {
+    "regex": "regex",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repetition_penalty": "repetition_penalty",
+    "min_new_tokens": "min_tokens",
+    "stop_token_ids": "stop_token_ids",
+    "ignore_eos": "ignore_eos",
+}
 _SELECT_TOP_LOGPROBS = 5
 
 
@@ -68,8 +83,11 @@ def _usage_meta(usage: Any) -> dict[str, Any]:
     if usage is None:
         return {}
     details = getattr(usage, "prompt_tokens_details", None)
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "cached_tokens": getattr(details, "cached_tokens", None) or 0}
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cached_tokens": getattr(details, "cached_tokens", None) or 0,
+    }
 
 
 def _logprob_entries(logprobs: Any, chat_api: bool) -> tuple[list[tuple], list[list[tuple]]]:
@@ -79,12 +97,16 @@ def _logprob_entries(logprobs: Any, chat_api: bool) -> tuple[list[tuple], list[l
         return [], []
     if chat_api:
         content = logprobs.content or []
-        return ([(t.logprob, None, t.token) for t in content],
-                [[(a.logprob, None, a.token) for a in (t.top_logprobs or [])] for t in content])
+        return (
+            [(t.logprob, None, t.token) for t in content],
+            [[(a.logprob, None, a.token) for a in (t.top_logprobs or [])] for t in content],
+        )
     tokens, values = logprobs.tokens or [], logprobs.token_logprobs or []
     tops = logprobs.top_logprobs or [None] * len(tokens)
-    return ([(v, None, t) for t, v in zip(tokens, values)],
-            [[(v, None, t) for t, v in (top or {}).items()] for top in tops])
+    return (
+        [(v, None, t) for t, v in zip(tokens, values)],
+        [[(v, None, t) for t, v in (top or {}).items()] for top in tops],
+    )
 
 
 class OpenAI(Backend):
@@ -92,25 +114,33 @@ class OpenAI(Backend):
 
     wants_chat_context = True
 
-    def __init__(self, model_name: str, base_url: str | None = None, api_key: str | None = None,
-                 is_chat_model: bool | None = None, chat_template: ChatTemplate | None = None,
-                 **client_kwargs: Any):
+    def __init__(
+        self,
+        model_name: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        is_chat_model: bool | None = None,
+        chat_template: ChatTemplate | None = None,
+        **client_kwargs: Any,
+    ):
         openai = _import_openai()
         known = set(inspect.signature(openai.OpenAI.__init__).parameters) - {"self", "api_key", "base_url"}
         for name in client_kwargs:
             if name not in known:
                 close = difflib.get_close_matches(name, sorted(known), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise TypeError(f"OpenAI got an unknown argument {name!r}{hint}; besides model_name, base_url, "
-                                f"api_key, is_chat_model and chat_template it takes openai.OpenAI's: "
-                                f"{', '.join(sorted(known))}")
+                raise TypeError(
+                    f"OpenAI got an unknown argument {name!r}{hint}; besides model_name, base_url, "
+                    f"api_key, is_chat_model and chat_template it takes openai.OpenAI's: "
+                    f"{', '.join(sorted(known))}"
+                )
         if api_key is None and base_url is not None and not os.environ.get("OPENAI_API_KEY"):
-            api_key = "EMPTY"     # a local server needs no key, but the client insists on one
+            api_key = "EMPTY"  # a local server needs no key, but the client insists on one
         self._openai = openai
         self.client = openai.OpenAI(api_key=api_key, base_url=base_url, **client_kwargs)
         self.model = model_name
         self.base_url = str(self.client.base_url).rstrip("/")
-        self.is_openai = "api.openai.com" in self.base_url     # OpenAI proper: no extension parameters
+        self.is_openai = "api.openai.com" in self.base_url  # OpenAI proper: no extension parameters
         self.is_chat_model = model_name not in COMPLETION_MODELS if is_chat_model is None else is_chat_model
         self.chat_template = chat_template or ChatTemplate.plain()
 
@@ -150,8 +180,7 @@ class OpenAI(Backend):
                 kwargs[_STANDARD[name]] = value
             elif name == "json_schema" and chat_api:
                 schema = json.loads(value) if isinstance(value, str) else value
-                kwargs["response_format"] = {"type": "json_schema",
-                                             "json_schema": {"name": "output", "schema": schema}}
+                kwargs["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
             elif name == "json_schema":
                 extra["json_schema"] = value
             elif name in _EXTENSIONS:
@@ -159,9 +188,11 @@ class OpenAI(Backend):
             else:
                 raise ValueError(f"sampling parameter {name!r} has no OpenAI API equivalent")
         if extra and self.is_openai:
-            raise ValueError(f"OpenAI's API has no {', '.join(sorted(extra))} parameter (regex and gen_int "
-                             f"need one); run the program on a loomlm, SGLang or vLLM server (base_url=...) "
-                             f"or with RuntimeEndpoint")
+            raise ValueError(
+                f"OpenAI's API has no {', '.join(sorted(extra))} parameter (regex and gen_int "
+                f"need one); run the program on a loomlm, SGLang or vLLM server (base_url=...) "
+                f"or with RuntimeEndpoint"
+            )
         if extra:
             kwargs["extra_body"] = extra
         if lp.return_logprob and chat_api:
@@ -174,13 +205,17 @@ class OpenAI(Backend):
 
     def _messages(self, chat: ChatContext | None, what: str) -> list[dict[str, str]]:
         if chat is None or chat.open_role != "assistant":
-            raise ValueError(f"chat model {self.model!r}: a {what} must begin an assistant message, as in "
-                             f"s += sgl.assistant(sgl.gen('answer')); for a completion model pass "
-                             f"is_chat_model=False")
+            raise ValueError(
+                f"chat model {self.model!r}: a {what} must begin an assistant message, as in "
+                f"s += sgl.assistant(sgl.gen('answer')); for a completion model pass "
+                f"is_chat_model=False"
+            )
         if chat.open_text:
-            raise ValueError(f"chat model {self.model!r}: the assistant message already holds "
-                             f"{chat.open_text[:40]!r} and a chat API cannot continue a message; put the "
-                             f"{what} first in the assistant message")
+            raise ValueError(
+                f"chat model {self.model!r}: the assistant message already holds "
+                f"{chat.open_text[:40]!r} and a chat API cannot continue a message; put the "
+                f"{what} first in the assistant message"
+            )
         if not chat.messages:
             raise ValueError(f"chat model {self.model!r}: no message precedes the assistant's")
         return [{"role": m["role"], "content": m["content"]} for m in chat.messages]
@@ -191,8 +226,9 @@ class OpenAI(Backend):
         return {"prompt": prompt}
 
     # ---- generation --------------------------------------------------------------------------
-    def generate(self, prompt: str, sampling: dict[str, Any], logprobs: LogprobRequest,
-                 chat: ChatContext | None = None) -> GenResult:
+    def generate(
+        self, prompt: str, sampling: dict[str, Any], logprobs: LogprobRequest, chat: ChatContext | None = None
+    ) -> GenResult:
         chat_api = self.is_chat_model
         request = {**self._prompt(prompt, chat, "gen"), **self._kwargs(sampling, logprobs, chat_api)}
         response = self._create(chat_api, **request)
@@ -205,11 +241,16 @@ class OpenAI(Backend):
                 meta["output_top_logprobs"] = top
         return GenResult(text, meta)
 
-    def generate_stream(self, prompt: str, sampling: dict[str, Any], logprobs: LogprobRequest,
-                        chat: ChatContext | None = None) -> Iterator[GenResult]:
+    def generate_stream(
+        self, prompt: str, sampling: dict[str, Any], logprobs: LogprobRequest, chat: ChatContext | None = None
+    ) -> Iterator[GenResult]:
         chat_api = self.is_chat_model
-        request = {**self._prompt(prompt, chat, "gen"), **self._kwargs(sampling, logprobs, chat_api),
-                   "stream": True, "stream_options": {"include_usage": True}}
+        request = {
+            **self._prompt(prompt, chat, "gen"),
+            **self._kwargs(sampling, logprobs, chat_api),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         stream = self._create(chat_api, **request)
         # Until the usage arrives (last event), completion_tokens counts the logprob entries, or else the
         # text events: a lower bound of the tokens, since every event carries at least one.
@@ -238,14 +279,17 @@ class OpenAI(Backend):
             stream.close()
 
     # ---- select ------------------------------------------------------------------------------
-    def select(self, prompt: str, choices: Sequence[str], method: ChoicesMethod,
-               chat: ChatContext | None = None) -> ChoicesDecision:
+    def select(
+        self, prompt: str, choices: Sequence[str], method: ChoicesMethod, chat: ChatContext | None = None
+    ) -> ChoicesDecision:
         if not choices or not all(isinstance(c, str) and c for c in choices):
             raise ValueError(f"select needs a non-empty list of non-empty strings, got {choices!r}")
         if not self.is_chat_model:
             if method.needs_unconditional:
-                raise ValueError(f"{method} needs the choices' token ids, which OpenAI's API does not return; "
-                                 f"use token_length_normalized or greedy_token_selection, or RuntimeEndpoint")
+                raise ValueError(
+                    f"{method} needs the choices' token ids, which OpenAI's API does not return; "
+                    f"use token_length_normalized or greedy_token_selection, or RuntimeEndpoint"
+                )
             scored = self._echo_logprobs(prompt, choices)
             if scored is not None:
                 decision = method(list(choices), scored)
@@ -256,9 +300,10 @@ class OpenAI(Backend):
     def _echo_logprobs(self, prompt: str, choices: Sequence[str]) -> list[list[tuple]] | None:
         """Per choice, (logprob, None, token) of its tokens, or None where the server gives no echo."""
         try:
-            response = self._create(False, prompt=[prompt + c for c in choices], echo=True, logprobs=1,
-                                    max_tokens=1, temperature=0)
-        except ValueError:     # e.g. OpenAI's current models: echo with logprobs is refused
+            response = self._create(
+                False, prompt=[prompt + c for c in choices], echo=True, logprobs=1, max_tokens=1, temperature=0
+            )
+        except ValueError:  # e.g. OpenAI's current models: echo with logprobs is refused
             return None
         rows = sorted(response.choices, key=lambda c: c.index)
         if len(rows) != len(choices):
@@ -272,8 +317,11 @@ class OpenAI(Backend):
             offsets = list(lp.text_offset) + [end_of_text]
             # Token j spans offsets[j]..offsets[j+1]: it is the choice's if it ends past the prompt (a token
             # merged across the boundary included); tokens from end_of_text on were generated.
-            entries = [(v, None, t) for j, (t, v) in enumerate(zip(lp.tokens, lp.token_logprobs))
-                       if j > 0 and offsets[j] < end_of_text and min(offsets[j + 1], end_of_text) > len(prompt)]
+            entries = [
+                (v, None, t)
+                for j, (t, v) in enumerate(zip(lp.tokens, lp.token_logprobs))
+                if j > 0 and offsets[j] < end_of_text and min(offsets[j + 1], end_of_text) > len(prompt)
+            ]
             if not entries:
                 raise ValueError(f"select choice {choice!r} adds no token to the prompt")
             scored.append(entries)
@@ -282,19 +330,20 @@ class OpenAI(Backend):
     def _generate_and_match(self, prompt: dict[str, Any], choices: Sequence[str]) -> ChoicesDecision:
         chat_api = self.is_chat_model
         request = {**prompt, "temperature": 0, "max_tokens": max(1, min(max(len(c) for c in choices), 256))}
-        with_logprobs = {"logprobs": True, "top_logprobs": _SELECT_TOP_LOGPROBS} if chat_api \
-            else {"logprobs": _SELECT_TOP_LOGPROBS}
+        with_logprobs = (
+            {"logprobs": True, "top_logprobs": _SELECT_TOP_LOGPROBS} if chat_api else {"logprobs": _SELECT_TOP_LOGPROBS}
+        )
         try:
             response = self._create(chat_api, **request, **with_logprobs)
-        except ValueError:     # a server without logprobs
+        except ValueError:  # a server without logprobs
             response = self._create(chat_api, **request)
         row = response.choices[0]
         output = ((row.message.content or "") if chat_api else row.text).lstrip()
         stripped = [c.lstrip() for c in choices]
         matched = [len(os.path.commonprefix([output, c])) for c in stripped]
         _, tops = _logprob_entries(row.logprobs, chat_api)
-        first = [-float("inf")] * len(choices)     # best alternative first token that starts the choice
-        for value, _id, token in (tops[0] if tops else []):
+        first = [-float("inf")] * len(choices)  # best alternative first token that starts the choice
+        for value, _id, token in tops[0] if tops else []:
             piece = token.lstrip()
             for i, c in enumerate(stripped):
                 if piece and (c.startswith(piece) or piece.startswith(c)):
@@ -305,6 +354,10 @@ class OpenAI(Backend):
         else:
             found = [(m.start(), i) for i, c in enumerate(stripped) if (m := re.search(re.escape(c), output))]
             index, how = (min(found)[1], "mentioned") if found else (0, "no_match")
-        meta = {"selection": f"generate_and_match:{how}", "generated_text": output, "matched_chars": matched,
-                "first_token_logprobs": first if tops else None}
+        meta = {
+            "selection": f"generate_and_match:{how}",
+            "generated_text": output,
+            "matched_chars": matched,
+            "first_token_logprobs": first if tops else None,
+        }
         return ChoicesDecision(choices[index], index, meta)

@@ -16,8 +16,10 @@ BENCHMARKS = {
 
 
 def usage() -> str:
-    return (f"usage: python -m loomlm.bench {{{','.join(BENCHMARKS)}}} [args]\n"
-            f"benchmarks: {', '.join(BENCHMARKS)} (add --help after a name for its options)")
+    return (
+        f"usage: python -m loomlm.bench {{{','.join(BENCHMARKS)}}} [args]\n"
+        f"benchmarks: {', '.join(BENCHMARKS)} (add --help after a name for its options)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

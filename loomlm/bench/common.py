@@ -13,8 +13,7 @@ def resolve_target(args: argparse.Namespace) -> tuple[torch.device, int]:
     """(device, vocabulary size) for `args.device` and `args.model_path`; ValueError names a bad one."""
     from loomlm.runtime.models.loader import read_model_config, resolve_model_path
 
-    config = EngineConfig(device=args.device,
-                          json_model_override_args=getattr(args, "json_model_override_args", None))
+    config = EngineConfig(device=args.device, json_model_override_args=getattr(args, "json_model_override_args", None))
     vocab = config.model_overrides().get("vocab_size")
     return config.resolved_device(), vocab or read_model_config(resolve_model_path(args.model_path)).vocab_size
 

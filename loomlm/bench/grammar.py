@@ -30,7 +30,8 @@ import statistics
 import sys
 import threading
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,8 +41,12 @@ from loomlm.bench.grammar_workload import JSON_SCHEMA, REGEX, REGEXES, SCHEMAS, 
 from loomlm.bench.report import environment, text_table
 from loomlm.runtime.config import DTYPES, LOAD_FORMATS
 
-LABELS = {"loomlm": "loomlm", "loomlm_numpy": "loomlm (numpy row copy)", "outlines_core": "Outlines-core",
-          "xgrammar": "XGrammar"}
+LABELS = {
+    "loomlm": "loomlm",
+    "loomlm_numpy": "loomlm (numpy row copy)",
+    "outlines_core": "Outlines-core",
+    "xgrammar": "XGrammar",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,15 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=20, help="timed walks of each trajectory per library")
     p.add_argument("--compile-repeats", type=int, default=3, help="cold compiles per case and library")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before a compile is abandoned")
-    p.add_argument("--libraries", default=",".join(LIBRARIES),
-                   help="comma-separated; loomlm always runs (missing baselines are reported, not fatal)")
-    p.add_argument("--xgrammar-any-whitespace", action="store_true",
-                   help="XGrammar JSON with arbitrary whitespace (default: its compact separators)")
+    p.add_argument(
+        "--libraries",
+        default=",".join(LIBRARIES),
+        help="comma-separated; loomlm always runs (missing baselines are reported, not fatal)",
+    )
+    p.add_argument(
+        "--xgrammar-any-whitespace",
+        action="store_true",
+        help="XGrammar JSON with arbitrary whitespace (default: its compact separators)",
+    )
     p.add_argument("--skip-e2e", action="store_true", help="no end-to-end generation")
     p.add_argument("--e2e-max-new-tokens", type=int, default=200)
     p.add_argument("--e2e-repeats", type=int, default=1, help="requests per schema and mode")
-    p.add_argument("--model", dest="model_path", default=None,
-                   help="GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--model",
+        dest="model_path",
+        default=None,
+        help="GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct)",
+    )
     p.add_argument("--load-format", choices=LOAD_FORMATS, default="auto")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     p.add_argument("--device", default="auto", help="device of the end-to-end engines: auto | cpu | cuda[:N]")
@@ -89,6 +104,7 @@ def _log(message: str) -> None:
 
 # ---- compile ---------------------------------------------------------------------------------------
 
+
 def timed_call(fn: Any, timeout_s: float) -> tuple[float | None, Any, str | None]:
     """(seconds, result, error) of `fn()` run on a worker thread. Past `timeout_s` the thread is
     abandoned (native compilers cannot be interrupted) and the error says so."""
@@ -98,7 +114,7 @@ def timed_call(fn: Any, timeout_s: float) -> tuple[float | None, Any, str | None
         start = time.perf_counter()
         try:
             box["value"] = fn()
-        except Exception as exc:   # noqa: BLE001 - reported per entry
+        except Exception as exc:
             box["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
         box["seconds"] = time.perf_counter() - start
 
@@ -114,12 +130,14 @@ def timed_call(fn: Any, timeout_s: float) -> tuple[float | None, Any, str | None
     return box["seconds"], box["value"], None
 
 
-def compile_all(libs: list[Library], cases: list[Case], repeats: int, timeout_s: float
-                ) -> tuple[dict[tuple[str, str], dict[str, Any]], dict[tuple[str, str], Any]]:
+def compile_all(
+    libs: list[Library], cases: list[Case], repeats: int, timeout_s: float
+) -> tuple[dict[tuple[str, str], dict[str, Any]], dict[tuple[str, str], Any]]:
     """Per (case, library): {"ms": median, "runs": [...], "error", "detail"}, and the compiled objects.
     Repeats are interleaved over cases and libraries so drift in machine load hits all alike."""
     results: dict[tuple[str, str], dict[str, Any]] = {
-        (c.name, lib.name): {"runs": [], "error": None, "detail": ""} for c in cases for lib in libs}
+        (c.name, lib.name): {"runs": [], "error": None, "detail": ""} for c in cases for lib in libs
+    }
     compiled: dict[tuple[str, str], Any] = {}
     for _ in range(repeats):
         for case in cases:
@@ -142,6 +160,7 @@ def compile_all(libs: list[Library], cases: list[Case], repeats: int, timeout_s:
 
 # ---- masks -----------------------------------------------------------------------------------------
 
+
 def _allows(mask: np.ndarray, token: int) -> bool:
     return bool((int(mask[token >> 5]) >> (token & 31)) & 1)
 
@@ -150,8 +169,12 @@ def verify(tokens: list[int], walkers: dict[str, Walker]) -> dict[str, Any]:
     """Lockstep, untimed walk of every library: each mask must allow the trajectory's token; full masks
     are compared with loomlm's (identical only where the grammars are the same, e.g. regexes). A
     library that rejects a token is dropped from `walkers` (and from timing) for this case."""
-    out: dict[str, Any] = {"steps": len(tokens), "disagreements": {n: 0 for n in walkers},
-                           "identical_to_loomlm": {}, "notes": []}
+    out: dict[str, Any] = {
+        "steps": len(tokens),
+        "disagreements": {n: 0 for n in walkers},
+        "identical_to_loomlm": {},
+        "notes": [],
+    }
     loom = walkers["loomlm"]
     for w in walkers.values():
         w.reset()
@@ -221,6 +244,7 @@ def _median(values: list[float]) -> float | None:
 
 # ---- the micro-benchmark -----------------------------------------------------------------------------
 
+
 def run_micro(args: argparse.Namespace, names: list[str], tokenizer: Any) -> dict[str, Any]:
     cases = select(args.schemas, args.regexes)
     _log(f"vocabulary set-up: {', '.join(names)}")
@@ -231,20 +255,23 @@ def run_micro(args: argparse.Namespace, names: list[str], tokenizer: Any) -> dic
     compiles, compiled = compile_all(libs, cases, args.compile_repeats, args.timeout)
 
     per_case: dict[str, dict[str, Any]] = {}
-    steps: dict[str, list[int]] = {}      # all timed fills of the cases every library walked
+    steps: dict[str, list[int]] = {}  # all timed fills of the cases every library walked
     disagreements: dict[str, int] = {lib.name: 0 for lib in libs}
     checked = 0
     identical: dict[str, int] = {}
     _log(f"walking trajectories: {args.repeats} timed walks per case and library")
     for case in cases:
         tokens = tokenizer.encode(case.example, add_special_tokens=False) + [eos]
-        walkers = {lib.name: lib.walker(compiled[(case.name, lib.name)]) for lib in libs
-                   if (case.name, lib.name) in compiled}
-        row: dict[str, Any] = {"kind": case.kind, "tokens": len(tokens),
-                               "compile_ms": {n: compiles[(case.name, n)]["ms"] for n in lib_names},
-                               "errors": {n: compiles[(case.name, n)]["error"] for n in lib_names
-                                          if compiles[(case.name, n)]["error"]},
-                               "loomlm": compiles[(case.name, "loomlm")]["detail"]}
+        walkers = {
+            lib.name: lib.walker(compiled[(case.name, lib.name)]) for lib in libs if (case.name, lib.name) in compiled
+        }
+        row: dict[str, Any] = {
+            "kind": case.kind,
+            "tokens": len(tokens),
+            "compile_ms": {n: compiles[(case.name, n)]["ms"] for n in lib_names},
+            "errors": {n: compiles[(case.name, n)]["error"] for n in lib_names if compiles[(case.name, n)]["error"]},
+            "loomlm": compiles[(case.name, "loomlm")]["detail"],
+        }
         per_case[case.name] = row
         if "loomlm" not in walkers:
             continue
@@ -254,8 +281,11 @@ def run_micro(args: argparse.Namespace, names: list[str], tokenizer: Any) -> dic
         checked += check["steps"]
         for n, k in check["identical_to_loomlm"].items():
             identical[n] = identical.get(n, 0) + k
-        row.update(disagreements=check["disagreements"], notes=check["notes"][:5],
-                   identical_to_loomlm=check["identical_to_loomlm"])
+        row.update(
+            disagreements=check["disagreements"],
+            notes=check["notes"][:5],
+            identical_to_loomlm=check["identical_to_loomlm"],
+        )
         times = time_masks(tokens, walkers, args.repeats)
         row["mask_us_p50"] = {n: _us(v, 50) for n, v in times.items()}
         if set(walkers) == set(lib_names):
@@ -263,8 +293,9 @@ def run_micro(args: argparse.Namespace, names: list[str], tokenizer: Any) -> dic
                 steps.setdefault(n, []).extend(v)
 
     def compile_median(name: str, kind: str) -> float | None:
-        common = [c for c in cases if c.kind == kind
-                  and all(compiles[(c.name, n)]["ms"] is not None for n in lib_names)]
+        common = [
+            c for c in cases if c.kind == kind and all(compiles[(c.name, n)]["ms"] is not None for n in lib_names)
+        ]
         return _median([compiles[(c.name, name)]["ms"] for c in common])
 
     out: dict[str, Any] = {}
@@ -278,18 +309,24 @@ def run_micro(args: argparse.Namespace, names: list[str], tokenizer: Any) -> dic
         out[f"{name}_compile_ms_median"] = compile_median(name, JSON_SCHEMA) if lib else None
         out[f"{name}_regex_compile_ms_median"] = compile_median(name, REGEX) if lib else None
         out[f"{name}_vocab_setup_ms"] = round(lib.setup_s * 1e3, 2) if lib else None
-        out[f"{name}_compile_failures"] = sorted(c.name for c in cases
-                                                 if lib and compiles[(c.name, name)]["error"])
-    out.update({
-        "mask_disagreements": sum(disagreements.values()), "mask_disagreements_by_library": disagreements,
-        "mask_checked_steps": checked,
-        "mask_identical_to_loomlm": identical, "mask_timed_steps": len(steps.get("loomlm", [])),
-        "mask_cases": sum(1 for r in per_case.values() if "mask_us_p50" in r
-                          and all(r["mask_us_p50"].get(n) is not None for n in lib_names)),
-        "libraries": {n: versions.get(n, "not requested") for n in LIBRARIES},
-        "available_libraries": lib_names,
-        "cases": per_case,
-    })
+        out[f"{name}_compile_failures"] = sorted(c.name for c in cases if lib and compiles[(c.name, name)]["error"])
+    out.update(
+        {
+            "mask_disagreements": sum(disagreements.values()),
+            "mask_disagreements_by_library": disagreements,
+            "mask_checked_steps": checked,
+            "mask_identical_to_loomlm": identical,
+            "mask_timed_steps": len(steps.get("loomlm", [])),
+            "mask_cases": sum(
+                1
+                for r in per_case.values()
+                if "mask_us_p50" in r and all(r["mask_us_p50"].get(n) is not None for n in lib_names)
+            ),
+            "libraries": {n: versions.get(n, "not requested") for n in LIBRARIES},
+            "available_libraries": lib_names,
+            "cases": per_case,
+        }
+    )
     return out
 
 
@@ -298,12 +335,15 @@ def targets(result: dict[str, Any]) -> dict[str, bool | None]:
         return None if a is None or b is None else a <= factor * b
 
     loom = result.get("loomlm_compile_ms_median")
-    return {"mask_p50_le_xgrammar": le(result.get("loomlm_mask_us_p50"), result.get("xgrammar_mask_us_p50")),
-            "compile_le_3x_outlines_core": le(loom, result.get("outlines_core_compile_ms_median"), 3.0),
-            "compile_lt_100ms": None if loom is None else loom < 100.0}
+    return {
+        "mask_p50_le_xgrammar": le(result.get("loomlm_mask_us_p50"), result.get("xgrammar_mask_us_p50")),
+        "compile_le_3x_outlines_core": le(loom, result.get("outlines_core_compile_ms_median"), 3.0),
+        "compile_lt_100ms": None if loom is None else loom < 100.0,
+    }
 
 
 # ---- output ------------------------------------------------------------------------------------------
+
 
 def _fmt(value: Any, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
@@ -311,33 +351,73 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 def format_cases(result: dict[str, Any]) -> str:
     names = result["available_libraries"]
-    headers = ["case", "kind", "tokens", *(f"{LABELS[n]} compile ms" for n in names), "loomlm DFA",
-               *(f"{LABELS[n]} mask p50 us" for n in names)]
+    headers = [
+        "case",
+        "kind",
+        "tokens",
+        *(f"{LABELS[n]} compile ms" for n in names),
+        "loomlm DFA",
+        *(f"{LABELS[n]} mask p50 us" for n in names),
+    ]
     body = []
     for name, row in result["cases"].items():
         p50 = row.get("mask_us_p50", {})
-        body.append([name, row["kind"], str(row["tokens"]),
-                     *(_fmt(row["compile_ms"][n]) if row["compile_ms"][n] is not None else
-                       ("error" if n in row["errors"] else "-") for n in names),
-                     row["loomlm"] or "-", *(_fmt(p50.get(n)) for n in names)])
+        body.append(
+            [
+                name,
+                row["kind"],
+                str(row["tokens"]),
+                *(
+                    _fmt(row["compile_ms"][n])
+                    if row["compile_ms"][n] is not None
+                    else ("error" if n in row["errors"] else "-")
+                    for n in names
+                ),
+                row["loomlm"] or "-",
+                *(_fmt(p50.get(n)) for n in names),
+            ]
+        )
     return text_table(headers, body)
 
 
 def format_summary(result: dict[str, Any]) -> str:
-    headers = ("library", "version", "vocab set-up ms", "schema compile ms (median)",
-               "regex compile ms (median)", "mask p50 us", "mask p99 us")
+    headers = (
+        "library",
+        "version",
+        "vocab set-up ms",
+        "schema compile ms (median)",
+        "regex compile ms (median)",
+        "mask p50 us",
+        "mask p99 us",
+    )
     body = []
     for name in ("loomlm", "loomlm_numpy", "outlines_core", "xgrammar"):
         base = "loomlm" if name == "loomlm_numpy" else name
         version = result["libraries"][base]
         if name == "loomlm_numpy":
-            body.append([LABELS[name], "", "", "", "", _fmt(result["loomlm_numpy_mask_us_p50"]),
-                         _fmt(result["loomlm_numpy_mask_us_p99"])])
+            body.append(
+                [
+                    LABELS[name],
+                    "",
+                    "",
+                    "",
+                    "",
+                    _fmt(result["loomlm_numpy_mask_us_p50"]),
+                    _fmt(result["loomlm_numpy_mask_us_p99"]),
+                ]
+            )
             continue
-        body.append([LABELS[name] + (" (engine path: ConstraintMasks gather)" if name == "loomlm" else ""), version,
-                     _fmt(result[f"{name}_vocab_setup_ms"]), _fmt(result[f"{name}_compile_ms_median"]),
-                     _fmt(result[f"{name}_regex_compile_ms_median"]), _fmt(result[f"{name}_mask_us_p50"]),
-                     _fmt(result[f"{name}_mask_us_p99"])])
+        body.append(
+            [
+                LABELS[name] + (" (engine path: ConstraintMasks gather)" if name == "loomlm" else ""),
+                version,
+                _fmt(result[f"{name}_vocab_setup_ms"]),
+                _fmt(result[f"{name}_compile_ms_median"]),
+                _fmt(result[f"{name}_regex_compile_ms_median"]),
+                _fmt(result[f"{name}_mask_us_p50"]),
+                _fmt(result[f"{name}_mask_us_p99"]),
+            ]
+        )
     return text_table(headers, body)
 
 
@@ -361,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             e2e = run_end_to_end(args)
-        except Exception as exc:   # noqa: BLE001 - e.g. an engine without jump-forward control
+        except Exception as exc:
             e2e = {"error": f"{type(exc).__name__}: {exc}"}
             _log(f"end to end failed: {e2e['error']}")
             rc = 1
@@ -372,25 +452,46 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_summary(result))
     by_lib = ", ".join(f"{LABELS[n]} {k}" for n, k in result["mask_disagreements_by_library"].items())
-    print(f"mask agreement: {result['mask_disagreements']} disagreements ({by_lib}) over "
-          f"{result['mask_checked_steps']} trajectory steps; masks identical to loomlm's: "
-          + (", ".join(f"{LABELS[n]} {k}/{result['mask_checked_steps']}"
-                       for n, k in result["mask_identical_to_loomlm"].items()) or "-"))
-    print("compile and mask medians over the cases every library handled; failures: "
-          + ("; ".join(f"{LABELS[n]}: {', '.join(result[f'{n}_compile_failures'])}"
-                       for n in ("loomlm", "outlines_core", "xgrammar")
-                       if result.get(f"{n}_compile_failures")) or "none"))
+    print(
+        f"mask agreement: {result['mask_disagreements']} disagreements ({by_lib}) over "
+        f"{result['mask_checked_steps']} trajectory steps; masks identical to loomlm's: "
+        + (
+            ", ".join(
+                f"{LABELS[n]} {k}/{result['mask_checked_steps']}" for n, k in result["mask_identical_to_loomlm"].items()
+            )
+            or "-"
+        )
+    )
+    print(
+        "compile and mask medians over the cases every library handled; failures: "
+        + (
+            "; ".join(
+                f"{LABELS[n]}: {', '.join(result[f'{n}_compile_failures'])}"
+                for n in ("loomlm", "outlines_core", "xgrammar")
+                if result.get(f"{n}_compile_failures")
+            )
+            or "none"
+        )
+    )
     print("targets: " + ", ".join(f"{k} {_fmt(v)}" for k, v in result["targets"].items()))
     if e2e is not None:
         print()
         print(format_e2e(e2e))
     if args.json:
-        result.update({"schemas": args.schemas, "regexes": args.regexes, "repeats": args.repeats,
-                       "compile_repeats": args.compile_repeats, "timeout_s": args.timeout,
-                       "xgrammar_any_whitespace": args.xgrammar_any_whitespace,
-                       "torch_threads": torch.get_num_threads(),
-                       "model": args.model_path or "default (SmolLM2-135M-Instruct Q4_1 GGUF)",
-                       "load_average_1m_before": round(load_before, 2), **environment(torch.device("cpu"))})
+        result.update(
+            {
+                "schemas": args.schemas,
+                "regexes": args.regexes,
+                "repeats": args.repeats,
+                "compile_repeats": args.compile_repeats,
+                "timeout_s": args.timeout,
+                "xgrammar_any_whitespace": args.xgrammar_any_whitespace,
+                "torch_threads": torch.get_num_threads(),
+                "model": args.model_path or "default (SmolLM2-135M-Instruct Q4_1 GGUF)",
+                "load_average_1m_before": round(load_before, 2),
+                **environment(torch.device("cpu")),
+            }
+        )
         print(json.dumps(result))
     return rc
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ class Walker:
 
     fill: Callable[[], Any]
 
-    def mask(self) -> np.ndarray:          # int32 [W], valid after fill()
+    def mask(self) -> np.ndarray:  # int32 [W], valid after fill()
         raise NotImplementedError
 
     def advance(self, token: int) -> bool:  # False when the library rejects the token
@@ -64,6 +65,7 @@ class Library:
 
 
 # ---- loomlm ------------------------------------------------------------------------------------------
+
 
 class _LoomlmWalker(Walker):
     """The engine's masking path: `ConstraintMasks.fill_bitmask` of a batch of one sampler row (the
@@ -121,7 +123,7 @@ class Loomlm(Library):
 
         start = time.perf_counter()
         self.vocab = Vocabulary.from_tokenizer(tokenizer)
-        token_trie(self.vocab)   # built once per vocabulary, like XGrammar's TokenizerInfo
+        token_trie(self.vocab)  # built once per vocabulary, like XGrammar's TokenizerInfo
         self.setup_s = time.perf_counter() - start
 
     def compiler(self, case: Case, timeout_s: float) -> Callable[[], Any]:
@@ -141,6 +143,7 @@ class Loomlm(Library):
 
 
 # ---- Outlines-core -----------------------------------------------------------------------------------
+
 
 class _OutlinesWalker(Walker):
     def __init__(self, index: Any, width: int):
@@ -195,6 +198,7 @@ class OutlinesCore(Library):
 
 # ---- XGrammar ----------------------------------------------------------------------------------------
 
+
 class _XGrammarWalker(Walker):
     def __init__(self, compiled: Any, vocab_size: int):
         import xgrammar
@@ -232,7 +236,7 @@ class XGrammar(Library):
     def compiler(self, case: Case, timeout_s: float) -> Callable[[], Any]:
         import xgrammar
 
-        compiler = xgrammar.GrammarCompiler(self.info, cache_enabled=False)   # cold: nothing cached
+        compiler = xgrammar.GrammarCompiler(self.info, cache_enabled=False)  # cold: nothing cached
         text = case.spec_text
         if case.kind == JSON_SCHEMA:
             any_ws = self.any_whitespace
@@ -243,8 +247,9 @@ class XGrammar(Library):
         return _XGrammarWalker(compiled, self.vocab_size)
 
 
-def load_libraries(tokenizer: Any, names: list[str], xgrammar_any_whitespace: bool = False
-                   ) -> tuple[list[Library], dict[str, str]]:
+def load_libraries(
+    tokenizer: Any, names: list[str], xgrammar_any_whitespace: bool = False
+) -> tuple[list[Library], dict[str, str]]:
     """The libraries of `names` that import, loomlm first, and {name: version or why it is missing}."""
     out: list[Library] = []
     status: dict[str, str] = {}

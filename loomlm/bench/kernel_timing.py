@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -21,21 +22,22 @@ class Timer:
         self.graph_failures: list[str] = []
 
     def _graphed(self, fn: Callable[[], Any]) -> Callable[[], Any]:
-        fn()                                   # compiles the kernels outside the capture
+        fn()  # compiles the kernels outside the capture
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
                 fn()
-        except RuntimeError as exc:            # something in the call cannot be captured: time it eagerly
+        except RuntimeError as exc:  # something in the call cannot be captured: time it eagerly
             self.graph_failures.append(str(exc).splitlines()[0][:200])
             torch.cuda.synchronize()
             return fn
-        return graph.replay                    # the bound method keeps the graph alive
+        return graph.replay  # the bound method keeps the graph alive
 
     def __call__(self, fn: Callable[[], Any]) -> float:
         if self.cuda:
             from triton.testing import do_bench
+
             if self.cuda_graph:
                 fn = self._graphed(fn)
             return 1e3 * do_bench(fn, warmup=self.warmup_ms, rep=self.rep_ms, return_mode="median")
@@ -85,8 +87,14 @@ def max_err(*pairs: tuple[torch.Tensor, torch.Tensor]) -> float | str:
 
 def make_row(kernel: str, shape: str, us: float, nbytes: int, copy_gb_s: float, **extra: Any) -> dict[str, Any]:
     gb_s = nbytes / (us * 1e-6) / 1e9
-    row: dict[str, Any] = {"kernel": kernel, "shape": shape, "time_us": round(us, 2), "bytes": nbytes,
-                           "gb_s": round(gb_s, 1), "pct_of_copy": round(100 * gb_s / copy_gb_s, 1)}
+    row: dict[str, Any] = {
+        "kernel": kernel,
+        "shape": shape,
+        "time_us": round(us, 2),
+        "bytes": nbytes,
+        "gb_s": round(gb_s, 1),
+        "pct_of_copy": round(100 * gb_s / copy_gb_s, 1),
+    }
     flops = extra.pop("flops", None)
     if flops is not None:
         row["flops"] = flops
@@ -112,30 +120,53 @@ def _fmt_err(value: Any) -> str:
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    headers = ["kernel", "shape", "splits", "us", "MB", "GB/s", "% copy", "TFLOP/s", "baseline us",
-               "speedup", "max err"]
+    headers = [
+        "kernel",
+        "shape",
+        "splits",
+        "us",
+        "MB",
+        "GB/s",
+        "% copy",
+        "TFLOP/s",
+        "baseline us",
+        "speedup",
+        "max err",
+    ]
     sweep = any("best_splits" in r for r in rows)
     if sweep:
         headers += ["best splits (us)"]
     body = []
     for r in rows:
-        cells = [r["kernel"], r["shape"], _fmt(r.get("num_kv_splits"), "d"), f"{r['time_us']:.1f}",
-                 f"{r['bytes'] / 1e6:.2f}", f"{r['gb_s']:.0f}", f"{r['pct_of_copy']:.1f}",
-                 _fmt(r.get("tflop_s"), ".1f"), _fmt(r.get("baseline_us"), ".1f"),
-                 _fmt(r.get("kernel_speedup_vs_baseline"), ".2f"), _fmt_err(r.get("max_abs_err_vs_baseline"))]
+        cells = [
+            r["kernel"],
+            r["shape"],
+            _fmt(r.get("num_kv_splits"), "d"),
+            f"{r['time_us']:.1f}",
+            f"{r['bytes'] / 1e6:.2f}",
+            f"{r['gb_s']:.0f}",
+            f"{r['pct_of_copy']:.1f}",
+            _fmt(r.get("tflop_s"), ".1f"),
+            _fmt(r.get("baseline_us"), ".1f"),
+            _fmt(r.get("kernel_speedup_vs_baseline"), ".2f"),
+            _fmt_err(r.get("max_abs_err_vs_baseline")),
+        ]
         if sweep:
             cells.append(f"{r['best_splits']} ({r['best_time_us']:.1f})" if "best_splits" in r else "-")
         body.append(cells)
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *body)]
 
     def line(cells: list[str]) -> str:
-        return "  ".join([cells[0].ljust(widths[0]), cells[1].ljust(widths[1])]
-                         + [c.rjust(w) for c, w in zip(cells[2:], widths[2:])])
+        return "  ".join(
+            [cells[0].ljust(widths[0]), cells[1].ljust(widths[1])] + [c.rjust(w) for c, w in zip(cells[2:], widths[2:])]
+        )
 
     return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(c) for c in body)])
 
 
-LEGEND = ("us: median kernel time; MB: bytes the kernel must move (see the module docstring); % copy: GB/s over "
-          "the measured copy bandwidth; baseline: decode = torch SDPA on pre-gathered contiguous K/V (no slot "
-          "gather), extend = SDPA on gathered GQA-expanded K/V (causal mask), others = the unfused torch "
-          "reference; speedup = baseline us / kernel us; max err = max |kernel - baseline|.")
+LEGEND = (
+    "us: median kernel time; MB: bytes the kernel must move (see the module docstring); % copy: GB/s over "
+    "the measured copy bandwidth; baseline: decode = torch SDPA on pre-gathered contiguous K/V (no slot "
+    "gather), extend = SDPA on gathered GQA-expanded K/V (causal mask), others = the unfused torch "
+    "reference; speedup = baseline us / kernel us; max err = max |kernel - baseline|."
+)

@@ -44,7 +44,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import triton
@@ -55,32 +56,49 @@ from loomlm.kernels import decode_attention as decode_mod
 from loomlm.kernels.extend_attention import extend_attention
 
 PROG = "python -m loomlm.bench kernels"
-HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64          # SmolLM2-135M
+HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64  # SmolLM2-135M
 HIDDEN, INTERMEDIATE, VOCAB = 576, 1536, 49152
 ROPE_POSITIONS = 8192
 ALLOWED_FRACTION = 0.05
 TARGET_PCT = 70.0
-TARGET_SHAPE = (64, 2048)                      # (batch, context) of the headline figure
+TARGET_SHAPE = (64, 2048)  # (batch, context) of the headline figure
 
-FULL_GRID = {"decode": ([1, 16, 64, 256], [512, 2048, 8192]), "tokens": [256, 8192], "bitmask_rows": 256,
-             "extend": [(16, 512, 1024), (4, 2048, 0)], "copy_bytes": 1 << 30}
-SMALL_GRID = {"decode": ([1, 2], [32, 80]), "tokens": [3], "bitmask_rows": 2,
-              "extend": [(2, 20, 16)], "copy_bytes": 16 << 20}
+FULL_GRID = {
+    "decode": ([1, 16, 64, 256], [512, 2048, 8192]),
+    "tokens": [256, 8192],
+    "bitmask_rows": 256,
+    "extend": [(16, 512, 1024), (4, 2048, 0)],
+    "copy_bytes": 1 << 30,
+}
+SMALL_GRID = {
+    "decode": ([1, 2], [32, 80]),
+    "tokens": [3],
+    "bitmask_rows": 2,
+    "extend": [(2, 20, 16)],
+    "copy_bytes": 16 << 20,
+}
 SWEEP_SPLITS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--json", action="store_true", help="end with one line of JSON")
-    p.add_argument("--sizes", choices=("auto", "full", "small"), default="auto",
-                   help="full grid, or a tiny one (auto: full on CUDA, small in the interpreter)")
+    p.add_argument(
+        "--sizes",
+        choices=("auto", "full", "small"),
+        default="auto",
+        help="full grid, or a tiny one (auto: full on CUDA, small in the interpreter)",
+    )
     p.add_argument("--splits", type=int, default=None, help="num_kv_splits for every decode shape")
     p.add_argument("--sweep-splits", action="store_true", help="also time 1..64 splits per decode shape")
     p.add_argument("--programs-per-sm", type=int, default=4, help="decode split heuristic's target")
     p.add_argument("--max-splits", type=int, default=16, help="decode split heuristic's cap")
     p.add_argument("--block-n", type=int, default=64, help="decode attention's keys per block (the kernel's default)")
-    p.add_argument("--cuda-graph", action="store_true",
-                   help="time CUDA-graph replays of each call (no host launch overhead; L2 still flushed)")
+    p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="time CUDA-graph replays of each call (no host launch overhead; L2 still flushed)",
+    )
     p.add_argument("--skip-baseline", action="store_true", help="time the Triton kernels only")
     p.add_argument("--warmup-ms", type=int, default=25, help="do_bench warm-up time per measurement")
     p.add_argument("--rep-ms", type=int, default=100, help="do_bench repetition time per measurement")
@@ -111,36 +129,55 @@ class Bench:
         e = self.dtype.itemsize
         slots = batch * context
         k_buffer, v_buffer = self.randn(slots, KV_HEADS, HEAD_DIM), self.randn(slots, KV_HEADS, HEAD_DIM)
-        req_to_token = self.randperm(slots).to(torch.int32).view(batch, context)   # scattered over the pool
-        req_rows = self.randperm(batch).to(torch.int32)                             # rows not in batch order
+        req_to_token = self.randperm(slots).to(torch.int32).view(batch, context)  # scattered over the pool
+        req_rows = self.randperm(batch).to(torch.int32)  # rows not in batch order
         seq_lens = torch.full((batch,), context, dtype=torch.int32, device=self.device)
         q = self.randn(batch, HEADS, HEAD_DIM)
         out = torch.empty_like(q)
-        scale = HEAD_DIM ** -0.5
+        scale = HEAD_DIM**-0.5
         block_n = self.args.block_n
         splits = self.args.splits or decode_mod.default_num_kv_splits(
-            batch, KV_HEADS, self.sms, self.args.programs_per_sm, self.args.max_splits)
+            batch, KV_HEADS, self.sms, self.args.programs_per_sm, self.args.max_splits
+        )
 
         def run(s: int) -> Callable[[], Any]:
-            return lambda: decode_mod.decode_attention(q, k_buffer, v_buffer, req_to_token, req_rows, seq_lens,
-                                                       scale, num_kv_splits=s, block_n=block_n, out=out)
+            return lambda: decode_mod.decode_attention(
+                q,
+                k_buffer,
+                v_buffer,
+                req_to_token,
+                req_rows,
+                seq_lens,
+                scale,
+                num_kv_splits=s,
+                block_n=block_n,
+                out=out,
+            )
 
         us = self.time(run(splits))
         used = splits
-        nbytes = (2 * batch * context * KV_HEADS * HEAD_DIM * e + batch * context * 4
-                  + 2 * batch * HEADS * HEAD_DIM * e + 2 * batch * 4)
+        nbytes = (
+            2 * batch * context * KV_HEADS * HEAD_DIM * e
+            + batch * context * 4
+            + 2 * batch * HEADS * HEAD_DIM * e
+            + 2 * batch * 4
+        )
         extra: dict[str, Any] = {
-            "batch": batch, "context": context, "num_kv_splits": used,
+            "batch": batch,
+            "context": context,
+            "num_kv_splits": used,
             "programs": batch * KV_HEADS * used,
             "intermediate_bytes": 2 * batch * HEADS * used * (HEAD_DIM + 1) * 4,
-            "flops": 4 * batch * HEADS * HEAD_DIM * context}
+            "flops": 4 * batch * HEADS * HEAD_DIM * context,
+        }
         if self.args.sweep_splits:
             sweep = {s: round(self.time(run(s)), 2) for s in SWEEP_SPLITS if s == 1 or s <= context // block_n}
             best = min(sweep, key=sweep.__getitem__)
-            extra.update(splits_sweep_us={str(s): t for s, t in sweep.items()}, best_splits=best,
-                         best_time_us=sweep[best])
+            extra.update(
+                splits_sweep_us={str(s): t for s, t in sweep.items()}, best_splits=best, best_time_us=sweep[best]
+            )
         # Baseline: the same attention on contiguous [B, KVH, L, D] K/V, query heads folded per KV head.
-        table = req_to_token[req_rows.long()].long()                                # [B, L]
+        table = req_to_token[req_rows.long()].long()  # [B, L]
         k_c = k_buffer[table].transpose(1, 2).contiguous()
         v_c = v_buffer[table].transpose(1, 2).contiguous()
         q4 = q.view(batch, KV_HEADS, HEADS // KV_HEADS, HEAD_DIM)
@@ -170,23 +207,34 @@ class Bench:
         extend_starts = torch.arange(batch, dtype=torch.int32, device=self.device) * new
         q = self.randn(batch * new, HEADS, HEAD_DIM)
         out = torch.empty_like(q)
-        scale = HEAD_DIM ** -0.5
+        scale = HEAD_DIM**-0.5
 
         def run() -> torch.Tensor:
-            return extend_attention(q, k_buffer, v_buffer, req_to_token, req_rows, prefix_lens, extend_lens,
-                                    extend_starts, scale, max_extend=new, out=out)
+            return extend_attention(
+                q,
+                k_buffer,
+                v_buffer,
+                req_to_token,
+                req_rows,
+                prefix_lens,
+                extend_lens,
+                extend_starts,
+                scale,
+                max_extend=new,
+                out=out,
+            )
 
         us = self.time(run)
-        visible = new * prefix + new * (new + 1) // 2            # (query, key) pairs per request and head
+        visible = new * prefix + new * (new + 1) // 2  # (query, key) pairs per request and head
         flops = 4 * batch * HEADS * HEAD_DIM * visible
         nbytes = 2 * batch * total * KV_HEADS * HEAD_DIM * e + batch * total * 4 + 2 * q.numel() * e
         table = req_to_token[req_rows.long()].long()
         group = HEADS // KV_HEADS
-        k_c = k_buffer[table].transpose(1, 2).repeat_interleave(group, dim=1).contiguous()   # [B, H, L, D]
+        k_c = k_buffer[table].transpose(1, 2).repeat_interleave(group, dim=1).contiguous()  # [B, H, L, D]
         v_c = v_buffer[table].transpose(1, 2).repeat_interleave(group, dim=1).contiguous()
         q_b = q.view(batch, new, HEADS, HEAD_DIM).transpose(1, 2)
         keys = torch.arange(total, device=self.device)
-        mask = keys[None, :] <= prefix + torch.arange(new, device=self.device)[:, None]        # [E, L]
+        mask = keys[None, :] <= prefix + torch.arange(new, device=self.device)[:, None]  # [E, L]
         # Without a prefix the mask is plain causal: is_causal lets SDPA use its flash kernel.
         masking: dict[str, Any] = {"is_causal": True} if prefix == 0 else {"attn_mask": mask}
 
@@ -196,11 +244,21 @@ class Bench:
         baseline_us = self.baseline(sdpa)
         run()
         err = max_err((out, sdpa().transpose(1, 2).reshape(batch * new, HEADS, HEAD_DIM)))
-        return make_row("extend_attention", f"{batch}x{new} new over {prefix} prefix", us, nbytes, self.copy_gb_s,
-                    batch=batch, extend_len=new, prefix_len=prefix, flops=flops,
-                    baseline="torch sdpa on contiguous, GQA-expanded K/V, " + (
-                        "is_causal" if prefix == 0 else "boolean causal mask"),
-                    baseline_us=baseline_us, max_abs_err_vs_baseline=err)
+        return make_row(
+            "extend_attention",
+            f"{batch}x{new} new over {prefix} prefix",
+            us,
+            nbytes,
+            self.copy_gb_s,
+            batch=batch,
+            extend_len=new,
+            prefix_len=prefix,
+            flops=flops,
+            baseline="torch sdpa on contiguous, GQA-expanded K/V, "
+            + ("is_causal" if prefix == 0 else "boolean causal mask"),
+            baseline_us=baseline_us,
+            max_abs_err_vs_baseline=err,
+        )
 
     # ---------------------------------------------------------------- element-wise kernels
     def rms_norm(self, tokens: int) -> dict[str, Any]:
@@ -209,19 +267,34 @@ class Bench:
         us = self.time(lambda: fused_ops.rms_norm(x, w, 1e-5, res))
         err = max_err(*zip(fused_ops.rms_norm(x, w, 1e-5, res), reference.rms_norm(x, w, 1e-5, res)))
         nbytes = (4 * tokens + 1) * HIDDEN * self.dtype.itemsize
-        return make_row("rms_norm+residual", f"[{tokens}, {HIDDEN}]", us, nbytes, self.copy_gb_s,
-                    tokens=tokens, baseline="torch reference (unfused)",
-                    baseline_us=self.baseline(lambda: reference.rms_norm(x, w, 1e-5, res)),
-                    max_abs_err_vs_baseline=err)
+        return make_row(
+            "rms_norm+residual",
+            f"[{tokens}, {HIDDEN}]",
+            us,
+            nbytes,
+            self.copy_gb_s,
+            tokens=tokens,
+            baseline="torch reference (unfused)",
+            baseline_us=self.baseline(lambda: reference.rms_norm(x, w, 1e-5, res)),
+            max_abs_err_vs_baseline=err,
+        )
 
     def silu_and_mul(self, tokens: int) -> dict[str, Any]:
         x = self.randn(tokens, 2 * INTERMEDIATE)
         us = self.time(lambda: fused_ops.silu_and_mul(x))
         err = max_err((fused_ops.silu_and_mul(x), reference.silu_and_mul(x)))
         nbytes = 3 * tokens * INTERMEDIATE * self.dtype.itemsize
-        return make_row("silu_and_mul", f"[{tokens}, {2 * INTERMEDIATE}]", us, nbytes, self.copy_gb_s,
-                    tokens=tokens, baseline="torch reference (unfused)",
-                    baseline_us=self.baseline(lambda: reference.silu_and_mul(x)), max_abs_err_vs_baseline=err)
+        return make_row(
+            "silu_and_mul",
+            f"[{tokens}, {2 * INTERMEDIATE}]",
+            us,
+            nbytes,
+            self.copy_gb_s,
+            tokens=tokens,
+            baseline="torch reference (unfused)",
+            baseline_us=self.baseline(lambda: reference.silu_and_mul(x)),
+            max_abs_err_vs_baseline=err,
+        )
 
     def _qkv(self, tokens: int) -> torch.Tensor:
         """The fused qkv projection's output as [T, H + 2 KVH, D]; q and k heads are its first H + KVH."""
@@ -229,23 +302,30 @@ class Bench:
 
     def rope(self, tokens: int) -> dict[str, Any]:
         qkv = self._qkv(tokens)
-        qk = qkv[:, :HEADS + KV_HEADS]                                  # [T, 12, 64] view, row stride 960
+        qk = qkv[:, : HEADS + KV_HEADS]  # [T, 12, 64] view, row stride 960
         positions = torch.randint(0, ROPE_POSITIONS, (tokens,), generator=self.gen, device=self.device)
         angle = self.randn(ROPE_POSITIONS, HEAD_DIM // 2, dtype=torch.float32)
         cos, sin = angle.cos(), angle.sin()
         us = self.time(lambda: rope_kv.apply_rope_(qk, positions, cos, sin))
         ours, ref = qkv.clone(), qkv.clone()
-        rope_kv.apply_rope_(ours[:, :HEADS + KV_HEADS], positions, cos, sin)
-        reference.apply_rope_(ref[:, :HEADS + KV_HEADS], positions, cos, sin)
+        rope_kv.apply_rope_(ours[:, : HEADS + KV_HEADS], positions, cos, sin)
+        reference.apply_rope_(ref[:, : HEADS + KV_HEADS], positions, cos, sin)
         nbytes = 2 * qk.numel() * self.dtype.itemsize + tokens * 8 + 2 * tokens * (HEAD_DIM // 2) * 4
-        return make_row("apply_rope_", f"[{tokens}, {HEADS + KV_HEADS}, {HEAD_DIM}] view", us, nbytes,
-                    self.copy_gb_s, tokens=tokens, baseline="torch reference (unfused)",
-                    baseline_us=self.baseline(lambda: reference.apply_rope_(qk, positions, cos, sin)),
-                    max_abs_err_vs_baseline=max_err((ours, ref)))
+        return make_row(
+            "apply_rope_",
+            f"[{tokens}, {HEADS + KV_HEADS}, {HEAD_DIM}] view",
+            us,
+            nbytes,
+            self.copy_gb_s,
+            tokens=tokens,
+            baseline="torch reference (unfused)",
+            baseline_us=self.baseline(lambda: reference.apply_rope_(qk, positions, cos, sin)),
+            max_abs_err_vs_baseline=max_err((ours, ref)),
+        )
 
     def store_kv(self, tokens: int) -> dict[str, Any]:
         qkv = self._qkv(tokens)
-        k, v = qkv[:, HEADS:HEADS + KV_HEADS], qkv[:, HEADS + KV_HEADS:]
+        k, v = qkv[:, HEADS : HEADS + KV_HEADS], qkv[:, HEADS + KV_HEADS :]
         pool = max(4 * tokens, 1 << 16)
         k_buffer = torch.zeros(pool, KV_HEADS, HEAD_DIM, dtype=self.dtype, device=self.device)
         v_buffer = torch.zeros_like(k_buffer)
@@ -255,10 +335,17 @@ class Bench:
         reference.store_kv_(ref_k, ref_v, k, v, slots)
         err = max_err((k_buffer, ref_k), (v_buffer, ref_v))
         nbytes = 4 * tokens * KV_HEADS * HEAD_DIM * self.dtype.itemsize + tokens * 8
-        return make_row("store_kv_", f"{tokens} tokens x [{KV_HEADS}, {HEAD_DIM}]", us, nbytes, self.copy_gb_s,
-                    tokens=tokens, baseline="torch reference (index_put)",
-                    baseline_us=self.baseline(lambda: reference.store_kv_(k_buffer, v_buffer, k, v, slots)),
-                    max_abs_err_vs_baseline=err)
+        return make_row(
+            "store_kv_",
+            f"{tokens} tokens x [{KV_HEADS}, {HEAD_DIM}]",
+            us,
+            nbytes,
+            self.copy_gb_s,
+            tokens=tokens,
+            baseline="torch reference (index_put)",
+            baseline_us=self.baseline(lambda: reference.store_kv_(k_buffer, v_buffer, k, v, slots)),
+            max_abs_err_vs_baseline=err,
+        )
 
     def bitmask(self, rows: int) -> dict[str, Any]:
         width = triton.cdiv(VOCAB, 32)
@@ -273,10 +360,18 @@ class Bench:
         us = self.time(lambda: fused_ops.apply_token_bitmask_(logits, bitmask))
         written = int((~allowed[:, :VOCAB]).sum())
         nbytes = bitmask.numel() * 4 + rows * 8 + written * 4
-        return make_row("apply_token_bitmask_", f"[{rows}, {VOCAB}] float32", us, nbytes, self.copy_gb_s,
-                    rows=rows, allowed_fraction=ALLOWED_FRACTION, baseline="torch reference (unpack + masked_fill)",
-                    baseline_us=self.baseline(lambda: reference.apply_token_bitmask_(logits, bitmask)),
-                    max_abs_err_vs_baseline=max_err((ours, ref)))
+        return make_row(
+            "apply_token_bitmask_",
+            f"[{rows}, {VOCAB}] float32",
+            us,
+            nbytes,
+            self.copy_gb_s,
+            rows=rows,
+            allowed_fraction=ALLOWED_FRACTION,
+            baseline="torch reference (unpack + masked_fill)",
+            baseline_us=self.baseline(lambda: reference.apply_token_bitmask_(logits, bitmask)),
+            max_abs_err_vs_baseline=max_err((ours, ref)),
+        )
 
     def rows(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -313,8 +408,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     interpret = attention_block.interpreted()
     if not interpret and not torch.cuda.is_available():
-        print(f"{PROG}: needs a CUDA GPU (torch.cuda.is_available() is False). For a smoke run of the script "
-              "on CPU in Triton's interpreter (meaningless timings), set TRITON_INTERPRET=1.", file=sys.stderr)
+        print(
+            f"{PROG}: needs a CUDA GPU (torch.cuda.is_available() is False). For a smoke run of the script "
+            "on CPU in Triton's interpreter (meaningless timings), set TRITON_INTERPRET=1.",
+            file=sys.stderr,
+        )
         return 2
     device = torch.device("cpu") if interpret else torch.device("cuda", torch.cuda.current_device())
     sizes = args.sizes if args.sizes != "auto" else ("small" if interpret else "full")
@@ -324,37 +422,60 @@ def main(argv: list[str] | None = None) -> int:
     grid = SMALL_GRID if sizes == "small" else FULL_GRID
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter)"
     if interpret:
-        print("TRITON_INTERPRET=1: the kernels run in Triton's CPU interpreter on a tiny grid; these timings "
-              "are MEANINGLESS (smoke test of the script only).")
+        print(
+            "TRITON_INTERPRET=1: the kernels run in Triton's CPU interpreter on a tiny grid; these timings "
+            "are MEANINGLESS (smoke test of the script only)."
+        )
     torch.manual_seed(args.seed)
     copy_gb_s = copy_bandwidth(device, grid["copy_bytes"])
-    print(f"device: {name}; copy bandwidth ({grid['copy_bytes'] >> 20} MiB device-to-device copy_, "
-          f"read + written, best of 10): {copy_gb_s:.0f} GB/s")
+    print(
+        f"device: {name}; copy bandwidth ({grid['copy_bytes'] >> 20} MiB device-to-device copy_, "
+        f"read + written, best of 10): {copy_gb_s:.0f} GB/s"
+    )
     bench = Bench(args, device, grid, copy_gb_s)
     with torch.inference_mode():
         rows = bench.rows()
     print(format_rows(rows))
     print(LEGEND)
-    target = next((r for r in rows if r["kernel"] == "decode_attention"
-                   and (r["batch"], r["context"]) == TARGET_SHAPE), None)
+    target = next(
+        (r for r in rows if r["kernel"] == "decode_attention" and (r["batch"], r["context"]) == TARGET_SHAPE), None
+    )
     headline = None if target is None else target["pct_of_copy"]
     if headline is not None:
         verdict = "meets" if headline >= TARGET_PCT else "BELOW"
-        print(f"decode attention {TARGET_SHAPE[0]} x {TARGET_SHAPE[1]}: {headline:.1f} % of copy bandwidth "
-              f"({verdict} the {TARGET_PCT:.0f} % target)")
+        print(
+            f"decode attention {TARGET_SHAPE[0]} x {TARGET_SHAPE[1]}: {headline:.1f} % of copy bandwidth "
+            f"({verdict} the {TARGET_PCT:.0f} % target)"
+        )
     if args.json:
-        print(json.dumps({
-            "benchmark": "kernels", "mode": "interpreter" if interpret else "cuda",
-            "timings_meaningful": not interpret, "sizes": sizes, "device": name,
-            "sms": bench.sms if device.type == "cuda" else None,
-            "torch": torch.__version__, "triton": triton.__version__, "dtype": str(bench.dtype).split(".")[-1],
-            "attention_shape": {"heads": HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM},
-            "copy_bandwidth_gb_s": round(copy_gb_s, 1), "copy_bytes_per_rep": 2 * grid["copy_bytes"],
-            "decode_attention_64x2048_pct_of_copy": headline, "target_pct_of_copy": TARGET_PCT,
-            "programs_per_sm": args.programs_per_sm, "max_splits": args.max_splits, "block_n": args.block_n,
-            "timed": "cuda graph replay" if bench.time.cuda_graph else ("do_bench" if not interpret else "wall clock"),
-            "cuda_graph_failures": bench.time.graph_failures,
-            "rows": rows}))
+        print(
+            json.dumps(
+                {
+                    "benchmark": "kernels",
+                    "mode": "interpreter" if interpret else "cuda",
+                    "timings_meaningful": not interpret,
+                    "sizes": sizes,
+                    "device": name,
+                    "sms": bench.sms if device.type == "cuda" else None,
+                    "torch": torch.__version__,
+                    "triton": triton.__version__,
+                    "dtype": str(bench.dtype).split(".")[-1],
+                    "attention_shape": {"heads": HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM},
+                    "copy_bandwidth_gb_s": round(copy_gb_s, 1),
+                    "copy_bytes_per_rep": 2 * grid["copy_bytes"],
+                    "decode_attention_64x2048_pct_of_copy": headline,
+                    "target_pct_of_copy": TARGET_PCT,
+                    "programs_per_sm": args.programs_per_sm,
+                    "max_splits": args.max_splits,
+                    "block_n": args.block_n,
+                    "timed": "cuda graph replay"
+                    if bench.time.cuda_graph
+                    else ("do_bench" if not interpret else "wall clock"),
+                    "cuda_graph_failures": bench.time.graph_failures,
+                    "rows": rows,
+                }
+            )
+        )
     return 0
 
 

@@ -21,7 +21,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -42,24 +43,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-len", type=int, default=128, help="prompt length in tokens")
     p.add_argument("--output-len", type=int, default=64, help="new tokens per request")
     p.add_argument("--batch-size", type=int, default=8, help="batch size of the padded transformers run")
-    p.add_argument("--hf-sequential-prompts", type=int, default=None, metavar="K",
-                   help="run transformers at batch 1 on the first K prompts only (default: all)")
+    p.add_argument(
+        "--hf-sequential-prompts",
+        type=int,
+        default=None,
+        metavar="K",
+        help="run transformers at batch 1 on the first K prompts only (default: all)",
+    )
     p.add_argument("--skip-hf", action="store_true", help="measure loomlm only")
-    p.add_argument("--model", dest="model_path", default=None,
-                   help="GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--load-format", choices=LOAD_FORMATS, default="auto",
-                   help="dummy: random weights of the model's shape on both sides")
-    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
-                   help="auto: float32 on CPU, bfloat16 on CUDA (the engine's own default)")
+    p.add_argument(
+        "--model",
+        dest="model_path",
+        default=None,
+        help="GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct)",
+    )
+    p.add_argument(
+        "--load-format",
+        choices=LOAD_FORMATS,
+        default="auto",
+        help="dummy: random weights of the model's shape on both sides",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("auto", *DTYPES),
+        default="auto",
+        help="auto: float32 on CPU, bfloat16 on CUDA (the engine's own default)",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--max-running-requests", type=int, default=128, help="loomlm's batch limit")
-    p.add_argument("--attention-backend", choices=ATTENTION_BACKEND_CHOICES, default=None,
-                   help="loomlm's attention backend (default: the engine's, triton on CUDA, torch on CPU)")
+    p.add_argument(
+        "--attention-backend",
+        choices=ATTENTION_BACKEND_CHOICES,
+        default=None,
+        help="loomlm's attention backend (default: the engine's, triton on CUDA, torch on CPU)",
+    )
     p.add_argument("--disable-cuda-graph", action="store_true", help="loomlm: run decode eagerly on CUDA")
-    p.add_argument("--json-model-override-args", default=None, metavar="JSON",
-                   help="with --load-format dummy: model-config fields to override on both sides, e.g. "
-                        "'{\"num_layers\": 1}' (a tiny model measures the engine's per-step host time)")
+    p.add_argument(
+        "--json-model-override-args",
+        default=None,
+        metavar="JSON",
+        help="with --load-format dummy: model-config fields to override on both sides, e.g. "
+        "'{\"num_layers\": 1}' (a tiny model measures the engine's per-step host time)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the prompts and dummy weights")
     p.add_argument("--json", action="store_true", help="end with one line of JSON")
     sweep.add_arguments(p)
@@ -67,8 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("num_prompts", "input_len", "output_len", "batch_size", "max_running_requests",
-                 "decode_input_len", "decode_output_len"):
+    for name in (
+        "num_prompts",
+        "input_len",
+        "output_len",
+        "batch_size",
+        "max_running_requests",
+        "decode_input_len",
+        "decode_output_len",
+    ):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     if args.json_model_override_args is not None and args.load_format != "dummy":
@@ -87,12 +120,16 @@ def _measure(system: str, outputs: Sequence[Sequence[int]], wall_s: float, expec
     return Measurement(system, len(outputs), sum(lengths), wall_s)
 
 
-def run_loomlm(args: argparse.Namespace, prompts: list[list[int]], threads: int,
-               device: torch.device) -> tuple[Measurement, list[list[int]], dict[str, int]]:
+def run_loomlm(
+    args: argparse.Namespace, prompts: list[list[int]], threads: int, device: torch.device
+) -> tuple[Measurement, list[list[int]], dict[str, int]]:
     from loomlm.runtime.engine import Engine
 
-    engine = Engine(**engine_kwargs(args, device, threads), max_running_requests=args.max_running_requests,
-                    max_total_tokens=len(prompts) * (args.input_len + args.output_len) + 16)
+    engine = Engine(
+        **engine_kwargs(args, device, threads),
+        max_running_requests=args.max_running_requests,
+        max_total_tokens=len(prompts) * (args.input_len + args.output_len) + 16,
+    )
     params = {"max_new_tokens": args.output_len, "temperature": 0, "ignore_eos": True}
     try:
         engine.generate(input_ids=prompts[:2], sampling_params={**params, "max_new_tokens": WARMUP_TOKENS})
@@ -114,30 +151,41 @@ def load_hf(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
 
     hf_logging.set_verbosity_error()
     overrides = json.loads(args.json_model_override_args) if args.json_model_override_args else None
-    return load_hf_model(args.model_path, args.load_format, getattr(torch, args.dtype), device, args.seed,
-                         overrides)
+    return load_hf_model(args.model_path, args.load_format, getattr(torch, args.dtype), device, args.seed, overrides)
 
 
-def run_hf(model: torch.nn.Module, args: argparse.Namespace, prompts: list[list[int]],
-           device: torch.device) -> tuple[Measurement, Measurement, list[list[int]]]:
+def run_hf(
+    model: torch.nn.Module, args: argparse.Namespace, prompts: list[list[int]], device: torch.device
+) -> tuple[Measurement, Measurement, list[list[int]]]:
     from loomlm.bench.hf_baseline import generate_in_batches
 
     m, b = args.output_len, args.batch_size
-    sequential = prompts[:args.hf_sequential_prompts or len(prompts)]
+    sequential = prompts[: args.hf_sequential_prompts or len(prompts)]
     generate_in_batches(model, prompts[:1], WARMUP_TOKENS, 1)
     generate_in_batches(model, prompts[:b], WARMUP_TOKENS, b)
     _log(f"transformers sequential: {len(sequential)} prompts at batch 1")
     seq_out, seq_wall = timed(lambda: generate_in_batches(model, sequential, m, 1), device)
     _log(f"transformers batched: {len(prompts)} prompts in batches of {b}")
     bat_out, bat_wall = timed(lambda: generate_in_batches(model, prompts, m, b), device)
-    return (_measure("hf sequential (batch 1)", seq_out, seq_wall, m),
-            _measure(f"hf batched (batch {b})", bat_out, bat_wall, m), seq_out)
+    return (
+        _measure("hf sequential (batch 1)", seq_out, seq_wall, m),
+        _measure(f"hf batched (batch {b})", bat_out, bat_wall, m),
+        seq_out,
+    )
 
 
-def _summary(args: argparse.Namespace, device: torch.device, threads: int, ours: Measurement | None,
-             seq: Measurement | None, bat: Measurement | None, same: int | None,
-             stats: dict[str, int] | None, decode_sweep: list[dict[str, Any]],
-             load_before: float) -> dict[str, Any]:
+def _summary(
+    args: argparse.Namespace,
+    device: torch.device,
+    threads: int,
+    ours: Measurement | None,
+    seq: Measurement | None,
+    bat: Measurement | None,
+    same: int | None,
+    stats: dict[str, int] | None,
+    decode_sweep: list[dict[str, Any]],
+    load_before: float,
+) -> dict[str, Any]:
     def rate(m: Measurement | None) -> float | None:
         return None if m is None else round(m.output_tok_s, 2)
 
@@ -162,13 +210,22 @@ def _summary(args: argparse.Namespace, device: torch.device, threads: int, ours:
     result["decode_tok_s_definition"] = "batch * (output_len - 1) / (wall(output_len) - wall(1)), both sides"
     result["load_average_1m_before"] = round(load_before, 2)
     result.update(
-        num_prompts=args.num_prompts, input_len=args.input_len, output_len=args.output_len,
-        batch_size=args.batch_size, max_running_requests=args.max_running_requests,
-        model=args.model_path or "default (SmolLM2-135M-Instruct Q4_1 GGUF)", load_format=args.load_format,
-        dtype=args.dtype, json_model_override_args=args.json_model_override_args, device=str(device), threads=threads,
+        num_prompts=args.num_prompts,
+        input_len=args.input_len,
+        output_len=args.output_len,
+        batch_size=args.batch_size,
+        max_running_requests=args.max_running_requests,
+        model=args.model_path or "default (SmolLM2-135M-Instruct Q4_1 GGUF)",
+        load_format=args.load_format,
+        dtype=args.dtype,
+        json_model_override_args=args.json_model_override_args,
+        device=str(device),
+        threads=threads,
         seed=args.seed,
-        attention_backend=args.attention_backend or "engine default", disable_cuda_graph=args.disable_cuda_graph,
-        **environment(device))
+        attention_backend=args.attention_backend or "engine default",
+        disable_cuda_graph=args.disable_cuda_graph,
+        **environment(device),
+    )
     return result
 
 
@@ -197,16 +254,18 @@ def main(argv: list[str] | None = None) -> int:
 
     ours = our_out = stats = None
     ours_sweep: dict[int, dict[str, Any]] = {}
-    try:   # every loomlm run first, each engine shut down before transformers loads
+    try:  # every loomlm run first, each engine shut down before transformers loads
         if not args.sweep_only:
-            _log(f"loomlm: {len(prompts)} prompts x {args.input_len} tokens -> {args.output_len} new tokens "
-                 f"each, {args.dtype} on {device}, {threads} threads")
+            _log(
+                f"loomlm: {len(prompts)} prompts x {args.input_len} tokens -> {args.output_len} new tokens "
+                f"each, {args.dtype} on {device}, {threads} threads"
+            )
             ours, our_out, stats = run_loomlm(args, prompts, threads, device)
             sweep.free_memory(device)
         if sizes:
             ours_sweep = sweep.run_loomlm_sweep(args, device, threads, vocab, sizes)
             sweep.free_memory(device)
-    except ValueError as exc:   # e.g. prompt + output longer than the model's context
+    except ValueError as exc:  # e.g. prompt + output longer than the model's context
         return _fail(exc)
     seq = bat = None
     same = None
@@ -215,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_hf(args, device)
         if not args.sweep_only:
             seq, bat, seq_out = run_hf(model, args, prompts, device)
-            if args.load_format != "dummy":   # dummy weights differ between the sides
+            if args.load_format != "dummy":  # dummy weights differ between the sides
                 same = sum(a == b for a, b in zip(our_out, seq_out))
         if sizes:
             hf_sweep = sweep.run_hf_sweep(model, args, device, vocab, sizes)
@@ -226,15 +285,16 @@ def main(argv: list[str] | None = None) -> int:
     if ours is not None:
         rows = [m for m in (ours, seq, bat) if m is not None]
         print(format_table(rows, ours))
-        print(f"every request produced exactly {args.output_len} tokens "
-              f"({', '.join(f'{m.system}: {m.output_tokens}' for m in rows)})")
+        print(
+            f"every request produced exactly {args.output_len} tokens "
+            f"({', '.join(f'{m.system}: {m.output_tokens}' for m in rows)})"
+        )
         if same is not None:
             print(f"greedy outputs identical to loomlm's: {same}/{seq.requests} sequential requests")
     if decode_sweep:
         print(sweep.format_sweep(decode_sweep))
     if args.json:
-        print(json.dumps(_summary(args, device, threads, ours, seq, bat, same, stats, decode_sweep,
-                                  load_before)))
+        print(json.dumps(_summary(args, device, threads, ours, seq, bat, same, stats, decode_sweep, load_before)))
     return 0
 
 

@@ -26,7 +26,8 @@ import argparse
 import gc
 import sys
 import time
-from typing import Any, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 
@@ -59,7 +60,7 @@ def timed(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    """"1,16,64" -> (1, 16, 64); "off" / "none" / "" -> () (argparse type)."""
+    """ "1,16,64" -> (1, 16, 64); "off" / "none" / "" -> () (argparse type)."""
     if text.strip().lower() in ("", "off", "none"):
         return ()
     try:
@@ -72,8 +73,13 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--decode-batch-sizes", type=parse_batch_sizes, default=None, metavar="B1,B2,...",
-                   help="decode sweep batch sizes (default: 1,16,64,256 on CUDA, off on CPU; 'off' disables)")
+    p.add_argument(
+        "--decode-batch-sizes",
+        type=parse_batch_sizes,
+        default=None,
+        metavar="B1,B2,...",
+        help="decode sweep batch sizes (default: 1,16,64,256 on CUDA, off on CPU; 'off' disables)",
+    )
     p.add_argument("--decode-input-len", type=int, default=32, help="prompt length of the decode sweep")
     p.add_argument("--decode-output-len", type=int, default=128, help="new tokens per request in the sweep")
     p.add_argument("--sweep-only", action="store_true", help="run the decode sweep only, not the main comparison")
@@ -87,10 +93,17 @@ def sweep_sizes(args: argparse.Namespace, device: torch.device) -> tuple[int, ..
 
 def engine_kwargs(args: argparse.Namespace, device: torch.device, threads: int) -> dict[str, Any]:
     """Engine arguments shared by every loomlm run."""
-    return dict(model_path=args.model_path, dtype=args.dtype, load_format=args.load_format, device=str(device),
-                random_seed=args.seed, cpu_threads=threads if device.type == "cpu" else None,
-                attention_backend=args.attention_backend, disable_cuda_graph=args.disable_cuda_graph,
-                json_model_override_args=args.json_model_override_args)
+    return dict(
+        model_path=args.model_path,
+        dtype=args.dtype,
+        load_format=args.load_format,
+        device=str(device),
+        random_seed=args.seed,
+        cpu_threads=threads if device.type == "cpu" else None,
+        attention_backend=args.attention_backend,
+        disable_cuda_graph=args.disable_cuda_graph,
+        json_model_override_args=args.json_model_override_args,
+    )
 
 
 def _prompts_for(args: argparse.Namespace, batch: int, vocab: int) -> list[list[int]]:
@@ -104,22 +117,27 @@ def _check(system: str, outputs: Sequence[Sequence[int]], batch: int, expected: 
     return sum(lengths)
 
 
-def run_loomlm_sweep(args: argparse.Namespace, device: torch.device, threads: int, vocab: int,
-                     sizes: Sequence[int]) -> dict[int, dict[str, Any]]:
+def run_loomlm_sweep(
+    args: argparse.Namespace, device: torch.device, threads: int, vocab: int, sizes: Sequence[int]
+) -> dict[int, dict[str, Any]]:
     """Per batch size: wall times of the N-token and 1-token runs, tokens and engine step counts."""
     from loomlm.runtime.engine import Engine
 
     n = args.decode_output_len
-    engine = Engine(**engine_kwargs(args, device, threads), max_running_requests=max(sizes),
-                    max_total_tokens=max(sizes) * (args.decode_input_len + n) + 16)
+    engine = Engine(
+        **engine_kwargs(args, device, threads),
+        max_running_requests=max(sizes),
+        max_total_tokens=max(sizes) * (args.decode_input_len + n) + 16,
+    )
     params = {"temperature": 0, "ignore_eos": True}
     out: dict[int, dict[str, Any]] = {}
 
     def generate(prompts: list[list[int]], tokens: int) -> tuple[list[list[int]], float]:
         if not engine.flush_cache():
             raise RuntimeError("loomlm: could not flush the prefix cache (engine not idle)")
-        outs, wall = timed(lambda: engine.generate(input_ids=prompts,
-                                                   sampling_params={**params, "max_new_tokens": tokens}), device)
+        outs, wall = timed(
+            lambda: engine.generate(input_ids=prompts, sampling_params={**params, "max_new_tokens": tokens}), device
+        )
         return [o["output_ids"] for o in outs], wall
 
     try:
@@ -131,11 +149,15 @@ def run_loomlm_sweep(args: argparse.Namespace, device: torch.device, threads: in
             before = engine.get_stats()
             full, full_s = generate(prompts, n)
             after = engine.get_stats()
-            out[b] = {"full_s": full_s, "prefill_s": prefill_s, "output_tokens": _check("loomlm", full, b, n),
-                      "prefill_run_tokens": _check("loomlm", first, b, 1),
-                      "decode_passes": after["decode_passes"] - before["decode_passes"],
-                      "extend_passes": after["extend_passes"] - before["extend_passes"],
-                      "max_running_batch": after["max_running_batch"]}
+            out[b] = {
+                "full_s": full_s,
+                "prefill_s": prefill_s,
+                "output_tokens": _check("loomlm", full, b, n),
+                "prefill_run_tokens": _check("loomlm", first, b, 1),
+                "decode_passes": after["decode_passes"] - before["decode_passes"],
+                "extend_passes": after["extend_passes"] - before["extend_passes"],
+                "max_running_batch": after["max_running_batch"],
+            }
             if "cuda_graph_replays" in after:
                 out[b]["cuda_graph_replays"] = after["cuda_graph_replays"] - before["cuda_graph_replays"]
     finally:
@@ -150,8 +172,9 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def run_hf_sweep(model: torch.nn.Module, args: argparse.Namespace, device: torch.device, vocab: int,
-                 sizes: Sequence[int]) -> dict[int, dict[str, Any]]:
+def run_hf_sweep(
+    model: torch.nn.Module, args: argparse.Namespace, device: torch.device, vocab: int, sizes: Sequence[int]
+) -> dict[int, dict[str, Any]]:
     from loomlm.bench.hf_baseline import generate_greedy
 
     n = args.decode_output_len
@@ -160,10 +183,14 @@ def run_hf_sweep(model: torch.nn.Module, args: argparse.Namespace, device: torch
         prompts = _prompts_for(args, b, vocab)
         log(f"transformers decode sweep: batch {b}, {args.decode_input_len} -> {n} tokens")
         generate_greedy(model, prompts, WARMUP_TOKENS)
-        first, prefill_s = timed(lambda: generate_greedy(model, prompts, 1), device)
-        full, full_s = timed(lambda: generate_greedy(model, prompts, n), device)
-        out[b] = {"full_s": full_s, "prefill_s": prefill_s, "output_tokens": _check("transformers", full, b, n),
-                  "prefill_run_tokens": _check("transformers", first, b, 1)}
+        first, prefill_s = timed(lambda p=prompts: generate_greedy(model, p, 1), device)
+        full, full_s = timed(lambda p=prompts: generate_greedy(model, p, n), device)
+        out[b] = {
+            "full_s": full_s,
+            "prefill_s": prefill_s,
+            "output_tokens": _check("transformers", full, b, n),
+            "prefill_run_tokens": _check("transformers", first, b, 1),
+        }
     return out
 
 
@@ -173,8 +200,12 @@ def _decode_rate(batch: int, n: int, run: dict[str, Any] | None) -> float | None
     return batch * (n - 1) / (run["full_s"] - run["prefill_s"])
 
 
-def sweep_results(args: argparse.Namespace, sizes: Sequence[int], ours: dict[int, dict[str, Any]],
-                  hf: dict[int, dict[str, Any]] | None) -> list[dict[str, Any]]:
+def sweep_results(
+    args: argparse.Namespace,
+    sizes: Sequence[int],
+    ours: dict[int, dict[str, Any]],
+    hf: dict[int, dict[str, Any]] | None,
+) -> list[dict[str, Any]]:
     """One JSON-ready dict per batch size."""
     n = args.decode_output_len
     rows = []
@@ -182,19 +213,23 @@ def sweep_results(args: argparse.Namespace, sizes: Sequence[int], ours: dict[int
         theirs = None if hf is None else hf[b]
         ours_rate, hf_rate = _decode_rate(b, n, ours[b]), _decode_rate(b, n, theirs)
         row: dict[str, Any] = {
-            "batch": b, "input_len": args.decode_input_len, "output_len": n,
+            "batch": b,
+            "input_len": args.decode_input_len,
+            "output_len": n,
             "loomlm_decode_tok_s": None if ours_rate is None else round(ours_rate, 1),
             "hf_decode_tok_s": None if hf_rate is None else round(hf_rate, 1),
             "ratio": None if ours_rate is None or not hf_rate else round(ours_rate / hf_rate, 3),
             "loomlm_output_tok_s": round(ours[b]["output_tokens"] / ours[b]["full_s"], 1),
-            "hf_output_tok_s": None if theirs is None else round(theirs["output_tokens"] / theirs["full_s"], 1)}
+            "hf_output_tok_s": None if theirs is None else round(theirs["output_tokens"] / theirs["full_s"], 1),
+        }
         for side, run in (("loomlm", ours[b]), ("hf", theirs)):
             row[f"{side}_output_tokens"] = None if run is None else run["output_tokens"]
             row[f"{side}_prefill_run_tokens"] = None if run is None else run["prefill_run_tokens"]
             row[f"{side}_wall_s"] = None if run is None else round(run["full_s"], 4)
             row[f"{side}_prefill_wall_s"] = None if run is None else round(run["prefill_s"], 4)
-        row["loomlm_stats"] = {k: v for k, v in ours[b].items()
-                               if k not in ("full_s", "prefill_s", "output_tokens", "prefill_run_tokens")}
+        row["loomlm_stats"] = {
+            k: v for k, v in ours[b].items() if k not in ("full_s", "prefill_s", "output_tokens", "prefill_run_tokens")
+        }
         rows.append(row)
     return rows
 
@@ -203,12 +238,21 @@ def format_sweep(rows: Sequence[dict[str, Any]]) -> str:
     def num(x: float | None, spec: str) -> str:
         return "-" if x is None else format(x, spec)
 
-    headers = ("batch", "loomlm decode tok/s", "hf decode tok/s", "loomlm / hf", "loomlm e2e tok/s",
-               "hf e2e tok/s")
-    body = [(str(r["batch"]), num(r["loomlm_decode_tok_s"], ".1f"), num(r["hf_decode_tok_s"], ".1f"),
-             "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", num(r["loomlm_output_tok_s"], ".1f"),
-             num(r["hf_output_tok_s"], ".1f")) for r in rows]
+    headers = ("batch", "loomlm decode tok/s", "hf decode tok/s", "loomlm / hf", "loomlm e2e tok/s", "hf e2e tok/s")
+    body = [
+        (
+            str(r["batch"]),
+            num(r["loomlm_decode_tok_s"], ".1f"),
+            num(r["hf_decode_tok_s"], ".1f"),
+            "-" if r["ratio"] is None else f"{r['ratio']:.2f}x",
+            num(r["loomlm_output_tok_s"], ".1f"),
+            num(r["hf_output_tok_s"], ".1f"),
+        )
+        for r in rows
+    ]
     first = rows[0] if rows else {"input_len": "?", "output_len": "?"}
-    return (f"decode sweep ({first['input_len']}-token prompts, {first['output_len']} new tokens; "
-            f"decode tok/s = b x (N - 1) / (T(N) - T(1)), the prefill-only run subtracted on both sides)\n"
-            + text_table(headers, body))
+    return (
+        f"decode sweep ({first['input_len']}-token prompts, {first['output_len']} new tokens; "
+        f"decode tok/s = b x (N - 1) / (T(N) - T(1)), the prefill-only run subtracted on both sides)\n"
+        + text_table(headers, body)
+    )

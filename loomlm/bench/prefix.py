@@ -49,8 +49,9 @@ class Workload:
         return self.groups * (self.per_group - 1) * self.prefix_len / self.prompt_tokens
 
 
-def make_workload(groups: int, per_group: int, prefix_len: int, suffix_len: int, vocab_size: int,
-                  seed: int) -> Workload:
+def make_workload(
+    groups: int, per_group: int, prefix_len: int, suffix_len: int, vocab_size: int, seed: int
+) -> Workload:
     rng = random.Random(seed)
     # Token ids past the first few hundred: avoids special tokens of typical vocabularies.
     low = min(1000, vocab_size // 4)
@@ -93,10 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix-len", type=int, default=1024)
     p.add_argument("--suffix-len", type=int, default=64)
     p.add_argument("--output-len", type=int, default=32)
-    p.add_argument("--policy", default="lpm",
-                   help=f"comma-separated schedule policies for the cache-on runs ({', '.join(SCHEDULE_POLICIES)})")
-    p.add_argument("--model", dest="model_path", default=None,
-                   help="GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--policy",
+        default="lpm",
+        help=f"comma-separated schedule policies for the cache-on runs ({', '.join(SCHEDULE_POLICIES)})",
+    )
+    p.add_argument(
+        "--model",
+        dest="model_path",
+        default=None,
+        help="GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct)",
+    )
     p.add_argument("--load-format", choices=LOAD_FORMATS, default="auto")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
@@ -128,20 +136,27 @@ def _log(message: str) -> None:
     print(f"[bench prefix] {message}", file=sys.stderr, flush=True)
 
 
-def run_engine(args: argparse.Namespace, work: Workload, device: torch.device, threads: int, name: str,
-               **engine_args: Any) -> RunResult:
+def run_engine(
+    args: argparse.Namespace, work: Workload, device: torch.device, threads: int, name: str, **engine_args: Any
+) -> RunResult:
     from loomlm.runtime.engine import Engine
 
     max_len = args.prefix_len + args.suffix_len + args.output_len
-    engine = Engine(model_path=args.model_path, dtype=args.dtype, load_format=args.load_format,
-                    device=str(device), random_seed=args.seed,
-                    cpu_threads=threads if device.type == "cpu" else None,
-                    max_running_requests=args.max_running_requests,
-                    chunked_prefill_size=args.chunked_prefill_size,
-                    max_total_tokens=len(work.prompts) * max_len + 64, **engine_args)
+    engine = Engine(
+        model_path=args.model_path,
+        dtype=args.dtype,
+        load_format=args.load_format,
+        device=str(device),
+        random_seed=args.seed,
+        cpu_threads=threads if device.type == "cpu" else None,
+        max_running_requests=args.max_running_requests,
+        chunked_prefill_size=args.chunked_prefill_size,
+        max_total_tokens=len(work.prompts) * max_len + 64,
+        **engine_args,
+    )
     params = {"max_new_tokens": args.output_len, "temperature": 0, "ignore_eos": True}
     try:
-        warm = [p[-16:] for p in work.prompts[:2]]   # suffix tokens only: no prefix reaches the cache
+        warm = [p[-16:] for p in work.prompts[:2]]  # suffix tokens only: no prefix reaches the cache
         engine.generate(input_ids=warm, sampling_params={**params, "max_new_tokens": WARMUP_TOKENS})
         engine.flush_cache()
         before = engine.get_stats()
@@ -154,24 +169,65 @@ def run_engine(args: argparse.Namespace, work: Workload, device: torch.device, t
     outputs = [o["output_ids"] for o in outs]
     if any(len(o) != args.output_len for o in outputs):
         raise RuntimeError(f"{name}: a request did not produce {args.output_len} tokens")
-    delta = {k: after[k] - before[k] for k in ("forward_passes", "extend_passes", "decode_passes",
-                                               "computed_prefill_tokens", "cached_prefill_tokens",
-                                               "retracted_requests", "evicted_tokens")}
-    return RunResult(name, wall, sum(map(len, outputs)), delta["cached_prefill_tokens"],
-                     delta["computed_prefill_tokens"], outputs, delta)
+    delta = {
+        k: after[k] - before[k]
+        for k in (
+            "forward_passes",
+            "extend_passes",
+            "decode_passes",
+            "computed_prefill_tokens",
+            "cached_prefill_tokens",
+            "retracted_requests",
+            "evicted_tokens",
+        )
+    }
+    return RunResult(
+        name,
+        wall,
+        sum(map(len, outputs)),
+        delta["cached_prefill_tokens"],
+        delta["computed_prefill_tokens"],
+        outputs,
+        delta,
+    )
 
 
 def format_table(runs: list[RunResult], off: RunResult, ideal: float) -> str:
-    headers = ("run", "wall s", "output tok/s", "prefill computed", "prefill cached", "hit rate",
-               "hit / ideal", "speedup vs off")
-    body = [(r.name, f"{r.wall_s:.2f}", f"{r.output_tok_s:.1f}", str(r.computed_prefill_tokens),
-             str(r.cached_tokens), f"{r.hit_rate:.1%}", f"{r.hit_rate / ideal:.1%}" if ideal else "-",
-             f"{off.wall_s / r.wall_s:.2f}x") for r in runs]
+    headers = (
+        "run",
+        "wall s",
+        "output tok/s",
+        "prefill computed",
+        "prefill cached",
+        "hit rate",
+        "hit / ideal",
+        "speedup vs off",
+    )
+    body = [
+        (
+            r.name,
+            f"{r.wall_s:.2f}",
+            f"{r.output_tok_s:.1f}",
+            str(r.computed_prefill_tokens),
+            str(r.cached_tokens),
+            f"{r.hit_rate:.1%}",
+            f"{r.hit_rate / ideal:.1%}" if ideal else "-",
+            f"{off.wall_s / r.wall_s:.2f}x",
+        )
+        for r in runs
+    ]
     return text_table(headers, body)
 
 
-def _summary(args: argparse.Namespace, work: Workload, off: RunResult, on: list[RunResult],
-             device: torch.device, threads: int, load_before: float) -> dict[str, Any]:
+def _summary(
+    args: argparse.Namespace,
+    work: Workload,
+    off: RunResult,
+    on: list[RunResult],
+    device: torch.device,
+    threads: int,
+    load_before: float,
+) -> dict[str, Any]:
     first = on[0]
     return {
         "hit_rate": round(first.hit_rate, 4),
@@ -184,14 +240,31 @@ def _summary(args: argparse.Namespace, work: Workload, off: RunResult, on: list[
         "cache_off_output_tok_s": round(off.output_tok_s, 2),
         "cache_off_computed_prefill_tokens": off.computed_prefill_tokens,
         "same_outputs_as_cache_off": {r.name: sum(a == b for a, b in zip(r.outputs, off.outputs)) for r in on},
-        "runs": {r.name: {"wall_s": round(r.wall_s, 3), "output_tok_s": round(r.output_tok_s, 2),
-                          "hit_rate": round(r.hit_rate, 4), **r.stats} for r in [off, *on]},
-        "requests": len(work.prompts), "prompt_tokens": work.prompt_tokens, "groups": args.groups,
-        "per_group": args.per_group, "prefix_len": args.prefix_len, "suffix_len": args.suffix_len,
-        "output_len": args.output_len, "chunked_prefill_size": args.chunked_prefill_size,
-        "model": args.model_path or "default (SmolLM2-135M-Instruct Q4_1 GGUF)", "load_format": args.load_format,
-        "dtype": args.dtype, "device": str(device), "threads": threads, "seed": args.seed,
-        "load_average_1m_before": round(load_before, 2), **environment(device),
+        "runs": {
+            r.name: {
+                "wall_s": round(r.wall_s, 3),
+                "output_tok_s": round(r.output_tok_s, 2),
+                "hit_rate": round(r.hit_rate, 4),
+                **r.stats,
+            }
+            for r in [off, *on]
+        },
+        "requests": len(work.prompts),
+        "prompt_tokens": work.prompt_tokens,
+        "groups": args.groups,
+        "per_group": args.per_group,
+        "prefix_len": args.prefix_len,
+        "suffix_len": args.suffix_len,
+        "output_len": args.output_len,
+        "chunked_prefill_size": args.chunked_prefill_size,
+        "model": args.model_path or "default (SmolLM2-135M-Instruct Q4_1 GGUF)",
+        "load_format": args.load_format,
+        "dtype": args.dtype,
+        "device": str(device),
+        "threads": threads,
+        "seed": args.seed,
+        "load_average_1m_before": round(load_before, 2),
+        **environment(device),
     }
 
 
@@ -207,8 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     threads = use_threads(args.threads)
     work = make_workload(args.groups, args.per_group, args.prefix_len, args.suffix_len, vocab, args.seed)
-    _log(f"{len(work.prompts)} requests ({args.groups} groups x {args.per_group}), prefix {args.prefix_len} + "
-         f"suffix {args.suffix_len} -> {args.output_len} new tokens, {args.dtype} on {device}, {threads} threads")
+    _log(
+        f"{len(work.prompts)} requests ({args.groups} groups x {args.per_group}), prefix {args.prefix_len} + "
+        f"suffix {args.suffix_len} -> {args.output_len} new tokens, {args.dtype} on {device}, {threads} threads"
+    )
     try:
         _log("cache off")
         off = run_engine(args, work, device, threads, "cache off", disable_radix_cache=True)
@@ -216,13 +291,14 @@ def main(argv: list[str] | None = None) -> int:
         for policy in policies:
             _log(f"cache on, policy {policy}")
             on.append(run_engine(args, work, device, threads, f"cache on ({policy})", schedule_policy=policy))
-    except ValueError as exc:   # e.g. prompt + output longer than the model's context
+    except ValueError as exc:  # e.g. prompt + output longer than the model's context
         print(f"python -m loomlm.bench prefix: {exc}", file=sys.stderr)
         return 2
     print(format_table([off, *on], off, work.ideal_hit_rate))
-    print(f"ideal hit rate of this workload: {work.ideal_hit_rate:.1%}; greedy outputs identical to cache off: "
-          + ", ".join(f"{r.name} {sum(a == b for a, b in zip(r.outputs, off.outputs))}/{len(off.outputs)}"
-                      for r in on))
+    print(
+        f"ideal hit rate of this workload: {work.ideal_hit_rate:.1%}; greedy outputs identical to cache off: "
+        + ", ".join(f"{r.name} {sum(a == b for a, b in zip(r.outputs, off.outputs))}/{len(off.outputs)}" for r in on)
+    )
     if args.json:
         print(json.dumps(_summary(args, work, off, on, device, threads, load_before)))
     return 0

@@ -23,8 +23,9 @@ token and the JSON record ends where its schema's object closes.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -37,79 +38,147 @@ LETTERS = ("A", "B", "C", "D")
 
 # (question, options A-D, answer): the five shots, longer questions as in MMLU's dev sets.
 SHOTS = (
-    ("A student places a sealed plastic bottle of air in a freezer overnight. In the morning the sides of the "
-     "bottle are pressed inward. Which statement best explains the change?",
-     ("The air molecules became smaller in the cold.",
-      "The pressure of the cooled air inside fell below the pressure outside.",
-      "Air leaked out through the plastic overnight.", "The plastic shrank faster than the air inside it."), "B"),
-    ("A farmer notices that a field planted with the same crop for many years gives smaller harvests, while a "
-     "neighbouring field that alternates beans and wheat does not. Which process most likely explains the "
-     "difference?",
-     ("Beans add nitrogen to the soil through bacteria in their root nodules.",
-      "Wheat releases chemicals that poison other plants.",
-      "Alternating crops increases the amount of sunlight reaching the soil.",
-      "Beans absorb water that would otherwise flood the field."), "A"),
-    ("A ball is dropped from rest from the top of a building and reaches the ground 3 seconds later. Ignoring "
-     "air resistance and taking g = 10 m/s^2, how tall is the building?", ("15 m", "30 m", "45 m", "90 m"), "C"),
-    ("In a population of rabbits, fur colour is controlled by one gene with two alleles; brown (B) is dominant "
-     "over white (b). Two brown rabbits that are both heterozygous are crossed. What fraction of their "
-     "offspring is expected to be white?", ("0", "1/4", "1/2", "3/4"), "B"),
-    ("Which of the following best describes why coastal cities usually have milder winters than inland cities "
-     "at the same latitude?",
-     ("Ocean water has a high specific heat and releases stored heat slowly.",
-      "Coastal cities receive more hours of sunlight in winter.",
-      "Winds over the ocean always blow from the equator.",
-      "Salt in the air lowers the freezing point of the atmosphere."), "A"),
+    (
+        "A student places a sealed plastic bottle of air in a freezer overnight. In the morning the sides of the "
+        "bottle are pressed inward. Which statement best explains the change?",
+        (
+            "The air molecules became smaller in the cold.",
+            "The pressure of the cooled air inside fell below the pressure outside.",
+            "Air leaked out through the plastic overnight.",
+            "The plastic shrank faster than the air inside it.",
+        ),
+        "B",
+    ),
+    (
+        "A farmer notices that a field planted with the same crop for many years gives smaller harvests, while a "
+        "neighbouring field that alternates beans and wheat does not. Which process most likely explains the "
+        "difference?",
+        (
+            "Beans add nitrogen to the soil through bacteria in their root nodules.",
+            "Wheat releases chemicals that poison other plants.",
+            "Alternating crops increases the amount of sunlight reaching the soil.",
+            "Beans absorb water that would otherwise flood the field.",
+        ),
+        "A",
+    ),
+    (
+        "A ball is dropped from rest from the top of a building and reaches the ground 3 seconds later. Ignoring "
+        "air resistance and taking g = 10 m/s^2, how tall is the building?",
+        ("15 m", "30 m", "45 m", "90 m"),
+        "C",
+    ),
+    (
+        "In a population of rabbits, fur colour is controlled by one gene with two alleles; brown (B) is dominant "
+        "over white (b). Two brown rabbits that are both heterozygous are crossed. What fraction of their "
+        "offspring is expected to be white?",
+        ("0", "1/4", "1/2", "3/4"),
+        "B",
+    ),
+    (
+        "Which of the following best describes why coastal cities usually have milder winters than inland cities "
+        "at the same latitude?",
+        (
+            "Ocean water has a high specific heat and releases stored heat slowly.",
+            "Coastal cities receive more hours of sunlight in winter.",
+            "Winds over the ocean always blow from the equator.",
+            "Salt in the air lowers the freezing point of the atmosphere.",
+        ),
+        "A",
+    ),
 )
 
 QUESTIONS = (
     ("Which gas makes up most of the Earth's atmosphere?", ("Oxygen", "Nitrogen", "Carbon dioxide", "Argon"), "B"),
-    ("What is the main function of red blood cells?",
-     ("Fighting infection", "Carrying oxygen", "Clotting blood", "Producing hormones"), "B"),
+    (
+        "What is the main function of red blood cells?",
+        ("Fighting infection", "Carrying oxygen", "Clotting blood", "Producing hormones"),
+        "B",
+    ),
     ("Which planet is closest to the Sun?", ("Venus", "Earth", "Mercury", "Mars"), "C"),
     ("What is the chemical symbol for sodium?", ("S", "So", "Sd", "Na"), "D"),
-    ("Which type of rock forms when lava cools and hardens?",
-     ("Igneous", "Sedimentary", "Metamorphic", "Fossil"), "A"),
-    ("A car travels 150 km in 2.5 hours. What is its average speed?",
-     ("50 km/h", "60 km/h", "75 km/h", "90 km/h"), "B"),
-    ("Which organelle carries out photosynthesis in plant cells?",
-     ("Mitochondrion", "Nucleus", "Ribosome", "Chloroplast"), "D"),
+    ("Which type of rock forms when lava cools and hardens?", ("Igneous", "Sedimentary", "Metamorphic", "Fossil"), "A"),
+    (
+        "A car travels 150 km in 2.5 hours. What is its average speed?",
+        ("50 km/h", "60 km/h", "75 km/h", "90 km/h"),
+        "B",
+    ),
+    (
+        "Which organelle carries out photosynthesis in plant cells?",
+        ("Mitochondrion", "Nucleus", "Ribosome", "Chloroplast"),
+        "D",
+    ),
     ("What is the pH of pure water at 25 degrees Celsius?", ("5", "7", "9", "14"), "B"),
     ("Which force keeps the planets in orbit around the Sun?", ("Magnetism", "Friction", "Gravity", "Tension"), "C"),
     ("What is the boiling point of water at sea level, in degrees Celsius?", ("90", "100", "110", "120"), "B"),
     ("Which part of a plant absorbs most of the water from the soil?", ("Leaves", "Stem", "Roots", "Flowers"), "C"),
     ("How many chromosomes are in a typical human body cell?", ("23", "44", "46", "48"), "C"),
     ("Which of these is a renewable source of energy?", ("Coal", "Natural gas", "Wind", "Oil"), "C"),
-    ("What kind of energy does a stretched rubber band store?",
-     ("Elastic potential energy", "Thermal energy", "Chemical energy", "Nuclear energy"), "A"),
-    ("Which layer of the Earth lies directly beneath the crust?",
-     ("Inner core", "Outer core", "Mantle", "Atmosphere"), "C"),
+    (
+        "What kind of energy does a stretched rubber band store?",
+        ("Elastic potential energy", "Thermal energy", "Chemical energy", "Nuclear energy"),
+        "A",
+    ),
+    (
+        "Which layer of the Earth lies directly beneath the crust?",
+        ("Inner core", "Outer core", "Mantle", "Atmosphere"),
+        "C",
+    ),
     ("What is produced when hydrogen burns in oxygen?", ("Carbon dioxide", "Water", "Ammonia", "Methane"), "B"),
-    ("A resistor has 6 volts across it and 2 amperes through it. What is its resistance?",
-     ("3 ohms", "4 ohms", "8 ohms", "12 ohms"), "A"),
-    ("Which blood vessels carry blood away from the heart?",
-     ("Veins", "Arteries", "Capillaries", "Lymph vessels"), "B"),
-    ("What causes the seasons on Earth?",
-     ("The changing distance to the Sun", "The tilt of Earth's axis", "The phases of the Moon",
-      "Ocean currents"), "B"),
+    (
+        "A resistor has 6 volts across it and 2 amperes through it. What is its resistance?",
+        ("3 ohms", "4 ohms", "8 ohms", "12 ohms"),
+        "A",
+    ),
+    (
+        "Which blood vessels carry blood away from the heart?",
+        ("Veins", "Arteries", "Capillaries", "Lymph vessels"),
+        "B",
+    ),
+    (
+        "What causes the seasons on Earth?",
+        ("The changing distance to the Sun", "The tilt of Earth's axis", "The phases of the Moon", "Ocean currents"),
+        "B",
+    ),
     ("Which element has the atomic number 6?", ("Oxygen", "Nitrogen", "Carbon", "Helium"), "C"),
-    ("In which state of matter are the particles closest together and fixed in place?",
-     ("Solid", "Liquid", "Gas", "Plasma"), "A"),
-    ("What is the role of decomposers in an ecosystem?",
-     ("They make food from sunlight", "They break down dead matter and recycle nutrients", "They hunt herbivores",
-      "They pollinate flowers"), "B"),
-    ("Which instrument is used to measure air pressure?",
-     ("Thermometer", "Barometer", "Anemometer", "Hygrometer"), "B"),
-    ("What is the approximate speed of light in a vacuum?",
-     ("300 km/s", "3,000 km/s", "300,000 km/s", "3,000,000 km/s"), "C"),
-    ("Which process turns liquid water into water vapour?",
-     ("Condensation", "Evaporation", "Freezing", "Precipitation"), "B"),
+    (
+        "In which state of matter are the particles closest together and fixed in place?",
+        ("Solid", "Liquid", "Gas", "Plasma"),
+        "A",
+    ),
+    (
+        "What is the role of decomposers in an ecosystem?",
+        (
+            "They make food from sunlight",
+            "They break down dead matter and recycle nutrients",
+            "They hunt herbivores",
+            "They pollinate flowers",
+        ),
+        "B",
+    ),
+    (
+        "Which instrument is used to measure air pressure?",
+        ("Thermometer", "Barometer", "Anemometer", "Hygrometer"),
+        "B",
+    ),
+    (
+        "What is the approximate speed of light in a vacuum?",
+        ("300 km/s", "3,000 km/s", "300,000 km/s", "3,000,000 km/s"),
+        "C",
+    ),
+    (
+        "Which process turns liquid water into water vapour?",
+        ("Condensation", "Evaporation", "Freezing", "Precipitation"),
+        "B",
+    ),
     ("Which simple machine is a ramp?", ("Lever", "Pulley", "Inclined plane", "Wheel and axle"), "C"),
     ("Which gas do plants take in for photosynthesis?", ("Oxygen", "Nitrogen", "Carbon dioxide", "Hydrogen"), "C"),
     ("Which of these animals is a mammal?", ("Shark", "Dolphin", "Trout", "Octopus"), "B"),
     ("What is the unit of electric charge?", ("Volt", "Watt", "Coulomb", "Ohm"), "C"),
-    ("Which of the following is a chemical change?",
-     ("Melting ice", "Cutting paper", "Rusting iron", "Dissolving sugar"), "C"),
+    (
+        "Which of the following is a chemical change?",
+        ("Melting ice", "Cutting paper", "Rusting iron", "Dissolving sugar"),
+        "C",
+    ),
     ("A 2 kg object accelerates at 3 m/s^2. What net force acts on it?", ("1.5 N", "5 N", "6 N", "9 N"), "C"),
     ("Which organ produces insulin?", ("Liver", "Pancreas", "Kidney", "Stomach"), "B"),
 )
@@ -156,16 +225,20 @@ PROBLEMS = (
     "to finish a 612-page book?",
 )
 # Per stage: the user's request, and the two branches' lead-ins to the assistant's answer.
-PLAN_ASK = ("First, propose a short plan: which quantities will you compute, and in which order? Do not do "
-            "the arithmetic yet.")
+PLAN_ASK = (
+    "First, propose a short plan: which quantities will you compute, and in which order? Do not do the arithmetic yet."
+)
 PLAN_LEADS = ("Plan, working forwards from the given numbers:", "Plan, working backwards from the question:")
-SOLVE_ASK = ("The plan looks good. Now carry it out with the actual numbers, step by step, and state the "
-             "final answer on the last line.")
+SOLVE_ASK = (
+    "The plan looks good. Now carry it out with the actual numbers, step by step, and state the "
+    "final answer on the last line."
+)
 SOLVE_LEADS = ("Step 1:", "Let me first write the whole calculation as one expression.")
-CHECK_ASK = ("Check the solution rigorously: redo each calculation, point out any mistake, and rate the "
-             "solution from 1 to 5.")
+CHECK_ASK = (
+    "Check the solution rigorously: redo each calculation, point out any mistake, and rate the solution from 1 to 5."
+)
 CHECK_LEADS = ("Recomputing each step:", "Checking whether the answer is reasonable:")
-TOT_WIDTH = 2   # branches per fork; three stages -> 2, 4 and 8 gens per problem
+TOT_WIDTH = 2  # branches per fork; three stages -> 2, 4 and 8 gens per problem
 
 
 def _branch(states: list, ask: str, leads: tuple[str, ...], var: str) -> list:
@@ -192,7 +265,7 @@ def tree_of_thought(s, problem):
     plans += lambda i: assistant(PLAN_LEADS[i] + gen("plan"))
     solutions = _branch(list(plans), SOLVE_ASK, SOLVE_LEADS, "solution")
     checks = _branch(solutions, CHECK_ASK, CHECK_LEADS, "check")
-    s["checks"] = [c["check"] for c in checks]   # waits for every leaf
+    s["checks"] = [c["check"] for c in checks]  # waits for every leaf
 
 
 # ---- multi-turn chat -------------------------------------------------------------------------------
@@ -232,22 +305,54 @@ CHAT_SYSTEM = (
     "do not know something, say so and offer to pass the question to a colleague."
 )
 CONVERSATIONS = (
-    ("Hi, are you open on Sunday?", "OK, what about Thursday evening?", "Can I get my brakes checked then?",
-     "How much is a full tune-up?"),
-    ("I bought a helmet last week but it doesn't fit.", "I haven't worn it outside and I still have the box.",
-     "Can I send it back by post?", "How long until I get the money back?"),
-    ("My e-bike battery only lasts half as long as it used to.", "It's about 18 months old.",
-     "Do I need to bring the whole bike?", "What does the diagnostic cost?"),
-    ("Do you deliver bikes to Antwerp?", "Is the bike fully assembled when it arrives?",
-     "What tools will I need?", "Can I pay in instalments?"),
-    ("My rear wheel wobbles when I ride.", "Is that expensive to fix?",
-     "I need the bike back by tomorrow for work.", "Great, can you book me in for Friday morning?"),
-    ("I crashed my carbon road bike and the frame has a crack.", "But I thought frames had a lifetime warranty?",
-     "What would you recommend then?", "Do you sell frames on their own?"),
-    ("I'm looking for a bike for my daughter, she is 9.", "She'll ride mostly to school, about 3 km each way.",
-     "What else should she have for safety?", "Can we try some bikes at Harbour Street on Saturday?"),
-    ("I ordered tyres online five days ago and nothing has arrived.", "The order number is NW-20417.",
-     "I paid for express delivery, though.", "Can I get the express fee refunded?"),
+    (
+        "Hi, are you open on Sunday?",
+        "OK, what about Thursday evening?",
+        "Can I get my brakes checked then?",
+        "How much is a full tune-up?",
+    ),
+    (
+        "I bought a helmet last week but it doesn't fit.",
+        "I haven't worn it outside and I still have the box.",
+        "Can I send it back by post?",
+        "How long until I get the money back?",
+    ),
+    (
+        "My e-bike battery only lasts half as long as it used to.",
+        "It's about 18 months old.",
+        "Do I need to bring the whole bike?",
+        "What does the diagnostic cost?",
+    ),
+    (
+        "Do you deliver bikes to Antwerp?",
+        "Is the bike fully assembled when it arrives?",
+        "What tools will I need?",
+        "Can I pay in instalments?",
+    ),
+    (
+        "My rear wheel wobbles when I ride.",
+        "Is that expensive to fix?",
+        "I need the bike back by tomorrow for work.",
+        "Great, can you book me in for Friday morning?",
+    ),
+    (
+        "I crashed my carbon road bike and the frame has a crack.",
+        "But I thought frames had a lifetime warranty?",
+        "What would you recommend then?",
+        "Do you sell frames on their own?",
+    ),
+    (
+        "I'm looking for a bike for my daughter, she is 9.",
+        "She'll ride mostly to school, about 3 km each way.",
+        "What else should she have for safety?",
+        "Can we try some bikes at Harbour Street on Saturday?",
+    ),
+    (
+        "I ordered tyres online five days ago and nothing has arrived.",
+        "The order number is NW-20417.",
+        "I paid for express delivery, though.",
+        "Can I get the express fee refunded?",
+    ),
 )
 
 
@@ -279,9 +384,11 @@ JSON_SYSTEM = (
 JSON_EXAMPLE_DOC = (
     "The Rosenhagen Botanical Garden on the east bank of the Weser in Bremen was laid out in 1905 around a "
     "pond and two glasshouses of tropical plants. Adults pay 5 euros, children go in free. Visitors give it 4 "
-    "stars out of 5.")
-JSON_EXAMPLE = Venue(name="Rosenhagen Botanical Garden", city="Bremen", kind="park", opened=1905, rating=4,
-                     free_entry=False)
+    "stars out of 5."
+)
+JSON_EXAMPLE = Venue(
+    name="Rosenhagen Botanical Garden", city="Bremen", kind="park", opened=1905, rating=4, free_entry=False
+)
 DOCUMENTS = (
     "The Lindqvist Maritime Museum sits on the old harbour front of Gothenburg. It opened its doors in 1933 in "
     "a former rope factory and today shows ship models, navigation instruments and a restored fishing boat. "
@@ -320,12 +427,12 @@ def extract_venue(s, document, record_tokens):
 # ---- the workloads ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Workload:
-    key: str                                     # --workloads name
-    title: str                                   # table label
+    key: str  # --workloads name
+    title: str  # table label
     program: SglFunction
-    arguments: list[dict[str, Any]]              # one dict per program run
-    shape: str                                   # what one run of the program does, for the report
-    score: Callable[[list[Any]], dict[str, Any]] | None = None   # quality figures from the final states
+    arguments: list[dict[str, Any]]  # one dict per program run
+    shape: str  # what one run of the program does, for the report
+    score: Callable[[list[Any]], dict[str, Any]] | None = None  # quality figures from the final states
     # Extra sampling parameters of a short untimed gen before the timed run (a JSON schema: its grammar
     # compiles then, on every backend, and is not part of the program timings).
     warmup: tuple[dict[str, Any], ...] = ()
@@ -356,35 +463,55 @@ def few_shot_workload(questions: int = 32, answer: str = "gen") -> Workload:
     program = (few_shot_gen if answer == "gen" else few_shot_select).bind(examples=FEW_SHOT_EXAMPLES)
     labels = [q[2] for q in chosen]
     how = "gen of 1 token" if answer == "gen" else "select over A-D"
-    return Workload("few-shot", "few-shot (5-shot MC)", program,
-                    [{"question": format_question(q, opts)} for q, opts, _ in chosen],
-                    f"{questions} questions x ({len(SHOTS)} shots + question -> {how})",
-                    lambda states: _few_shot_score(states, labels))
+    return Workload(
+        "few-shot",
+        "few-shot (5-shot MC)",
+        program,
+        [{"question": format_question(q, opts)} for q, opts, _ in chosen],
+        f"{questions} questions x ({len(SHOTS)} shots + question -> {how})",
+        lambda states: _few_shot_score(states, labels),
+    )
 
 
 def tree_of_thought_workload(problems: int = 6) -> Workload:
     if not 1 <= problems <= len(PROBLEMS):
         raise ValueError(f"--tot-problems must be in 1..{len(PROBLEMS)}, got {problems}")
-    return Workload("tot", "tree of thought", tree_of_thought, [{"problem": p} for p in PROBLEMS[:problems]],
-                    f"{problems} problems x fork {TOT_WIDTH} x 3 levels (2+4+8 gens)")
+    return Workload(
+        "tot",
+        "tree of thought",
+        tree_of_thought,
+        [{"problem": p} for p in PROBLEMS[:problems]],
+        f"{problems} problems x fork {TOT_WIDTH} x 3 levels (2+4+8 gens)",
+    )
 
 
 def chat_workload(conversations: int = 8, turns: int = 4) -> Workload:
     if not 1 <= conversations <= len(CONVERSATIONS) or not 1 <= turns <= len(CONVERSATIONS[0]):
-        raise ValueError(f"--conversations must be in 1..{len(CONVERSATIONS)} and --turns in "
-                         f"1..{len(CONVERSATIONS[0])}, got {conversations}, {turns}")
-    return Workload("chat", "multi-turn chat", support_chat,
-                    [{"messages": list(c[:turns])} for c in CONVERSATIONS[:conversations]],
-                    f"{conversations} conversations x {turns} turns, shared system prompt")
+        raise ValueError(
+            f"--conversations must be in 1..{len(CONVERSATIONS)} and --turns in "
+            f"1..{len(CONVERSATIONS[0])}, got {conversations}, {turns}"
+        )
+    return Workload(
+        "chat",
+        "multi-turn chat",
+        support_chat,
+        [{"messages": list(c[:turns])} for c in CONVERSATIONS[:conversations]],
+        f"{conversations} conversations x {turns} turns, shared system prompt",
+    )
 
 
 def json_workload(documents: int = 8, max_tokens: int = 96) -> Workload:
     if not 1 <= documents <= len(DOCUMENTS):
         raise ValueError(f"--documents must be in 1..{len(DOCUMENTS)}, got {documents}")
-    return Workload("json", "JSON extraction", extract_venue,
-                    [{"document": d, "record_tokens": max_tokens} for d in DOCUMENTS[:documents]],
-                    f"{documents} documents -> one schema-constrained record each", _json_score,
-                    warmup=({"json_schema": json.dumps(Venue.model_json_schema())},))
+    return Workload(
+        "json",
+        "JSON extraction",
+        extract_venue,
+        [{"document": d, "record_tokens": max_tokens} for d in DOCUMENTS[:documents]],
+        f"{documents} documents -> one schema-constrained record each",
+        _json_score,
+        warmup=({"json_schema": json.dumps(Venue.model_json_schema())},),
+    )
 
 
 WORKLOAD_KEYS = ("few-shot", "tot", "chat", "json")

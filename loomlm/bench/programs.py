@@ -31,8 +31,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from loomlm.bench.program_workloads import (
     WORKLOAD_KEYS,
@@ -47,7 +48,7 @@ from loomlm.lang.choices import ChoicesDecision, ChoicesMethod
 from loomlm.lang.ir import LogprobRequest
 
 BACKENDS = ("cache on", "cache off", "naive")
-TARGET_CACHE, TARGET_NAIVE = 3.0, 5.0      # the issue's targets, same run
+TARGET_CACHE, TARGET_NAIVE = 3.0, 5.0  # the issue's targets, same run
 
 
 class CountingBackend(Backend):
@@ -70,8 +71,7 @@ class CountingBackend(Backend):
         self._count(result.meta_info)
         return result
 
-    def generate_stream(self, prompt: str, sampling: dict[str, Any],
-                        logprobs: LogprobRequest) -> Iterator[GenResult]:
+    def generate_stream(self, prompt: str, sampling: dict[str, Any], logprobs: LogprobRequest) -> Iterator[GenResult]:
         meta: dict[str, Any] = {}
         for chunk in self.inner.generate_stream(prompt, sampling, logprobs):
             meta = chunk.meta_info
@@ -97,11 +97,11 @@ class RunStats:
     wall_s: float
     gens: int
     selects: int
-    prefill_calls: int               # frontend prefills (run_batch prefix, fork commits)
+    prefill_calls: int  # frontend prefills (run_batch prefix, fork commits)
     output_tokens: int
     prefill_computed: int
     prefill_cached: int
-    outputs: list[list[str]] = field(repr=False)   # per program: its text and its fork branches' texts
+    outputs: list[list[str]] = field(repr=False)  # per program: its text and its fork branches' texts
     quality: dict[str, Any]
 
     @property
@@ -110,10 +110,18 @@ class RunStats:
         return self.prefill_cached / total if total else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"wall_s": round(self.wall_s, 3), "programs": self.programs, "gens": self.gens,
-                "selects": self.selects, "prefill_calls": self.prefill_calls, "output_tokens": self.output_tokens,
-                "prefill_computed": self.prefill_computed, "prefill_cached": self.prefill_cached,
-                "hit_rate": round(self.hit_rate, 4), **self.quality}
+        return {
+            "wall_s": round(self.wall_s, 3),
+            "programs": self.programs,
+            "gens": self.gens,
+            "selects": self.selects,
+            "prefill_calls": self.prefill_calls,
+            "output_tokens": self.output_tokens,
+            "prefill_computed": self.prefill_computed,
+            "prefill_cached": self.prefill_cached,
+            "hit_rate": round(self.hit_rate, 4),
+            **self.quality,
+        }
 
 
 def program_texts(state: Any) -> list[str]:
@@ -131,23 +139,33 @@ def program_texts(state: Any) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loomlm.bench programs", description=__doc__.split("\n")[0])
-    p.add_argument("--workloads", default=",".join(WORKLOAD_KEYS),
-                   help=f"comma-separated: {', '.join(WORKLOAD_KEYS)}")
+    p.add_argument("--workloads", default=",".join(WORKLOAD_KEYS), help=f"comma-separated: {', '.join(WORKLOAD_KEYS)}")
     p.add_argument("--max-tokens", type=int, default=16, help="tokens per free-text gen (EOS ignored)")
     p.add_argument("--questions", type=int, default=32, help="few-shot questions")
-    p.add_argument("--few-shot-answer", choices=("gen", "select"), default="gen",
-                   help="answer by a 1-token gen (SGLang's MMLU benchmark) or a select over A-D")
+    p.add_argument(
+        "--few-shot-answer",
+        choices=("gen", "select"),
+        default="gen",
+        help="answer by a 1-token gen (SGLang's MMLU benchmark) or a select over A-D",
+    )
     p.add_argument("--tot-problems", type=int, default=6, help="tree-of-thought problems (8 leaves each)")
     p.add_argument("--conversations", type=int, default=8)
     p.add_argument("--turns", type=int, default=4)
     p.add_argument("--documents", type=int, default=8, help="JSON extraction documents")
     p.add_argument("--json-max-tokens", type=int, default=96, help="cap on a JSON record's tokens")
     p.add_argument("--skip-naive", action="store_true", help="no transformers baseline")
-    p.add_argument("--jump-forward", action="store_true",
-                   help="constrained-decoding jump-forward in the cache-on run (off by default: it needs the "
-                        "cache, so it would be a second difference between the two runs)")
-    p.add_argument("--model", dest="model_path", default=None,
-                   help="GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--jump-forward",
+        action="store_true",
+        help="constrained-decoding jump-forward in the cache-on run (off by default: it needs the "
+        "cache, so it would be a second difference between the two runs)",
+    )
+    p.add_argument(
+        "--model",
+        dest="model_path",
+        default=None,
+        help="GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct)",
+    )
     p.add_argument("--load-format", choices=("auto", "gguf", "safetensors"), default="auto")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
@@ -162,17 +180,18 @@ def make_workloads(args: argparse.Namespace) -> list[Workload]:
     keys = [k.strip() for k in args.workloads.split(",") if k.strip()]
     bad = [k for k in keys if k not in WORKLOAD_KEYS]
     if not keys or bad or len(set(keys)) != len(keys):
-        raise ValueError(f"--workloads takes distinct names from {', '.join(WORKLOAD_KEYS)}, "
-                         f"got {args.workloads!r}")
+        raise ValueError(f"--workloads takes distinct names from {', '.join(WORKLOAD_KEYS)}, got {args.workloads!r}")
     for name in ("max_tokens", "json_max_tokens", "max_total_tokens"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     if args.threads is not None and args.threads <= 0:
         raise ValueError("--threads must be positive")
-    makers = {"few-shot": lambda: few_shot_workload(args.questions, args.few_shot_answer),
-              "tot": lambda: tree_of_thought_workload(args.tot_problems),
-              "chat": lambda: chat_workload(args.conversations, args.turns),
-              "json": lambda: json_workload(args.documents, args.json_max_tokens)}
+    makers = {
+        "few-shot": lambda: few_shot_workload(args.questions, args.few_shot_answer),
+        "tot": lambda: tree_of_thought_workload(args.tot_problems),
+        "chat": lambda: chat_workload(args.conversations, args.turns),
+        "json": lambda: json_workload(args.documents, args.json_max_tokens),
+    }
     return [makers[k]() for k in keys]
 
 
@@ -192,17 +211,24 @@ def make_backend(kind: str, args: argparse.Namespace, device: Any, threads: int)
 
     # Jump-forward needs the cache, so it is off in both engines unless asked for (then the cache-on
     # run has it): the radix cache is the one difference between the two runs.
-    return Runtime(args.model_path, dtype=args.dtype, load_format=args.load_format, device=str(device),
-                   random_seed=args.seed, cpu_threads=threads if device.type == "cpu" else None,
-                   max_total_tokens=args.max_total_tokens, disable_radix_cache=kind == "cache off",
-                   disable_jump_forward=not args.jump_forward)
+    return Runtime(
+        args.model_path,
+        dtype=args.dtype,
+        load_format=args.load_format,
+        device=str(device),
+        random_seed=args.seed,
+        cpu_threads=threads if device.type == "cpu" else None,
+        max_total_tokens=args.max_total_tokens,
+        disable_radix_cache=kind == "cache off",
+        disable_jump_forward=not args.jump_forward,
+    )
 
 
 def _prefill_counters(backend: Backend) -> tuple[int, int]:
     """(computed, cached) prompt tokens so far: the engine's counters, or all the baseline's prompts."""
     engine = getattr(backend, "engine", None)
     if engine is None:
-        return backend.counts.prefill_tokens, 0   # type: ignore[attr-defined]
+        return backend.counts.prefill_tokens, 0  # type: ignore[attr-defined]
     stats = engine.get_stats()
     return stats["computed_prefill_tokens"], stats["cached_prefill_tokens"]
 
@@ -218,19 +244,32 @@ def _warm_up(backend: Backend, workloads: Sequence[Workload]) -> None:
 
 def run_workload(workload: Workload, backend: Backend, kind: str, sampling: dict[str, Any]) -> RunStats:
     engine = getattr(backend, "engine", None)
-    if engine is not None and not engine.flush_cache():   # each workload starts from an empty cache
+    if engine is not None and not engine.flush_cache():  # each workload starts from an empty cache
         raise RuntimeError("the engine is not idle between workloads")
     counting = CountingBackend(backend)
     before = _prefill_counters(backend)
     start = time.perf_counter()
-    states = workload.program.run_batch(workload.arguments, backend=counting,
-                                        num_threads=1 if kind == "naive" else "auto", **sampling)
-    outputs = [program_texts(state) for state in states]    # every branch finished: part of the time
+    states = workload.program.run_batch(
+        workload.arguments, backend=counting, num_threads=1 if kind == "naive" else "auto", **sampling
+    )
+    outputs = [program_texts(state) for state in states]  # every branch finished: part of the time
     wall = time.perf_counter() - start
     after = _prefill_counters(backend)
     quality = workload.score(states) if workload.score else {}
-    return RunStats(kind, workload.key, len(states), wall, counting.gens, counting.selects, counting.prefills,
-                    counting.output_tokens, after[0] - before[0], after[1] - before[1], outputs, quality)
+    return RunStats(
+        kind,
+        workload.key,
+        len(states),
+        wall,
+        counting.gens,
+        counting.selects,
+        counting.prefills,
+        counting.output_tokens,
+        after[0] - before[0],
+        after[1] - before[1],
+        outputs,
+        quality,
+    )
 
 
 def _same(a: RunStats, b: RunStats) -> int:
@@ -238,21 +277,53 @@ def _same(a: RunStats, b: RunStats) -> int:
 
 
 def _total(kind: str, runs: list[RunStats]) -> RunStats:
-    return RunStats(kind, "all", sum(r.programs for r in runs), sum(r.wall_s for r in runs),
-                    sum(r.gens for r in runs), sum(r.selects for r in runs), sum(r.prefill_calls for r in runs),
-                    sum(r.output_tokens for r in runs), sum(r.prefill_computed for r in runs),
-                    sum(r.prefill_cached for r in runs), [o for r in runs for o in r.outputs], {})
+    return RunStats(
+        kind,
+        "all",
+        sum(r.programs for r in runs),
+        sum(r.wall_s for r in runs),
+        sum(r.gens for r in runs),
+        sum(r.selects for r in runs),
+        sum(r.prefill_calls for r in runs),
+        sum(r.output_tokens for r in runs),
+        sum(r.prefill_computed for r in runs),
+        sum(r.prefill_cached for r in runs),
+        [o for r in runs for o in r.outputs],
+        {},
+    )
 
 
 def format_table(rows: list[tuple[str, RunStats, RunStats]]) -> str:
     """rows: (workload label, run, the cache-on run of the same workload)."""
     from loomlm.bench.report import text_table
 
-    headers = ("workload", "backend", "programs", "gens/selects", "output tok", "prefill computed",
-               "prefill cached", "hit rate", "wall s", "wall / cache on")
-    body = [(label, r.backend, str(r.programs), str(r.gens + r.selects), str(r.output_tokens),
-             str(r.prefill_computed), str(r.prefill_cached), f"{r.hit_rate:.1%}", f"{r.wall_s:.2f}",
-             f"{r.wall_s / on.wall_s:.2f}x") for label, r, on in rows]
+    headers = (
+        "workload",
+        "backend",
+        "programs",
+        "gens/selects",
+        "output tok",
+        "prefill computed",
+        "prefill cached",
+        "hit rate",
+        "wall s",
+        "wall / cache on",
+    )
+    body = [
+        (
+            label,
+            r.backend,
+            str(r.programs),
+            str(r.gens + r.selects),
+            str(r.output_tokens),
+            str(r.prefill_computed),
+            str(r.prefill_cached),
+            f"{r.hit_rate:.1%}",
+            f"{r.wall_s:.2f}",
+            f"{r.wall_s / on.wall_s:.2f}x",
+        )
+        for label, r, on in rows
+    ]
     return text_table(headers, body)
 
 
@@ -267,8 +338,12 @@ def _ratio(runs: dict[str, RunStats], kind: str) -> float | None:
     return runs[kind].wall_s / runs["cache on"].wall_s if kind in runs else None
 
 
-def _report(args: argparse.Namespace, workloads: list[Workload], runs: dict[str, dict[str, RunStats]],
-            totals: dict[str, RunStats]) -> list[str]:
+def _report(
+    args: argparse.Namespace,
+    workloads: list[Workload],
+    runs: dict[str, dict[str, RunStats]],
+    totals: dict[str, RunStats],
+) -> list[str]:
     """The lines under the table."""
     kinds = list(totals)
     same = {kind: _same(totals["cache on"], totals[kind]) for kind in kinds if kind != "cache on"}
@@ -283,16 +358,28 @@ def _report(args: argparse.Namespace, workloads: list[Workload], runs: dict[str,
     ]
     for w in workloads:
         if w.score:
-            lines.append(f"{w.title} quality: " + ", ".join(
-                f"{kind} " + " ".join(f"{k}={v}" for k, v in runs[w.key][kind].quality.items()) for kind in kinds))
-    lines.append(f"speedup, all workloads: cache on vs off {_verdict(_ratio(totals, 'cache off'), TARGET_CACHE)}; "
-                 f"cache on vs naive transformers {_verdict(_ratio(totals, 'naive'), TARGET_NAIVE)}")
+            lines.append(
+                f"{w.title} quality: "
+                + ", ".join(
+                    f"{kind} " + " ".join(f"{k}={v}" for k, v in runs[w.key][kind].quality.items()) for kind in kinds
+                )
+            )
+    lines.append(
+        f"speedup, all workloads: cache on vs off {_verdict(_ratio(totals, 'cache off'), TARGET_CACHE)}; "
+        f"cache on vs naive transformers {_verdict(_ratio(totals, 'naive'), TARGET_NAIVE)}"
+    )
     return lines
 
 
-def _summary(args: argparse.Namespace, workloads: list[Workload], runs: dict[str, dict[str, RunStats]],
-             totals: dict[str, RunStats], extra: dict[str, Any]) -> dict[str, Any]:
+def _summary(
+    args: argparse.Namespace,
+    workloads: list[Workload],
+    runs: dict[str, dict[str, RunStats]],
+    totals: dict[str, RunStats],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
     """The `--json` object."""
+
     def rounded(x: float | None) -> float | None:
         return None if x is None else round(x, 3)
 
@@ -302,20 +389,29 @@ def _summary(args: argparse.Namespace, workloads: list[Workload], runs: dict[str
     for w in workloads:
         by_kind = runs[w.key]
         per_workload[w.key] = {
-            "shape": w.shape, **{kind: r.as_dict() for kind, r in by_kind.items()},
-            "identical_outputs_vs_cache_on": {kind: _same(by_kind["cache on"], r)
-                                              for kind, r in by_kind.items() if kind != "cache on"},
+            "shape": w.shape,
+            **{kind: r.as_dict() for kind, r in by_kind.items()},
+            "identical_outputs_vs_cache_on": {
+                kind: _same(by_kind["cache on"], r) for kind, r in by_kind.items() if kind != "cache on"
+            },
             "speedup_cache": rounded(_ratio(by_kind, "cache off")),
-            "speedup_vs_naive": rounded(_ratio(by_kind, "naive"))}
+            "speedup_vs_naive": rounded(_ratio(by_kind, "naive")),
+        }
     return {
-        "speedup_cache": rounded(speedup_cache), "speedup_vs_naive": rounded(speedup_naive),
-        "targets_met": {"cache": speedup_cache >= TARGET_CACHE,
-                        "naive": None if speedup_naive is None else speedup_naive >= TARGET_NAIVE},
-        "hit_rate": round(on.hit_rate, 4), "programs": len(on.outputs),
+        "speedup_cache": rounded(speedup_cache),
+        "speedup_vs_naive": rounded(speedup_naive),
+        "targets_met": {
+            "cache": speedup_cache >= TARGET_CACHE,
+            "naive": None if speedup_naive is None else speedup_naive >= TARGET_NAIVE,
+        },
+        "hit_rate": round(on.hit_rate, 4),
+        "programs": len(on.outputs),
         "identical_outputs_vs_cache_on": {kind: _same(on, t) for kind, t in totals.items() if kind != "cache on"},
-        "totals": {kind: t.as_dict() for kind, t in totals.items()}, "workloads": per_workload,
+        "totals": {kind: t.as_dict() for kind, t in totals.items()},
+        "workloads": per_workload,
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
-        "model": args.model_path or "default (SmolLM2-135M-Instruct Q4_1 GGUF)", **extra,
+        "model": args.model_path or "default (SmolLM2-135M-Instruct Q4_1 GGUF)",
+        **extra,
     }
 
 
@@ -354,9 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     for line in _report(args, workloads, runs, totals):
         print(line)
     env = environment(device)
-    print(f"environment: {env['date']}, {env['hardware']}, {args.dtype}, {threads} threads, torch {env['torch']}, "
-          f"transformers {env['transformers']}, 1-minute load {load_before:.2f} before / "
-          f"{env['load_average_1m_after']:.2f} after (other work on the machine skews timings)")
+    print(
+        f"environment: {env['date']}, {env['hardware']}, {args.dtype}, {threads} threads, torch {env['torch']}, "
+        f"transformers {env['transformers']}, 1-minute load {load_before:.2f} before / "
+        f"{env['load_average_1m_after']:.2f} after (other work on the machine skews timings)"
+    )
     if args.json:
         extra = {"device": str(device), "threads": threads, "load_average_1m_before": round(load_before, 2), **env}
         print(json.dumps(_summary(args, workloads, runs, totals, extra)))

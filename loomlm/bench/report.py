@@ -10,8 +10,9 @@ import datetime
 import math
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -40,8 +41,16 @@ def format_table(rows: Sequence[Measurement], baseline: Measurement) -> str:
     body = []
     for row in rows:
         ratio = speedup(baseline, row)
-        body.append((row.system, str(row.requests), str(row.output_tokens), f"{row.wall_s:.2f}",
-                     f"{row.output_tok_s:.1f}", "-" if ratio is None else f"{ratio:.2f}x"))
+        body.append(
+            (
+                row.system,
+                str(row.requests),
+                str(row.output_tokens),
+                f"{row.wall_s:.2f}",
+                f"{row.output_tok_s:.1f}",
+                "-" if ratio is None else f"{ratio:.2f}x",
+            )
+        )
     return text_table(headers, body)
 
 
@@ -82,13 +91,14 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         hardware = torch.cuda.get_device_name(device)
     else:
-        hardware = f"{_cpu_model()}, {os.cpu_count()} logical cores" + \
-            (", avx512_bf16" if _cpu_has("avx512_bf16") else "")
+        hardware = f"{_cpu_model()}, {os.cpu_count()} logical cores" + (
+            ", avx512_bf16" if _cpu_has("avx512_bf16") else ""
+        )
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "hardware": hardware,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "load_average_1m_after": round(os.getloadavg()[0], 2),   # other work on the machine skews timings
+        "load_average_1m_after": round(os.getloadavg()[0], 2),  # other work on the machine skews timings
     }

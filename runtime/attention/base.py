@@ -18,20 +18,23 @@ class AttentionBackend(abc.ABC):
     """
 
     @abc.abstractmethod
-    def prepare(self, ctx: "ForwardContext") -> None:
+    def prepare(self, ctx: ForwardContext) -> None:
         """Compute per-forward metadata and store it in `ctx.attn_metadata`."""
 
     @abc.abstractmethod
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int,
-                ctx: "ForwardContext") -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, ctx: ForwardContext
+    ) -> torch.Tensor:
         """q: [T, H, D]; k, v: [T, KVH, D] (new tokens). Returns [T, H, D]."""
 
 
 def create_attention_backend(name: str, scale: float) -> AttentionBackend:
     if name == "torch":
         from loomlm.runtime.attention.torch_backend import TorchAttentionBackend
+
         return TorchAttentionBackend(scale)
     if name == "triton":
         from loomlm.runtime.attention.triton_backend import TritonAttentionBackend
+
         return TritonAttentionBackend(scale)
     raise ValueError(f"unknown attention_backend {name!r}; available: 'torch', 'triton'")

@@ -31,19 +31,20 @@ from loomlm.runtime.forward_context import ForwardContext
 @dataclass
 class ExtendBucket:
     """Requests of similar extend length, attended in one padded SDPA call."""
-    kv_index: torch.Tensor          # [b, L] int64 slots (padding -> scratch slot)
-    mask: torch.Tensor              # [b, 1, E, L] bool, True = attend
-    q_scatter: torch.Tensor         # [t] int64, flat index i * E + e of each of the bucket's tokens
-    tokens: torch.Tensor | None     # [t] int64, the bucket's tokens in the forward (None: all, in order)
+
+    kv_index: torch.Tensor  # [b, L] int64 slots (padding -> scratch slot)
+    mask: torch.Tensor  # [b, 1, E, L] bool, True = attend
+    q_scatter: torch.Tensor  # [t] int64, flat index i * E + e of each of the bucket's tokens
+    tokens: torch.Tensor | None  # [t] int64, the bucket's tokens in the forward (None: all, in order)
     max_extend: int
 
 
 @dataclass
 class TorchAttentionMetadata:
-    buckets: list[ExtendBucket]             # extend only
-    kv_index: torch.Tensor | None = None    # decode: [B, L] int64 slots of each request's own keys
+    buckets: list[ExtendBucket]  # extend only
+    kv_index: torch.Tensor | None = None  # decode: [B, L] int64 slots of each request's own keys
     decode_bias: torch.Tensor | None = None  # decode: [B, 1, 1, L] float32, 0 or -inf
-    shared: tuple = ()                      # decode: ctx.batch.shared_prefixes
+    shared: tuple = ()  # decode: ctx.batch.shared_prefixes
 
 
 # Requests whose extend is under half of the longest in their bucket start a new bucket, so padding
@@ -85,12 +86,12 @@ class TorchAttentionBackend(AttentionBackend):
         E = int(extend_cpu.max())
         L = int((prefix_cpu + extend_cpu).max())
         key_pos = torch.arange(L, device=device)
-        key_valid = key_pos[None, :] < (prefix + extend)[:, None]                # [b, L]
+        key_valid = key_pos[None, :] < (prefix + extend)[:, None]  # [b, L]
         table = ctx.req_to_token_pool.req_to_token[rows.to(device), :L].to(torch.int64)
         kv_index = torch.where(key_valid, table, ctx.kv_pool.scratch_slot)
         q_off = torch.arange(E, device=device)
-        q_valid = q_off[None, :] < extend[:, None]                               # [b, E]
-        q_pos = prefix[:, None] + q_off[None, :]                                 # [b, E]
+        q_valid = q_off[None, :] < extend[:, None]  # [b, E]
+        q_pos = prefix[:, None] + q_off[None, :]  # [b, E]
         mask = key_valid[:, None, :] & (key_pos[None, None, :] <= q_pos[:, :, None])
         # Padded query rows would see no key at all (NaN softmax): let them see key 0; they are dropped.
         mask[:, :, 0] |= ~q_valid
@@ -109,23 +110,24 @@ class TorchAttentionBackend(AttentionBackend):
         length (0 outside groups). Padding points at the scratch slot and is masked by the bias."""
         device = ctx.batch.input_ids.device
         B = ctx.batch.batch_size
-        seq = (ctx.batch.prefix_lens + ctx.batch.extend_lens).to(device)         # [B]
+        seq = (ctx.batch.prefix_lens + ctx.batch.extend_lens).to(device)  # [B]
         starts = torch.zeros(B, dtype=torch.int64, device=device)
         for group in ctx.batch.shared_prefixes:
             starts[group.members] = group.slots.numel()
         own = seq - starts
         L = int(own.max())
         offs = torch.arange(L, device=device)
-        key_valid = offs[None, :] < own[:, None]                                 # [B, L]
-        table = ctx.req_to_token_pool.req_to_token[ctx.batch.req_rows.to(device)]     # [B, max_context]
+        key_valid = offs[None, :] < own[:, None]  # [B, L]
+        table = ctx.req_to_token_pool.req_to_token[ctx.batch.req_rows.to(device)]  # [B, max_context]
         pos = (starts[:, None] + offs[None, :]).clamp_(max=table.shape[1] - 1)
         kv_index = torch.where(key_valid, torch.gather(table, 1, pos).to(torch.int64), ctx.kv_pool.scratch_slot)
         bias = torch.zeros((B, 1, 1, L), dtype=torch.float32, device=device)
         bias.masked_fill_(~key_valid[:, None, None, :], float("-inf"))
         ctx.attn_metadata = TorchAttentionMetadata([], kv_index, bias, ctx.batch.shared_prefixes)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int,
-                ctx: ForwardContext) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, ctx: ForwardContext
+    ) -> torch.Tensor:
         md: TorchAttentionMetadata = ctx.attn_metadata
         pool = ctx.kv_pool
         k_buf, v_buf = pool.k_buffers[layer_id], pool.v_buffers[layer_id]
@@ -144,8 +146,9 @@ class TorchAttentionBackend(AttentionBackend):
         return out
 
     @staticmethod
-    def _gather(k_buf: torch.Tensor, v_buf: torch.Tensor, kv_index: torch.Tensor,
-                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gather(
+        k_buf: torch.Tensor, v_buf: torch.Tensor, kv_index: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """K/V of the slots kv_index [B, L] -> two [B, KVH, L, D] tensors."""
         B, L = kv_index.shape
         flat = kv_index.view(-1)
@@ -154,8 +157,7 @@ class TorchAttentionBackend(AttentionBackend):
         values = v_buf.index_select(0, flat).view(B, L, -1, D).to(dtype).transpose(1, 2)
         return keys, values
 
-    def _extend(self, q: torch.Tensor, bucket: ExtendBucket, k_buf: torch.Tensor,
-                v_buf: torch.Tensor) -> torch.Tensor:
+    def _extend(self, q: torch.Tensor, bucket: ExtendBucket, k_buf: torch.Tensor, v_buf: torch.Tensor) -> torch.Tensor:
         """q [t, H, D], the bucket's tokens -> [t, H, D]."""
         keys, values = self._gather(k_buf, v_buf, bucket.kv_index, q.dtype)
         B = bucket.kv_index.shape[0]
@@ -164,51 +166,62 @@ class TorchAttentionBackend(AttentionBackend):
         q_pad = q.new_zeros((B * E, H, D))
         q_pad[bucket.q_scatter] = q
         out = F.scaled_dot_product_attention(
-            q_pad.view(B, E, H, D).transpose(1, 2), keys, values, attn_mask=bucket.mask, scale=self.scale,
-            enable_gqa=H != keys.shape[1])                                       # [B, H, E, D]
+            q_pad.view(B, E, H, D).transpose(1, 2),
+            keys,
+            values,
+            attn_mask=bucket.mask,
+            scale=self.scale,
+            enable_gqa=H != keys.shape[1],
+        )  # [B, H, E, D]
         return out.transpose(1, 2).reshape(B * E, H, D)[bucket.q_scatter]
 
-    def _decode(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                bias: torch.Tensor) -> torch.Tensor:
+    def _decode(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """q [B, H, D]; keys/values [B, KVH, L, D]; bias [B, 1, 1, L] -> [B, H, D]."""
         B, H, D = q.shape
         KVH = keys.shape[1]
-        q_grouped = q.view(B, KVH, H // KVH, D)              # query heads sharing a KV head, together
-        scores = torch.matmul(q_grouped, keys.transpose(-1, -2)).float()               # [B, KVH, G, L]
+        q_grouped = q.view(B, KVH, H // KVH, D)  # query heads sharing a KV head, together
+        scores = torch.matmul(q_grouped, keys.transpose(-1, -2)).float()  # [B, KVH, G, L]
         probs = torch.softmax(scores.mul_(self.scale).add_(bias), dim=-1).to(values.dtype)
         return torch.matmul(probs, values).reshape(B, H, D)
 
-    def _decode_shared(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
-                       groups: tuple, k_buf: torch.Tensor, v_buf: torch.Tensor) -> torch.Tensor:
+    def _decode_shared(
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        bias: torch.Tensor,
+        groups: tuple,
+        k_buf: torch.Tensor,
+        v_buf: torch.Tensor,
+    ) -> torch.Tensor:
         """Decode with shared prefixes: softmax over [group prefix keys] + [own keys], merged exactly."""
         B, H, D = q.shape
         KVH = keys.shape[1]
         G = H // KVH
         q_grouped = q.view(B, KVH, G, D)
         scores = torch.matmul(q_grouped, keys.transpose(-1, -2)).float().mul_(self.scale).add_(bias)
-        m_own = scores.amax(-1, keepdim=True)          # [B, KVH, G, 1], finite: the new token is always own
+        m_own = scores.amax(-1, keepdim=True)  # [B, KVH, G, 1], finite: the new token is always own
         p_own = torch.exp(scores - m_own)
-        den = p_own.sum(-1, keepdim=True)                                             # [B, KVH, G, 1]
-        out = torch.matmul(p_own.to(values.dtype), values).float()                    # [B, KVH, G, D]
+        den = p_own.sum(-1, keepdim=True)  # [B, KVH, G, 1]
+        out = torch.matmul(p_own.to(values.dtype), values).float()  # [B, KVH, G, D]
         for group in groups:
             idx = group.members
             M = idx.numel()
-            pk = k_buf.index_select(0, group.slots).to(q.dtype).permute(1, 2, 0)      # [KVH, D, P]
-            pv = v_buf.index_select(0, group.slots).to(q.dtype).transpose(0, 1)       # [KVH, P, D]
+            pk = k_buf.index_select(0, group.slots).to(q.dtype).permute(1, 2, 0)  # [KVH, D, P]
+            pv = v_buf.index_select(0, group.slots).to(q.dtype).transpose(0, 1)  # [KVH, P, D]
             qg = q_grouped.index_select(0, idx).permute(1, 0, 2, 3).reshape(KVH, M * G, D)
-            s = torch.matmul(qg, pk).float().mul_(self.scale)                         # [KVH, M*G, P]
+            s = torch.matmul(qg, pk).float().mul_(self.scale)  # [KVH, M*G, P]
             m_pre = s.amax(-1, keepdim=True)
             p_pre = torch.exp(s - m_pre)
             den_pre = p_pre.sum(-1, keepdim=True)
-            o_pre = torch.matmul(p_pre.to(pv.dtype), pv).float()                      # [KVH, M*G, D]
+            o_pre = torch.matmul(p_pre.to(pv.dtype), pv).float()  # [KVH, M*G, D]
 
-            def per_member(t: torch.Tensor) -> torch.Tensor:   # [KVH, M*G, X] -> [M, KVH, G, X]
-                return t.view(KVH, M, G, -1).permute(1, 0, 2, 3)
-
+            # [KVH, M*G, X] -> [M, KVH, G, X]: each member's rows
+            m_pre, o_pre, den_pre = (t.view(KVH, M, G, -1).permute(1, 0, 2, 3) for t in (m_pre, o_pre, den_pre))
             m_o = m_own.index_select(0, idx)
-            m = torch.maximum(m_o, per_member(m_pre))
+            m = torch.maximum(m_o, m_pre)
             a = torch.exp(m_o - m)
-            b = torch.exp(per_member(m_pre) - m)
-            out[idx] = a * out.index_select(0, idx) + b * per_member(o_pre)
-            den[idx] = a * den.index_select(0, idx) + b * per_member(den_pre)
+            b = torch.exp(m_pre - m)
+            out[idx] = a * out.index_select(0, idx) + b * o_pre
+            den[idx] = a * den.index_select(0, idx) + b * den_pre
         return (out / den).to(q.dtype).reshape(B, H, D)

@@ -25,28 +25,31 @@ INTERPRETER_SMS = 4
 
 @dataclass
 class TritonDecodeMetadata:
-    req_rows: torch.Tensor      # [B] int64, rows of req_to_token
-    seq_lens: torch.Tensor      # [B] int32, keys per request (the new token included)
+    req_rows: torch.Tensor  # [B] int64, rows of req_to_token
+    seq_lens: torch.Tensor  # [B] int32, keys per request (the new token included)
     num_kv_splits: int
 
 
 @dataclass
 class TritonExtendMetadata:
-    req_rows: torch.Tensor      # [B] int64
-    prefix_lens: torch.Tensor   # [B] int32, cached tokens before the new ones
-    extend_lens: torch.Tensor   # [B] int32, new tokens
+    req_rows: torch.Tensor  # [B] int64
+    prefix_lens: torch.Tensor  # [B] int32, cached tokens before the new ones
+    extend_lens: torch.Tensor  # [B] int32, new tokens
     extend_starts: torch.Tensor  # [B] int32, index of each request's first new token in the forward
-    max_extend: int             # host-side maximum of extend_lens (sizes the grid)
+    max_extend: int  # host-side maximum of extend_lens (sizes the grid)
 
 
 class TritonAttentionBackend(AttentionBackend):
     def __init__(self, scale: float):
-        from loomlm.kernels import attention_block, decode_attention, extend_attention, rope_kv   # triton
+        from loomlm.kernels import attention_block, decode_attention, extend_attention, rope_kv  # triton
 
         self.scale = scale
         self._splits = decode_attention.default_num_kv_splits
-        self._sms = (torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-                     if torch.cuda.is_available() and not attention_block.interpreted() else INTERPRETER_SMS)
+        self._sms = (
+            torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+            if torch.cuda.is_available() and not attention_block.interpreted()
+            else INTERPRETER_SMS
+        )
         self._decode = decode_attention.decode_attention
         self._extend = extend_attention.extend_attention
         self._store = rope_kv.store_kv_
@@ -57,10 +60,10 @@ class TritonAttentionBackend(AttentionBackend):
 
     def prepare(self, ctx: ForwardContext) -> None:
         device = ctx.batch.input_ids.device
-        prefix, extend = ctx.batch.prefix_lens, ctx.batch.extend_lens          # CPU [B]
+        prefix, extend = ctx.batch.prefix_lens, ctx.batch.extend_lens  # CPU [B]
         rows = ctx.batch.req_rows.to(device, non_blocking=True)
         kv_heads = ctx.kv_pool.k_buffers[0].shape[1]
-        if ctx.batch.num_tokens == ctx.batch.batch_size:    # one new token each: decode (seq = prefix + itself)
+        if ctx.batch.num_tokens == ctx.batch.batch_size:  # one new token each: decode (seq = prefix + itself)
             seq = (prefix + 1).to(torch.int32).to(device, non_blocking=True)
             ctx.attn_metadata = self.decode_metadata(rows, seq, kv_heads)
             return
@@ -68,15 +71,27 @@ class TritonAttentionBackend(AttentionBackend):
         packed = torch.stack((prefix, extend, starts)).to(torch.int32).to(device, non_blocking=True)
         ctx.attn_metadata = TritonExtendMetadata(rows, packed[0], packed[1], packed[2], int(extend.max()))
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int,
-                ctx: ForwardContext) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, ctx: ForwardContext
+    ) -> torch.Tensor:
         pool = ctx.kv_pool
         k_buf, v_buf = pool.k_buffers[layer_id], pool.v_buffers[layer_id]
         self._store(k_buf, v_buf, k, v, ctx.batch.out_slots)
         md = ctx.attn_metadata
         table = ctx.req_to_token_pool.req_to_token
         if isinstance(md, TritonDecodeMetadata):
-            return self._decode(q, k_buf, v_buf, table, md.req_rows, md.seq_lens, self.scale,
-                                num_kv_splits=md.num_kv_splits)
-        return self._extend(q, k_buf, v_buf, table, md.req_rows, md.prefix_lens, md.extend_lens,
-                            md.extend_starts, self.scale, max_extend=md.max_extend)
+            return self._decode(
+                q, k_buf, v_buf, table, md.req_rows, md.seq_lens, self.scale, num_kv_splits=md.num_kv_splits
+            )
+        return self._extend(
+            q,
+            k_buf,
+            v_buf,
+            table,
+            md.req_rows,
+            md.prefix_lens,
+            md.extend_lens,
+            md.extend_starts,
+            self.scale,
+            max_extend=md.max_extend,
+        )

@@ -24,20 +24,23 @@ class RopeScaling:
 
     type: str = "default"
     factor: float = 1.0
-    low_freq_factor: float = 1.0                 # llama3 only
-    high_freq_factor: float = 4.0                # llama3 only
+    low_freq_factor: float = 1.0  # llama3 only
+    high_freq_factor: float = 4.0  # llama3 only
     original_max_position_embeddings: int = 8192  # llama3 only
 
     def __post_init__(self) -> None:
         if self.type not in SUPPORTED_ROPE_TYPES:
-            raise ValueError(f"unsupported rope scaling type {self.type!r}; "
-                             f"supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
+            raise ValueError(
+                f"unsupported rope scaling type {self.type!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
+            )
         if not self.factor > 0:
             raise ValueError(f"rope scaling factor must be > 0, got {self.factor}")
         if self.type == "llama3":
             if not 0 < self.low_freq_factor < self.high_freq_factor:
-                raise ValueError("llama3 rope scaling needs 0 < low_freq_factor < high_freq_factor, got "
-                                 f"{self.low_freq_factor} and {self.high_freq_factor}")
+                raise ValueError(
+                    "llama3 rope scaling needs 0 < low_freq_factor < high_freq_factor, got "
+                    f"{self.low_freq_factor} and {self.high_freq_factor}"
+                )
             if self.original_max_position_embeddings <= 0:
                 raise ValueError("llama3 rope scaling needs original_max_position_embeddings > 0")
 
@@ -50,16 +53,19 @@ class RopeScaling:
         if kind == "default":
             return None
         if kind not in SUPPORTED_ROPE_TYPES:
-            raise ValueError(f"unsupported rope scaling type {kind!r}; "
-                             f"supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
-        casts = {"factor": float, "low_freq_factor": float, "high_freq_factor": float,
-                 "original_max_position_embeddings": int}
+            raise ValueError(f"unsupported rope scaling type {kind!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
+        casts = {
+            "factor": float,
+            "low_freq_factor": float,
+            "high_freq_factor": float,
+            "original_max_position_embeddings": int,
+        }
         return cls(type=kind, **{k: casts[k](v) for k, v in d.items() if k in casts and v is not None})
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    architecture: str                 # one of SUPPORTED_ARCHITECTURES
+    architecture: str  # one of SUPPORTED_ARCHITECTURES
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -72,7 +78,7 @@ class ModelConfig:
     rope_scaling: RopeScaling | None = None
     max_position_embeddings: int = 4096
     tie_word_embeddings: bool = False
-    attention_bias: bool = False      # bias on the q/k/v projections (Qwen2; Llama attention_bias)
+    attention_bias: bool = False  # bias on the q/k/v projections (Qwen2; Llama attention_bias)
     attention_out_bias: bool = False  # bias on o_proj too (Llama attention_bias=True only)
     mlp_bias: bool = False
     # Mistral v0.1 style sliding window. NOT applied by the attention backends: outputs match the
@@ -83,16 +89,24 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
-            raise ValueError(f"unsupported model architecture {self.architecture!r}; "
-                             f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                     "num_kv_heads", "head_dim", "max_position_embeddings"):
+            raise ValueError(
+                f"unsupported model architecture {self.architecture!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "max_position_embeddings",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
-                             f"num_kv_heads={self.num_kv_heads}")
+            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if not (self.rms_norm_eps > 0 and math.isfinite(self.rms_norm_eps)):
@@ -100,8 +114,9 @@ class ModelConfig:
         if not (self.rope_theta > 0 and math.isfinite(self.rope_theta)):
             raise ValueError(f"rope_theta must be a positive finite number, got {self.rope_theta}")
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
-            raise ValueError("rope_scaling must be a RopeScaling or None "
-                             "(use RopeScaling.from_hf for a config.json dict)")
+            raise ValueError(
+                "rope_scaling must be a RopeScaling or None (use RopeScaling.from_hf for a config.json dict)"
+            )
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise ValueError(f"sliding_window must be positive or None, got {self.sliding_window}")
         for tok in ((self.bos_token_id,) if self.bos_token_id is not None else ()) + self.eos_token_ids:
@@ -128,8 +143,10 @@ class ModelConfig:
         arch = d.get("model_type")
         if arch not in SUPPORTED_ARCHITECTURES:
             named = d.get("architectures") or []
-            raise ValueError(f"unsupported model architecture {arch!r} (architectures={named}); "
-                             f"supported model_type: {', '.join(SUPPORTED_ARCHITECTURES)}")
+            raise ValueError(
+                f"unsupported model architecture {arch!r} (architectures={named}); "
+                f"supported model_type: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
         act = d.get("hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"unsupported hidden_act {act!r}; the Llama family uses 'silu'")
@@ -179,8 +196,7 @@ class ModelConfig:
         arch = get("general.architecture")
         if arch not in GGUF_ARCHITECTURES:
             # llama.cpp writes Mistral and SmolLM checkpoints with architecture "llama".
-            raise ValueError(f"unsupported GGUF architecture {arch!r}; "
-                             f"supported: {', '.join(GGUF_ARCHITECTURES)}")
+            raise ValueError(f"unsupported GGUF architecture {arch!r}; supported: {', '.join(GGUF_ARCHITECTURES)}")
         tensor_names = {t.name for t in reader.tensors}
         hidden = int(get(f"{arch}.embedding_length"))
         num_heads = int(get(f"{arch}.attention.head_count"))
@@ -192,7 +208,8 @@ class ModelConfig:
         rope_scaling = None
         if scaling_type not in (None, "none"):
             rope_scaling = RopeScaling.from_hf(
-                {"rope_type": scaling_type, "factor": get(f"{arch}.rope.scaling.factor", 1.0)})
+                {"rope_type": scaling_type, "factor": get(f"{arch}.rope.scaling.factor", 1.0)}
+            )
         window = get(f"{arch}.attention.sliding_window")
         eos = get("tokenizer.ggml.eos_token_id")
         return cls(

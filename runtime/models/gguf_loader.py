@@ -38,6 +38,7 @@ ROPE_FREQS = "rope_freqs.weight"  # Llama 3.1 GGUFs: per-dimension divisors of t
 
 def open_gguf(path: str):  # -> gguf.GGUFReader
     import gguf
+
     return gguf.GGUFReader(path, "r")
 
 
@@ -54,13 +55,13 @@ def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Invert llama.cpp's q/k permutation. Per head, llama.cpp interleaves the two rotary halves
     (rows [0, D/2, 1, D/2+1, ...]); we restore [first half, second half]. w: [n_heads * D, ...]."""
     rows = w.shape[0]
-    return (w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:])
-             .transpose(1, 2).reshape(w.shape))
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
 def dequantize(tensor) -> torch.Tensor:  # tensor: gguf.ReaderTensor
     """float32 torch tensor in PyTorch layout ([out, in] for matrices)."""
     from gguf.quants import dequantize as gguf_dequantize
+
     arr = gguf_dequantize(tensor.data, tensor.tensor_type)
     if not arr.flags.writeable:  # F32/F16 views of the read-only memory map
         arr = np.array(arr)

@@ -42,8 +42,10 @@ def safetensors_files(model_dir: str) -> list[str]:
     others = sorted(n for n in os.listdir(model_dir) if n.endswith(".safetensors"))
     if others:
         return [os.path.join(model_dir, n) for n in others]
-    raise ValueError(f"model directory {model_dir!r} has no safetensors weights "
-                     f"({SINGLE_FILE} or {INDEX_FILE}); pickle checkpoints (.bin, .pt) are not loaded")
+    raise ValueError(
+        f"model directory {model_dir!r} has no safetensors weights "
+        f"({SINGLE_FILE} or {INDEX_FILE}); pickle checkpoints (.bin, .pt) are not loaded"
+    )
 
 
 def has_safetensors(model_dir: str) -> bool:
@@ -53,6 +55,7 @@ def has_safetensors(model_dir: str) -> bool:
 def iter_safetensors_weights(model_dir: str) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, tensor) for every tensor of every weight file, in the checkpoint's dtype."""
     from safetensors import safe_open
+
     for path in safetensors_files(model_dir):
         with safe_open(path, framework="pt", device="cpu") as f:
             for name in f.keys():

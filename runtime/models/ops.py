@@ -23,8 +23,9 @@ class TorchOps:
     name = "torch"
 
     @staticmethod
-    def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
-                 residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def rms_norm(
+        x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight * normalise(x [+ residual]), x [+ residual]): the sum is the next residual."""
         if residual is not None:
             x = x + residual
@@ -38,8 +39,7 @@ class TorchOps:
         return F.silu(gate) * up
 
     @staticmethod
-    def rope_inputs(positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                    dtype: torch.dtype) -> Any:
+    def rope_inputs(positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> Any:
         """cos/sin rows [T, 1, D/2] in the model dtype, broadcast over heads."""
         return cos[positions, None].to(dtype), sin[positions, None].to(dtype)
 
@@ -58,13 +58,14 @@ class TritonOps:
     name = "triton"
 
     def __init__(self) -> None:
-        from loomlm.kernels import fused_ops, rope_kv   # imports triton: only when this set is chosen
+        from loomlm.kernels import fused_ops, rope_kv  # imports triton: only when this set is chosen
 
         self._fused = fused_ops
         self._rope = rope_kv
 
-    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float,
-                 residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def rms_norm(
+        self, x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         out, summed = self._fused.rms_norm(x, weight, eps, residual)
         return out, (x if summed is None else summed)
 
@@ -72,8 +73,7 @@ class TritonOps:
         return self._fused.silu_and_mul(x)
 
     @staticmethod
-    def rope_inputs(positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                    dtype: torch.dtype) -> Any:
+    def rope_inputs(positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> Any:
         """The kernel gathers table rows itself: positions [T] int64 and the float32 tables [P, D/2]."""
         return positions, cos, sin
 

@@ -35,11 +35,11 @@ def test_cache_compiles_once_and_stays_bounded(vocab: Vocabulary) -> None:
         assert a.result().matches("aaa")
         cache.compile(GrammarSpec("choices", ("x", "y")))
         cache.compile(GrammarSpec("type", "int"))
-        assert len(cache) == 2 and cache.get(GrammarSpec("regex", "a+")) is not a   # evicted LRU
+        assert len(cache) == 2 and cache.get(GrammarSpec("regex", "a+")) is not a  # evicted LRU
         bad = cache.get(GrammarSpec("regex", "(("))
         with pytest.raises(GrammarError, match="invalid regex"):
             bad.result()
-        assert cache.get(GrammarSpec("regex", "((")) is bad    # failures are cached too
+        assert cache.get(GrammarSpec("regex", "((")) is bad  # failures are cached too
     finally:
         cache.shutdown()
     with pytest.raises(ValueError, match="kind"):
@@ -61,16 +61,16 @@ def test_cache_keeps_deterministic_failures_only(vocab: Vocabulary) -> None:
         bad = cache.get(GrammarSpec("regex", r"[ab]*a[ab]{8}"))
         with pytest.raises(GrammarError, match="max_work"):
             bad.result()
-        assert cache.get(GrammarSpec("regex", r"[ab]*a[ab]{8}")) is bad   # the same on every machine: kept
+        assert cache.get(GrammarSpec("regex", r"[ab]*a[ab]{8}")) is bad  # the same on every machine: kept
     finally:
         cache.shutdown()
-    ticks = itertools.count(step=100)   # a clock 100 s further on at every read: every compile overruns
+    ticks = itertools.count(step=100)  # a clock 100 s further on at every read: every compile overruns
     cache = GrammarCache(vocab, GrammarLimits(max_seconds=1, clock=lambda: next(ticks)))
     try:
         slow = cache.get(GrammarSpec("regex", "a+"))
         with pytest.raises(GrammarTimeoutError, match="max_seconds"):
             slow.result()
-        assert len(cache) == 0 and cache.get(GrammarSpec("regex", "a+")) is not slow   # compiled again
+        assert len(cache) == 0 and cache.get(GrammarSpec("regex", "a+")) is not slow  # compiled again
     finally:
         cache.shutdown()
 
@@ -83,7 +83,7 @@ def test_unexpected_compiler_errors_reach_the_waiter_as_grammar_errors(vocab: Vo
     try:
         with pytest.raises(GrammarError, match="KeyError") as info:
             cache.compile(GrammarSpec("regex", "a"))
-        assert isinstance(info.value.__cause__, KeyError) and len(cache) == 0   # not kept
+        assert isinstance(info.value.__cause__, KeyError) and len(cache) == 0  # not kept
     finally:
         cache.shutdown()
 
@@ -103,7 +103,7 @@ def test_a_blocked_compile_delays_only_its_own_spec_and_shutdown_fails_it(vocab:
     try:
         blocked = cache.get(slow)
         assert started.wait(60)
-        assert cache.compile(GrammarSpec("regex", "f+")).matches("ff")   # the other worker serves it
+        assert cache.compile(GrammarSpec("regex", "f+")).matches("ff")  # the other worker serves it
         assert not blocked.done()
         release.set()
         assert blocked.result(60).matches("ss")
@@ -149,8 +149,11 @@ def test_jump_respects_the_token_limit(vocab: Vocabulary, tokenizer) -> None:
     assert plan_jump(guide, guide.initial_state, a, after, _encode(tokenizer), max_tokens=1) is None
 
 
-WALK_PATTERNS = [r'\{"name": "[a-zé ]{0,8}", "tags": \[("(red|green|blue)"(, )?){0,3}\], "ok": (true|false)\}',
-                 r'(Yes|No), because [a-z ]{1,10}\.', r'\(\d{3}\) \d{3}-\d{4}']
+WALK_PATTERNS = [
+    r'\{"name": "[a-zé ]{0,8}", "tags": \[("(red|green|blue)"(, )?){0,3}\], "ok": (true|false)\}',
+    r"(Yes|No), because [a-z ]{1,10}\.",
+    r"\(\d{3}\) \d{3}-\d{4}",
+]
 
 
 @settings(max_examples=60, deadline=None)
@@ -166,12 +169,12 @@ def test_random_walks_with_jumps_stay_in_the_language(vocab: Vocabulary, tokeniz
         allowed = np.setdiff1d(np.flatnonzero(guide.allowed_tokens(state)), eos)
         if len(allowed) == 0:
             break
-        tok = int(data.draw(st.sampled_from(allowed[::max(1, len(allowed) // 200)].tolist())))
+        tok = int(data.draw(st.sampled_from(allowed[:: max(1, len(allowed) // 200)].tolist())))
         prev, state = state, guide.advance(state, tok)
         ids.append(tok)
         plan = plan_jump(guide, prev, tok, state, _encode(tokenizer), 64)
         if plan is not None:
-            del ids[len(ids) - plan.num_replaced:]
+            del ids[len(ids) - plan.num_replaced :]
             ids += plan.tokens
             state = plan.state
             assert guide.forced_bytes(state) == b"" or len(plan.tokens) == 64

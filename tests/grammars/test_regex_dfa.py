@@ -33,7 +33,7 @@ CORPUS = [
     r"a{0}b?",
 ]
 _DFAS = {p: compile_dfa(p) for p in CORPUS}
-ALPHABET = "abcdexyz019.-_ @\"\\\n\téàÿü€😀{}()"
+ALPHABET = 'abcdexyz019.-_ @"\\\n\téàÿü€😀{}()'
 
 
 def _mutations(text: str) -> st.SearchStrategy[str]:
@@ -41,8 +41,8 @@ def _mutations(text: str) -> st.SearchStrategy[str]:
     ch = st.sampled_from(ALPHABET)
     return st.one_of(
         st.builds(lambda k, c: text[:k] + c + text[k:], i, ch),
-        st.builds(lambda k: text[:k] + text[k + 1:], i),
-        st.builds(lambda k, c: text[:k] + c + text[k + 1:], i, ch),
+        st.builds(lambda k: text[:k] + text[k + 1 :], i),
+        st.builds(lambda k, c: text[:k] + c + text[k + 1 :], i, ch),
         st.builds(lambda k: text[:k], i),
     )
 
@@ -63,9 +63,9 @@ def test_matches_agrees_with_re_on_generated_and_mutated_strings(pattern: str, d
 
 def test_dfa_is_byte_level_and_minimal() -> None:
     dfa = compile_dfa(r"(ab|ab)*")
-    assert dfa.num_states == 2          # minimised: the duplicate branch merges
+    assert dfa.num_states == 2  # minimised: the duplicate branch merges
     dfa = compile_dfa("é")
-    assert dfa.num_states == 3          # two bytes: C3 A9
+    assert dfa.num_states == 3  # two bytes: C3 A9
     assert dfa.step(0, b"\xc3") >= 0 and dfa.step(0, b"\xc3\xa8") == -1
     assert not dfa.matches(b"\xc3") and dfa.matches("é")
 
@@ -84,23 +84,26 @@ def test_utf8_sequences_cover_exactly_the_range() -> None:
     for cp in [0x7F, 0x80, 0x7FF, 0x800, 0xD7FF, 0xE000, 0xFFFF, 0x10000]:
         enc = chr(cp).encode()
         assert any(len(s) == len(enc) and all(a <= b <= z for b, (a, z) in zip(enc, s)) for s in seqs), hex(cp)
-    for cp in [0x7E, 0x10001, 0xD800]:   # outside, or a surrogate (no encoding)
+    for cp in [0x7E, 0x10001, 0xD800]:  # outside, or a surrogate (no encoding)
         enc = chr(cp).encode("utf-8", "surrogatepass")
         assert not any(len(s) == len(enc) and all(a <= b <= z for b, (a, z) in zip(enc, s)) for s in seqs)
 
 
-@pytest.mark.parametrize("pattern, words", [
-    ("[", "invalid regex"),
-    ("a(b", "invalid regex"),
-    ("^abc", "anchors"),
-    ("abc$", "anchors"),
-    (r"a\b", "anchors"),
-    ("(?=a)b", "lookarounds"),
-    (r"(a)\1", "Group references"),
-    ("(?i)abc", "inline flags"),
-    (r"\p{L}", "invalid regex"),
-    ("[^\\x00-\\U0010FFFF]", "empty"),
-])
+@pytest.mark.parametrize(
+    "pattern, words",
+    [
+        ("[", "invalid regex"),
+        ("a(b", "invalid regex"),
+        ("^abc", "anchors"),
+        ("abc$", "anchors"),
+        (r"a\b", "anchors"),
+        ("(?=a)b", "lookarounds"),
+        (r"(a)\1", "Group references"),
+        ("(?i)abc", "inline flags"),
+        (r"\p{L}", "invalid regex"),
+        ("[^\\x00-\\U0010FFFF]", "empty"),
+    ],
+)
 def test_bad_patterns_raise_grammar_error_naming_the_problem(pattern: str, words: str) -> None:
     with pytest.raises(GrammarError, match=re.escape(words)):
         compile_dfa(pattern)
@@ -133,8 +136,8 @@ def test_time_budget_reads_the_injected_clock() -> None:
     clock = FakeClock(step=1.0)
     with pytest.raises(GrammarTimeoutError, match="max_seconds"):
         compile_dfa(r"[ab]*a[ab]{20}", GrammarLimits(max_states=10**7, max_seconds=3, clock=clock))
-    assert clock.reads == 5   # the same on every machine
-    frozen = lambda: 0.0      # time never passes: only the deterministic budgets can fail
+    assert clock.reads == 5  # the same on every machine
+    frozen = lambda: 0.0  # time never passes: only the deterministic budgets can fail
     assert compile_dfa(r"[ab]*a[ab]{6}", GrammarLimits(max_seconds=1e-9, clock=frozen)).matches("aaaaaaa")
 
 

@@ -27,8 +27,24 @@ from loomlm.grammars.guide import FLOAT_REGEX, INT_REGEX
 
 EOS = 0
 # A tiny vocabulary with multi-character tokens and both halves of a two-byte character.
-TOKENS = {EOS: b"", 1: "a", 2: "b", 3: "ab", 4: "ba", 5: "1", 6: "12", 7: ".", 8: "a.", 9: '"',
-          10: b"\xc3", 11: b"\xa9", 12: "é", 13: "aab", 14: "-", 15: " "}
+TOKENS = {
+    EOS: b"",
+    1: "a",
+    2: "b",
+    3: "ab",
+    4: "ba",
+    5: "1",
+    6: "12",
+    7: ".",
+    8: "a.",
+    9: '"',
+    10: b"\xc3",
+    11: b"\xa9",
+    12: "é",
+    13: "aab",
+    14: "-",
+    15: " ",
+}
 TINY = Vocabulary.from_dict(TOKENS, eos_token_ids=[EOS])
 TINY_PATTERNS = [r"(ab)*a?", r"a+b?\.?", r"-?[0-9]+(\.[0-9]+)?", r'"[abé]*"', r"(a|é)b{1,3}", r"[^a]*", r"ba|ab a"]
 
@@ -78,16 +94,16 @@ def test_bitmask_and_bool_mask_agree() -> None:
     guide = compile_regex(r"-?[0-9]+(\.[0-9]+)?", TINY)
     for state in range(guide.num_states):
         bits = guide.allowed_bitmask(state)
-        unpacked = np.unpackbits(bits.view(np.uint8), bitorder="little")[:TINY.size].astype(bool)
+        unpacked = np.unpackbits(bits.view(np.uint8), bitorder="little")[: TINY.size].astype(bool)
         assert (unpacked == guide.allowed_tokens(state)).all()
 
 
 def test_disallowed_token_is_rejected() -> None:
     guide = compile_regex("ab", TINY)
     assert guide.advance(guide.initial_state, 2) is REJECTED
-    assert guide.advance(guide.initial_state, 10**6) is REJECTED      # outside the vocabulary
+    assert guide.advance(guide.initial_state, 10**6) is REJECTED  # outside the vocabulary
     done = guide.advance(guide.advance(guide.initial_state, 3), EOS)
-    assert done == FINISHED and guide.advance(done, 1) is REJECTED     # nothing follows EOS
+    assert done == FINISHED and guide.advance(done, 1) is REJECTED  # nothing follows EOS
 
 
 @pytest.mark.parametrize("pattern", TINY_PATTERNS)
@@ -104,7 +120,7 @@ def test_dfa_guide_implements_the_protocol(pattern: str) -> None:
         key = guide.mask_key(state)
         hash(key)
         assert (rows.setdefault(key, out) == out).all(), (state, key)
-    assert len(rows) == guide.index.num_classes + 1   # FINISHED (nothing allowed) has a key of its own
+    assert len(rows) == guide.index.num_classes + 1  # FINISHED (nothing allowed) has a key of its own
 
 
 def test_choices_and_types() -> None:
@@ -139,6 +155,7 @@ def test_regex_typed_shortcuts_parse_with_python() -> None:
 
 # ---- the real vocabulary -------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def vocab(tokenizer) -> Vocabulary:
     return Vocabulary.from_tokenizer(tokenizer)
@@ -158,7 +175,7 @@ def test_index_matches_brute_force_over_the_real_vocabulary(vocab: Vocabulary, p
 
 
 def test_real_vocabulary_has_no_dead_ends(vocab: Vocabulary) -> None:
-    guide = compile_regex(r'"[^"]*"|[€😀]+', vocab)   # multi-byte states are continued by byte tokens
+    guide = compile_regex(r'"[^"]*"|[€😀]+', vocab)  # multi-byte states are continued by byte tokens
     allowed_non_eos = guide.index.num_allowed
     assert (allowed_non_eos[~guide.dfa.accepting] > 0).all()
 
@@ -173,15 +190,20 @@ def test_tokenizer_encodings_of_matches_walk_through(vocab: Vocabulary, tokenize
     assert not _walk(guide, tuple(tokenizer.encode("ab", add_special_tokens=False)))
 
 
-REAL_PATTERNS = [r'\{"id": [0-9]{1,4}, "tag": "[a-zé ]{0,6}"\}', r"[A-Z][a-z]{1,6}( [a-z]{1,5}){0,2}\.",
-                 r"(yes|no|maybe)!?", r"[0-9]{1,3}(\.[0-9]{1,2})?(€|😀)"]
+REAL_PATTERNS = [
+    r'\{"id": [0-9]{1,4}, "tag": "[a-zé ]{0,6}"\}',
+    r"[A-Z][a-z]{1,6}( [a-z]{1,5}){0,2}\.",
+    r"(yes|no|maybe)!?",
+    r"[0-9]{1,3}(\.[0-9]{1,2})?(€|😀)",
+]
 _REAL_GUIDES: dict[str, object] = {}
 
 
 @settings(max_examples=120, deadline=None)
 @given(data=st.data())
-def test_tokenizations_of_matches_walk_and_of_non_matches_do_not(vocab: Vocabulary, tokenizer,
-                                                                 data: st.DataObject) -> None:
+def test_tokenizations_of_matches_walk_and_of_non_matches_do_not(
+    vocab: Vocabulary, tokenizer, data: st.DataObject
+) -> None:
     pattern = data.draw(st.sampled_from(REAL_PATTERNS))
     if pattern not in _REAL_GUIDES:
         _REAL_GUIDES[pattern] = compile_regex(pattern, vocab)
@@ -189,6 +211,6 @@ def test_tokenizations_of_matches_walk_and_of_non_matches_do_not(vocab: Vocabula
     text = data.draw(st.from_regex(re.compile(pattern), fullmatch=True))
     assert _walk(guide, tuple(tokenizer.encode(text, add_special_tokens=False))), text
     cut = data.draw(st.integers(0, len(text)))
-    other = text[:cut] + data.draw(st.sampled_from(["x", "", "\n", "é", '"', "9"])) + text[cut + 1:]
+    other = text[:cut] + data.draw(st.sampled_from(["x", "", "\n", "é", '"', "9"])) + text[cut + 1 :]
     walked = _walk(guide, tuple(tokenizer.encode(other, add_special_tokens=False)))
     assert walked == (re.fullmatch(pattern, other) is not None), other

@@ -34,7 +34,7 @@ def test_fingerprint_changes_with_content(tokenizer) -> None:
     a = Vocabulary.from_tokenizer(tokenizer)
     assert a.fingerprint == Vocabulary.from_tokenizer(tokenizer).fingerprint
     assert a.fingerprint != Vocabulary.from_tokenizer(tokenizer, eos_token_ids=[0, 2]).fingerprint
-    assert Vocabulary.from_tokenizer(tokenizer, size=49280).size == 49280   # padded embedding rows
+    assert Vocabulary.from_tokenizer(tokenizer, size=49280).size == 49280  # padded embedding rows
 
 
 def test_sentencepiece_spelling() -> None:
@@ -42,10 +42,12 @@ def test_sentencepiece_spelling() -> None:
     from transformers import PreTrainedTokenizerFast
 
     pieces = ["<unk>", "<s>", "</s>", "\u2581hello", "\u2581wor", "ld", "<0xC3>", "<0xA9>", "\u2581"]
-    backend = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=[], unk_token="<unk>",
-                                   byte_fallback=True))
-    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
-                                         decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    backend = Tokenizer(
+        models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=[], unk_token="<unk>", byte_fallback=True)
+    )
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
     vocab = Vocabulary.from_tokenizer(tok)
     assert vocab.token_bytes[3] == b" hello" and vocab.token_bytes[5] == b"ld"

@@ -28,11 +28,13 @@ def pytest_configure(config):
             raise pytest.UsageError(
                 f"{_ENV}=cuda, but torch.cuda.is_available() is False (torch {torch.__version__}, "
                 f"CUDA build {torch.version.cuda}): the kernel tests need a CUDA GPU here; unset {_ENV} "
-                "to run them in the Triton interpreter on CPU")
+                "to run them in the Triton interpreter on CPU"
+            )
         if _INTERPRET_SET:
             raise pytest.UsageError(
                 f"{_ENV}=cuda compiles the kernels for the GPU, but TRITON_INTERPRET="
-                f"{os.environ['TRITON_INTERPRET']!r} would run them in the interpreter: unset it")
+                f"{os.environ['TRITON_INTERPRET']!r} would run them in the interpreter: unset it"
+            )
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +43,6 @@ def device() -> torch.device:
     if _DEVICE == "cuda":
         from loomlm.kernels import attention_block
 
-        if attention_block.interpreted():     # TRITON_INTERPRET set in a way the check above missed
+        if attention_block.interpreted():  # TRITON_INTERPRET set in a way the check above missed
             pytest.exit(f"{_ENV}=cuda but the kernels were built for the Triton interpreter", returncode=4)
     return torch.device(_DEVICE)

@@ -19,13 +19,13 @@ def _case(batch: int, kv_heads: int, group: int, dim: int, seed: int, max_len: i
     slots_total = int(seq_lens.sum()) + 17
     k_buffer = torch.randn(slots_total, kv_heads, dim, generator=gen)
     v_buffer = torch.randn(slots_total, kv_heads, dim, generator=gen)
-    perm = torch.randperm(slots_total, generator=gen)       # each request's slots scattered over the pool
+    perm = torch.randperm(slots_total, generator=gen)  # each request's slots scattered over the pool
     rows = torch.randperm(batch + 3, generator=gen)[:batch]
     req_to_token = torch.full((batch + 3, max_len + 5), -1, dtype=torch.int64)
     used = 0
     for i in range(batch):
         n = int(seq_lens[i])
-        req_to_token[rows[i], :n] = perm[used:used + n]
+        req_to_token[rows[i], :n] = perm[used : used + n]
         used += n
     q = torch.randn(batch, heads, dim, generator=gen)
     return q, k_buffer, v_buffer, req_to_token, rows, seq_lens
@@ -35,17 +35,17 @@ def _on(device: torch.device, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...
     return tuple(t.to(device) for t in tensors)
 
 
-@pytest.mark.parametrize("batch,kv_heads,group,dim", [(1, 1, 1, 64), (4, 2, 3, 64), (9, 1, 8, 128),
-                                                      (3, 3, 1, 128), (2, 1, 3, 128)])
+@pytest.mark.parametrize(
+    "batch,kv_heads,group,dim", [(1, 1, 1, 64), (4, 2, 3, 64), (9, 1, 8, 128), (3, 3, 1, 128), (2, 1, 3, 128)]
+)
 @pytest.mark.parametrize("splits", [1, 4])
 def test_decode_attention_matches_reference(batch, kv_heads, group, dim, splits, device):
     case = _case(batch, kv_heads, group, dim, seed=batch * 31 + group + dim + splits)
-    scale = dim ** -0.5
+    scale = dim**-0.5
     expected = reference.decode_attention(*case, scale)
     q, kb, vb, r2t, rows, lens = _on(device, *case)
     out = torch.full_like(q, float("nan"))
-    triton_decode.decode_attention(q, kb, vb, r2t, rows, lens, scale, num_kv_splits=splits,
-                                   block_n=16, out=out)
+    triton_decode.decode_attention(q, kb, vb, r2t, rows, lens, scale, num_kv_splits=splits, block_n=16, out=out)
     out = out.cpu()
     # Relative error per (request, head) vector: element-wise ratios of outputs near 0 only measure the
     # summation order of the online softmax.

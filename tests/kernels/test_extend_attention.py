@@ -13,8 +13,17 @@ from loomlm.kernels import extend_attention as triton_extend
 from loomlm.kernels import reference
 
 
-def _case(prefixes: list[int], extends: list[int], kv_heads: int, group: int, dim: int, seed: int,
-          device: torch.device, dtype: torch.dtype = torch.float32, index_dtype: torch.dtype = torch.int64):
+def _case(
+    prefixes: list[int],
+    extends: list[int],
+    kv_heads: int,
+    group: int,
+    dim: int,
+    seed: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    index_dtype: torch.dtype = torch.int64,
+):
     """(the arguments on CPU, for the reference; the same arguments on `device`, for the kernel)."""
     gen = torch.Generator().manual_seed(seed)
     batch, heads = len(prefixes), kv_heads * group
@@ -22,24 +31,24 @@ def _case(prefixes: list[int], extends: list[int], kv_heads: int, group: int, di
     slots_total = sum(seq_lens) + 23
     k_buffer = torch.randn(slots_total, kv_heads, dim, generator=gen).to(dtype)
     v_buffer = torch.randn(slots_total, kv_heads, dim, generator=gen).to(dtype)
-    perm = torch.randperm(slots_total, generator=gen)       # each request's slots scattered over the pool
+    perm = torch.randperm(slots_total, generator=gen)  # each request's slots scattered over the pool
     rows = torch.randperm(batch + 3, generator=gen)[:batch]
     # -1 past each sequence: reading an entry the kernel should not touch is out of bounds.
     req_to_token = torch.full((batch + 3, max(seq_lens) + 7), -1, dtype=index_dtype)
     used = 0
     for i, n in enumerate(seq_lens):
-        req_to_token[rows[i], :n] = perm[used:used + n].to(index_dtype)
+        req_to_token[rows[i], :n] = perm[used : used + n].to(index_dtype)
         used += n
     tokens = sum(extends)
     # q is the first H*D columns of a fused [T, (H + 2 KVH) * D] projection: row stride (H + 2 KVH) * D.
     qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=gen).to(dtype)
-    q = qkv[:, :heads * dim].view(tokens, heads, dim)
+    q = qkv[:, : heads * dim].view(tokens, heads, dim)
     extend_lens = torch.tensor(extends, dtype=index_dtype)
     extend_starts = torch.cumsum(extend_lens, 0).to(index_dtype) - extend_lens
     prefix_lens = torch.tensor(prefixes, dtype=index_dtype)
     args = q, k_buffer, v_buffer, req_to_token, rows.to(index_dtype), prefix_lens, extend_lens, extend_starts
     # On the device q is the same strided view, of the moved projection.
-    q_on_device = qkv.to(device)[:, :heads * dim].view(tokens, heads, dim)
+    q_on_device = qkv.to(device)[:, : heads * dim].view(tokens, heads, dim)
     return args, (q_on_device,) + tuple(t.to(device) for t in args[1:])
 
 
@@ -73,12 +82,21 @@ CASES = [  # prefixes, extends, kv_heads, group, dim, index dtype
 
 @pytest.mark.parametrize("prefixes,extends,kv_heads,group,dim,index_dtype", CASES)
 @pytest.mark.parametrize("block_m,block_n", [(16, 16), (None, 64)])
-def test_extend_attention_matches_reference(prefixes, extends, kv_heads, group, dim, index_dtype, block_m,
-                                            block_n, device):
-    args, on_device = _case(prefixes, extends, kv_heads, group, dim, seed=sum(prefixes) + len(extends) + dim,
-                            device=device, index_dtype=index_dtype)
+def test_extend_attention_matches_reference(
+    prefixes, extends, kv_heads, group, dim, index_dtype, block_m, block_n, device
+):
+    args, on_device = _case(
+        prefixes,
+        extends,
+        kv_heads,
+        group,
+        dim,
+        seed=sum(prefixes) + len(extends) + dim,
+        device=device,
+        index_dtype=index_dtype,
+    )
     assert on_device[0].stride() == args[0].stride()
-    scale = dim ** -0.5
+    scale = dim**-0.5
     expected = reference.extend_attention(*args, scale)
     out = _run(on_device, scale, max(extends), block_m=block_m, block_n=block_n)
     err = _err(out, expected)
@@ -99,11 +117,12 @@ def test_no_prefix_matches_torch_causal_sdpa(device):
     args, on_device = _case([0], [extend], kv_heads, group, dim, seed=11, device=device)
     q, kb, vb, r2t, rows = args[:5]
     slots = r2t[rows[0], :extend]
-    k = kb[slots].repeat_interleave(group, dim=1).transpose(0, 1)               # [H, T, D]
+    k = kb[slots].repeat_interleave(group, dim=1).transpose(0, 1)  # [H, T, D]
     v = vb[slots].repeat_interleave(group, dim=1).transpose(0, 1)
     expected = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(0, 1), k, v, is_causal=True, scale=dim ** -0.5).transpose(0, 1)
-    out = _run(on_device, dim ** -0.5, extend, block_m=16, block_n=16)
+        q.transpose(0, 1), k, v, is_causal=True, scale=dim**-0.5
+    ).transpose(0, 1)
+    out = _run(on_device, dim**-0.5, extend, block_m=16, block_n=16)
     assert _err(out, expected) <= 1e-5
 
 
@@ -113,10 +132,10 @@ def test_grid_larger_than_batch_and_strided_out(device):
     expected = reference.extend_attention(*args, 0.1)
     q = on_device[0]
     storage = torch.full((q.shape[0], q.shape[1], q.shape[2] + 8), float("nan"), device=device)
-    out = storage[..., :q.shape[2]]
+    out = storage[..., : q.shape[2]]
     triton_extend.extend_attention(*on_device, 0.1, 100, out=out, block_m=16, block_n=16)
     assert _err(out, expected) <= 1e-5
-    assert storage[..., q.shape[2]:].isnan().all()           # nothing written outside the view
+    assert storage[..., q.shape[2] :].isnan().all()  # nothing written outside the view
     default = triton_extend.extend_attention(*on_device, 0.1, 100)
     assert default.is_contiguous() and _err(default, expected) <= 1e-5
 
@@ -125,8 +144,18 @@ def test_extend_attention_rejects_bad_inputs(device):
     q, kb, vb, r2t, rows, prefix, ext, starts = _case([4, 9], [3, 5], 2, 2, 64, seed=1, device=device)[1]
 
     def call(**changes):
-        kwargs = dict(q=q, k_buffer=kb, v_buffer=vb, req_to_token=r2t, req_rows=rows, prefix_lens=prefix,
-                      extend_lens=ext, extend_starts=starts, scale=0.1, max_extend=5)
+        kwargs = dict(
+            q=q,
+            k_buffer=kb,
+            v_buffer=vb,
+            req_to_token=r2t,
+            req_rows=rows,
+            prefix_lens=prefix,
+            extend_lens=ext,
+            extend_starts=starts,
+            scale=0.1,
+            max_extend=5,
+        )
         kwargs.update(changes)
         return triton_extend.extend_attention(**kwargs)
 

@@ -18,8 +18,7 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 def _poisoned(like: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor:
-    return torch.full(like.shape if shape is None else shape, float("nan"), dtype=like.dtype,
-                      device=like.device)
+    return torch.full(like.shape if shape is None else shape, float("nan"), dtype=like.dtype, device=like.device)
 
 
 @pytest.mark.parametrize("rows,hidden", [(1, 64), (3, 96), (9, 576), (5, 1)])
@@ -64,9 +63,9 @@ def test_rms_norm_strided_rows(device):
     base = torch.randn(6, 130, generator=gen)
     weight = torch.rand(128, generator=gen) + 0.5
     expected = reference.rms_norm(base[:, :128], weight, 1e-6)[0]
-    x = base.to(device)[:, :128]            # row stride 130, last dimension contiguous
+    x = base.to(device)[:, :128]  # row stride 130, last dimension contiguous
     storage = torch.full((6, 140), float("nan"), device=device)
-    out = storage[:, :128]                  # a strided output: row stride 140
+    out = storage[:, :128]  # a strided output: row stride 140
     assert x.stride() == (130, 1) and out.stride() == (140, 1)
     fused_ops.rms_norm(x, weight.to(device), 1e-6, out=out)
     _close(out, expected)
@@ -89,7 +88,7 @@ def test_bitmask_matches_reference(batch, vocab, device):
     gen = torch.Generator().manual_seed(vocab)
     logits = torch.randn(batch + 2, vocab, generator=gen)
     width = (vocab + 31) // 32
-    bitmask = torch.randint(-2**31, 2**31 - 1, (batch, width), generator=gen, dtype=torch.int64).to(torch.int32)
+    bitmask = torch.randint(-(2**31), 2**31 - 1, (batch, width), generator=gen, dtype=torch.int64).to(torch.int32)
     rows = torch.randperm(batch + 2, generator=gen)[:batch]
     expected = reference.apply_token_bitmask_(logits.clone(), bitmask, rows)
     got = fused_ops.apply_token_bitmask_(logits.clone().to(device), bitmask.to(device), rows.to(device))
@@ -106,7 +105,7 @@ def test_bitmask_matches_grammar_masks(device):
     words = torch.zeros(4, dtype=torch.int64)
     for t in allowed.tolist():
         words[t // 32] |= 1 << (t % 32)
-    bitmask = words.to(torch.int32).view(1, 4)     # bit 31 wraps to the sign bit, as numpy's int32 does
+    bitmask = words.to(torch.int32).view(1, 4)  # bit 31 wraps to the sign bit, as numpy's int32 does
     logits = torch.randn(1, 100, generator=torch.Generator().manual_seed(100)).to(device)
     fused_ops.apply_token_bitmask_(logits, bitmask.to(device))
     assert torch.isfinite(logits[0].cpu()).nonzero().flatten().tolist() == allowed.tolist()
@@ -118,8 +117,9 @@ def test_wrappers_reject_bad_shapes(device):
     with pytest.raises(ValueError, match="even width"):
         fused_ops.silu_and_mul(torch.randn(2, 7, device=device))
     with pytest.raises(ValueError, match="bitmask must be int32"):
-        fused_ops.apply_token_bitmask_(torch.randn(2, 64, device=device),
-                                       torch.zeros(2, 3, dtype=torch.int32, device=device))
+        fused_ops.apply_token_bitmask_(
+            torch.randn(2, 64, device=device), torch.zeros(2, 3, dtype=torch.int32, device=device)
+        )
     with pytest.raises(ValueError, match="contiguous"):
         fused_ops.rms_norm(torch.randn(8, 4, device=device).t(), torch.ones(8, device=device), 1e-5)
 

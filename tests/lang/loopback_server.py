@@ -25,20 +25,38 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 # OpenAI body field -> engine sampling parameter (the extension fields come from `extra_body`).
-_OPENAI_SAMPLING = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens",
-                    "temperature": "temperature", "top_p": "top_p", "stop": "stop", "seed": "seed",
-                    "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
-                    "regex": "regex", "json_schema": "json_schema", "top_k": "top_k", "min_p": "min_p",
-                    "repetition_penalty": "repetition_penalty", "min_tokens": "min_new_tokens",
-                    "stop_token_ids": "stop_token_ids", "ignore_eos": "ignore_eos"}
-_STREAM_SLICED = ("output_token_logprobs", "output_top_logprobs")   # per chunk in the engine's stream
+_OPENAI_SAMPLING = {
+    "max_tokens": "max_new_tokens",
+    "max_completion_tokens": "max_new_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "stop": "stop",
+    "seed": "seed",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "regex": "regex",
+    "json_schema": "json_schema",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repetition_penalty": "repetition_penalty",
+    "min_tokens": "min_new_tokens",
+    "stop_token_ids": "stop_token_ids",
+    "ignore_eos": "ignore_eos",
+}
+_STREAM_SLICED = ("output_token_logprobs", "output_top_logprobs")  # per chunk in the engine's stream
 
 
 class LoopbackServer:
     """`with LoopbackServer(engine, api_key=None) as server:` serves at `server.url` until the block ends."""
 
-    def __init__(self, engine: Any, api_key: str | None = None, model_name: str = "loomlm-test",
-                 shift_input_logprobs: bool = False, incremental_streaming_output: bool = False):
+    def __init__(
+        self,
+        engine: Any,
+        api_key: str | None = None,
+        model_name: str = "loomlm-test",
+        shift_input_logprobs: bool = False,
+        incremental_streaming_output: bool = False,
+    ):
         self.engine = engine
         self.shift_input_logprobs = shift_input_logprobs
         self.incremental_streaming_output = incremental_streaming_output
@@ -53,7 +71,7 @@ class LoopbackServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="loopback-server", daemon=True)
 
-    def __enter__(self) -> "LoopbackServer":
+    def __enter__(self) -> LoopbackServer:
         self._thread.start()
         return self
 
@@ -84,10 +102,12 @@ class LoopbackServer:
         return meta
 
     def generate_args(self, body: dict[str, Any]) -> dict[str, Any]:
-        args = {"sampling_params": body.get("sampling_params") or {},
-                "return_logprob": bool(body.get("return_logprob", False)),
-                "top_logprobs_num": body.get("top_logprobs_num") or 0,
-                "logprob_start_len": body.get("logprob_start_len", -1)}
+        args = {
+            "sampling_params": body.get("sampling_params") or {},
+            "return_logprob": bool(body.get("return_logprob", False)),
+            "top_logprobs_num": body.get("top_logprobs_num") or 0,
+            "logprob_start_len": body.get("logprob_start_len", -1),
+        }
         if body.get("input_ids") is not None:
             args["input_ids"] = body["input_ids"]
         else:
@@ -112,8 +132,9 @@ class LoopbackServer:
         completion = sum(m["completion_tokens"] for m in metas)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
-    def completion_logprobs(self, prompt: str, offsets: list[tuple[int, int]] | None,
-                            meta: dict[str, Any]) -> dict[str, Any]:
+    def completion_logprobs(
+        self, prompt: str, offsets: list[tuple[int, int]] | None, meta: dict[str, Any]
+    ) -> dict[str, Any]:
         """OpenAI's legacy logprobs object; the prompt's tokens too when echoed (`offsets` given)."""
         decode = self.engine.tokenizer.decode
         tokens, values, tops, starts = [], [], [], []
@@ -125,12 +146,14 @@ class LoopbackServer:
             starts.append(start)
 
         if offsets is not None:
-            for entry, top, (start, _end) in zip(meta["input_token_logprobs"],
-                                                 meta.get("input_top_logprobs") or _empty_rows(offsets), offsets):
+            for entry, top, (start, _end) in zip(
+                meta["input_token_logprobs"], meta.get("input_top_logprobs") or _empty_rows(offsets), offsets
+            ):
                 add(entry, top, start)
         position = len(prompt) if offsets is not None else 0
-        for entry, top in zip(meta["output_token_logprobs"],
-                              meta.get("output_top_logprobs") or _empty_rows(meta["output_token_logprobs"])):
+        for entry, top in zip(
+            meta["output_token_logprobs"], meta.get("output_top_logprobs") or _empty_rows(meta["output_token_logprobs"])
+        ):
             add(entry, top, position)
             position += len(tokens[-1])
         return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": starts}
@@ -138,10 +161,17 @@ class LoopbackServer:
     def chat_logprobs(self, meta: dict[str, Any]) -> dict[str, Any]:
         decode = self.engine.tokenizer.decode
         rows = meta.get("output_top_logprobs") or _empty_rows(meta["output_token_logprobs"])
-        return {"content": [{"token": decode([tid]), "logprob": lp, "bytes": None,
-                             "top_logprobs": [{"token": decode([t[1]]), "logprob": t[0], "bytes": None}
-                                              for t in top]}
-                            for (lp, tid, *_), top in zip(meta["output_token_logprobs"], rows)]}
+        return {
+            "content": [
+                {
+                    "token": decode([tid]),
+                    "logprob": lp,
+                    "bytes": None,
+                    "top_logprobs": [{"token": decode([t[1]]), "logprob": t[0], "bytes": None} for t in top],
+                }
+                for (lp, tid, *_), top in zip(meta["output_token_logprobs"], rows)
+            ]
+        }
 
 
 def _empty_rows(items: list) -> list[list]:
@@ -156,7 +186,7 @@ def _finish(meta: dict[str, Any]) -> str | None:
 class _Handler(BaseHTTPRequestHandler):
     app: LoopbackServer
 
-    def log_message(self, *args: Any) -> None:    # quiet: the tests' output stays readable
+    def log_message(self, *args: Any) -> None:  # quiet: the tests' output stays readable
         pass
 
     # ---- plumbing ----------------------------------------------------------------------------
@@ -199,18 +229,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
         self.app.record(self.path, body)
-        routes = {"/generate": self._generate, "/v1/completions": self._completions,
-                  "/v1/chat/completions": self._chat}
+        routes = {"/generate": self._generate, "/v1/completions": self._completions, "/v1/chat/completions": self._chat}
         if self.path not in routes:
             self._send_json(404, {"error": {"message": f"no route {self.path}"}})
             return
         try:
             routes[self.path](body)
-        except ValueError as exc:       # the engine's request validation (before any byte was sent)
+        except ValueError as exc:  # the engine's request validation (before any byte was sent)
             self._send_json(400, {"error": {"message": str(exc)}})
         except (BrokenPipeError, ConnectionResetError):
-            pass                        # the client went away mid-stream; the engine aborted its request
-        except Exception as exc:        # pragma: no cover (a bug in the engine or here)
+            pass  # the client went away mid-stream; the engine aborted its request
+        except Exception as exc:  # pragma: no cover (a bug in the engine or here)
             self._send_json(500, {"error": {"message": f"{type(exc).__name__}: {exc}"}})
 
     def _stream(self, chunks, make_event, opening: Any = None, closing=None) -> None:
@@ -231,8 +260,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._event(event)
         self._event("[DONE]")
 
-    def _openai_stream(self, body: dict[str, Any], head: dict[str, Any], prompt: str, params: dict[str, Any],
-                       piece, opening: Any = None) -> None:
+    def _openai_stream(
+        self,
+        body: dict[str, Any],
+        head: dict[str, Any],
+        prompt: str,
+        params: dict[str, Any],
+        piece,
+        opening: Any = None,
+    ) -> None:
         """OpenAI's stream: a chunk per text increment (`piece(text)` is its choice's text field), the
         finish reason on the last, then the usage when `stream_options.include_usage` asks for it."""
         metas: list[dict[str, Any]] = []
@@ -242,13 +278,16 @@ class _Handler(BaseHTTPRequestHandler):
             if not (chunk["text"] or chunk["finished"]):
                 return None
             finish = _finish(chunk["meta_info"]) if chunk["finished"] else None
-            return {**head, "choices": [{"index": 0, **piece(chunk["text"]), "logprobs": None,
-                                         "finish_reason": finish}]}
+            return {
+                **head,
+                "choices": [{"index": 0, **piece(chunk["text"]), "logprobs": None, "finish_reason": finish}],
+            }
 
         def usage() -> dict[str, Any] | None:
             if not (body.get("stream_options") or {}).get("include_usage"):
                 return None
             return {**head, "choices": [], "usage": self.app.usage(metas[-1:])}
+
         self._stream(self.app.engine.generate(prompt, params, stream=True), event, opening, usage)
 
     # ---- routes --------------------------------------------------------------------------------
@@ -272,12 +311,15 @@ class _Handler(BaseHTTPRequestHandler):
                         logprobs[key] += meta[key]
                         meta[key] = list(logprobs[key])
                 return {"text": text, "meta_info": app.native_meta(meta, with_text)}
+
             self._stream(app.engine.generate(**args, stream=True), event)
             return
         out = app.engine.generate(**args)
         outs = out if isinstance(out, list) else [out]
-        answer = [{"text": o["text"], "output_ids": o["output_ids"],
-                   "meta_info": app.native_meta(o["meta_info"], with_text)} for o in outs]
+        answer = [
+            {"text": o["text"], "output_ids": o["output_ids"], "meta_info": app.native_meta(o["meta_info"], with_text)}
+            for o in outs
+        ]
         self._send_json(200, answer if isinstance(out, list) else answer[0])
 
     def _completions(self, body: dict[str, Any]) -> None:
@@ -286,41 +328,72 @@ class _Handler(BaseHTTPRequestHandler):
         params = app.openai_sampling(body, default_max=16)
         echo, top = bool(body.get("echo")), body.get("logprobs")
         want_logprobs = top is not None
-        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": app.model_name}
+        head = {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": app.model_name,
+        }
         if body.get("stream"):
             if len(prompts) != 1:
                 raise ValueError("stream takes one prompt")
             self._openai_stream(body, head, prompts[0], params, lambda text: {"text": text})
             return
         encoded = [tokenizer(p, return_offsets_mapping=True) for p in prompts]
-        outs = app.engine.generate(input_ids=[list(e["input_ids"]) for e in encoded],
-                                   sampling_params=[params] * len(prompts), return_logprob=want_logprobs,
-                                   top_logprobs_num=top or 0, logprob_start_len=0 if echo else -1)
+        outs = app.engine.generate(
+            input_ids=[list(e["input_ids"]) for e in encoded],
+            sampling_params=[params] * len(prompts),
+            return_logprob=want_logprobs,
+            top_logprobs_num=top or 0,
+            logprob_start_len=0 if echo else -1,
+        )
         choices = []
         for i, (prompt, enc, out) in enumerate(zip(prompts, encoded, outs)):
             offsets = enc["offset_mapping"] if echo else None
             logprobs = app.completion_logprobs(prompt, offsets, out["meta_info"]) if want_logprobs else None
-            choices.append({"index": i, "text": (prompt if echo else "") + out["text"], "logprobs": logprobs,
-                            "finish_reason": _finish(out["meta_info"])})
-        self._send_json(200, {**head, "choices": choices,
-                              "usage": app.usage([o["meta_info"] for o in outs])})
+            choices.append(
+                {
+                    "index": i,
+                    "text": (prompt if echo else "") + out["text"],
+                    "logprobs": logprobs,
+                    "finish_reason": _finish(out["meta_info"]),
+                }
+            )
+        self._send_json(200, {**head, "choices": choices, "usage": app.usage([o["meta_info"] for o in outs])})
 
     def _chat(self, body: dict[str, Any]) -> None:
         app = self.app
         prompt = app.engine.apply_chat_template(body["messages"], add_generation_prompt=True)
         params = app.openai_sampling(body, default_max=128)
         logprobs, top = bool(body.get("logprobs")), body.get("top_logprobs") or 0
-        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": app.model_name}
+        head = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": app.model_name,
+        }
         if body.get("stream"):
-            opening = {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                            "finish_reason": None}]}
+            opening = {
+                **head,
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+            }
             self._openai_stream(body, head, prompt, params, lambda text: {"delta": {"content": text}}, opening)
             return
         out = app.engine.generate(prompt, params, return_logprob=logprobs, top_logprobs_num=top)
         meta = out["meta_info"]
-        self._send_json(200, {**head, "object": "chat.completion", "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": out["text"]},
-             "logprobs": app.chat_logprobs(meta) if logprobs else None, "finish_reason": _finish(meta)}],
-            "usage": app.usage([meta])})
+        self._send_json(
+            200,
+            {
+                **head,
+                "object": "chat.completion",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": out["text"]},
+                        "logprobs": app.chat_logprobs(meta) if logprobs else None,
+                        "finish_reason": _finish(meta),
+                    }
+                ],
+                "usage": app.usage([meta]),
+            },
+        )

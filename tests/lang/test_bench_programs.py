@@ -15,17 +15,33 @@ from loomlm.lang.chat_template import ChatTemplate
 from loomlm.lang.tracer import trace_program
 
 # One select question, one tree (14 gens), 2 chats of 2 turns, 2 JSON records; 2-token free-text gens.
-TINY = ["programs", "--questions", "1", "--few-shot-answer", "select", "--tot-problems", "1",
-        "--conversations", "2", "--turns", "2", "--documents", "2", "--max-tokens", "2",
-        "--json-max-tokens", "48", "--json"]
+TINY = [
+    "programs",
+    "--questions",
+    "1",
+    "--few-shot-answer",
+    "select",
+    "--tot-problems",
+    "1",
+    "--conversations",
+    "2",
+    "--turns",
+    "2",
+    "--documents",
+    "2",
+    "--max-tokens",
+    "2",
+    "--json-max-tokens",
+    "48",
+    "--json",
+]
 
 
 def test_workload_inputs():
     few = few_shot_workload(3)
     assert len(few.arguments) == 3 and FEW_SHOT_EXAMPLES.count("\nAnswer: ") == len(SHOTS) == 5
     # The bound shots are the traced prefix (no roles in this program: any chat template does).
-    assert trace_program(few.program.func, few.program.bind_arguments, ChatTemplate.plain()).prefix \
-        == FEW_SHOT_EXAMPLES
+    assert trace_program(few.program.func, few.program.bind_arguments, ChatTemplate.plain()).prefix == FEW_SHOT_EXAMPLES
     assert all(a["question"].endswith("\nD. " + a["question"].split("\nD. ")[1]) for a in few.arguments)
     assert len(tree_of_thought_workload(2).arguments) == 2
     with pytest.raises(ValueError, match="--questions"):
@@ -48,7 +64,8 @@ def _run(capsys, argv: list[str]) -> dict:
     return result
 
 
-def test_programs_tiny_run(capsys):
+def test_programs_tiny_run(capsys, engine):
+    # `engine` (the session's) keeps the default model's weights loaded: the benchmark's engines share them.
     result = _run(capsys, TINY)
     assert result["speedup_cache"] > 0 and result["speedup_vs_naive"] > 0
     _check_workloads(result["workloads"], ("cache on", "cache off", "naive"))

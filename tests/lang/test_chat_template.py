@@ -11,11 +11,15 @@ _text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_si
 
 
 def _conversations():
-    turn = st.tuples(_text, _text).map(lambda qa: [{"role": "user", "content": qa[0]},
-                                                  {"role": "assistant", "content": qa[1]}])
+    turn = st.tuples(_text, _text).map(
+        lambda qa: [{"role": "user", "content": qa[0]}, {"role": "assistant", "content": qa[1]}]
+    )
     return st.tuples(st.one_of(st.none(), _text), st.lists(turn, min_size=1, max_size=3)).map(
-        lambda sys_turns: ([{"role": "system", "content": sys_turns[0]}] if sys_turns[0] is not None else [])
-        + [m for t in sys_turns[1] for m in t])
+        lambda sys_turns: (
+            ([{"role": "system", "content": sys_turns[0]}] if sys_turns[0] is not None else [])
+            + [m for t in sys_turns[1] for m in t]
+        )
+    )
 
 
 @settings(max_examples=60, deadline=None)

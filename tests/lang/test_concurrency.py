@@ -19,12 +19,12 @@ class GatedBackend(LocalBackend):
 
     def generate(self, prompt, sampling, logprobs):
         self.entered.release()
-        self.barrier.wait()       # BrokenBarrierError after 30 s if the others never arrive
+        self.barrier.wait()  # BrokenBarrierError after 30 s if the others never arrive
         return super().generate(prompt, sampling, logprobs)
 
 
 def test_run_returns_before_the_gen_finishes(engine):
-    backend = GatedBackend(engine, parties=2)   # the gen and this test
+    backend = GatedBackend(engine, parties=2)  # the gen and this test
 
     @sgl.function
     def prog(s):
@@ -32,14 +32,14 @@ def test_run_returns_before_the_gen_finishes(engine):
         s += sgl.gen("x", max_tokens=2)
 
     state = prog.run(backend=backend, temperature=0)
-    assert backend.entered.acquire(timeout=30)   # the gen started on the program's own thread...
-    assert "x" in state and state.stream_executor.variables.get("x") is None   # ...and has not finished
-    backend.barrier.wait()                         # let it go
+    assert backend.entered.acquire(timeout=30)  # the gen started on the program's own thread...
+    assert "x" in state and state.stream_executor.variables.get("x") is None  # ...and has not finished
+    backend.barrier.wait()  # let it go
     assert isinstance(state["x"], str)
 
 
 def test_fork_branches_run_concurrently(engine):
-    backend = GatedBackend(engine, parties=3)   # three branches must all be inside generate at once
+    backend = GatedBackend(engine, parties=3)  # three branches must all be inside generate at once
 
     @sgl.function
     def prog(s):
@@ -49,5 +49,4 @@ def test_fork_branches_run_concurrently(engine):
         forks.join()
 
     state = prog.run(backend=backend, temperature=0)
-    assert len(state["n"]) == 3     # a sequential executor would break the barrier instead
-
+    assert len(state["n"]) == 3  # a sequential executor would break the barrier instead

@@ -27,7 +27,7 @@ def test_failed_gen_raises_its_error_where_read(local, engine):
     assert isinstance(state["before"], str)
     with pytest.raises(ValueError, match="frobnicate"):
         state["data"]
-    with pytest.raises(ValueError, match="frobnicate"):   # later gens never ran: same first error
+    with pytest.raises(ValueError, match="frobnicate"):  # later gens never ran: same first error
         state["after"]
     assert isinstance(state.error(), ValueError)
     engine.idle_integrity()

@@ -33,7 +33,7 @@ def load_example(name: str) -> ModuleType:
         sys.path.append(str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module       # dataclasses look their module up while being defined
+    sys.modules[module_name] = module  # dataclasses look their module up while being defined
     spec.loader.exec_module(module)
     return module
 
@@ -52,15 +52,14 @@ def backend(local, idle_engine):
 
 
 def test_every_example_has_a_test():
-    tested = {"quickstart", "few_shot", "tree_of_thought", "json_extraction", "react_agent",
-              "multi_turn_chat", "batch"}
+    tested = {"quickstart", "few_shot", "tree_of_thought", "json_extraction", "react_agent", "multi_turn_chat", "batch"}
     assert {p.stem for p in EXAMPLES.glob("*.py") if not p.stem.startswith("_")} == tested
 
 
 def test_quickstart_streams_the_answer(backend, capsys):
     state = load_example("quickstart").main(["--max-tokens", "16"], backend=backend)
     answer = state["answer"]
-    pieces = list(state.text_iter("answer"))      # the log of increments is kept: replay it
+    pieces = list(state.text_iter("answer"))  # the log of increments is kept: replay it
     assert "".join(pieces) == answer and answer.strip()
     assert len([p for p in pieces if p]) >= 2, "the answer did not arrive token by token"
     meta = state.get_meta_info("answer")
@@ -89,9 +88,9 @@ def test_tree_of_thought_gathers_every_branch(backend):
     assert len(plans) == 2 and all(isinstance(p, str) and p for p in plans)
     assert len(answers) == 2 and all(len(group) == 2 for group in answers)
     assert all(isinstance(a, str) and a for group in answers for a in group)
-    assert all(m["completion_tokens"] <= 8 for m in state.get_meta_info("plan"))   # run's max_new_tokens
+    assert all(m["completion_tokens"] <= 8 for m in state.get_meta_info("plan"))  # run's max_new_tokens
     assert state["best"] in {"1", "2", "3", "4"}
-    text = state.text()   # the root's own text lists all four candidates before the choice
+    text = state.text()  # the root's own text lists all four candidates before the choice
     for k, candidate in enumerate((a.strip() for group in answers for a in group), 1):
         assert f"{k}. {candidate}" in text
     assert [m["role"] for m in state.messages()] == ["system", "user", "user", "assistant"]
@@ -100,7 +99,7 @@ def test_tree_of_thought_gathers_every_branch(backend):
 def test_json_extraction_validates(backend):
     module = load_example("json_extraction")
     people = module.main(["--max-tokens", "96"], backend=backend)
-    assert len(people) == len(module.TEXTS)         # none cut short, every one parsed
+    assert len(people) == len(module.TEXTS)  # none cut short, every one parsed
     for person in people:
         assert isinstance(person, module.Person)
         assert module.Person.model_validate_json(person.model_dump_json()) == person
@@ -119,9 +118,9 @@ def test_react_agent_calls_tools(backend):
             assert call.observation == module.TOOLS[call.tool](call.argument)
             step = f"Action: {call.tool}\nAction Input: {call.argument}\nObservation: {call.observation}\n"
             assert step in text
-            if call.tool == "calculator":              # the regex allowed only arithmetic
+            if call.tool == "calculator":  # the regex allowed only arithmetic
                 assert re.fullmatch(r"[-(0-9][-+*/(). 0-9]*", call.argument)
-            else:                                      # the select allowed only known countries
+            else:  # the select allowed only known countries
                 assert call.argument in module.CAPITALS
     assert tools_used == {"calculator", "capital"}
 
@@ -163,12 +162,16 @@ def test_batch_keeps_order(backend, capsys):
         assert f"Review: {review}" in state.text()
         assert state["sentiment"] in ("positive", "negative")
         assert state.get_meta_info("summary")["completion_tokens"] <= 8
-    assert "4/4" in capsys.readouterr().err           # the progress bar ran to the end
+    assert "4/4" in capsys.readouterr().err  # the progress bar ran to the end
 
 
 def test_quickstart_as_a_script():
     """`make run` runs the file as a script: it loads its own Runtime, prints, shuts down and exits."""
-    proc = subprocess.run([sys.executable, str(EXAMPLES / "quickstart.py"), "--max-tokens", "8"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "quickstart.py"), "--max-tokens", "8"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Q: " in proc.stdout and "A: " in proc.stdout and "generated" in proc.stdout

@@ -53,8 +53,14 @@ def chat_client(server):
 @pytest.fixture(scope="module")
 def completion_client(server, engine):
     pytest.importorskip("openai")
-    return sgl.OpenAI("loomlm-test", base_url=server.url + "/v1", api_key=API_KEY, is_chat_model=False,
-                      chat_template=ChatTemplate.from_tokenizer(engine.tokenizer), max_retries=0)
+    return sgl.OpenAI(
+        "loomlm-test",
+        base_url=server.url + "/v1",
+        api_key=API_KEY,
+        is_chat_model=False,
+        chat_template=ChatTemplate.from_tokenizer(engine.tokenizer),
+        max_retries=0,
+    )
 
 
 def _closed_port() -> int:
@@ -77,7 +83,7 @@ def test_model_info_names_the_model_and_its_chat_template(endpoint, bare_endpoin
 
 
 def test_roles_and_gen_give_the_local_backends_text(endpoint, local, engine, server):
-    engine.flush_cache()       # both runs then compute the same requests from a cold cache
+    engine.flush_cache()  # both runs then compute the same requests from a cold cache
     remote = qa.run(question="What is the capital of France?", backend=endpoint, temperature=0)
     remote.sync()
     engine.flush_cache()
@@ -86,10 +92,12 @@ def test_roles_and_gen_give_the_local_backends_text(endpoint, local, engine, ser
     assert [remote[v] for v in ("answer", "short")] == [here[v] for v in ("answer", "short")]
     for var in ("answer", "short"):
         mine, theirs = remote.get_meta_info(var), here.get_meta_info(var)
-        assert (mine["prompt_tokens"], mine["completion_tokens"]) == (theirs["prompt_tokens"],
-                                                                      theirs["completion_tokens"])
+        assert (mine["prompt_tokens"], mine["completion_tokens"]) == (
+            theirs["prompt_tokens"],
+            theirs["completion_tokens"],
+        )
     sent = server.bodies["/generate"]
-    assert sent["text"] == here.text()[:-len(here["short"] + local.chat_template.suffix("assistant"))]
+    assert sent["text"] == here.text()[: -len(here["short"] + local.chat_template.suffix("assistant"))]
     assert sent["sampling_params"]["max_new_tokens"] == 4 and sent["sampling_params"]["temperature"] == 0
 
 
@@ -112,8 +120,9 @@ def _assert_selects_as(backend, expected, prompt, choices, method) -> None:
 
 @pytest.mark.parametrize("method", METHODS, ids=str)
 @pytest.mark.parametrize("prompt,choices", SELECT_CASES, ids=["plain", "healing"])
-def test_select_decides_and_scores_as_the_local_backend(endpoint, bare_endpoint, local, server, prompt,
-                                                        choices, method):
+def test_select_decides_and_scores_as_the_local_backend(
+    endpoint, bare_endpoint, local, server, prompt, choices, method
+):
     expected = choose.run(prompt=prompt, choices=choices, method=method, backend=local)
     for backend in (endpoint, bare_endpoint):
         before = server.hits["/generate"]
@@ -124,8 +133,10 @@ def test_select_decides_and_scores_as_the_local_backend(endpoint, bare_endpoint,
 def test_select_does_not_depend_on_where_the_server_starts_input_logprobs(engine, local):
     """A server whose input logprobs begin one position after logprob_start_len (older SGLang)."""
     with LoopbackServer(engine, shift_input_logprobs=True) as shifted:
-        backends = [sgl.RuntimeEndpoint(shifted.url, tokenizer=engine.tokenizer),
-                    sgl.RuntimeEndpoint(shifted.url, tokenizer=None)]
+        backends = [
+            sgl.RuntimeEndpoint(shifted.url, tokenizer=engine.tokenizer),
+            sgl.RuntimeEndpoint(shifted.url, tokenizer=None),
+        ]
         for prompt, choices in SELECT_CASES:
             for method in METHODS:
                 expected = choose.run(prompt=prompt, choices=choices, method=method, backend=local)
@@ -136,8 +147,15 @@ def test_select_does_not_depend_on_where_the_server_starts_input_logprobs(engine
 @sgl.function
 def constrained(s):
     s += "Call me at: " + sgl.gen("phone", regex=r"\(\d{3}\) \d{3}-\d{4}", max_tokens=20)
-    s += "\nA city as JSON: " + sgl.gen("city", max_tokens=40, json_schema={
-        "type": "object", "properties": {"name": {"type": "string", "maxLength": 12}}, "required": ["name"]})
+    s += "\nA city as JSON: " + sgl.gen(
+        "city",
+        max_tokens=40,
+        json_schema={
+            "type": "object",
+            "properties": {"name": {"type": "string", "maxLength": 12}},
+            "required": ["name"],
+        },
+    )
     s += "\nYear: " + sgl.gen_int("year", max_tokens=6)
 
 
@@ -150,14 +168,14 @@ def test_constrained_gens_over_http(endpoint, server):
 
 
 def test_streaming_yields_increments_with_growing_meta(endpoint):
-    state = qa.run(question="Name a fruit.", backend=endpoint, temperature=0, stream=True,
-                   return_logprob=True)
+    state = qa.run(question="Name a fruit.", backend=endpoint, temperature=0, stream=True, return_logprob=True)
     chunks = list(state.text_iter("answer"))
     assert len(chunks) > 1 and "".join(chunks) == state["answer"]
     assert "".join(state.text_iter()) == state.text()
 
     async def collect() -> list:
         return [meta async for _text, meta in state.text_async_iter("short", return_meta_data=True)]
+
     metas = asyncio.run(collect())
     counts = [m["completion_tokens"] for m in metas]
     assert counts == sorted(counts) and counts[-1] == state.get_meta_info("short")["completion_tokens"]
@@ -168,8 +186,10 @@ def test_incremental_streaming_server_gives_the_same_meta(engine, endpoint):
     """Against a server with SGLang's `incremental_streaming_output` (per-event text and output logprobs),
     programs still see the whole output and every logprob so far, as from a cumulative server."""
     with LoopbackServer(engine, incremental_streaming_output=True) as incremental:
-        states = [qa.run(question="Name a fruit.", backend=backend, temperature=0, stream=True,
-                         return_logprob=True) for backend in (sgl.RuntimeEndpoint(incremental.url), endpoint)]
+        states = [
+            qa.run(question="Name a fruit.", backend=backend, temperature=0, stream=True, return_logprob=True)
+            for backend in (sgl.RuntimeEndpoint(incremental.url), endpoint)
+        ]
         for state in states:
             chunks = list(state.text_iter("answer"))
             assert len(chunks) > 1 and "".join(chunks) == state["answer"]
@@ -254,8 +274,9 @@ def test_openai_chat_streams_and_returns_logprobs(chat_client):
     assert len([c for c in chunks if c]) > 1 and "".join(chunks) == state["answer"]
     assert state.get_meta_info("answer")["finish_reason"]["type"] in ("stop", "length")
 
-    state = qa.run(question="Name a fruit.", backend=chat_client, temperature=0, return_logprob=True,
-                   top_logprobs_num=2)
+    state = qa.run(
+        question="Name a fruit.", backend=chat_client, temperature=0, return_logprob=True, top_logprobs_num=2
+    )
     meta = state.get_meta_info("answer")
     assert len(meta["output_token_logprobs"]) == meta["completion_tokens"]
     assert "".join(entry[2] for entry in meta["output_token_logprobs"]) == state["answer"]
@@ -265,8 +286,17 @@ def test_openai_chat_streams_and_returns_logprobs(chat_client):
 @sgl.function
 def chat_json(s):
     s += sgl.user("Describe Paris as JSON.")
-    s += sgl.assistant(sgl.gen("json", max_tokens=40, json_schema={
-        "type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}, "required": ["city"]}))
+    s += sgl.assistant(
+        sgl.gen(
+            "json",
+            max_tokens=40,
+            json_schema={
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 12}},
+                "required": ["city"],
+            },
+        )
+    )
 
 
 @sgl.function
@@ -307,7 +337,7 @@ def test_openai_proper_refuses_what_it_has_no_parameter_for():
     pytest.importorskip("openai")
     client = sgl.OpenAI("gpt-3.5-turbo-instruct", api_key="sk-not-used", max_retries=0)
     assert not client.is_chat_model and client.is_openai
-    state = constrained.run(backend=client)     # fails before any request: nothing reaches the network
+    state = constrained.run(backend=client)  # fails before any request: nothing reaches the network
     with pytest.raises(ValueError, match="OpenAI's API has no regex"):
         state["phone"]
 
@@ -327,7 +357,7 @@ def test_openai_completion_constrained_and_streamed(completion_client, server):
     assert re.fullmatch(r"\(\d{3}\) \d{3}-\d{4}", state["phone"])
     assert set(json.loads(state["city"])) == {"name"}
     assert re.fullmatch(r"[-+]?\d+", state["year"])
-    assert "regex" in server.bodies["/v1/completions"]      # extra_body reaches the body's top level
+    assert "regex" in server.bodies["/v1/completions"]  # extra_body reaches the body's top level
 
     state = constrained.run(backend=completion_client, temperature=0, stream=True)
     chunks = list(state.text_iter("phone"))

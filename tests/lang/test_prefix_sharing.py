@@ -8,8 +8,10 @@ import pytest
 import loomlm as sgl
 from loomlm.lang.backends.local import LocalBackend
 
-SYSTEM = ("You are a meticulous assistant. Answer briefly, in plain words, and never invent facts. "
-          "When a question is ambiguous, say which reading you answer.")
+SYSTEM = (
+    "You are a meticulous assistant. Answer briefly, in plain words, and never invent facts. "
+    "When a question is ambiguous, say which reading you answer."
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +57,9 @@ def test_trace_finds_the_constant_prefix(local, engine):
     assert trace.prefix == template.prefix("system", first=True) + SYSTEM + template.suffix("system")
     assert trace.stopped_at == "argument 'question'"
     bound = ask.bind(question="Why?").trace(backend=local)
-    assert bound.prefix == trace.prefix + template.prefix("user", first=False) + "Why?" + \
-        template.suffix("user") + template.prefix("assistant", first=False)
+    assert bound.prefix == trace.prefix + template.prefix("user", first=False) + "Why?" + template.suffix(
+        "user"
+    ) + template.prefix("assistant", first=False)
     assert bound.stopped_at == "gen"
 
 
@@ -72,7 +75,7 @@ def test_run_batch_prefills_the_traced_prefix_once(local, engine):
         assert state.get_meta_info("answer")["cached_tokens"] >= prefix_tokens - 1
     computed = after["computed_prefill_tokens"] - before["computed_prefill_tokens"]
     prompt_tokens = sum(s.get_meta_info("answer")["prompt_tokens"] for s in states)
-    assert computed <= prompt_tokens - 5 * (prefix_tokens - 1)   # the prefix computed once, not six times
+    assert computed <= prompt_tokens - 5 * (prefix_tokens - 1)  # the prefix computed once, not six times
     engine.idle_integrity()
 
 
@@ -101,6 +104,7 @@ def test_run_batch_returns_with_every_nested_branch_finished(local, engine):
 
     def unfinished(executor) -> int:
         return executor._queue.unfinished_tasks + sum(unfinished(c) for c in executor.children)
+
     assert all(unfinished(s.stream_executor) == 0 for s in states)
     assert all(len(s.stream_executor.children) == 2 for s in states)
     engine.idle_integrity()

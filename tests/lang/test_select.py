@@ -23,8 +23,13 @@ def local(engine):
 def _independent_logprobs(engine, text: str, start: int) -> list[float]:
     """Logprobs of the tokens of `text` from position `start`, from a request that starts cold."""
     ids = engine.tokenizer(text)["input_ids"]
-    out = engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 0}, return_logprob=True,
-                          logprob_start_len=0, cache_salt="independent-oracle")
+    out = engine.generate(
+        input_ids=ids,
+        sampling_params={"max_new_tokens": 0},
+        return_logprob=True,
+        logprob_start_len=0,
+        cache_salt="independent-oracle",
+    )
     return [lp for lp, _tok, _ in out["meta_info"]["input_token_logprobs"][start:]]
 
 
@@ -55,16 +60,22 @@ def _expected(engine, method: str) -> tuple[int, list[float]]:
     uncond = []
     for c, v in zip(CHOICES, cond):
         full = engine.tokenizer(PROMPT + c)["input_ids"]
-        alone = full[_choice_start(engine, c):]
-        out = engine.generate(input_ids=alone, sampling_params={"max_new_tokens": 0}, return_logprob=True,
-                              logprob_start_len=0, cache_salt="independent-oracle")
+        alone = full[_choice_start(engine, c) :]
+        out = engine.generate(
+            input_ids=alone,
+            sampling_params={"max_new_tokens": 0},
+            return_logprob=True,
+            logprob_start_len=0,
+            cache_salt="independent-oracle",
+        )
         u = [lp or 0.0 for lp, _t, _ in out["meta_info"]["input_token_logprobs"]]
         uncond.append(sum(a - b for a, b in zip(v, u)) / len(v))
     return max(range(len(CHOICES)), key=lambda i: (uncond[i], -i)), uncond
 
 
-@pytest.mark.parametrize("method", ["token_length_normalized", "greedy_token_selection",
-                                    "unconditional_likelihood_normalized"])
+@pytest.mark.parametrize(
+    "method", ["token_length_normalized", "greedy_token_selection", "unconditional_likelihood_normalized"]
+)
 def test_select_methods_pick_argmax_of_their_scores(method, local, engine):
     @sgl.function
     def prog(s):
@@ -78,8 +89,11 @@ def test_select_methods_pick_argmax_of_their_scores(method, local, engine):
     after = engine.get_stats()
     expected_index, expected_scores = _expected(engine, method)
     assert state["animal"] == CHOICES[expected_index]
-    key = ("normalized_unconditional_prompt_logprobs" if method == "unconditional_likelihood_normalized"
-           else "normalized_prompt_logprobs")
+    key = (
+        "normalized_unconditional_prompt_logprobs"
+        if method == "unconditional_likelihood_normalized"
+        else "normalized_prompt_logprobs"
+    )
     assert all(math.isclose(a, b, abs_tol=1e-3) for a, b in zip(meta[key], expected_scores))
     # The prompt once (one extend), all choices in one batched extend (+ one for the choices alone).
     passes = 3 if method == "unconditional_likelihood_normalized" else 2

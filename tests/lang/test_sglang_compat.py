@@ -10,7 +10,7 @@ def default_backend(engine):
     import loomlm
 
     previous = loomlm.get_default_backend()
-    loomlm.set_default_backend(engine)      # an in-process Engine is accepted as a backend
+    loomlm.set_default_backend(engine)  # an in-process Engine is accepted as a backend
     yield
     loomlm.set_default_backend(previous)
 
@@ -46,13 +46,10 @@ def test_docs_tip_suggestion_with_fork_and_choices(default_backend, engine):
 
     @sgl.function
     def tip_suggestion(s):
-        s += (
-            "Here are two tips for staying healthy: "
-            "1. Balanced Diet. 2. Regular Exercise.\n\n"
-        )
+        s += "Here are two tips for staying healthy: 1. Balanced Diet. 2. Regular Exercise.\n\n"
         forks = s.fork(2)
         for i, f in enumerate(forks):
-            f += f"Now, expand tip {i+1} into a paragraph:\n"
+            f += f"Now, expand tip {i + 1} into a paragraph:\n"
             f += sgl.gen("detailed_tip", max_tokens=12, stop="\n\n")
         s += "Tip 1:" + forks[0]["detailed_tip"] + "\n"
         s += "Tip 2:" + forks[1]["detailed_tip"] + "\n"
@@ -69,8 +66,9 @@ def test_docs_tip_suggestion_with_fork_and_choices(default_backend, engine):
 
     state = tip_suggestion.run(temperature=0)
     assert state.text().count("Tip ") == 2 and isinstance(state["summary"], str)
-    states = tool_use.run_batch([{"question": "What is 3 + 5?"}, {"question": "Who wrote Hamlet?"}],
-                                progress_bar=False, temperature=0)
+    states = tool_use.run_batch(
+        [{"question": "What is 3 + 5?"}, {"question": "Who wrote Hamlet?"}], progress_bar=False, temperature=0
+    )
     for st in states:
         assert st["tool"] in ("calculator", "search engine")
         assert ("expression" in st) != ("word" in st)
@@ -79,18 +77,63 @@ def test_docs_tip_suggestion_with_fork_and_choices(default_backend, engine):
 
 # SGLang's public frontend names (python/sglang/__init__.py's __all__).
 SGLANG_NAMES = [
-    "Engine", "Runtime", "assistant", "assistant_begin", "assistant_end", "flush_cache", "function", "gen",
-    "gen_int", "gen_string", "get_server_info", "image", "select", "set_default_backend", "system",
-    "system_begin", "system_end", "user", "user_begin", "user_end", "video", "RuntimeEndpoint",
-    "greedy_token_selection", "token_length_normalized", "unconditional_likelihood_normalized", "Anthropic",
-    "LiteLLM", "OpenAI", "VertexAI", "global_config", "__version__",
+    "Engine",
+    "Runtime",
+    "assistant",
+    "assistant_begin",
+    "assistant_end",
+    "flush_cache",
+    "function",
+    "gen",
+    "gen_int",
+    "gen_string",
+    "get_server_info",
+    "image",
+    "select",
+    "set_default_backend",
+    "system",
+    "system_begin",
+    "system_end",
+    "user",
+    "user_begin",
+    "user_end",
+    "video",
+    "RuntimeEndpoint",
+    "greedy_token_selection",
+    "token_length_normalized",
+    "unconditional_likelihood_normalized",
+    "Anthropic",
+    "LiteLLM",
+    "OpenAI",
+    "VertexAI",
+    "global_config",
+    "__version__",
 ]
 # sglang.lang.api.gen's arguments, in order (loomlm adds repetition_penalty and seed after them).
 SGLANG_GEN_ARGS = [
-    "name", "max_tokens", "min_tokens", "n", "stop", "stop_token_ids", "stop_regex", "temperature", "top_p",
-    "top_k", "min_p", "frequency_penalty", "presence_penalty", "ignore_eos", "return_logprob",
-    "logprob_start_len", "top_logprobs_num", "return_text_in_logprobs", "dtype", "choices", "choices_method",
-    "regex", "json_schema",
+    "name",
+    "max_tokens",
+    "min_tokens",
+    "n",
+    "stop",
+    "stop_token_ids",
+    "stop_regex",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "frequency_penalty",
+    "presence_penalty",
+    "ignore_eos",
+    "return_logprob",
+    "logprob_start_len",
+    "top_logprobs_num",
+    "return_text_in_logprobs",
+    "dtype",
+    "choices",
+    "choices_method",
+    "regex",
+    "json_schema",
 ]
 
 
@@ -102,13 +145,18 @@ def test_every_sglang_name_exists_and_gen_takes_sglangs_arguments():
     missing = [name for name in SGLANG_NAMES if not hasattr(sgl, name)]
     assert not missing
     assert set(SGLANG_NAMES) - {"__version__"} <= set(sgl.__all__)
-    assert list(inspect.signature(sgl.gen).parameters)[:len(SGLANG_GEN_ARGS)] == SGLANG_GEN_ARGS
-    expr = sgl.gen("x", 8, None, 1, "\n")        # positionally, as SGLang orders them
+    assert list(inspect.signature(sgl.gen).parameters)[: len(SGLANG_GEN_ARGS)] == SGLANG_GEN_ARGS
+    expr = sgl.gen("x", 8, None, 1, "\n")  # positionally, as SGLang orders them
     assert expr.params.max_tokens == 8 and expr.params.stop == "\n"
     with pytest.raises(TypeError, match="gen\\(\\) got an unexpected keyword argument 'max_token'"):
         sgl.gen("x", max_token=3)
-    for unsupported in (lambda: sgl.image("cat.png"), lambda: sgl.video("cat.mp4", 4), lambda: sgl.Anthropic("m"),
-                        lambda: sgl.gen("x", n=2), lambda: sgl.gen("x", stop_regex="a+")):
+    for unsupported in (
+        lambda: sgl.image("cat.png"),
+        lambda: sgl.video("cat.mp4", 4),
+        lambda: sgl.Anthropic("m"),
+        lambda: sgl.gen("x", n=2),
+        lambda: sgl.gen("x", stop_regex="a+"),
+    ):
         with pytest.raises(NotImplementedError):
             unsupported()
 
@@ -121,12 +169,12 @@ def test_fork_item_assignment_and_list_broadcast(default_backend, engine):
         s += "Two colours: red and blue.\n"
         forks = s.fork(2)
         for i in range(len(forks)):
-            forks[i] += f"Colour {i + 1} in one word:"          # SGLang's `forks[i] += ...`
+            forks[i] += f"Colour {i + 1} in one word:"  # SGLang's `forks[i] += ...`
             forks[i] += sgl.gen("colour", max_tokens=3, stop="\n")
-        forks += [" (first)", " (second)"]                      # one expr per branch
+        forks += [" (first)", " (second)"]  # one expr per branch
         forks.join()
         assert forks.src_state is s
-        with pytest.raises(TypeError):                          # only a branch itself goes back
+        with pytest.raises(TypeError):  # only a branch itself goes back
             forks[0] = forks[1]
 
     state = expand.run(temperature=0)
@@ -140,10 +188,10 @@ def test_program_state_methods(default_backend, engine):
     @sgl.function
     def notes(s):
         node = s.user("Say hi.")
-        assert node is not None                                 # SGLang returns the message's node
+        assert node is not None  # SGLang returns the message's node
         s += sgl.assistant(sgl.gen("reply", max_tokens=4))
         s.set_var("extra", 1)
-        with s.copy() as c:                                     # a branch joined back on exit
+        with s.copy() as c:  # a branch joined back on exit
             c += "Again:" + sgl.gen("again", max_tokens=3)
 
     state = notes.run(temperature=0)
@@ -157,11 +205,12 @@ def test_program_state_methods(default_backend, engine):
 
 def test_global_config(default_backend, engine, capsys, monkeypatch):
     import loomlm as sgl
-    from loomlm.lang.global_config import global_config
+    import loomlm.lang
+    from loomlm.global_config import global_config
 
-    assert global_config is sgl.global_config
+    assert global_config is sgl.global_config is loomlm.lang.global_config
     assert global_config.default_backend is sgl.get_default_backend()
-    global_config.default_backend = engine                      # as `sgl.set_default_backend(engine)`
+    global_config.default_backend = engine  # as `sgl.set_default_backend(engine)`
     assert sgl.get_default_backend().engine is engine
 
     @sgl.function
@@ -183,7 +232,7 @@ def test_global_config(default_backend, engine, capsys, monkeypatch):
     monkeypatch.setattr(global_config, "enable_precache_with_tracing", True)
     hello.run_batch([{"name": "A"}, {"name": "B"}])
     assert prefilled == ["Hello, "]
-    global_config.enable_parallel_encoding = False              # accepted, unused
+    global_config.enable_parallel_encoding = False  # accepted, unused
     global_config.enable_parallel_encoding = True
 
 

@@ -24,18 +24,17 @@ class OneRequest:
     def __init__(self, config: ModelConfig, max_len: int, dtype: torch.dtype, device: torch.device):
         self.config = config
         self.device = device
-        self.kv_pool = KVPool(max_len, config.num_layers, config.num_kv_heads, config.head_dim,
-                              dtype, device)
+        self.kv_pool = KVPool(max_len, config.num_layers, config.num_kv_heads, config.head_dim, dtype, device)
         self.req_pool = ReqToTokenPool(1, max_len, device)
         self.row = self.req_pool.alloc()
-        self.backend = create_attention_backend("torch", scale=config.head_dim ** -0.5)
+        self.backend = create_attention_backend("torch", scale=config.head_dim**-0.5)
         self.cached = 0  # tokens whose K/V are in the pool
 
     def forward(self, model: torch.nn.Module, token_ids: Sequence[int], mode: ForwardMode) -> torch.Tensor:
         """Append `token_ids` to the request and return logits for all of them [n, vocab]."""
         n = len(token_ids)
         slots = self.kv_pool.alloc(n).to(self.device)
-        self.req_pool.req_to_token[self.row, self.cached:self.cached + n] = slots.to(torch.int32)
+        self.req_pool.req_to_token[self.row, self.cached : self.cached + n] = slots.to(torch.int32)
         batch = ForwardBatch(
             mode=mode,
             input_ids=torch.tensor(token_ids, dtype=torch.int64, device=self.device),
@@ -53,7 +52,7 @@ class OneRequest:
         return logits
 
     def release(self) -> None:
-        used = self.req_pool.req_to_token[self.row, :self.cached].to(torch.int64).cpu()
+        used = self.req_pool.req_to_token[self.row, : self.cached].to(torch.int64).cpu()
         self.kv_pool.free(used)
         self.req_pool.free(self.row)
         self.kv_pool.check_integrity()
@@ -74,8 +73,9 @@ def run_prefill(model: torch.nn.Module, config: ModelConfig, token_ids: Sequence
     return logits
 
 
-def run_prefill_then_decode(model: torch.nn.Module, config: ModelConfig, token_ids: Sequence[int],
-                            prefix_len: int) -> torch.Tensor:
+def run_prefill_then_decode(
+    model: torch.nn.Module, config: ModelConfig, token_ids: Sequence[int], prefix_len: int
+) -> torch.Tensor:
     """EXTEND over token_ids[:prefix_len], then one DECODE step per remaining token."""
     assert 1 <= prefix_len <= len(token_ids)
     device, dtype = _device_dtype(model)

@@ -28,8 +28,21 @@ def test_workload_examples_are_valid():
 
 
 def test_grammar_bench_tiny_run(capsys):
-    rc = bench_main(["grammar", "--skip-e2e", "--json", "--repeats", "1", "--compile-repeats", "1",
-                     "--schemas", "2", "--regexes", "1"])
+    rc = bench_main(
+        [
+            "grammar",
+            "--skip-e2e",
+            "--json",
+            "--repeats",
+            "1",
+            "--compile-repeats",
+            "1",
+            "--schemas",
+            "2",
+            "--regexes",
+            "1",
+        ]
+    )
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split()[0] == "case"
@@ -37,8 +50,14 @@ def test_grammar_bench_tiny_run(capsys):
     assert result["e2e"] == "skipped" and result["jump_forward_forward_pass_reduction"] is None
     assert set(result["cases"]) == {SCHEMAS[0].name, SCHEMAS[1].name, REGEXES[0].name}
 
-    for key in ("loomlm_mask_us_p50", "loomlm_mask_us_p99", "loomlm_numpy_mask_us_p50",
-                "loomlm_compile_ms_median", "loomlm_regex_compile_ms_median", "loomlm_vocab_setup_ms"):
+    for key in (
+        "loomlm_mask_us_p50",
+        "loomlm_mask_us_p99",
+        "loomlm_numpy_mask_us_p50",
+        "loomlm_compile_ms_median",
+        "loomlm_regex_compile_ms_median",
+        "loomlm_vocab_setup_ms",
+    ):
         assert result[key] > 0, key
     assert result["loomlm_compile_failures"] == []
     for name in BASELINES:
@@ -46,8 +65,7 @@ def test_grammar_bench_tiny_run(capsys):
             assert result["libraries"][name].startswith("not installed")
             assert result[f"{name}_mask_us_p50"] is None
             continue
-        for key in ("mask_us_p50", "mask_us_p99", "compile_ms_median", "regex_compile_ms_median",
-                    "vocab_setup_ms"):
+        for key in ("mask_us_p50", "mask_us_p99", "compile_ms_median", "regex_compile_ms_median", "vocab_setup_ms"):
             assert result[f"{name}_{key}"] > 0, f"{name}_{key}"
         assert result[f"{name}_compile_failures"] == []
 
@@ -55,7 +73,7 @@ def test_grammar_bench_tiny_run(capsys):
     steps = sum(case["tokens"] for case in result["cases"].values())
     assert result["mask_checked_steps"] == steps
     assert result["mask_disagreements"] == 0, result["mask_disagreements_by_library"]
-    assert result["mask_timed_steps"] == steps   # --repeats 1, every case walked by every library
+    assert result["mask_timed_steps"] == steps  # --repeats 1, every case walked by every library
     assert set(result["targets"]) == {"mask_p50_le_xgrammar", "compile_le_3x_outlines_core", "compile_lt_100ms"}
 
 

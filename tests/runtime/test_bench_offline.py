@@ -13,11 +13,31 @@ from loomlm.bench.hf_baseline import left_pad
 from loomlm.bench.offline import make_prompts
 from loomlm.bench.report import Measurement, format_table
 
+# A one-layer model of the default model's vocabulary: the benchmark's code paths at a fraction of the cost.
+TINY = '{"num_layers": 1, "hidden_size": 64, "intermediate_size": 64, "num_heads": 2, "num_kv_heads": 1}'
+
 
 def test_offline_tiny_run_reports_every_field(capsys):
-    rc = bench_main(["offline", "--num-prompts", "3", "--input-len", "8", "--output-len", "4",
-                     "--batch-size", "2", "--load-format", "dummy", "--hf-sequential-prompts", "2",
-                     "--json"])
+    rc = bench_main(
+        [
+            "offline",
+            "--num-prompts",
+            "3",
+            "--input-len",
+            "8",
+            "--output-len",
+            "4",
+            "--batch-size",
+            "2",
+            "--load-format",
+            "dummy",
+            "--json-model-override-args",
+            TINY,
+            "--hf-sequential-prompts",
+            "2",
+            "--json",
+        ]
+    )
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
@@ -29,7 +49,7 @@ def test_offline_tiny_run_reports_every_field(capsys):
     assert (result["loomlm_requests"], result["loomlm_output_tokens"]) == (3, 12)
     assert (result["hf_sequential_requests"], result["hf_sequential_output_tokens"]) == (2, 8)
     assert (result["hf_batched_requests"], result["hf_batched_output_tokens"]) == (3, 12)
-    assert result["hf_sequential_same_tokens_as_loomlm"] is None   # dummy weights differ per side
+    assert result["hf_sequential_same_tokens_as_loomlm"] is None  # dummy weights differ per side
     assert result["loomlm_stats"]["max_running_batch"] == 3
     for key in ("dtype", "device", "torch", "threads", "date", "load_format"):
         assert result[key] not in (None, ""), key
@@ -44,8 +64,9 @@ def test_unknown_benchmark_is_a_usage_error(capsys):
 
 
 def test_bad_offline_argument_exits_2():
-    out = subprocess.run([sys.executable, "-m", "loomlm.bench", "offline", "--num-prompts", "0"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "loomlm.bench", "offline", "--num-prompts", "0"], capture_output=True, text=True
+    )
     assert out.returncode == 2 and "--num-prompts" in out.stderr
 
 
@@ -65,13 +86,24 @@ def test_table_ratio_column():
     assert Measurement("x", 1, 10, 0.5).output_tok_s == pytest.approx(20.0)
 
 
-TINY = '{"num_layers": 1, "hidden_size": 64, "intermediate_size": 64, "num_heads": 2, "num_kv_heads": 1}'
-
-
 def test_decode_sweep_reports_each_batch_size(capsys):
-    rc = bench_main(["offline", "--sweep-only", "--decode-batch-sizes", "1,2", "--decode-input-len", "8",
-                     "--decode-output-len", "3", "--load-format", "dummy", "--json-model-override-args", TINY,
-                     "--json"])
+    rc = bench_main(
+        [
+            "offline",
+            "--sweep-only",
+            "--decode-batch-sizes",
+            "1,2",
+            "--decode-input-len",
+            "8",
+            "--decode-output-len",
+            "3",
+            "--load-format",
+            "dummy",
+            "--json-model-override-args",
+            TINY,
+            "--json",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
@@ -86,11 +118,11 @@ def test_decode_sweep_reports_each_batch_size(capsys):
             assert row[f"{side}_output_tokens"] == 3 * b and row[f"{side}_prefill_run_tokens"] == b
             assert row[f"{side}_wall_s"] > 0 and row[f"{side}_prefill_wall_s"] > 0
             assert row[f"{side}_output_tok_s"] > 0
-        assert row["loomlm_stats"]["decode_passes"] == 2          # all b requests decoded together
+        assert row["loomlm_stats"]["decode_passes"] == 2  # all b requests decoded together
         assert row["loomlm_stats"]["max_running_batch"] >= b
         for key in ("loomlm_decode_tok_s", "hf_decode_tok_s", "ratio"):
-            assert key in row   # None only when a 1-token run took longer than the full one (noise)
-    assert result["loomlm_output_tok_s"] is None and result["loomlm_stats"] is None   # --sweep-only
+            assert key in row  # None only when a 1-token run took longer than the full one (noise)
+    assert result["loomlm_output_tok_s"] is None and result["loomlm_stats"] is None  # --sweep-only
     assert result["json_model_override_args"] == TINY
     assert "output_len - 1" in result["decode_tok_s_definition"]
 
@@ -100,12 +132,19 @@ def test_decode_sweep_arguments():
 
     assert parse_batch_sizes("1,16,64,256") == (1, 16, 64, 256)
     assert parse_batch_sizes("off") == () and parse_batch_sizes("2,2") == (2,)
-    out = subprocess.run([sys.executable, "-m", "loomlm.bench", "offline", "--sweep-only", "--device", "cpu"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "loomlm.bench", "offline", "--sweep-only", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "--decode-batch-sizes" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "loomlm.bench", "offline", "--json-model-override-args", TINY],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "loomlm.bench", "offline", "--json-model-override-args", TINY],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "needs --load-format dummy" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "loomlm.bench", "offline", "--decode-batch-sizes", "1,0"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "loomlm.bench", "offline", "--decode-batch-sizes", "1,0"], capture_output=True, text=True
+    )
     assert out.returncode == 2 and "positive" in out.stderr

@@ -16,9 +16,26 @@ def test_workload_shape_and_ideal_hit_rate():
     assert work.ideal_hit_rate == 3 * 3 * 50 / (12 * 60)
 
 
-def test_prefix_tiny_run(capsys):
-    rc = bench_main(["prefix", "--groups", "2", "--per-group", "3", "--prefix-len", "64", "--suffix-len", "8",
-                     "--output-len", "3", "--policy", "lpm,fcfs", "--json"])
+def test_prefix_tiny_run(capsys, engine):
+    # `engine` (the session's) keeps the default model's weights loaded: the benchmark's engines share them.
+    rc = bench_main(
+        [
+            "prefix",
+            "--groups",
+            "2",
+            "--per-group",
+            "3",
+            "--prefix-len",
+            "64",
+            "--suffix-len",
+            "8",
+            "--output-len",
+            "3",
+            "--policy",
+            "lpm,fcfs",
+            "--json",
+        ]
+    )
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
@@ -26,7 +43,7 @@ def test_prefix_tiny_run(capsys):
     total = 2 * 3 * (64 + 8)
     assert result["prompt_tokens"] == total
     assert result["ideal_hit_rate"] == round(2 * 2 * 64 / total, 4)
-    assert result["hit_rate"] == result["ideal_hit_rate"]          # lpm: each prefix computed once
+    assert result["hit_rate"] == result["ideal_hit_rate"]  # lpm: each prefix computed once
     assert result["cached_tokens"] + result["computed_prefill_tokens"] == total
     assert result["cache_off_computed_prefill_tokens"] == total
     assert result["same_outputs_as_cache_off"] == {"cache on (lpm)": 6, "cache on (fcfs)": 6}

@@ -12,10 +12,15 @@ from hypothesis import strategies as st
 from loomlm.grammars import REJECTED, Guide, Vocabulary, allowed_tokens, bitmask_words, compile_choices, compile_regex
 from loomlm.runtime.constrained import ConstraintMasks, GrammarState
 
-VOCAB = Vocabulary.from_dict({0: "", 1: "a", 2: "b", 3: "ab", 4: "1", 5: "12", 6: "-", 7: "é", 8: '"', 9: " "},
-                             eos_token_ids=[0], size=70)   # padded: logits wider than the tokenizer
-GUIDES = [compile_regex(r"(ab)+", VOCAB), compile_regex(r"-?[0-9]+", VOCAB), compile_choices(["a", "b b"], VOCAB),
-          compile_regex(r'"[abé ]*"', VOCAB)]
+VOCAB = Vocabulary.from_dict(
+    {0: "", 1: "a", 2: "b", 3: "ab", 4: "1", 5: "12", 6: "-", 7: "é", 8: '"', 9: " "}, eos_token_ids=[0], size=70
+)  # padded: logits wider than the tokenizer
+GUIDES = [
+    compile_regex(r"(ab)+", VOCAB),
+    compile_regex(r"-?[0-9]+", VOCAB),
+    compile_choices(["a", "b b"], VOCAB),
+    compile_regex(r'"[abé ]*"', VOCAB),
+]
 ROWS = 6
 
 
@@ -28,7 +33,7 @@ class ParenGuide:
         self.vocab = vocab
         self.max_depth = max_depth
         self.description = f"parentheses to depth {max_depth}"
-        self.fills = 0   # how often the runtime asked for a mask row
+        self.fills = 0  # how often the runtime asked for a mask row
 
     @property
     def initial_state(self) -> tuple:
@@ -51,7 +56,7 @@ class ParenGuide:
         self.fills += 1
         allowed = np.array([self.advance(state, t) is not REJECTED for t in range(self.vocab.size)])
         bits = np.zeros(32 * len(out), dtype=np.uint8)
-        bits[:len(allowed)] = allowed
+        bits[: len(allowed)] = allowed
         out[:] = np.packbits(bits, bitorder="little").view(np.int32)
 
     def mask_key(self, state: tuple) -> tuple:
@@ -67,8 +72,9 @@ class ParenGuide:
         return b")" if state[0] == "open" and state[1] == self.max_depth else b""
 
 
-PAREN_VOCAB = Vocabulary.from_dict({0: "", 1: "(", 2: ")", 3: "()", 4: "((", 5: "))", 6: "x", 7: ")("},
-                                   eos_token_ids=[0], size=40)
+PAREN_VOCAB = Vocabulary.from_dict(
+    {0: "", 1: "(", 2: ")", 3: "()", 4: "((", 5: "))", 6: "x", 7: ")("}, eos_token_ids=[0], size=40
+)
 
 
 def _allowed_rows(masks: ConstraintMasks, rows: list[int], vocab_size: int) -> np.ndarray:
@@ -77,9 +83,19 @@ def _allowed_rows(masks: ConstraintMasks, rows: list[int], vocab_size: int) -> n
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["begin", "end", "step"]), st.integers(0, ROWS - 1),
-                          st.integers(0, len(GUIDES) - 1), st.integers(0, 10**6)), min_size=1, max_size=40),
-       st.sampled_from([1 << 20, 1]))   # a roomy arena, and one at its smallest (evicting on most fills)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["begin", "end", "step"]),
+            st.integers(0, ROWS - 1),
+            st.integers(0, len(GUIDES) - 1),
+            st.integers(0, 10**6),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.sampled_from([1 << 20, 1]),
+)  # a roomy arena, and one at its smallest (evicting on most fills)
 def test_batched_masks_equal_each_guides_allowed_set(ops, cache_bytes) -> None:
     masks = ConstraintMasks(VOCAB.size, ROWS, torch.device("cpu"), max_cache_bytes=cache_bytes)
     states: dict[int, GrammarState] = {}
@@ -110,14 +126,14 @@ def test_batched_masks_equal_each_guides_allowed_set(ops, cache_bytes) -> None:
 
 def test_rows_of_guides_that_leave_are_reused() -> None:
     masks = ConstraintMasks(VOCAB.size, 2, torch.device("cpu"))
-    for _ in range(5):   # the same guide objects come and go: their rows are reclaimed
+    for _ in range(5):  # the same guide objects come and go: their rows are reclaimed
         for g in GUIDES:
             masks.begin(0, GrammarState(g))
             masks.end(0)
-    assert masks.cached_rows == 0 and masks.num_rows == 2   # row 0 and one row, reused by every guide
+    assert masks.cached_rows == 0 and masks.num_rows == 2  # row 0 and one row, reused by every guide
     live = GrammarState(GUIDES[0])
     masks.begin(1, live)
-    assert masks.cached_rows == 1   # rows are filled lazily: only the initial state's mask class
+    assert masks.cached_rows == 1  # rows are filled lazily: only the initial state's mask class
     assert (_allowed_rows(masks, [1], VOCAB.size)[0] == GUIDES[0].allowed_tokens(0)).all()
 
 
@@ -132,7 +148,7 @@ def test_a_guide_that_is_no_dfa_plugs_into_masks_and_grammar_state() -> None:
     for text in ["((", "(", ")(", "))", "()", ")"]:
         allowed = _allowed_rows(masks, [0, 1, 2], PAREN_VOCAB.size)
         assert (allowed[0] == allowed_tokens(guide, gs.state)).all()
-        assert allowed[1].all()   # an unconstrained row in the same batch
+        assert allowed[1].all()  # an unconstrained row in the same batch
         assert (allowed[2] == allowed_tokens(other.guide, other.state)).all()
         assert allowed[0][tokens[text]]
         gs.advance(tokens[text])
@@ -140,12 +156,12 @@ def test_a_guide_that_is_no_dfa_plugs_into_masks_and_grammar_state() -> None:
         assert not gs.rejected
     assert gs.state == ("open", 0) and gs.guide.is_accepting(gs.state) and not gs.finished
     fills = guide.fills
-    masks.update(0)                  # a state seen before: a cached row, no new fill
+    masks.update(0)  # a state seen before: a cached row, no new fill
     assert guide.fills == fills
-    gs.advance(tokens[")"])          # below depth 0: rejected, the state is kept
+    gs.advance(tokens[")"])  # below depth 0: rejected, the state is kept
     assert gs.rejected and gs.state == ("open", 0)
     gs.rejected = False
-    gs.advance(0)                    # EOS in an accepting state
+    gs.advance(0)  # EOS in an accepting state
     assert gs.finished and gs.plan_jump(0, lambda text: [], 8) is None
     masks.end(0)
     masks.end(2)
@@ -156,16 +172,16 @@ def test_jump_forward_works_through_the_protocol() -> None:
     guide = ParenGuide(PAREN_VOCAB, max_depth=2)
     by_text = {PAREN_VOCAB.token_bytes[i].decode(): i for i in range(1, 8)}
 
-    def encode(text: str) -> list[int]:   # greedy longest-first tokenizer over the tiny vocabulary
+    def encode(text: str) -> list[int]:  # greedy longest-first tokenizer over the tiny vocabulary
         out, i = [], 0
         while i < len(text):
-            piece = text[i:i + 2] if text[i:i + 2] in by_text else text[i]
+            piece = text[i : i + 2] if text[i : i + 2] in by_text else text[i]
             out.append(by_text[piece])
             i += len(piece)
         return out
 
     gs = GrammarState(guide)
-    gs.advance(by_text["(("])        # depth 2 = max: the next byte is forced to be ")"
+    gs.advance(by_text["(("])  # depth 2 = max: the next byte is forced to be ")"
     plan = gs.plan_jump(by_text["(("], encode, max_tokens=8)
     assert plan is not None and plan.num_replaced == 1 and PAREN_VOCAB.decode_bytes(plan.tokens) == b"(()"
     gs.apply_jump(plan)
@@ -178,7 +194,7 @@ def test_evicted_rows_are_filled_again_and_the_device_copy_follows() -> None:
     assert masks.max_cached_rows == 4 and bitmask_words(PAREN_VOCAB.size) == masks.words
     gs = GrammarState(guide)
     masks.begin(0, gs)
-    for step in range(16):   # depths 0..8 and back: more distinct states than the arena holds
+    for step in range(16):  # depths 0..8 and back: more distinct states than the arena holds
         gs.advance(1 if step < 8 else 2)
         masks.update(0)
         assert masks.num_rows <= masks.max_cached_rows
@@ -187,4 +203,4 @@ def test_evicted_rows_are_filled_again_and_the_device_copy_follows() -> None:
         device_arena = masks._synced_device_arena().numpy()
         used = slice(0, masks.num_rows)
         assert (device_arena[used] == masks.arena[used]).all()
-    assert guide.fills > masks.max_cached_rows   # evicted states were filled again on their way back
+    assert guide.fills > masks.max_cached_rows  # evicted states were filled again on their way back

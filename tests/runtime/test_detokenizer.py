@@ -26,11 +26,36 @@ def tokenizer():
 HYPO = settings(max_examples=150, deadline=None)
 
 # Characters that byte-level BPE splits over several tokens, plus plain text and whitespace.
-PIECES = ["a", "Z", " ", "\n", "  ", ".", "é", "ü", "ñ", "ß", "世", "界", "語", "😀", "🎉", "👍🏽",
-          "👨\u200d👩\u200d👧", "\u0301", "Ω", "€", "𝔘", "ק", "ह", "\t"]
-unicode_text = st.lists(st.one_of(st.sampled_from(PIECES), st.characters(blacklist_categories=("Cs",),
-                                                                         blacklist_characters=FFFD)),
-                        max_size=30).map("".join)
+PIECES = [
+    "a",
+    "Z",
+    " ",
+    "\n",
+    "  ",
+    ".",
+    "é",
+    "ü",
+    "ñ",
+    "ß",
+    "世",
+    "界",
+    "語",
+    "😀",
+    "🎉",
+    "👍🏽",
+    "👨\u200d👩\u200d👧",
+    "\u0301",
+    "Ω",
+    "€",
+    "𝔘",
+    "ק",
+    "ह",
+    "\t",
+]
+unicode_text = st.lists(
+    st.one_of(st.sampled_from(PIECES), st.characters(blacklist_categories=("Cs",), blacklist_characters=FFFD)),
+    max_size=30,
+).map("".join)
 
 
 def stream(tokenizer, ids: list[int], skip: bool = True, chunks: list[int] | None = None) -> list[str]:
@@ -40,7 +65,7 @@ def stream(tokenizer, ids: list[int], skip: bool = True, chunks: list[int] | Non
     for size in chunks or [1] * len(ids):
         if i >= len(ids):
             break
-        out.append(detok.add(ids[i:i + size] if chunks else ids[i]))
+        out.append(detok.add(ids[i : i + size] if chunks else ids[i]))
         i += size
     if i < len(ids):
         out.append(detok.add(ids[i:]))
@@ -68,13 +93,16 @@ def test_text_is_released_as_soon_as_characters_are_complete(tokenizer, text):
     for i, token in enumerate(ids):
         emitted += detok.add(token)
         # Only a trailing, incomplete character may be held back.
-        assert emitted == tokenizer.decode(ids[:i + 1]).rstrip(FFFD)
+        assert emitted == tokenizer.decode(ids[: i + 1]).rstrip(FFFD)
 
 
 @HYPO
-@given(text=unicode_text, specials=st.lists(st.tuples(st.integers(0, 40), st.sampled_from([0, 1, 2])),
-                                            max_size=4),
-       skip=st.booleans(), chunks=st.lists(st.integers(1, 4), max_size=40))
+@given(
+    text=unicode_text,
+    specials=st.lists(st.tuples(st.integers(0, 40), st.sampled_from([0, 1, 2])), max_size=4),
+    skip=st.booleans(),
+    chunks=st.lists(st.integers(1, 4), max_size=40),
+)
 def test_special_tokens_and_chunked_feeding(tokenizer, text, specials, skip, chunks):
     ids = tokenizer.encode(text, add_special_tokens=False)
     for position, special in specials:
@@ -163,9 +191,11 @@ def run_matcher(stops: tuple[str, ...], pieces: list[str]) -> tuple[str, str | N
 
 
 @settings(max_examples=1500, deadline=None)
-@given(text=st.text(alphabet="ab\nc", max_size=30),
-       stops=st.lists(st.text(alphabet="ab\nc", min_size=1, max_size=4), min_size=0, max_size=3),
-       cuts=st.lists(st.integers(0, 30), max_size=10))
+@given(
+    text=st.text(alphabet="ab\nc", max_size=30),
+    stops=st.lists(st.text(alphabet="ab\nc", min_size=1, max_size=4), min_size=0, max_size=3),
+    cuts=st.lists(st.integers(0, 30), max_size=10),
+)
 def test_stop_matcher_equals_find_oracle(text, stops, cuts):
     stops = tuple(stops)
     bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
@@ -184,7 +214,7 @@ def test_held_text_is_only_a_possible_stop_prefix(text, stop):
         emitted += out
         if matched:
             return
-        held = text[len(emitted):i + 1]
+        held = text[len(emitted) : i + 1]
         assert len(held) < len(stop) and stop.startswith(held)
 
 

@@ -17,7 +17,7 @@ PROMPTS = [
     "Q: What is 12 times 12?\nA:",
     "The history of the Roman Empire spans many centuries, beginning with the founding of Rome and",
 ]
-GREEDY = {"max_new_tokens": 24, "temperature": 0, "ignore_eos": True}
+GREEDY = {"max_new_tokens": 16, "temperature": 0, "ignore_eos": True}
 
 
 def test_batch_invariance(idle_engine):
@@ -31,8 +31,11 @@ def test_batch_invariance(idle_engine):
 
 def test_request_joins_running_batch(idle_engine):
     before = idle_engine.get_stats()
-    stream = idle_engine.generate("Count from one to one hundred: one, two,",
-                                  {"max_new_tokens": 120, "temperature": 0, "ignore_eos": True}, stream=True)
+    stream = idle_engine.generate(
+        "Count from one to one hundred: one, two,",
+        {"max_new_tokens": 120, "temperature": 0, "ignore_eos": True},
+        stream=True,
+    )
     chunks = [next(stream) for _ in range(5)]
     assert not any(c["finished"] for c in chunks)
     short = idle_engine.generate("Hello", {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True})
@@ -57,8 +60,12 @@ def test_stream_increments_concatenate_to_text(idle_engine):
 def test_stream_meta_holds_each_chunks_own_logprobs(idle_engine):
     """As SGLang streams: a chunk's output (top) logprobs are its own tokens', with the running count in
     `output_token_logprobs_length`; input logprobs come in every chunk; the non-streamed meta is whole."""
-    args = dict(sampling_params={"max_new_tokens": 12, "temperature": 0}, return_logprob=True,
-                top_logprobs_num=2, logprob_start_len=0)
+    args = dict(
+        sampling_params={"max_new_tokens": 12, "temperature": 0},
+        return_logprob=True,
+        top_logprobs_num=2,
+        logprob_start_len=0,
+    )
     whole = idle_engine.generate("The moon is", **args)
     chunks = list(idle_engine.generate("The moon is", stream=True, **args))
     metas = [c["meta_info"] for c in chunks]
@@ -68,15 +75,26 @@ def test_stream_meta_holds_each_chunks_own_logprobs(idle_engine):
         assert [e[1] for e in meta["output_token_logprobs"]] == chunk["output_ids"]
         assert meta["input_token_logprobs"] == whole["meta_info"]["input_token_logprobs"]
     lengths = [m["output_token_logprobs_length"] for m in metas]
-    assert lengths == [len(sum((c["output_ids"] for c in chunks[:i + 1]), [])) for i in range(len(chunks))]
+    assert lengths == [len(sum((c["output_ids"] for c in chunks[: i + 1]), [])) for i in range(len(chunks))]
     assert whole["meta_info"]["output_token_logprobs_length"] == whole["meta_info"]["completion_tokens"]
 
 
 def test_generate_signatures_are_sglangs(engine):
     import inspect
 
-    names = ["self", "prompt", "sampling_params", "input_ids", "return_logprob", "top_logprobs_num",
-             "logprob_start_len", "stream", "rid", "cache_salt", "priority"]
+    names = [
+        "self",
+        "prompt",
+        "sampling_params",
+        "input_ids",
+        "return_logprob",
+        "top_logprobs_num",
+        "logprob_start_len",
+        "stream",
+        "rid",
+        "cache_salt",
+        "priority",
+    ]
     for method in (engine.generate, engine.async_generate):
         assert list(inspect.signature(type(engine).__dict__[method.__name__]).parameters) == names
     assert inspect.iscoroutinefunction(engine.async_generate)
@@ -87,7 +105,7 @@ def test_generate_signatures_are_sglangs(engine):
 def test_stream_closed_early_frees_memory(idle_engine):
     stream = idle_engine.generate("Write a long story.", {"max_new_tokens": 200, "ignore_eos": True}, stream=True)
     next(stream)
-    stream.close()   # aborts the request; the fixture checks every slot came back
+    stream.close()  # aborts the request; the fixture checks every slot came back
 
 
 def test_abort_running_requests(engine):
@@ -102,10 +120,10 @@ def test_abort_running_requests(engine):
         t.start()
     import time
 
-    def all_decoding() -> bool:   # every request known to the scheduler, and decoding under way
+    def all_decoding() -> bool:  # every request known to the scheduler, and decoding under way
         sched = engine.core.scheduler
-        return all(sched.find(f"r{i}") is not None for i in range(3)) and \
-            engine.core.stats.decode_passes > before
+        return all(sched.find(f"r{i}") is not None for i in range(3)) and engine.core.stats.decode_passes > before
+
     deadline = time.monotonic() + 60
     while not engine.core.call(all_decoding) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -120,16 +138,22 @@ def test_abort_running_requests(engine):
 def test_async_generate(idle_engine):
     async def main():
         single = await idle_engine.async_generate("Paris is", {"max_new_tokens": 8, "temperature": 0})
-        many = await asyncio.gather(*[idle_engine.async_generate(p, {"max_new_tokens": 8, "temperature": 0})
-                                      for p in PROMPTS[:4]])
-        chunks = [c async for c in await idle_engine.async_generate(
-            "Paris is", {"max_new_tokens": 8, "temperature": 0}, stream=True)]
+        many = await asyncio.gather(
+            *[idle_engine.async_generate(p, {"max_new_tokens": 8, "temperature": 0}) for p in PROMPTS[:4]]
+        )
+        chunks = [
+            c
+            async for c in await idle_engine.async_generate(
+                "Paris is", {"max_new_tokens": 8, "temperature": 0}, stream=True
+            )
+        ]
         return single, many, chunks
 
     single, many, chunks = asyncio.run(main())
     assert "".join(c["text"] for c in chunks) == single["text"]
-    assert [m["output_ids"] for m in many] == [o["output_ids"] for o in idle_engine.generate(
-        PROMPTS[:4], {"max_new_tokens": 8, "temperature": 0})]
+    assert [m["output_ids"] for m in many] == [
+        o["output_ids"] for o in idle_engine.generate(PROMPTS[:4], {"max_new_tokens": 8, "temperature": 0})
+    ]
 
 
 def test_input_ids_and_max_new_tokens_zero(idle_engine):
@@ -145,10 +169,13 @@ def test_small_pool_queues_requests():
     """A pool too small for all requests at once serves them in turn, with no slot lost."""
     import loomlm
 
-    with loomlm.Engine(max_total_tokens=160, max_running_requests=4, random_seed=0) as eng:
-        outs = eng.generate([f"Number {i} is" for i in range(10)],
-                            {"max_new_tokens": 40, "temperature": 0, "ignore_eos": True})
-        assert all(o["meta_info"]["completion_tokens"] == 40 for o in outs)
-        assert outs[0]["output_ids"] == eng.generate("Number 0 is", {"max_new_tokens": 40, "temperature": 0,
-                                                                     "ignore_eos": True})["output_ids"]
+    with loomlm.Engine(max_total_tokens=100, max_running_requests=4, random_seed=0) as eng:
+        outs = eng.generate(
+            [f"Number {i} is" for i in range(10)], {"max_new_tokens": 20, "temperature": 0, "ignore_eos": True}
+        )
+        assert all(o["meta_info"]["completion_tokens"] == 20 for o in outs)
+        assert (
+            outs[0]["output_ids"]
+            == eng.generate("Number 0 is", {"max_new_tokens": 20, "temperature": 0, "ignore_eos": True})["output_ids"]
+        )
         eng.idle_integrity()

@@ -19,16 +19,19 @@ def test_unknown_engine_argument():
         loomlm.Engine(max_total_tokenz=100)
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"max_new_tokens": -1}, "max_new_tokens"),
-    ({"temperature": -0.5}, "temperature"),
-    ({"top_p": 0.0}, "top_p"),
-    ({"top_p": 1.5}, "top_p"),
-    ({"temprature": 0.5}, "temprature"),
-    ({"top_k": 0.5}, "top_k"),
-    ({"min_p": 2.0}, "min_p"),
-    ({"n": 0}, "n"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"max_new_tokens": -1}, "max_new_tokens"),
+        ({"temperature": -0.5}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"temprature": 0.5}, "temprature"),
+        ({"top_k": 0.5}, "top_k"),
+        ({"min_p": 2.0}, "min_p"),
+        ({"n": 0}, "n"),
+    ],
+)
 def test_bad_sampling_params_name_the_field(idle_engine, params, field):
     with pytest.raises(ValueError, match=field):
         idle_engine.generate("Hello", params)
@@ -57,8 +60,12 @@ def test_bad_input_ids_and_logprob_options(idle_engine):
 
 
 def test_bad_request_options(idle_engine):
-    for kwargs, field in (({"priority": "high"}, "priority"), ({"priority": 1.5}, "priority"),
-                          ({"cache_salt": 3}, "cache_salt"), ({"rid": 7}, "rid")):
+    for kwargs, field in (
+        ({"priority": "high"}, "priority"),
+        ({"priority": 1.5}, "priority"),
+        ({"cache_salt": 3}, "cache_salt"),
+        ({"rid": 7}, "rid"),
+    ):
         with pytest.raises(ValueError, match=field):
             idle_engine.generate("Hi", {"max_new_tokens": 1}, **kwargs)
     assert idle_engine.generate("Hi", {"max_new_tokens": 1}, priority=-3)["meta_info"]["completion_tokens"] == 1
@@ -95,8 +102,9 @@ def test_cache_flags_parse_from_the_command_line():
 
     parser = argparse.ArgumentParser()
     add_engine_arguments(parser)
-    config = engine_config_from_args(parser.parse_args(
-        ["--disable-radix-cache", "--schedule-policy", "dfs-weight", "--chunked-prefill-size", "-1"]))
+    config = engine_config_from_args(
+        parser.parse_args(["--disable-radix-cache", "--schedule-policy", "dfs-weight", "--chunked-prefill-size", "-1"])
+    )
     assert (config.disable_radix_cache, config.schedule_policy, config.chunked_prefill_size) == (True, "dfs-weight", -1)
     assert config.prefill_token_budget() == config.max_prefill_tokens
     default = engine_config_from_args(parser.parse_args([]))
@@ -110,7 +118,7 @@ def test_failed_step_aborts_its_requests_and_engine_goes_on(idle_engine, monkeyp
 
     def failing_forward(batch):
         calls["n"] += 1
-        if calls["n"] == 3:   # a decode step of the running request
+        if calls["n"] == 3:  # a decode step of the running request
             raise RuntimeError("injected fault")
         return real_forward(batch)
 

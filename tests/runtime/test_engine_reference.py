@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -16,29 +14,30 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def hf_model():
-    from transformers import AutoModelForCausalLM
-
-    from loomlm.runtime.models.loader import default_model_path
-
-    path = default_model_path()
-    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                                 torch_dtype=torch.float32)
-    return model.eval()
+@pytest.fixture
+def hf_model(hf_reference_model):
+    return hf_reference_model
 
 
 def test_greedy_tokens_and_logprobs_match_transformers(idle_engine, hf_model):
     tok = idle_engine.tokenizer
-    outs = idle_engine.generate(PROMPTS, {"max_new_tokens": 32, "temperature": 0, "ignore_eos": True},
-                                return_logprob=True)
+    outs = idle_engine.generate(
+        PROMPTS, {"max_new_tokens": 32, "temperature": 0, "ignore_eos": True}, return_logprob=True
+    )
     for prompt, out in zip(PROMPTS, outs):
         ids = torch.tensor([tok(prompt)["input_ids"]])
         with torch.no_grad():
-            ref = hf_model.generate(ids, max_new_tokens=32, do_sample=False, output_logits=True,
-                                    return_dict_in_generate=True, eos_token_id=None, pad_token_id=0,
-                                    min_new_tokens=0)
-        ref_ids = ref.sequences[0, ids.shape[1]:].tolist()
+            ref = hf_model.generate(
+                ids,
+                max_new_tokens=32,
+                do_sample=False,
+                output_logits=True,
+                return_dict_in_generate=True,
+                eos_token_id=None,
+                pad_token_id=0,
+                min_new_tokens=0,
+            )
+        ref_ids = ref.sequences[0, ids.shape[1] :].tolist()
         assert out["output_ids"] == ref_ids, prompt
         ref_lp = torch.stack([torch.log_softmax(l[0].float(), -1)[t] for l, t in zip(ref.logits, ref_ids)])
         ours = torch.tensor([lp for lp, _tid, _ in out["meta_info"]["output_token_logprobs"]])
@@ -50,8 +49,9 @@ def test_greedy_tokens_and_logprobs_match_transformers(idle_engine, hf_model):
 def test_prompt_logprobs_match_transformers(idle_engine, hf_model):
     prompt = PROMPTS[2]
     ids = idle_engine.tokenizer(prompt)["input_ids"]
-    out = idle_engine.generate(prompt, {"max_new_tokens": 1, "temperature": 0}, return_logprob=True,
-                               logprob_start_len=0, top_logprobs_num=3)
+    out = idle_engine.generate(
+        prompt, {"max_new_tokens": 1, "temperature": 0}, return_logprob=True, logprob_start_len=0, top_logprobs_num=3
+    )
     meta = out["meta_info"]
     entries = meta["input_token_logprobs"]
     assert [t for _lp, t, _ in entries] == ids

@@ -25,7 +25,7 @@ def test_alloc_free_accounting(ops):
         elif owned:
             pool.free(owned.pop(n % len(owned)))
         held = torch.cat(owned) if owned else torch.empty(0, dtype=torch.int64)
-        assert torch.unique(held).numel() == held.numel()       # no slot handed out twice
+        assert torch.unique(held).numel() == held.numel()  # no slot handed out twice
         assert pool.used() == held.numel()
         pool.check_integrity()
     for slots in owned:

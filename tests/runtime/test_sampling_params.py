@@ -12,8 +12,7 @@ from loomlm.runtime.sampling_params import SamplingParams
 
 def test_defaults_match_sglang_names():
     p = SamplingParams()
-    assert (p.max_new_tokens, p.min_new_tokens, p.temperature, p.top_p, p.top_k, p.min_p) == (
-        128, 0, 1.0, 1.0, -1, 0.0)
+    assert (p.max_new_tokens, p.min_new_tokens, p.temperature, p.top_p, p.top_k, p.min_p) == (128, 0, 1.0, 1.0, -1, 0.0)
     assert (p.frequency_penalty, p.presence_penalty, p.repetition_penalty) == (0.0, 0.0, 1.0)
     assert p.stop == () and p.stop_token_ids == () and p.seed is None and p.n == 1
     assert p.ignore_eos is False and p.skip_special_tokens is True
@@ -25,9 +24,16 @@ def test_frozen():
         SamplingParams().temperature = 0.5  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("stop, expected", [
-    (None, ()), ("###", ("###",)), (["a", "bc"], ("a", "bc")), (("x",), ("x",)), ([], ()),
-])
+@pytest.mark.parametrize(
+    "stop, expected",
+    [
+        (None, ()),
+        ("###", ("###",)),
+        (["a", "bc"], ("a", "bc")),
+        (("x",), ("x",)),
+        ([], ()),
+    ],
+)
 def test_stop_is_normalised_to_tuple(stop, expected):
     assert SamplingParams(stop=stop).stop == expected
 
@@ -50,25 +56,64 @@ def test_replace_revalidates():
 
 
 BAD_VALUES = [
-    ("max_new_tokens", -1), ("max_new_tokens", 1.5), ("max_new_tokens", True), ("max_new_tokens", "8"),
-    ("min_new_tokens", -1), ("min_new_tokens", False),
-    ("temperature", -0.1), ("temperature", math.nan), ("temperature", math.inf), ("temperature", True),
+    ("max_new_tokens", -1),
+    ("max_new_tokens", 1.5),
+    ("max_new_tokens", True),
+    ("max_new_tokens", "8"),
+    ("min_new_tokens", -1),
+    ("min_new_tokens", False),
+    ("temperature", -0.1),
+    ("temperature", math.nan),
+    ("temperature", math.inf),
+    ("temperature", True),
     ("temperature", "1"),
-    ("top_p", 0.0), ("top_p", 1.01), ("top_p", -0.5), ("top_p", math.nan),
-    ("top_k", 0), ("top_k", -2), ("top_k", 2.0), ("top_k", True),
-    ("min_p", -0.01), ("min_p", 1.5), ("min_p", math.inf),
-    ("frequency_penalty", 2.5), ("frequency_penalty", -2.01), ("frequency_penalty", math.nan),
-    ("presence_penalty", 3.0), ("presence_penalty", -3.0), ("presence_penalty", -math.inf),
-    ("repetition_penalty", 0.0), ("repetition_penalty", -1.0), ("repetition_penalty", math.nan),
-    ("stop", ""), ("stop", ["ok", ""]), ("stop", [1]), ("stop", 5),
-    ("stop_token_ids", [-1]), ("stop_token_ids", [1.0]), ("stop_token_ids", [True]), ("stop_token_ids", 3),
+    ("top_p", 0.0),
+    ("top_p", 1.01),
+    ("top_p", -0.5),
+    ("top_p", math.nan),
+    ("top_k", 0),
+    ("top_k", -2),
+    ("top_k", 2.0),
+    ("top_k", True),
+    ("min_p", -0.01),
+    ("min_p", 1.5),
+    ("min_p", math.inf),
+    ("frequency_penalty", 2.5),
+    ("frequency_penalty", -2.01),
+    ("frequency_penalty", math.nan),
+    ("presence_penalty", 3.0),
+    ("presence_penalty", -3.0),
+    ("presence_penalty", -math.inf),
+    ("repetition_penalty", 0.0),
+    ("repetition_penalty", -1.0),
+    ("repetition_penalty", math.nan),
+    ("stop", ""),
+    ("stop", ["ok", ""]),
+    ("stop", [1]),
+    ("stop", 5),
+    ("stop_token_ids", [-1]),
+    ("stop_token_ids", [1.0]),
+    ("stop_token_ids", [True]),
+    ("stop_token_ids", 3),
     ("stop_token_ids", "12"),
-    ("ignore_eos", 1), ("ignore_eos", "yes"), ("skip_special_tokens", 0),
-    ("seed", 1.0), ("seed", True), ("seed", "42"),
-    ("n", 0), ("n", -1), ("n", 2.0), ("n", True),
-    ("regex", 5), ("regex", b"a+"),
-    ("json_schema", 5), ("json_schema", "{nope"), ("json_schema", [1]),
-    ("choices", "ab"), ("choices", [1]), ("choices", ("a", None)),
+    ("ignore_eos", 1),
+    ("ignore_eos", "yes"),
+    ("skip_special_tokens", 0),
+    ("seed", 1.0),
+    ("seed", True),
+    ("seed", "42"),
+    ("n", 0),
+    ("n", -1),
+    ("n", 2.0),
+    ("n", True),
+    ("regex", 5),
+    ("regex", b"a+"),
+    ("json_schema", 5),
+    ("json_schema", "{nope"),
+    ("json_schema", [1]),
+    ("choices", "ab"),
+    ("choices", [1]),
+    ("choices", ("a", None)),
 ]
 
 
@@ -106,8 +151,18 @@ def test_min_new_tokens_must_not_exceed_max():
 
 
 def test_boundaries_accepted():
-    SamplingParams(max_new_tokens=0, temperature=0, top_p=1.0, top_k=1, min_p=1.0, frequency_penalty=-2,
-                   presence_penalty=2, repetition_penalty=1e-3, seed=-7, n=4)
+    SamplingParams(
+        max_new_tokens=0,
+        temperature=0,
+        top_p=1.0,
+        top_k=1,
+        min_p=1.0,
+        frequency_penalty=-2,
+        presence_penalty=2,
+        repetition_penalty=1e-3,
+        seed=-7,
+        n=4,
+    )
 
 
 def test_from_dict():

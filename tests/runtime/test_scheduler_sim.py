@@ -25,13 +25,16 @@ from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
 from loomlm.runtime.request import LogprobOptions, Req, ReqOutput, ReqStatus
 from loomlm.runtime.sampling_params import SamplingParams
 
-VOCAB = 5   # a tiny alphabet, so that prompts and outputs share prefixes and the cache is busy
+VOCAB = 5  # a tiny alphabet, so that prompts and outputs share prefixes and the cache is busy
 LETTERS = "abcde"
 CONTEXT = 256
 # Every feature of the sampler; with all the mass on one token each of them still picks it.
-PARAMS = [SamplingParams(temperature=0), SamplingParams(temperature=0.7, top_k=3),
-          SamplingParams(top_p=0.9, repetition_penalty=1.3),
-          SamplingParams(frequency_penalty=0.5, presence_penalty=0.2, min_p=0.1)]
+PARAMS = [
+    SamplingParams(temperature=0),
+    SamplingParams(temperature=0.7, top_k=3),
+    SamplingParams(top_p=0.9, repetition_penalty=1.3),
+    SamplingParams(frequency_penalty=0.5, presence_penalty=0.2, min_p=0.1),
+]
 
 
 def next_token(tokens: list[int]) -> int:
@@ -59,7 +62,7 @@ class FakeRunner:
         self.kv_pool = KVPool(slots, num_layers=1, num_kv_heads=1, head_dim=1, dtype=torch.float32, device="cpu")
         self.req_pool = ReqToTokenPool(rows, CONTEXT, "cpu")
         self.context_length = CONTEXT
-        self.failing: set[int] = set()   # forward calls (0-based) that raise
+        self.failing: set[int] = set()  # forward calls (0-based) that raise
         self.calls = 0
 
     def forward(self, batch: ScheduledBatch) -> torch.Tensor:
@@ -67,22 +70,27 @@ class FakeRunner:
         self.calls += 1
         if self.calls - 1 in self.failing:
             raise RuntimeError("injected forward fault")
-        keys = self.kv_pool.k_buffers[0][:, 0, 0]                                   # [slots + 1]
+        keys = self.kv_pool.k_buffers[0][:, 0, 0]  # [slots + 1]
         keys[batch.out_slots] = batch.input_ids.float()
         lens = batch.extend_lens.tolist()
-        starts = [sum(lens[:b]) for b in range(len(lens))]   # first flattened token of each request
+        starts = [sum(lens[:b]) for b in range(len(lens))]  # first flattened token of each request
         logits = torch.full((len(batch.logits_indices), VOCAB), float("-inf"))
         for j, t in enumerate(batch.logits_indices.tolist()):
             b = bisect.bisect_right(starts, t) - 1
             pos = int(batch.prefix_lens[b]) + t - starts[b]
-            slots = self.req_pool.req_to_token[int(batch.req_rows[b]), :pos + 1].to(torch.int64)
+            slots = self.req_pool.req_to_token[int(batch.req_rows[b]), : pos + 1].to(torch.int64)
             logits[j, next_token(keys[slots].to(torch.int64).tolist())] = 0.0
         return logits
 
 
 def make_core(slots: int, rows: int, policy: str, cache: bool, chunk: int | None) -> EngineCore:
-    config = EngineConfig(max_running_requests=rows, max_prefill_tokens=chunk or 10_000,
-                          chunked_prefill_size=chunk or -1, schedule_policy=policy, disable_radix_cache=not cache)
+    config = EngineConfig(
+        max_running_requests=rows,
+        max_prefill_tokens=chunk or 10_000,
+        chunked_prefill_size=chunk or -1,
+        schedule_policy=policy,
+        disable_radix_cache=not cache,
+    )
     return EngineCore(FakeRunner(slots, rows), StubTokenizer(), config, start_loop=False)
 
 
@@ -92,7 +100,7 @@ def run(core: EngineCore, reqs: list[Req], aborts: dict[int, int]) -> int:
     steps = 0
     while True:
         if steps in aborts:
-            core.abort(reqs[aborts[steps]].rid)   # a no-op once the request finished
+            core.abort(reqs[aborts[steps]].rid)  # a no-op once the request finished
         core.drain_inbox()
         if not core.scheduler.has_work():
             break
@@ -108,9 +116,18 @@ def make_reqs(rng: random.Random, n: int) -> tuple[list[Req], list[list[ReqOutpu
     for i in range(n):
         prompt = [rng.randrange(VOCAB) for _ in range(rng.randrange(1, 40))]
         outputs.append([])
-        reqs.append(Req(rid=f"r{i}", prompt_ids=prompt, params=rng.choice(PARAMS), seed=i,
-                        logprobs=LogprobOptions(), sink=outputs[-1].append, max_new_tokens=rng.randrange(1, 25),
-                        detokenizer=IncrementalDetokenizer(StubTokenizer())))
+        reqs.append(
+            Req(
+                rid=f"r{i}",
+                prompt_ids=prompt,
+                params=rng.choice(PARAMS),
+                seed=i,
+                logprobs=LogprobOptions(),
+                sink=outputs[-1].append,
+                max_new_tokens=rng.randrange(1, 25),
+                detokenizer=IncrementalDetokenizer(StubTokenizer()),
+            )
+        )
     return reqs, outputs
 
 
@@ -118,7 +135,7 @@ def expected_output(req: Req) -> list[int]:
     tokens = list(req.prompt_ids)
     for _ in range(req.max_new_tokens):
         tokens.append(next_token(tokens))
-    return tokens[len(req.prompt_ids):]
+    return tokens[len(req.prompt_ids) :]
 
 
 def check_delivered(req: Req, outs: list[ReqOutput]) -> None:
@@ -135,12 +152,18 @@ def check_all_back(core: EngineCore) -> None:
     assert core.scheduler.flush_cache() and core.runner.kv_pool.used() == 0
 
 
-@given(seed=st.integers(0, 10_000), policy=st.sampled_from(["fcfs", "lpm", "dfs-weight"]),
-       cache=st.booleans(), chunk=st.sampled_from([None, 8, 17]), slots=st.integers(62, 200),
-       rows=st.integers(1, 6), n=st.integers(1, 14), num_aborts=st.integers(0, 3))
+@given(
+    seed=st.integers(0, 10_000),
+    policy=st.sampled_from(["fcfs", "lpm", "dfs-weight"]),
+    cache=st.booleans(),
+    chunk=st.sampled_from([None, 8, 17]),
+    slots=st.integers(62, 200),
+    rows=st.integers(1, 6),
+    n=st.integers(1, 14),
+    num_aborts=st.integers(0, 3),
+)
 @settings(max_examples=300, deadline=None)
-def test_random_workloads_complete_identically_and_leak_nothing(seed, policy, cache, chunk, slots, rows, n,
-                                                                num_aborts):
+def test_random_workloads_complete_identically_and_leak_nothing(seed, policy, cache, chunk, slots, rows, n, num_aborts):
     rng = random.Random(seed)
     reqs, outputs = make_reqs(rng, n)
     aborts = {rng.randrange(0, 60): rng.randrange(n) for _ in range(num_aborts)}
@@ -149,8 +172,8 @@ def test_random_workloads_complete_identically_and_leak_nothing(seed, policy, ca
     for req, outs in zip(reqs, outputs):
         assert req.status == ReqStatus.FINISHED
         if req.finish_reason.type == "abort":
-            assert req.finish_reason.message == "aborted by the caller"   # never an engine error
-            assert req.output_ids == expected_output(req)[:len(req.output_ids)]
+            assert req.finish_reason.message == "aborted by the caller"  # never an engine error
+            assert req.output_ids == expected_output(req)[: len(req.output_ids)]
         else:
             assert req.finish_reason.type == "length"
             assert req.output_ids == expected_output(req), req.rid
@@ -158,12 +181,20 @@ def test_random_workloads_complete_identically_and_leak_nothing(seed, policy, ca
     check_all_back(core)
 
 
-@given(seed=st.integers(0, 10_000), cache=st.booleans(), chunk=st.sampled_from([None, 8]),
-       slots=st.integers(62, 150), rows=st.integers(1, 4), n=st.integers(1, 8),
-       forward_faults=st.sets(st.integers(0, 40), max_size=3), schedule_faults=st.sets(st.integers(0, 40), max_size=2))
+@given(
+    seed=st.integers(0, 10_000),
+    cache=st.booleans(),
+    chunk=st.sampled_from([None, 8]),
+    slots=st.integers(62, 150),
+    rows=st.integers(1, 4),
+    n=st.integers(1, 8),
+    forward_faults=st.sets(st.integers(0, 40), max_size=3),
+    schedule_faults=st.sets(st.integers(0, 40), max_size=2),
+)
 @settings(max_examples=100, deadline=None)
-def test_failed_steps_abort_their_requests_and_leak_nothing(seed, cache, chunk, slots, rows, n, forward_faults,
-                                                            schedule_faults):
+def test_failed_steps_abort_their_requests_and_leak_nothing(
+    seed, cache, chunk, slots, rows, n, forward_faults, schedule_faults
+):
     """A failing forward aborts its batch's requests, a failing scheduler every holder; the rest goes on."""
     rng = random.Random(seed)
     reqs, outputs = make_reqs(rng, n)
@@ -182,7 +213,7 @@ def test_failed_steps_abort_their_requests_and_leak_nothing(seed, cache, chunk, 
     for req, outs in zip(reqs, outputs):
         if req.finish_reason.type == "abort":
             assert "injected" in req.finish_reason.message
-            assert req.output_ids == expected_output(req)[:len(req.output_ids)]
+            assert req.output_ids == expected_output(req)[: len(req.output_ids)]
         else:
             assert req.output_ids == expected_output(req), req.rid
         check_delivered(req, outs)
@@ -193,7 +224,7 @@ def test_finished_rows_leave_the_sampler_at_the_next_prepare():
     core = make_core(100, 2, "lpm", True, None)
     reqs, _ = make_reqs(random.Random(1), 4)
     for req in reqs:
-        req.params = PARAMS[2]   # penalties: the rows claim the [R, V] tables
+        req.params = PARAMS[2]  # penalties: the rows claim the [R, V] tables
     run(core, reqs, {})
     assert core.sampler.num_active() == len(core.scheduler.pending_released_rows) > 0
     extra, _ = make_reqs(random.Random(2), 1)
@@ -224,7 +255,7 @@ def test_low_priority_requests_are_retracted_first():
         req.priority = 1 if i % 2 else 0
     core = make_core(100, 10, "fcfs", True, None)
     sched = core.scheduler
-    victims: list[tuple[int, int]] = []   # (victim's priority, lowest priority among the holders then)
+    victims: list[tuple[int, int]] = []  # (victim's priority, lowest priority among the holders then)
     retract = sched.retract
 
     def logged(req):

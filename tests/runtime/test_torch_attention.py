@@ -29,20 +29,26 @@ def test_extend_attention_matches_reference(extend_lens):
     used = 0
     out_slots = []
     for row, (p, e) in enumerate(zip(prefix_lens, extend_lens)):
-        slots = perm[used:used + p + e]
+        slots = perm[used : used + p + e]
         used += p + e
-        table.req_to_token[row, :p + e] = slots.to(torch.int32)
+        table.req_to_token[row, : p + e] = slots.to(torch.int32)
         out_slots.append(slots[p:])
     T = sum(extend_lens)
     q = torch.randn(T, H, D, generator=gen)
     k = torch.randn(T, KVH, D, generator=gen)
     v = torch.randn(T, KVH, D, generator=gen)
     B = len(extend_lens)
-    backend = TorchAttentionBackend(D ** -0.5)
-    batch = ForwardBatch(ForwardMode.EXTEND, torch.zeros(T, dtype=torch.int64),
-                         torch.cat([torch.arange(p, p + e) for p, e in zip(prefix_lens, extend_lens)]),
-                         torch.cat(out_slots), torch.arange(B), torch.tensor(prefix_lens),
-                         torch.tensor(extend_lens), torch.arange(T))
+    backend = TorchAttentionBackend(D**-0.5)
+    batch = ForwardBatch(
+        ForwardMode.EXTEND,
+        torch.zeros(T, dtype=torch.int64),
+        torch.cat([torch.arange(p, p + e) for p, e in zip(prefix_lens, extend_lens)]),
+        torch.cat(out_slots),
+        torch.arange(B),
+        torch.tensor(prefix_lens),
+        torch.tensor(extend_lens),
+        torch.arange(T),
+    )
     ctx = ForwardContext(batch, pool, table, backend)
     backend.prepare(ctx)
     if max(extend_lens) >= 4 * min(extend_lens):
@@ -50,15 +56,15 @@ def test_extend_attention_matches_reference(extend_lens):
     got = backend.forward(q, k, v, 0, ctx)
     offset = 0
     for row, (p, e) in enumerate(zip(prefix_lens, extend_lens)):
-        slots = table.req_to_token[row, :p + e].long()
-        keys = pool.k_buffers[0][slots].double().repeat_interleave(G, dim=1)     # [p+e, H, D]
+        slots = table.req_to_token[row, : p + e].long()
+        keys = pool.k_buffers[0][slots].double().repeat_interleave(G, dim=1)  # [p+e, H, D]
         vals = pool.v_buffers[0][slots].double().repeat_interleave(G, dim=1)
-        qr = q[offset:offset + e].double()                                        # [e, H, D]
-        scores = torch.einsum("qhd,khd->hqk", qr, keys) * D ** -0.5
+        qr = q[offset : offset + e].double()  # [e, H, D]
+        scores = torch.einsum("qhd,khd->hqk", qr, keys) * D**-0.5
         causal = torch.arange(p + e)[None, :] <= (p + torch.arange(e))[:, None]
         scores = scores.masked_fill(~causal[None], float("-inf"))
         want = torch.einsum("hqk,khd->qhd", torch.softmax(scores, -1), vals)
-        assert torch.allclose(got[offset:offset + e].double(), want, atol=1e-5), row
+        assert torch.allclose(got[offset : offset + e].double(), want, atol=1e-5), row
         offset += e
 
 
@@ -80,21 +86,30 @@ def decode_outputs(dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.T
         head = prefixes[group] if group is not None else torch.zeros(0, dtype=torch.int64)
         own = torch.tensor([free.pop() for _ in range(rng.randrange(1, 30))])
         full = torch.cat([head, own])
-        table.req_to_token[row, :full.numel()] = full.to(torch.int32)
+        table.req_to_token[row, : full.numel()] = full.to(torch.int32)
         lens.append(full.numel())
     B = len(lens)
-    kv = torch.tensor(lens) - 1                 # the last token of each row is the one being decoded
+    kv = torch.tensor(lens) - 1  # the last token of each row is the one being decoded
     q = torch.randn(B, KVH * G, D, generator=gen).to(dtype)
     k = torch.randn(B, KVH, D, generator=gen).to(dtype)
     v = torch.randn(B, KVH, D, generator=gen).to(dtype)
-    groups = tuple(SharedPrefix(p, torch.tensor([i for i, g in enumerate(member_of) if g == n]))
-                   for n, p in enumerate(prefixes))
-    backend = TorchAttentionBackend(D ** -0.5)
+    groups = tuple(
+        SharedPrefix(p, torch.tensor([i for i, g in enumerate(member_of) if g == n])) for n, p in enumerate(prefixes)
+    )
+    backend = TorchAttentionBackend(D**-0.5)
     out = []
     for shared in ((), groups):
-        batch = ForwardBatch(ForwardMode.DECODE, torch.zeros(B, dtype=torch.int64), kv,
-                             table.req_to_token[torch.arange(B), kv].to(torch.int64), torch.arange(B), kv,
-                             torch.ones(B, dtype=torch.int64), torch.arange(B), shared_prefixes=shared)
+        batch = ForwardBatch(
+            ForwardMode.DECODE,
+            torch.zeros(B, dtype=torch.int64),
+            kv,
+            table.req_to_token[torch.arange(B), kv].to(torch.int64),
+            torch.arange(B),
+            kv,
+            torch.ones(B, dtype=torch.int64),
+            torch.arange(B),
+            shared_prefixes=shared,
+        )
         ctx = ForwardContext(batch, pool, table, backend)
         backend.prepare(ctx)
         out.append(backend.forward(q, k, v, 0, ctx).float())

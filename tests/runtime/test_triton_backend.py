@@ -11,7 +11,7 @@ import os
 
 DEVICE = os.environ.get("LOOMLM_KERNEL_TEST_DEVICE", "cpu")
 if DEVICE == "cpu":
-    os.environ.setdefault("TRITON_INTERPRET", "1")   # before any kernel module is imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
 
 import json  # noqa: E402
 
@@ -22,8 +22,17 @@ import loomlm  # noqa: E402
 from loomlm.runtime.cuda_graph import DecodeGraphRunner, decode_buckets  # noqa: E402
 
 # The default model's attention shape (head_dim 64, 3 query heads per KV head), 2 small layers.
-TINY = json.dumps({"num_layers": 2, "hidden_size": 96, "intermediate_size": 160, "num_heads": 3,
-                   "num_kv_heads": 1, "head_dim": 64, "max_position_embeddings": 512})
+TINY = json.dumps(
+    {
+        "num_layers": 2,
+        "hidden_size": 96,
+        "intermediate_size": 160,
+        "num_heads": 3,
+        "num_kv_heads": 1,
+        "head_dim": 64,
+        "max_position_embeddings": 512,
+    }
+)
 PARAMS = {"max_new_tokens": 6, "temperature": 0, "ignore_eos": True}
 SHARED = list(range(100, 140))
 # Ragged: a one-token prompt, short and long ones, and two sharing a 40-token prefix.
@@ -31,17 +40,26 @@ PROMPTS = [[7], list(range(200, 219)), list(range(300, 371)), SHARED + [5, 6, 7]
 
 
 def _engine(backend: str) -> loomlm.Engine:
-    return loomlm.Engine(load_format="dummy", json_model_override_args=TINY, attention_backend=backend,
-                         dtype="float32", device=DEVICE, max_total_tokens=2048, max_running_requests=16,
-                         chunked_prefill_size=32, random_seed=5)
+    return loomlm.Engine(
+        load_format="dummy",
+        json_model_override_args=TINY,
+        attention_backend=backend,
+        dtype="float32",
+        device=DEVICE,
+        max_total_tokens=2048,
+        max_running_requests=16,
+        chunked_prefill_size=32,
+        random_seed=5,
+    )
 
 
 def _run(engine: loomlm.Engine, prompts: list[list[int]]) -> list[tuple[list[int], torch.Tensor]]:
     # The first two prompts go alone first, so the shared prefix is cached when the rest arrive.
     engine.generate(input_ids=[prompts[3]], sampling_params={**PARAMS, "max_new_tokens": 1})
     outs = engine.generate(input_ids=prompts, sampling_params=PARAMS, return_logprob=True)
-    return [(o["output_ids"], torch.tensor([lp for lp, _t, _ in o["meta_info"]["output_token_logprobs"]]))
-            for o in outs]
+    return [
+        (o["output_ids"], torch.tensor([lp for lp, _t, _ in o["meta_info"]["output_token_logprobs"]])) for o in outs
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +88,15 @@ def test_triton_backend_uses_the_kernels(triton_engine):
     runner = triton_engine.core.runner
     assert type(runner.attn_backend).__name__ == "TritonAttentionBackend"
     assert runner.model.ops.name == "triton"
-    assert (runner.graph_runner is not None) == (DEVICE == "cuda")     # CUDA graphs on CUDA only
+    assert (runner.graph_runner is not None) == (DEVICE == "cuda")  # CUDA graphs on CUDA only
 
 
 def test_greedy_output_equals_torch_backend(triton_engine, torch_outputs):
     before = triton_engine.get_stats()
     _assert_same(_run(triton_engine, PROMPTS), torch_outputs)
     after = triton_engine.get_stats()
-    assert after["cached_prefill_tokens"] - before["cached_prefill_tokens"] >= len(SHARED)   # a real prefix was read
-    assert after["extend_passes"] - before["extend_passes"] >= 3             # chunked 71-token prompt
+    assert after["cached_prefill_tokens"] - before["cached_prefill_tokens"] >= len(SHARED)  # a real prefix was read
+    assert after["extend_passes"] - before["extend_passes"] >= 3  # chunked 71-token prompt
     triton_engine.idle_integrity()
 
 
@@ -97,9 +115,9 @@ def test_decode_graph_runner_static_path_equals_torch_backend(triton_engine, tor
         finally:
             runner.graph_runner = default_runner
         decodes = stats["decode_passes"] - decodes
-        if max_bs == 8:   # every decode step replayed (5 requests, 5 steps each at least)
+        if max_bs == 8:  # every decode step replayed (5 requests, 5 steps each at least)
             assert stats["cuda_graph_replays"] == decodes >= 5, (stats["cuda_graph_replays"], decodes)
-        else:             # the 5-request steps ran eagerly
+        else:  # the 5-request steps ran eagerly
             assert stats["cuda_graph_replays"] < decodes, (stats["cuda_graph_replays"], decodes)
     triton_engine.idle_integrity()
 

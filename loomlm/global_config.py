@@ -3,8 +3,11 @@
     import loomlm as sgl
     sgl.global_config.verbosity = 2                 # print each program's text when its run ends
 
-(`from loomlm.lang.global_config import global_config` names the same object. It lives in `lang`, the
-layer that reads it, and `loomlm` exports it lazily, so `import loomlm` stays cheap.)
+    from loomlm.global_config import global_config  # the same object, as in SGLang
+
+A leaf module (it imports nothing from loomlm at module level), so `loomlm/__init__` binds the object over
+the module's name at no import cost, as SGLang does. The frontend (`loomlm.lang`) is the layer that reads
+it.
 
 Fields that take effect here:
 
