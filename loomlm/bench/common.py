@@ -1,4 +1,5 @@
-"""Set-up shared by the benchmarks: the device and vocabulary of the model under test, torch threads."""
+"""Set-up shared by the benchmarks: the model arguments, the device and vocabulary of the model under test,
+torch threads."""
 
 from __future__ import annotations
 
@@ -6,7 +7,31 @@ import argparse
 
 import torch
 
-from loomlm.runtime.config import EngineConfig
+from loomlm.runtime.config import DTYPES, LOAD_FORMATS, EngineConfig
+
+DEVICE_HELP = "auto | cpu | cuda[:N]"
+
+
+def add_model_arguments(
+    p: argparse.ArgumentParser,
+    *,
+    load_formats: tuple[str, ...] = LOAD_FORMATS,
+    load_format_help: str | None = None,
+    dtypes: tuple[str, ...] = tuple(DTYPES),
+    dtype_default: str = "float32",
+    dtype_help: str | None = None,
+    device_help: str = DEVICE_HELP,
+) -> None:
+    """`--model`, `--load-format`, `--dtype` and `--device`: which model a benchmark runs, and where."""
+    p.add_argument(
+        "--model",
+        dest="model_path",
+        default=None,
+        help="GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct)",
+    )
+    p.add_argument("--load-format", choices=load_formats, default="auto", help=load_format_help)
+    p.add_argument("--dtype", choices=dtypes, default=dtype_default, help=dtype_help)
+    p.add_argument("--device", default="auto", help=device_help)
 
 
 def resolve_target(args: argparse.Namespace) -> tuple[torch.device, int]:

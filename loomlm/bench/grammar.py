@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from loomlm.bench.common import add_model_arguments
 from loomlm.bench.grammar_adapters import LIBRARIES, Library, Walker, load_libraries
 from loomlm.bench.grammar_workload import JSON_SCHEMA, REGEX, REGEXES, SCHEMAS, Case, select
 from loomlm.bench.report import environment, text_table
-from loomlm.runtime.config import DTYPES, LOAD_FORMATS
 
 LABELS = {
     "loomlm": "loomlm",
@@ -69,15 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-e2e", action="store_true", help="no end-to-end generation")
     p.add_argument("--e2e-max-new-tokens", type=int, default=200)
     p.add_argument("--e2e-repeats", type=int, default=1, help="requests per schema and mode")
-    p.add_argument(
-        "--model",
-        dest="model_path",
-        default=None,
-        help="GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct)",
-    )
-    p.add_argument("--load-format", choices=LOAD_FORMATS, default="auto")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
-    p.add_argument("--device", default="auto", help="device of the end-to-end engines: auto | cpu | cuda[:N]")
+    add_model_arguments(p, device_help="device of the end-to-end engines: auto | cpu | cuda[:N]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="end with one line of JSON")
     return p

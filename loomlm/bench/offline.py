@@ -27,11 +27,11 @@ from typing import Any
 import torch
 
 from loomlm.bench import offline_decode as sweep
-from loomlm.bench.common import resolve_target, use_threads
+from loomlm.bench.common import add_model_arguments, resolve_target, use_threads
 from loomlm.bench.offline_decode import WARMUP_TOKENS, engine_kwargs, make_prompts, timed
 from loomlm.bench.offline_decode import log as _log
 from loomlm.bench.report import Measurement, environment, format_table, speedup
-from loomlm.runtime.config import DTYPES, LOAD_FORMATS
+from loomlm.runtime.config import DTYPES
 
 __all__ = ["build_parser", "main", "make_prompts"]
 ATTENTION_BACKEND_CHOICES = ("torch", "triton")
@@ -51,25 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run transformers at batch 1 on the first K prompts only (default: all)",
     )
     p.add_argument("--skip-hf", action="store_true", help="measure loomlm only")
-    p.add_argument(
-        "--model",
-        dest="model_path",
-        default=None,
-        help="GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct)",
+    add_model_arguments(
+        p,
+        load_format_help="dummy: random weights of the model's shape on both sides",
+        dtypes=("auto", *DTYPES),
+        dtype_default="auto",
+        dtype_help="auto: float32 on CPU, bfloat16 on CUDA (the engine's own default)",
     )
-    p.add_argument(
-        "--load-format",
-        choices=LOAD_FORMATS,
-        default="auto",
-        help="dummy: random weights of the model's shape on both sides",
-    )
-    p.add_argument(
-        "--dtype",
-        choices=("auto", *DTYPES),
-        default="auto",
-        help="auto: float32 on CPU, bfloat16 on CUDA (the engine's own default)",
-    )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--max-running-requests", type=int, default=128, help="loomlm's batch limit")
     p.add_argument(

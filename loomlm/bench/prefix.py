@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from loomlm.bench.common import resolve_target, use_threads
+from loomlm.bench.common import add_model_arguments, resolve_target, use_threads
 from loomlm.bench.report import environment, text_table
-from loomlm.runtime.config import DTYPES, LOAD_FORMATS, SCHEDULE_POLICIES
+from loomlm.runtime.config import SCHEDULE_POLICIES
 
 WARMUP_TOKENS = 4
 
@@ -99,15 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="lpm",
         help=f"comma-separated schedule policies for the cache-on runs ({', '.join(SCHEDULE_POLICIES)})",
     )
-    p.add_argument(
-        "--model",
-        dest="model_path",
-        default=None,
-        help="GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct)",
-    )
-    p.add_argument("--load-format", choices=LOAD_FORMATS, default="auto")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    add_model_arguments(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--max-running-requests", type=int, default=128)
     p.add_argument("--chunked-prefill-size", type=int, default=2048)

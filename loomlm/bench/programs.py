@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from loomlm.bench.common import add_model_arguments
 from loomlm.bench.program_workloads import (
     WORKLOAD_KEYS,
     Workload,
@@ -160,15 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="constrained-decoding jump-forward in the cache-on run (off by default: it needs the "
         "cache, so it would be a second difference between the two runs)",
     )
-    p.add_argument(
-        "--model",
-        dest="model_path",
-        default=None,
-        help="GGUF file or Hugging Face directory (default: SmolLM2-135M-Instruct)",
-    )
-    p.add_argument("--load-format", choices=("auto", "gguf", "safetensors"), default="auto")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    add_model_arguments(p, load_formats=("auto", "gguf", "safetensors"))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--max-total-tokens", type=int, default=32768, help="KV pool of each engine, in tokens")
     p.add_argument("--seed", type=int, default=0)
