@@ -11,8 +11,17 @@ The facade: the runtime and lang layers import this package only, never its modu
   `canonical_json_schema`, and jump-forward (`JumpPlan`, `plan_jump`, `plan_prefix_jump`).
 """
 
-from loomlm.grammars.cache import GrammarCache, GrammarSpec, canonical_json_schema, compile_spec, spec_from_params
+from loomlm.grammars.cache import (
+    CONSTRAINT_PARAMS,
+    GrammarCache,
+    GrammarSpec,
+    canonical_json_schema,
+    compile_spec,
+    spec_from_params,
+)
+from loomlm.grammars.cfg_guide import CFGGuide, compile_cfg, compile_ebnf
 from loomlm.grammars.errors import GrammarError, GrammarTimeoutError
+from loomlm.grammars.grammar_ir import Grammar
 from loomlm.grammars.guide import (
     FINISHED,
     DFAGuide,
@@ -25,15 +34,18 @@ from loomlm.grammars.guide import (
     type_regex,
 )
 from loomlm.grammars.guide_protocol import REJECTED, Guide, allowed_tokens, bitmask_words
-from loomlm.grammars.json_schema import json_schema_to_regex
+from loomlm.grammars.json_schema import json_schema_to_grammar, json_schema_to_regex
 from loomlm.grammars.jump_forward import JumpPlan, plan_jump, plan_prefix_jump
 from loomlm.grammars.limits import GrammarLimits
 from loomlm.grammars.vocabulary import Vocabulary
 
 __all__ = [
+    "CONSTRAINT_PARAMS",
+    "CFGGuide",
     "DFAGuide",
     "FINISHED",
     "GrammarCache",
+    "Grammar",
     "GrammarError",
     "GrammarLimits",
     "GrammarSpec",
@@ -46,12 +58,15 @@ __all__ = [
     "bitmask_words",
     "canonical_json_schema",
     "choices_regex",
+    "compile_cfg",
     "compile_choices",
+    "compile_ebnf",
     "compile_json_schema",
     "compile_regex",
     "compile_spec",
     "compile_type",
     "escape_literal",
+    "json_schema_to_grammar",
     "json_schema_to_regex",
     "plan_jump",
     "plan_prefix_jump",

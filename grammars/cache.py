@@ -20,13 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from loomlm.grammars.cfg_guide import compile_ebnf
 from loomlm.grammars.errors import GrammarError, GrammarTimeoutError
 from loomlm.grammars.guide import compile_choices, compile_json_schema, compile_regex, compile_type
 from loomlm.grammars.guide_protocol import Guide
 from loomlm.grammars.limits import GrammarLimits
 from loomlm.grammars.vocabulary import Vocabulary
 
-KINDS = ("regex", "json_schema", "choices", "type")
+KINDS = ("regex", "json_schema", "choices", "type", "ebnf", "structural_tag")
+# The sampling parameters that name a constraint (a request sets at most one), in precedence order.
+CONSTRAINT_PARAMS = ("regex", "json_schema", "choices", "ebnf", "structural_tag")
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
@@ -51,6 +54,12 @@ def compile_spec(spec: GrammarSpec, vocab: Vocabulary, limits: GrammarLimits, wh
         return compile_json_schema(spec.spec, vocab, whitespace=whitespace, limits=limits)
     if spec.kind == "choices":
         return compile_choices(list(spec.spec), vocab, limits)
+    if spec.kind == "ebnf":
+        return compile_ebnf(spec.spec, vocab, limits)
+    if spec.kind == "structural_tag":
+        from loomlm.grammars.structural_tag import compile_structural_tag
+
+        return compile_structural_tag(spec.spec, vocab, limits, whitespace=whitespace)
     return compile_type(_TYPES[spec.spec], vocab, limits)
 
 
@@ -159,15 +168,13 @@ def _as_grammar_error(spec: GrammarSpec, exc: Exception) -> tuple[GrammarError, 
     return error, False
 
 
-def spec_from_params(regex: str | None, json_schema: str | None, choices: tuple[str, ...] | None) -> GrammarSpec | None:
-    """The one constraint a request's sampling parameters ask for (they validate that at most one is
-    set), or None."""
-    if regex is not None:
-        return GrammarSpec("regex", regex)
-    if json_schema is not None:
-        return GrammarSpec("json_schema", json_schema)
-    if choices is not None:
-        return GrammarSpec("choices", tuple(choices))
+def spec_from_params(params: Any) -> GrammarSpec | None:
+    """The one constraint a request's sampling parameters (any object with the CONSTRAINT_PARAMS
+    attributes; they validate that at most one is set) ask for, or None."""
+    for kind in CONSTRAINT_PARAMS:
+        value = getattr(params, kind, None)
+        if value is not None:
+            return GrammarSpec(kind, tuple(value) if kind == "choices" else value)
     return None
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from loomlm.grammars.cfg_guide import CFGGuide, compile_cfg
 from loomlm.grammars.errors import GrammarError
 from loomlm.grammars.guide_protocol import REJECTED
 from loomlm.grammars.limits import GrammarLimits
@@ -148,17 +149,18 @@ def compile_json_schema(
     whitespace: str = "default",
     strict: bool = True,
     limits: GrammarLimits | None = None,
-) -> DFAGuide:
-    """A JSON schema (dict, JSON text, or pydantic model class) through its regex."""
-    from loomlm.grammars.json_schema import json_schema_to_regex
+) -> CFGGuide:
+    """A JSON schema (dict, JSON text, or pydantic model class) as a grammar guide: objects, arrays and
+    `$ref` cycles are rules, scalars are lazily lexed terminals (`json_schema.json_schema_to_grammar`)."""
+    from loomlm.grammars.json_schema import json_schema_to_grammar
 
-    pattern = json_schema_to_regex(schema, whitespace=whitespace, strict=strict)
+    grammar = json_schema_to_grammar(schema, whitespace=whitespace, strict=strict)
     text = (
         schema
         if isinstance(schema, str)
         else (json.dumps(schema)[:80] if isinstance(schema, (dict, bool)) else getattr(schema, "__name__", "schema"))
     )
-    return compile_regex(pattern, vocab, limits, f"JSON schema {str(text)[:80]}")
+    return compile_cfg(grammar, vocab, limits, f"JSON schema {str(text)[:80]}")
 
 
 def escape_literal(text: str) -> str:

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from loomlm.grammars.errors import GrammarError
+from loomlm.grammars.grammar_ir import Grammar, Part, Ref, Term, alt, seq
 from loomlm.grammars.json_negation import Negated, Unnegatable, negate_leaf, other_types
-from loomlm.grammars.json_numbers import alternation
 from loomlm.grammars.json_refs import SchemaIndex
 from loomlm.grammars.json_scalars import number_regex, string_regex
 from loomlm.grammars.json_schema_keywords import TYPES, Path, Sub, fail, merge, normalize, pointer, unsupported
@@ -49,6 +49,7 @@ from loomlm.grammars.json_shapes import (
     any_array,
     any_object,
     any_value,
+    any_value_rules,
     array_regex,
     object_regex,
     repeat,
@@ -74,10 +75,37 @@ class _Ctx:
     style: Style
     index: SchemaIndex
     reasons: list = field(default_factory=list)  # why parts of the schema match nothing
+    grammar: bool = False  # build a grammar (scalars as terminals, recursion as rules), not one regex
+    rules: dict = field(default_factory=dict)  # grammar mode: rule name -> Part
+    pending: dict = field(default_factory=dict)  # grammar mode: recursive $ref key -> its target Sub
 
     def unsat(self, reason: str) -> None:
         self.reasons.append(reason)
         return None
+
+    def any_value(self) -> Part:
+        if not self.grammar:
+            return any_value(self.style, ANY_VALUE_DEPTH)
+        if not self.rules.keys() & {"$json_value"}:
+            self.rules.update(any_value_rules(self.style))
+        return Ref("$json_value")
+
+    def any_array(self) -> Part:
+        return any_array(self.style, ANY_VALUE_DEPTH) if not self.grammar else self._any("$json_array")
+
+    def any_object(self) -> Part:
+        return any_object(self.style, ANY_VALUE_DEPTH) if not self.grammar else self._any("$json_object")
+
+    def _any(self, name: str) -> Part:
+        self.any_value()
+        return Ref(name)
+
+    def terminal(self, regex: str | None, name: str = "") -> Part | None:
+        """A scalar's regex: itself in regex mode, one terminal in grammar mode."""
+        return Term(regex, name=name) if self.grammar and isinstance(regex, str) and regex else regex
+
+    def regex_mode(self) -> _Ctx:
+        return replace(self, grammar=False, reasons=[])
 
 
 def json_schema_to_regex(schema: Any, *, whitespace: str = "default", strict: bool = True) -> str:
@@ -93,6 +121,33 @@ def json_schema_to_regex(schema: Any, *, whitespace: str = "default", strict: bo
     return regex
 
 
+def json_schema_to_grammar(schema: Any, *, whitespace: str = "default", strict: bool = True) -> Grammar:
+    """The schema as a `Grammar`: the same language as `json_schema_to_regex`, except that `$ref`
+    cycles become recursive rules and "any JSON value" nests without bound (the spec's semantics)."""
+    root = _load(schema)
+    ctx = _Ctx(bool(strict), whitespace_style(whitespace), SchemaIndex(root), grammar=True)
+    top = _compile([Sub(root, ())], ctx)
+    if top is None:
+        why = ctx.reasons[-1] if ctx.reasons else "no alternative is left"
+        raise GrammarError(f"the schema is unsatisfiable (matches no JSON value): {why}")
+    rules: dict[str, Any] = {"$root": top}
+    while ctx.pending:
+        key, target = ctx.pending.popitem()
+        if key in ctx.rules:
+            continue
+        ctx.rules[key] = None  # placeholder while its body is compiled (it may refer to itself)
+        body = _compile([Sub(target.schema, target.path, frozenset({key}))], ctx)
+        if body is None:
+            raise GrammarError(f"the schema at {key} (reached through a recursive $ref) matches no JSON value")
+        ctx.rules[key] = body
+    rules.update(ctx.rules)
+    return Grammar({name: _expr(part) for name, part in rules.items()}, "$root")
+
+
+def _expr(part: Part):
+    return Term(part) if isinstance(part, str) else part
+
+
 def _load(schema: Any) -> Any:
     if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
         schema = schema.model_json_schema()
@@ -106,14 +161,14 @@ def _load(schema: Any) -> Any:
     return schema
 
 
-def _compile(subs: list[Sub], ctx: _Ctx) -> str | None:
+def _compile(subs: list[Sub], ctx: _Ctx) -> Part | None:
     """Regex for the conjunction of `subs`; None when it matches nothing."""
     return _regex_of(_leaves(subs, ctx), ctx)
 
 
-def _regex_of(leaves: list[Leaf], ctx: _Ctx) -> str | None:
+def _regex_of(leaves: list[Leaf], ctx: _Ctx) -> Part | None:
     parts = [p for leaf, path in leaves if (p := _leaf_regex(leaf, path, ctx)) is not None]
-    return alternation(parts) if parts else None
+    return alt(parts) if parts else None
 
 
 def _leaves(subs: list[Sub], ctx: _Ctx) -> list[Leaf]:
@@ -133,13 +188,17 @@ def _expand(sub: Sub, ctx: _Ctx) -> list[Leaf]:
     if "$ref" in schema:
         target = ctx.index.resolve(schema["$ref"], path)
         key = pointer(target.path)
-        if key in refs:
+        if key in refs and ctx.grammar:
+            ctx.pending.setdefault(key, target) if key not in ctx.rules else None
+            factors.append([({"rule": key}, path)])
+        elif key in refs:
             raise fail(
                 "$ref",
                 path,
                 f"recursive $ref {schema['$ref']!r} is not supported by the regex compiler (it needs a grammar)",
             )
-        factors.append(_expand(Sub(target.schema, target.path, refs | {key}), ctx))
+        else:
+            factors.append(_expand(Sub(target.schema, target.path, refs | {key}), ctx))
     for i, s in enumerate(schema.get("allOf", [])):
         factors.append(_expand(Sub(s, path + ("allOf", i), refs), ctx))
     branches = {
@@ -163,6 +222,8 @@ def _negate(alternatives: list[Leaf], path: Path, ctx: _Ctx, closed: bool = Fals
     """Leaves for the complement of a union of leaves (raises Unnegatable); `closed`: see negate_leaf."""
     factors = []
     for leaf, where in alternatives:
+        if "rule" in leaf:
+            raise Unnegatable("a recursive $ref")
         parts = negate_leaf(leaf, _leaf_types(leaf, ctx, infer=False), closed)
         for part in parts:  # "a present and not S": expand not-S now, so that Unnegatable shows here
             for name, subs in part.get("properties", {}).items():
@@ -252,6 +313,12 @@ def _product(factors: list[list[Leaf]], ctx: _Ctx, path: Path = ()) -> list[Leaf
         )
     out = []
     for combo in itertools.product(*factors):
+        rules = [lf for lf, _ in combo if "rule" in lf]
+        if rules:  # a recursive $ref stays a rule: nothing else may narrow it
+            if len(rules) > 1 or any(lf.keys() - {"ignored", "object_stated"} for lf, _ in combo if "rule" not in lf):
+                raise unsupported("$ref", combo[0][1], "a recursive $ref next to other constraints")
+            out.append((rules[0], combo[0][1]))
+            continue
         leaf, path = combo[0]
         for other, _ in combo[1:]:
             leaf = merge(leaf, other)
@@ -271,12 +338,14 @@ def _leaf_types(leaf: dict, ctx: _Ctx, infer: bool = True) -> list[str]:
     return [t for t in TYPES if t in types and not (t == "integer" and "number" in types)]
 
 
-def _leaf_regex(leaf: dict, path: Path, ctx: _Ctx) -> str | None:
+def _leaf_regex(leaf: dict, path: Path, ctx: _Ctx) -> Part | None:
+    if "rule" in leaf:
+        return Ref(leaf["rule"])
     if not leaf.keys() - {"ignored", "object_stated"}:
-        return any_value(ctx.style, ANY_VALUE_DEPTH)
+        return ctx.any_value()
     types = _leaf_types(leaf, ctx)
     if "enum" in leaf:
-        return _enum(leaf, types, path, ctx)
+        return ctx.terminal(_enum(leaf, types, path, ctx), "enum")
     builders = {
         "null": lambda *_: "null",
         "boolean": lambda *_: "(?:true|false)",
@@ -286,34 +355,41 @@ def _leaf_regex(leaf: dict, path: Path, ctx: _Ctx) -> str | None:
         "number": number_regex,
         "integer": number_regex,
     }
-    parts = [r for t in types if (r := builders[t](leaf, path, ctx, t)) is not None]
+    parts = [ctx.terminal(r, t) for t in types if (r := builders[t](leaf, path, ctx, t)) is not None]
     if not types:
         ctx.unsat(f"no type is left at {pointer(path)}")
-    return alternation(parts) if parts else None
+    return alt(parts) if parts else None
 
 
-def _object(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> str | None:
+def _object(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> Part | None:
     props, required = leaf.get("properties", {}), leaf.get("required", [])
     extra_schema = leaf.get("additionalProperties")
     closed = ctx.strict and leaf.get("object_stated", False)  # strict closes objects the schema is about
     if extra_schema is None and not closed and not _FAMILIES["object"] & leaf.keys():
-        return any_object(ctx.style, ANY_VALUE_DEPTH)
+        return ctx.any_object()
     if extra_schema is None:
-        extra_value = None if closed else any_value(ctx.style, ANY_VALUE_DEPTH)
+        extra_value = None if closed else ctx.any_value()
     else:
         extra_value = _compile(extra_schema, ctx)
     names = _property_names(leaf, path, ctx)
     colon, members = ctx.style.colon, []
+    patterns = leaf.get("patternProperties", [])
     for name, subs in props.items():
-        value = _compile(subs, ctx)
+        value = _compile(subs + _matching(patterns, name), ctx)
         if value is not None and names is not None and not _name_ok(name, names):
             value = ctx.unsat(f"property {name!r} at {pointer(path)} breaks propertyNames")
         if value is None:
             if name in required:
                 return ctx.unsat(f"required property {name!r} at {pointer(path)} can never be satisfied")
             continue
-        members.append((literal_string(name) + colon + value, name in required))
+        members.append((seq(literal_string(name) + colon, value), name in required))
     missing = [name for name in required if name not in props]
+    for name in [n for n in missing if _matching(patterns, n)]:
+        value = _compile(_matching(patterns, name), ctx)  # keys a pattern finds are not "additional"
+        if value is None:
+            return ctx.unsat(f"required property {name!r} at {pointer(path)} can never be satisfied")
+        members.append((seq(literal_string(name) + colon, value), True))
+        missing.remove(name)
     if missing and (extra_value is None or (names is not None and not all(_name_ok(n, names) for n in missing))):
         why = (
             "additionalProperties or propertyNames forbid it"
@@ -321,17 +397,50 @@ def _object(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> str | None:
             else "objects are closed by strict=True (declare it in properties, or set additionalProperties)"
         )
         return ctx.unsat(f"required property {missing[0]!r} at {pointer(path)} is not allowed: {why}")
-    members += [(literal_string(name) + colon + extra_value, True) for name in missing]
+    members += [(seq(literal_string(name) + colon, extra_value), True) for name in missing]
     key = None if extra_value is None else _extra_key([*props, *missing], names, path, ctx)
-    extra = None if key is None else key + colon + extra_value
+    extras = [] if key is None else [seq(key + colon, extra_value)]
+    extras = [*_pattern_members(patterns, path, ctx), *extras]
+    extra = alt(extras) if extras else None
     count = _property_count(leaf, members, extra, path, ctx)
     return None if count is None else object_regex(members, extra, ctx.style, count)
+
+
+def _matching(patterns: list[tuple[str, Sub]], name: str) -> list[Sub]:
+    """The patternProperties sub-schemas whose (unanchored) pattern finds `name`."""
+    out = []
+    for pattern, sub in patterns:
+        try:
+            if re.search(pattern, name):
+                out.append(sub)
+        except re.error:  # an ECMA-only construct: the member stays as properties declares it
+            pass
+    return out
+
+
+def _pattern_members(patterns: list[tuple[str, Sub]], path: Path, ctx: _Ctx) -> list[Part]:
+    """One `"key":value` alternative per patternProperties entry (strict=False only: a key matching two
+    patterns may take either value, and additionalProperties still admits any undeclared key)."""
+    out = []
+    for pattern, sub in patterns:
+        value = _compile([sub], ctx)
+        if value is None:
+            continue
+        key_ctx = ctx.regex_mode()
+        try:
+            key = _regex_of(_leaves([Sub({"type": "string", "pattern": pattern}, sub.path)], key_ctx), key_ctx)
+        except GrammarError:  # a pattern the compiler cannot read: any key (wider, as strict=False is)
+            key = key_not_in([])
+        if key is not None:
+            out.append(seq(key + ctx.style.colon, value))
+    return out
 
 
 def _property_names(leaf: dict, path: Path, ctx: _Ctx) -> tuple[str | None, list | None] | None:
     """propertyNames as (regex of the quoted key or None for no key, the names when it is an enum)."""
     if not leaf.get("propertyNames"):
         return None
+    ctx = ctx.regex_mode()  # key names stay regexes: they are matched with `re` here
     leaves = _leaves([*leaf["propertyNames"], Sub({"type": "string"}, path)], ctx)
     regex = _regex_of(leaves, ctx)
     if regex is None or not all("enum" in lf for lf, _ in leaves):
@@ -354,7 +463,7 @@ def _extra_key(declared: list[str], names: tuple | None, path: Path, ctx: _Ctx) 
         return None
     if literals is not None:
         keep = [literal_string(n) for n in literals if n not in declared]
-        return alternation(keep) if keep else None
+        return alt(keep) if keep else None
     if not declared:
         return regex
     if ctx.strict:
@@ -382,16 +491,16 @@ def _property_count(leaf: dict, members: list, extra: str | None, path: Path, ct
     return 0, None
 
 
-def _array(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> str | None:
+def _array(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> Part | None:
     if not _FAMILIES["array"] & leaf.keys():
-        return any_array(ctx.style, ANY_VALUE_DEPTH)
+        return ctx.any_array()
     contains = [c for c in leaf.get("contains", []) if c[1:] != (0, None)]  # minContains 0: no constraint
     if contains:
         regex = _array_contains(leaf, contains, path, ctx)
         if regex != "":
             return regex
     prefix = [_compile(subs, ctx) for subs in leaf.get("prefixItems", [])]
-    item = any_value(ctx.style, ANY_VALUE_DEPTH) if "items" not in leaf else _compile(leaf["items"], ctx)
+    item = ctx.any_value() if "items" not in leaf else _compile(leaf["items"], ctx)
     lo, hi = leaf.get("minItems", 0), leaf.get("maxItems")
     if None in prefix:
         prefix, item = prefix[: prefix.index(None)], None
@@ -402,7 +511,7 @@ def _array(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> str | None:
     return array_regex(prefix[:hi] if hi is not None else prefix, item, lo, hi, ctx.style)
 
 
-def _array_contains(leaf: dict, contains: list, path: Path, ctx: _Ctx) -> str | None:
+def _array_contains(leaf: dict, contains: list, path: Path, ctx: _Ctx) -> Part | None:
     """An array with minContains..maxContains items matching `contains` (and all matching `items`);
     "" (strict=False) to ignore a contains the compiler cannot express."""
     (subs, low, high), lo = contains[0], leaf.get("minItems", 0)
@@ -412,7 +521,7 @@ def _array_contains(leaf: dict, contains: list, path: Path, ctx: _Ctx) -> str | 
         items = leaf.get("items", [])
         hit = _compile([*items, *subs], ctx)
         if high is None:
-            miss = _compile(items, ctx) if items else any_value(ctx.style, ANY_VALUE_DEPTH)
+            miss = _compile(items, ctx) if items else ctx.any_value()
         else:
             miss = _compile([*items, Sub(Negated(tuple(subs)), path)], ctx)
     except Unnegatable as exc:
@@ -420,14 +529,15 @@ def _array_contains(leaf: dict, contains: list, path: Path, ctx: _Ctx) -> str | 
             raise unsupported("contains", path, f"not supported here ({exc})") from None
         return ""
     style, parts = ctx.style, []
-    run = repeat(style.comma + miss, 0, None) if miss else ""
+    has_miss = miss is not None and miss != ""
+    run = repeat(seq(style.comma, miss), 0, None) if has_miss else ""
     if hit is not None and (high is None or high >= max(low, 1)):
-        lead = repeat(miss + style.comma, 0, None) if miss else ""
-        more = repeat(run + style.comma + hit, max(low, 1) - 1, None if high is None else high - 1)
-        parts.append(style.wrap("[", lead + hit + more + run, "]"))
+        lead = repeat(seq(miss, style.comma), 0, None) if has_miss else ""
+        more = repeat(seq(run, style.comma, hit), max(low, 1) - 1, None if high is None else high - 1)
+        parts.append(style.wrap("[", seq(lead, hit, more, run), "]"))
     if low == 0:
-        parts += ([style.wrap("[", miss + run, "]")] if miss else []) + [style.wrap("[", "", "]")]
-    return alternation(parts) if parts else ctx.unsat(f"contains at {pointer(path)} cannot be met")
+        parts += ([style.wrap("[", seq(miss, run), "]")] if has_miss else []) + [style.wrap("[", "", "]")]
+    return alt(parts) if parts else ctx.unsat(f"contains at {pointer(path)} cannot be met")
 
 
 def _json_type(value: Any) -> str:
@@ -448,13 +558,13 @@ def _enum(leaf: dict, types: list[str], path: Path, ctx: _Ctx) -> str | None:
     values = [v for v in leaf["enum"] if _json_type(v) in types or (_json_type(v) == "integer" and integers)]
     rest = {k: v for k, v in leaf.items() if k not in ("enum", "type", "not_types", "ignored", "object_stated")}
     if rest and values:
-        check = _leaf_regex({**rest, "type": frozenset(types)}, path, replace(ctx, style=COMPACT))
+        check = _leaf_regex({**rest, "type": frozenset(types)}, path, replace(ctx.regex_mode(), style=COMPACT))
         matcher = re.compile(check) if check is not None else None
         values = [v for v in values if matcher and matcher.fullmatch(_compact_dump(v, rest))]
     if not values:
         return ctx.unsat(f"no enum/const value at {pointer(path)} satisfies the other keywords")
     try:
-        return alternation([value_regex(v, ctx.style) for v in values])
+        return alt([value_regex(v, ctx.style) for v in values])
     except (TypeError, ValueError) as exc:
         raise fail("enum", path, str(exc)) from None
 

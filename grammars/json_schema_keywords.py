@@ -193,6 +193,8 @@ def _attach(leaf: dict, refs: frozenset) -> None:
     for key in ("additionalProperties", "items", "propertyNames"):
         if key in leaf:
             leaf[key] = [s._replace(refs=refs) for s in leaf[key]]
+    if "patternProperties" in leaf:
+        leaf["patternProperties"] = [(p, s._replace(refs=refs)) for p, s in leaf["patternProperties"]]
     if "contains" in leaf:
         leaf["contains"] = [(tuple(s._replace(refs=refs) for s in subs), lo, hi) for subs, lo, hi in leaf["contains"]]
 
@@ -310,6 +312,13 @@ def _object_keywords(schema: dict, path: Path, leaf: dict) -> None:
     if "additionalProperties" in schema:
         leaf["additionalProperties"] = [
             sub_schema(schema["additionalProperties"], "additionalProperties", path + ("additionalProperties",))
+        ]
+    patterns = schema.get("patternProperties", {})
+    if not isinstance(patterns, dict):
+        raise fail("patternProperties", path, f"expected an object, got {patterns!r}")
+    if patterns:  # strict=False only (NARROWING): a wider language, see json_schema._object
+        leaf["patternProperties"] = [
+            (p, sub_schema(v, "patternProperties", path + ("patternProperties", p))) for p, v in patterns.items()
         ]
     if schema.get("propertyNames", True) not in (True, {}):
         leaf["propertyNames"] = [sub_schema(schema["propertyNames"], "propertyNames", path + ("propertyNames",))]

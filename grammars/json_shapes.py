@@ -15,7 +15,8 @@ from functools import lru_cache
 from typing import Any
 
 from loomlm.grammars.errors import GrammarError
-from loomlm.grammars.json_numbers import ANY_NUMBER, alternation, exact_number
+from loomlm.grammars.grammar_ir import Alt, Part, Ref, Term, alt, rep, seq
+from loomlm.grammars.json_numbers import ANY_NUMBER, exact_number
 from loomlm.grammars.json_strings import ANY_STRING, literal_string
 
 FLEXIBLE_WHITESPACE = "[ \\t\\n\\r]{0,8}"
@@ -29,8 +30,10 @@ class Style:
     colon: str
     inner: str = ""
 
-    def wrap(self, open_: str, body: str, close: str) -> str:
-        return f"\\{open_}{self.inner}{body}{self.inner}\\{close}" if body else f"\\{open_}{self.inner}\\{close}"
+    def wrap(self, open_: str, body: Part, close: str) -> Part:
+        if body == "":
+            return f"\\{open_}{self.inner}\\{close}"
+        return seq(f"\\{open_}{self.inner}", body, f"{self.inner}\\{close}")
 
 
 COMPACT = Style(",", ":")
@@ -54,20 +57,14 @@ def whitespace_style(whitespace: str) -> Style:
     return Style(f"{ws},{ws}", f"{ws}:{ws}", ws)
 
 
-def repeat(regex: str, lo: int, hi: int | None) -> str:
+def repeat(regex: Part, lo: int, hi: int | None) -> Part:
     """`regex` lo..hi times (hi None: unbounded)."""
-    if hi == 0 or regex == "":
-        return ""
-    count = {(0, None): "*", (1, None): "+", (0, 1): "?", (1, 1): ""}.get((lo, hi))
-    if count is None:
-        count = f"{{{lo}}}" if lo == hi else f"{{{lo},{'' if hi is None else hi}}}"
-    single = len(regex) == 1 or re.fullmatch(r"\[[^\[\]]*\]|\\.", regex)
-    return regex if count == "" else (regex if single else f"(?:{regex})") + count
+    return rep(regex, lo, hi)
 
 
 def object_regex(
-    members: list[tuple[str, bool]], extra: str | None, style: Style, extras: tuple[int, int | None] = (0, None)
-) -> str:
+    members: list[tuple[Part, bool]], extra: Part | None, style: Style, extras: tuple[int, int | None] = (0, None)
+) -> Part:
     """An object of `members` in order (each (regex of `"key":value`, required)) followed by
     extras[0]..extras[1] `extra` members. Extra counts other than (0, None) need every member
     required (the caller checks). Each member and `extra` appear at most twice in the result."""
@@ -79,55 +76,56 @@ def object_regex(
     if extra is None:
         body = declared or ""
     elif declared is None:
-        body = extra + repeat(style.comma + extra, max(lo - 1, 0), None if hi is None else hi - 1)
+        body = seq(extra, repeat(seq(style.comma, extra), max(lo - 1, 0), None if hi is None else hi - 1))
     elif lo or hi is not None:
-        body = declared + repeat(style.comma + extra, lo, hi)
+        body = seq(declared, repeat(seq(style.comma, extra), lo, hi))
     else:
-        body = alternation([declared, extra] if empty_ok else [declared]) + repeat(style.comma + extra, 0, None)
-    parts = [style.wrap("{", body, "}")] if body else []
-    return alternation(parts + ([style.wrap("{", "", "}")] if empty_ok and lo == 0 else []))
+        body = seq(alt([declared, extra] if empty_ok else [declared]), repeat(seq(style.comma, extra), 0, None))
+    parts = [style.wrap("{", body, "}")] if body != "" else []
+    return alt(parts + ([style.wrap("{", "", "}")] if empty_ok and lo == 0 else []))
 
 
-def _subsequence(members: list[tuple[str, bool]], comma: str) -> str | None:
+def _subsequence(members: list[tuple[Part, bool]], comma: str) -> Part | None:
     """The non-empty in-order subsequences of `members` that keep every required one, comma-separated;
     built from the end: R(k) = (M(k) ",")? R(k+1) | M(k) for an optional member, so that each member
     appears at most twice (the obvious "which member comes first" alternation is quadratic)."""
-    regex: str | None = None
+    regex: Part | None = None
     required_later = False
     for member, needed in reversed(members):
         if regex is None:
             regex = member
         elif needed:
-            regex = member + (comma + regex if required_later else repeat(comma + regex, 0, 1))
+            regex = seq(member, seq(comma, regex) if required_later else repeat(seq(comma, regex), 0, 1))
         else:
-            regex = alternation([repeat(member + comma, 0, 1) + regex] + ([] if required_later else [member]))
+            regex = alt([seq(repeat(seq(member, comma), 0, 1), regex)] + ([] if required_later else [member]))
         required_later = required_later or needed
     return regex
 
 
-def array_regex(prefix: list[str], item: str | None, lo: int, hi: int | None, style: Style) -> str:
+def array_regex(prefix: list[Part], item: Part | None, lo: int, hi: int | None, style: Style) -> Part:
     """An array whose first items match `prefix`, the rest `item` (None: no more), lo..hi items.
     The caller ensures lo <= hi and that the bounds fit the prefix/item shape."""
     k = len(prefix)
     rest_lo, rest_hi = max(0, lo - k), None if hi is None else hi - k
-    body = ""
+    body: Part = ""
     if item is not None and rest_hi != 0:
         if k:
-            body = repeat(style.comma + item, rest_lo, rest_hi)
+            body = repeat(seq(style.comma, item), rest_lo, rest_hi)
         else:
-            body = item + repeat(style.comma + item, max(rest_lo - 1, 0), None if rest_hi is None else rest_hi - 1)
+            rest = repeat(seq(style.comma, item), max(rest_lo - 1, 0), None if rest_hi is None else rest_hi - 1)
+            body = seq(item, rest)
     for i in reversed(range(k)):
-        piece = (style.comma if i else "") + prefix[i] + body
+        piece = seq(style.comma if i else "", prefix[i], body)
         body = piece if i < lo or i == 0 else repeat(piece, 0, 1)
-    parts = [style.wrap("[", body, "]")] if body else []
-    return alternation(parts + ([style.wrap("[", "", "]")] if lo == 0 else []))
+    parts = [style.wrap("[", body, "]")] if body != "" else []
+    return alt(parts + ([style.wrap("[", "", "]")] if lo == 0 else []))
 
 
 @lru_cache(maxsize=64)
 def any_value(style: Style, depth: int) -> str:
     """Any JSON value with at most `depth` levels of nested arrays/objects."""
     parts = [ANY_STRING, ANY_NUMBER, "true", "false", "null"]
-    return alternation(parts + ([any_array(style, depth), any_object(style, depth)] if depth > 0 else []))
+    return alt(parts + ([any_array(style, depth), any_object(style, depth)] if depth > 0 else []))
 
 
 @lru_cache(maxsize=64)
@@ -140,6 +138,20 @@ def any_array(style: Style, depth: int) -> str:
 def any_object(style: Style, depth: int) -> str:
     """Any object nesting at most `depth` levels (itself included; depth >= 1)."""
     return object_regex([], ANY_STRING + style.colon + any_value(style, depth - 1), style)
+
+
+ANY_VALUE_RULE = "$json_value"
+
+
+def any_value_rules(style: Style) -> dict[str, Part]:
+    """Rules for any JSON value, nested without bound (the grammar form of `any_value`)."""
+    value, array, obj = Ref(ANY_VALUE_RULE), Ref("$json_array"), Ref("$json_object")
+    scalars = [Term(ANY_STRING, name="string"), Term(ANY_NUMBER, name="number"), Term("true|false|null")]
+    return {
+        ANY_VALUE_RULE: Alt((*scalars, array, obj)),
+        "$json_array": array_regex([], value, 0, None, style),
+        "$json_object": object_regex([], seq(Term(ANY_STRING, name="string"), style.colon, value), style),
+    }
 
 
 def value_regex(value: Any, style: Style) -> str:

@@ -51,6 +51,9 @@ def _flatten(expr: Expr) -> tuple[Expr, ...]:
     return expr.exprs if isinstance(expr, ExprList) else (expr,)
 
 
+_CONSTRAINTS = ("regex", "json_schema", "dtype", "grammar", "structural_tag")  # at most one per gen
+
+
 @dataclass(frozen=True)
 class GenParams:
     """Sampling arguments of one gen (None = inherit the program default, then the engine default)."""
@@ -76,6 +79,9 @@ class GenParams:
     dtype: Any = None  # int, float, str, bool (or their names)
     regex: str | None = None
     json_schema: Any = None  # dict, JSON text or pydantic model class
+    # loomlm's additions (constraints: a lark-dialect EBNF grammar; SGLang-style structural tag)
+    grammar: str | None = None
+    structural_tag: Any = None  # dict or JSON text
     # loomlm's additions (engine sampling parameters SGLang's gen does not name).
     repetition_penalty: float | None = None
     seed: int | None = None
@@ -96,7 +102,7 @@ class GenParams:
             )
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"gen dtype must be one of int, float, str, bool, got {self.dtype!r}")
-        given = [n for n in ("regex", "json_schema", "dtype") if getattr(self, n) is not None]
+        given = [n for n in _CONSTRAINTS if getattr(self, n) is not None]
         if len(given) > 1:
             raise ValueError(f"gen arguments {' and '.join(given)} cannot be combined: give at most one")
 
@@ -109,7 +115,7 @@ class GenParams:
         values = {}
         for name in self.field_names():
             mine = getattr(self, name)
-            inherit = name not in ("regex", "json_schema", "dtype")
+            inherit = name not in _CONSTRAINTS
             values[name] = mine if mine is not None or not inherit else getattr(defaults, name)
         return GenParams(**values)
 
@@ -132,6 +138,8 @@ class GenParams:
             "json_schema",
             "n",
             "stop_regex",
+            "grammar",
+            "structural_tag",
         }
         out: dict[str, Any] = {}
         for name in self.field_names():
@@ -144,6 +152,11 @@ class GenParams:
             if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
                 schema = schema.model_json_schema()
             out["json_schema"] = schema if isinstance(schema, str) else json.dumps(schema)
+        if self.grammar is not None:
+            out["ebnf"] = self.grammar
+        if self.structural_tag is not None:
+            tag = self.structural_tag
+            out["structural_tag"] = tag if isinstance(tag, str) else json.dumps(tag)
         if self.dtype is not None:
             from loomlm.grammars import type_regex
 

@@ -36,6 +36,8 @@ class EngineConfig:
     disable_jump_forward: bool = False  # constrained outputs: sample forced text token by token
     grammar_max_states: int = 50_000  # largest automaton a regex / JSON schema may compile to
     grammar_timeout_s: float = 10.0  # compile-time budget of one grammar
+    grammar_max_parser_items: int = 20_000  # Earley items of one parser step (grammar engine, while decoding)
+    grammar_max_mask_fuel: int = 2_000_000  # work units of one token mask (grammar engine, while decoding)
     grammar_cache_size: int = 128  # compiled grammars kept (LRU)
     json_whitespace: str = "default"  # JSON-schema whitespace: default | compact | flexible
     attention_backend: str | None = None  # torch | triton; None = triton on CUDA, torch on CPU
@@ -64,7 +66,13 @@ class EngineConfig:
         for name in ("disable_radix_cache", "disable_jump_forward", "disable_cuda_graph"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        for name in ("grammar_max_states", "grammar_cache_size", "cuda_graph_max_bs"):
+        for name in (
+            "grammar_max_states",
+            "grammar_cache_size",
+            "cuda_graph_max_bs",
+            "grammar_max_parser_items",
+            "grammar_max_mask_fuel",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from loomlm.grammars import REJECTED, Guide, JumpPlan, bitmask_words, plan_jump, plan_prefix_jump
+from loomlm.grammars import REJECTED, GrammarError, Guide, JumpPlan, bitmask_words, plan_jump, plan_prefix_jump
 
 _DEFAULT_CACHE_BYTES = 256 << 20  # arena bound: ~13k rows of a 150k-token vocabulary
 _INITIAL_ROWS = 64
@@ -38,6 +38,7 @@ class GrammarState:
     state: Any = None  # None: the guide's initial state
     prev_state: Any = None  # before the last output token (jump-forward re-tokenizes that token)
     rejected: bool = False  # a sampled token the guide did not allow (never expected)
+    error: str | None = None  # a grammar limit hit while decoding (GrammarError): the request is aborted
 
     def __post_init__(self) -> None:
         if self.state is None:
@@ -46,25 +47,45 @@ class GrammarState:
             self.prev_state = self.state
 
     def advance(self, token: int) -> None:
-        nxt = self.guide.advance(self.state, token)
+        try:
+            nxt = self.guide.advance(self.state, token)
+        except GrammarError as exc:  # a limit of the grammar engine: this request fails, not the engine
+            self.fail(exc)
+            return
         if nxt is REJECTED:
             self.rejected = True
             return
         self.prev_state, self.state = self.state, nxt
 
+    def fail(self, exc: GrammarError) -> None:
+        self.rejected = True
+        self.error = self.error or str(exc)
+
     @property
     def finished(self) -> bool:
-        return self.guide.is_finished(self.state)
+        try:
+            return self.guide.is_finished(self.state)
+        except GrammarError as exc:
+            self.fail(exc)
+            return False
 
     def plan_jump(self, last_token: int, encode: Callable[[str], Sequence[int]], max_tokens: int) -> JumpPlan | None:
         if self.rejected or self.finished:
             return None
-        return plan_jump(self.guide, self.prev_state, last_token, self.state, encode, max_tokens)
+        try:
+            return plan_jump(self.guide, self.prev_state, last_token, self.state, encode, max_tokens)
+        except GrammarError as exc:
+            self.fail(exc)
+            return None
 
     def plan_prefix_jump(self, encode: Callable[[str], Sequence[int]], max_tokens: int) -> JumpPlan | None:
         if self.finished:
             return None
-        return plan_prefix_jump(self.guide, self.state, encode, max_tokens)
+        try:
+            return plan_prefix_jump(self.guide, self.state, encode, max_tokens)
+        except GrammarError as exc:
+            self.fail(exc)
+            return None
 
     def apply_jump(self, plan: JumpPlan) -> None:
         self.state = plan.state
@@ -146,8 +167,15 @@ class ConstraintMasks:
         arena_row = table.get(key)
         if arena_row is None:
             arena_row = self._alloc()
-            gs.guide.fill_bitmask(gs.state, self.arena[arena_row])
-            table[key] = arena_row
+            try:
+                gs.guide.fill_bitmask(gs.state, self.arena[arena_row])
+                table[key] = arena_row
+            except GrammarError as exc:  # allow EOS only; the output processor then aborts the request
+                gs.fail(exc)
+                self.arena[arena_row] = 0
+                for eos in gs.guide.vocab.eos_token_ids:
+                    self.arena[arena_row, eos >> 5] |= np.int32(np.uint32(1 << (eos & 31)).view(np.int32))
+                self._free.append(arena_row)  # never cached: the next fill overwrites it
             self._dirty.append(arena_row)
         self.arena_row[row] = arena_row
 

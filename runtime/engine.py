@@ -99,7 +99,13 @@ class Engine:
         """Compiled-guide cache over this model's vocabulary (token bytes, EOS ids, logits width)."""
         if self._grammars is None:
             vocab = Vocabulary.from_tokenizer(self.tokenizer, self.eos_token_ids, size=self.runner.vocab_size)
-            limits = GrammarLimits(self.config.grammar_max_states, float(self.config.grammar_timeout_s))
+            cfg = self.config
+            limits = GrammarLimits(
+                cfg.grammar_max_states,
+                float(cfg.grammar_timeout_s),
+                max_parser_items=cfg.grammar_max_parser_items,
+                max_mask_fuel=cfg.grammar_max_mask_fuel,
+            )
             self._grammars = GrammarCache(
                 vocab, limits, self.config.grammar_cache_size, whitespace=self.config.json_whitespace
             )
@@ -107,7 +113,7 @@ class Engine:
 
     def _grammar_futures(self, prepared: Prepared) -> dict[GrammarSpec, Any]:
         """Start compiling (on the cache's worker thread) every grammar the requests need."""
-        specs = {spec for _, p in prepared if (spec := spec_from_params(p.regex, p.json_schema, p.choices)) is not None}
+        specs = {spec for _, p in prepared if (spec := spec_from_params(p)) is not None}
         return {spec: self.grammars.get(spec) for spec in specs}
 
     def _compile_grammars(self, prepared: Prepared) -> dict[GrammarSpec, Guide]:
@@ -186,7 +192,7 @@ class Engine:
         else:
             seed = (params.seed + 7919 * copy) & 0x7FFFFFFF  # n > 1: distinct but reproducible streams
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_token_ids))
-        spec = spec_from_params(params.regex, params.json_schema, params.choices)
+        spec = spec_from_params(params)
         grammar = None if spec is None else GrammarState(guides[spec])
         return Req(
             rid=rid or uuid.uuid4().hex,

@@ -110,12 +110,11 @@ class OutputProcessor:
         gs = req.grammar
         jump = None
         if gs is not None and token not in req.stop_token_ids:
-            gs.advance(token)
-            if gs.rejected:  # only if nothing but a blocked EOS was allowed (min_new_tokens)
-                self.finish(
-                    req,
-                    FinishReason("abort", message=f"token {token} is outside the constraint ({gs.guide.description})"),
-                )
+            if gs.error is None:
+                gs.advance(token)
+            if gs.rejected:  # a grammar limit, or nothing but a blocked EOS was allowed (min_new_tokens)
+                message = gs.error or f"token {token} is outside the constraint ({gs.guide.description})"
+                self.finish(req, FinishReason("abort", message=message))
                 return
             if self.jump_forward and not req.logprobs.return_logprob:
                 room = (

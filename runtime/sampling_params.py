@@ -13,7 +13,9 @@ Names and meanings follow SGLang's `sampling_params` (so the HTTP protocol can p
 - `skip_special_tokens` for detokenisation, `seed` (any int, or None for a fresh random draw), `n` >= 1.
 - Structured output, at most one of: `regex` (the whole output matches it), `json_schema` (a JSON
   string, dict or pydantic model class; kept as JSON text), `choices` (the output is exactly one of
-  these strings; kept as a tuple). Their grammars are compiled by the engine, not here.
+  these strings; kept as a tuple), `ebnf` (a lark-dialect grammar; `grammar` is accepted as its alias
+  in `from_dict`), `structural_tag` (free text with schema-constrained tagged sections, SGLang's
+  format; a JSON string or dict, kept as JSON text). Their grammars are compiled by the engine.
 
 Every invalid value raises `ValueError` naming the field and the value. Booleans are not accepted where a
 number is expected, nor are NaN or infinities.
@@ -72,6 +74,9 @@ class SamplingParams:
     json_schema: str | None = None
     # Accepts a list of str; always a tuple after construction.
     choices: tuple[str, ...] | None = None
+    ebnf: str | None = None
+    # Accepts a JSON string or a dict; always JSON text after construction.
+    structural_tag: str | None = None
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)
@@ -131,13 +136,21 @@ class SamplingParams:
                     f"sampling parameter choices must be a non-empty list of strings, got {self.choices!r}"
                 )
             set_("choices", tuple(self.choices))
-        given = [name for name in ("regex", "json_schema", "choices") if getattr(self, name) is not None]
+        if self.ebnf is not None and (not isinstance(self.ebnf, str) or not self.ebnf.strip()):
+            raise ValueError(f"sampling parameter ebnf must be a non-empty grammar string, got {self.ebnf!r}")
+        if self.structural_tag is not None:
+            set_("structural_tag", _structural_tag_text(self.structural_tag))
+        from loomlm.grammars import CONSTRAINT_PARAMS
+
+        given = [name for name in CONSTRAINT_PARAMS if getattr(self, name) is not None]
         if len(given) > 1:
             raise ValueError(f"sampling parameters {' and '.join(given)} cannot be combined: give at most one")
 
     @property
     def constrained(self) -> bool:
-        return self.regex is not None or self.json_schema is not None or self.choices is not None
+        from loomlm.grammars import CONSTRAINT_PARAMS
+
+        return any(getattr(self, name) is not None for name in CONSTRAINT_PARAMS)
 
     @staticmethod
     def _normalise_stop(stop: Any) -> tuple[str, ...]:
@@ -178,6 +191,10 @@ class SamplingParams:
         if not isinstance(d, Mapping):
             raise ValueError(f"sampling parameters must be a dict, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
+        if "grammar" in d:  # SGLang's and vLLM's alias of ebnf
+            if d.get("ebnf") is not None:
+                raise ValueError("sampling parameters grammar and ebnf are aliases: give one")
+            d = {("ebnf" if k == "grammar" else k): v for k, v in d.items()}
         for key in d:
             if key not in known:
                 close = difflib.get_close_matches(str(key), sorted(known), n=1)
@@ -193,3 +210,16 @@ class SamplingParams:
         if self.choices is not None:
             out["choices"] = list(self.choices)
         return out
+
+
+def _structural_tag_text(value: Any) -> str:
+    import json
+
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"sampling parameter structural_tag is not valid JSON ({exc}): {value!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"sampling parameter structural_tag must be a JSON object, got {value!r}")
+    return json.dumps(value)

@@ -57,6 +57,8 @@ _STANDARD = {
 }
 _EXTENSIONS = {
     "regex": "regex",
+    "ebnf": "ebnf",  # SGLang's and vLLM's servers read it (vLLM: guided_grammar, also accepted by SGLang)
+    "structural_tag": "structural_tag",
     "top_k": "top_k",
     "min_p": "min_p",
     "repetition_penalty": "repetition_penalty",

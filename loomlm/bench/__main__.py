@@ -8,6 +8,7 @@ import sys
 # Benchmark name -> module with a `main(argv) -> int`.
 BENCHMARKS = {
     "grammar": "loomlm.bench.grammar",
+    "grammar-corpus": "loomlm.bench.grammar_corpus",
     "kernels": "loomlm.bench.kernels",
     "offline": "loomlm.bench.offline",
     "prefix": "loomlm.bench.prefix",

@@ -69,11 +69,12 @@ class Library:
 
 class _LoomlmWalker(Walker):
     """The engine's masking path: `ConstraintMasks.fill_bitmask` of a batch of one sampler row (the
-    arena gather into a preallocated [B, W] buffer); `fill_numpy` is the guide's numpy row
-    (`allowed_bitmask`) copied into a preallocated array."""
+    arena gather into a preallocated [B, W] buffer); `fill_numpy` is the guide's own
+    `fill_bitmask` into a preallocated array."""
 
     def __init__(self, guide: Any):
         from loomlm.grammars import REJECTED
+        from loomlm.grammars.guide_protocol import bitmask_words
         from loomlm.runtime.constrained import ConstraintMasks, GrammarState
 
         self.guide = guide
@@ -82,15 +83,15 @@ class _LoomlmWalker(Walker):
         self.masks = ConstraintMasks(guide.vocab.size, 1, torch.device("cpu"))
         self.masks.begin(0, self.gs)
         rows = np.zeros(1, dtype=np.int64)
-        self.nbuf = np.empty(guide.index.masks.shape[1], dtype=np.int32)
-        fill_bitmask, row, copyto = self.masks.fill_bitmask, guide.allowed_bitmask, np.copyto
+        self.nbuf = np.empty(bitmask_words(guide.vocab.size), dtype=np.int32)
+        fill_bitmask, guide_fill = self.masks.fill_bitmask, guide.fill_bitmask
         gs = self.gs
 
         def fill() -> None:
             fill_bitmask(rows)
 
         def fill_numpy() -> None:
-            copyto(nbuf, row(gs.state))
+            guide_fill(gs.state, nbuf)
 
         nbuf = self.nbuf
         self.fill, self.fill_numpy = fill, fill_numpy

@@ -43,7 +43,7 @@ def test_cache_compiles_once_and_stays_bounded(vocab: Vocabulary) -> None:
     finally:
         cache.shutdown()
     with pytest.raises(ValueError, match="kind"):
-        GrammarSpec("ebnf", "x")
+        GrammarSpec("gbnf_typo", "x")
 
 
 def test_cache_respects_limits(vocab: Vocabulary) -> None:

@@ -114,6 +114,11 @@ BAD_VALUES = [
     ("choices", "ab"),
     ("choices", [1]),
     ("choices", ("a", None)),
+    ("ebnf", 5),
+    ("ebnf", "  "),
+    ("structural_tag", 5),
+    ("structural_tag", "{nope"),
+    ("structural_tag", [1]),
 ]
 
 

@@ -1,0 +1,301 @@
+"""Byte-level regular expressions as hash-consed terms with Brzozowski derivatives.
+
+The lexer of the grammar engine builds its automaton lazily: a state is a term (or a tuple of terms,
+one per candidate terminal), and the state after byte `b` is the derivative of the term by `b`. A
+bounded repetition `x{0,2000}` is one node whose derivative is `d(x) . x{0,1999}`, so it costs one
+state per position actually reached instead of 2000 copies built up front.
+
+Terms are small ints into one `TermTable` (one per compiled grammar). Smart constructors keep them in a
+canonical form (alternatives flattened, sorted and deduplicated, byte sets merged, `cat` right-nested,
+the empty language and the empty string absorbed), which makes the set of derivatives of a regex
+finite and lets equal languages of the common shapes share one id. `EMPTY` (0) matches nothing and is
+the only term whose language is empty: no constructor here can build another one, so "state is dead"
+is `term == EMPTY`.
+
+Text regexes are read by interegular (through `regex_nfa.parse_regex`, which gives clear errors) and
+lowered to bytes with `utf8`: a character class becomes a union of UTF-8 byte-range sequences.
+"""
+
+from __future__ import annotations
+
+import re
+
+import interegular.patterns as ip
+import numpy as np
+
+from loomlm.grammars.errors import GrammarError
+from loomlm.grammars.regex_nfa import parse_regex
+from loomlm.grammars.utf8 import code_point_ranges, complement, utf8_sequences
+
+EMPTY = 0  # no string
+EPS = 1  # the empty string
+_ALL = (1 << 256) - 1
+
+# node kinds
+_K_EMPTY, _K_EPS, _K_BYTES, _K_CAT, _K_ALT, _K_STAR, _K_REP, _K_NONEMPTY, _K_AVOID = range(9)
+
+
+def _bits(lo: int, hi: int) -> int:
+    return ((1 << (hi + 1)) - 1) ^ ((1 << lo) - 1)
+
+
+class TermTable:
+    """Interned terms: `nodes[t]` is a tuple (kind, ...); `nullable[t]` whether t matches b""."""
+
+    def __init__(self) -> None:
+        self.nodes: list[tuple] = [(_K_EMPTY,), (_K_EPS,)]
+        self.nullable: list[bool] = [False, True]
+        self._ids: dict[tuple, int] = {(_K_EMPTY,): EMPTY, (_K_EPS,): EPS}
+        self._deriv: dict[tuple[int, int], int] = {}
+        self._front: dict[int, frozenset[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def _intern(self, node: tuple, nullable: bool) -> int:
+        t = self._ids.get(node)
+        if t is None:
+            t = self._ids[node] = len(self.nodes)
+            self.nodes.append(node)
+            self.nullable.append(nullable)
+        return t
+
+    # ---- smart constructors ----------------------------------------------------------------------
+    def byteset(self, mask: int) -> int:
+        return EMPTY if mask == 0 else self._intern((_K_BYTES, mask), False)
+
+    def literal(self, data: bytes) -> int:
+        out = EPS
+        for b in reversed(data):
+            out = self.cat(self.byteset(1 << b), out)
+        return out
+
+    def cat(self, a: int, b: int) -> int:
+        if a == EMPTY or b == EMPTY:
+            return EMPTY
+        if a == EPS:
+            return b
+        if b == EPS:
+            return a
+        node = self.nodes[a]
+        if node[0] == _K_CAT:  # right-nested: (x y) z -> x (y z)
+            return self.cat(node[1], self.cat(node[2], b))
+        return self._intern((_K_CAT, a, b), self.nullable[a] and self.nullable[b])
+
+    def seq(self, parts: list[int]) -> int:
+        out = EPS
+        for p in reversed(parts):
+            out = self.cat(p, out)
+        return out
+
+    def alt(self, options: list[int] | tuple[int, ...]) -> int:
+        flat: set[int] = set()
+        mask = 0
+        for o in options:
+            node = self.nodes[o]
+            if node[0] == _K_ALT:
+                for x in node[1]:
+                    if self.nodes[x][0] == _K_BYTES:
+                        mask |= self.nodes[x][1]
+                    else:
+                        flat.add(x)
+            elif node[0] == _K_BYTES:
+                mask |= node[1]
+            elif o != EMPTY:
+                flat.add(o)
+        if mask:
+            flat.add(self.byteset(mask))
+        if not flat:
+            return EMPTY
+        if len(flat) == 1:
+            return next(iter(flat))
+        if EPS in flat and any(self.nullable[x] for x in flat if x != EPS):
+            flat.discard(EPS)
+        items = tuple(sorted(flat))
+        return self._intern((_K_ALT, items), any(self.nullable[x] for x in items))
+
+    def star(self, a: int) -> int:
+        if a in (EMPTY, EPS):
+            return EPS
+        node = self.nodes[a]
+        if node[0] == _K_STAR:
+            return a
+        if node[0] == _K_NONEMPTY:
+            return self.star(node[1])
+        return self._intern((_K_STAR, a), True)
+
+    def rep(self, a: int, lo: int, hi: int | None) -> int:
+        """`a` lo..hi times (hi None: unbounded)."""
+        if hi is not None and hi < lo:
+            return EMPTY
+        if hi == 0 or a == EPS:
+            return EPS
+        if a == EMPTY:
+            return EPS if lo == 0 else EMPTY
+        if self.nullable[a]:
+            lo = 0
+        if hi is None:
+            if lo == 0:
+                return self.star(a)
+            return self.cat(self.rep(a, lo, lo), self.star(a))
+        if lo == 1 and hi == 1:
+            return a
+        return self._intern((_K_REP, a, lo, hi), lo == 0)
+
+    def nonempty(self, a: int) -> int:
+        """The language of `a` without the empty string."""
+        if not self.nullable[a]:
+            return a
+        if a == EPS:
+            return EMPTY
+        return self._intern((_K_NONEMPTY, a), False)
+
+    def avoid(self, words: tuple[bytes, ...], tail: bytes = b"") -> int:
+        """Any bytes that do not contain one of `words` (non-empty); `tail`: the longest suffix of what
+        was read that is a proper prefix of a word (the Aho-Corasick state, kept in the node)."""
+        return self._intern((_K_AVOID, words, tail), True)
+
+    # ---- derivatives -----------------------------------------------------------------------------
+    def deriv(self, t: int, b: int) -> int:
+        key = (t, b)
+        got = self._deriv.get(key)
+        if got is not None:
+            return got
+        node = self.nodes[t]
+        kind = node[0]
+        if kind in (_K_EMPTY, _K_EPS):
+            out = EMPTY
+        elif kind == _K_BYTES:
+            out = EPS if (node[1] >> b) & 1 else EMPTY
+        elif kind == _K_CAT:
+            first = self.cat(self.deriv(node[1], b), node[2])
+            out = self.alt((first, self.deriv(node[2], b))) if self.nullable[node[1]] else first
+        elif kind == _K_ALT:
+            out = self.alt([self.deriv(x, b) for x in node[1]])
+        elif kind == _K_STAR:
+            out = self.cat(self.deriv(node[1], b), t)
+        elif kind == _K_REP:
+            _, a, lo, hi = node
+            out = self.cat(self.deriv(a, b), self.rep(a, max(lo - 1, 0), hi - 1))
+        elif kind == _K_AVOID:
+            _, words, tail = node
+            text = tail + bytes((b,))
+            if any(text.endswith(w) for w in words):
+                out = EMPTY
+            else:
+                keep = next((k for k in range(len(text)) if any(w.startswith(text[k:]) for w in words)), len(text))
+                out = self.avoid(words, text[keep:])
+        else:  # _K_NONEMPTY
+            out = self.deriv(node[1], b)
+        self._deriv[key] = out
+        return out
+
+    def front(self, t: int) -> frozenset[int]:
+        """Byte masks that decide the first byte's derivative: bytes in the same cell of the
+        partition they induce have equal derivatives."""
+        got = self._front.get(t)
+        if got is not None:
+            return got
+        node = self.nodes[t]
+        kind = node[0]
+        if kind in (_K_EMPTY, _K_EPS):
+            out: frozenset[int] = frozenset()
+        elif kind == _K_BYTES:
+            out = frozenset((node[1],))
+        elif kind == _K_CAT:
+            out = self.front(node[1]) | self.front(node[2]) if self.nullable[node[1]] else self.front(node[1])
+        elif kind == _K_ALT:
+            out = frozenset().union(*(self.front(x) for x in node[1]))
+        elif kind == _K_AVOID:
+            out = frozenset(1 << c for w in node[1] for c in w)
+        else:  # star, rep, nonempty
+            out = self.front(node[1])
+        self._front[t] = out
+        return out
+
+
+_MEMBERS: dict[int, np.ndarray] = {}
+
+
+def _members(mask: int) -> np.ndarray:
+    got = _MEMBERS.get(mask)
+    if got is None:
+        raw = np.frombuffer(mask.to_bytes(32, "little"), dtype=np.uint8)
+        got = np.unpackbits(raw, bitorder="little").astype(bool)
+        if len(_MEMBERS) < 65536:
+            _MEMBERS[mask] = got
+    return got
+
+
+def byte_classes(masks: frozenset[int] | set[int]) -> list[tuple[int, np.ndarray]]:
+    """Partition of 0..255 by membership in `masks`: [(representative byte, member bytes)]; bytes in
+    no mask form one class too (their derivative is EMPTY)."""
+    cls = np.zeros(256, dtype=np.int64)
+    for m in masks:
+        cls = cls * 2 + _members(m)
+        cls = np.unique(cls, return_inverse=True)[1].reshape(256)
+    _, first, inverse = np.unique(cls, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(256)
+    return [(int(first[k]), np.nonzero(inverse == k)[0]) for k in range(len(first))]
+
+
+# ---- text regex -> byte term ---------------------------------------------------------------------
+def regex_term(table: TermTable, pattern: str, *, ignore_case: bool = False) -> int:
+    """The byte term of a Python/interegular regex (clear GrammarError on what cannot be lexed)."""
+    return _Lowering(table, pattern).lower(parse_regex_flags(pattern), ignore_case)
+
+
+def parse_regex_flags(pattern: str) -> ip.Pattern:
+    """Like `parse_regex`, but inline (?i) groups are allowed (the lowering applies them)."""
+    try:
+        return parse_regex(pattern)
+    except GrammarError as exc:
+        if "inline flags" not in str(exc):
+            raise
+    try:
+        return ip.parse_pattern(pattern)
+    except Exception as exc:
+        raise GrammarError(f"regex {pattern!r} could not be parsed: {exc}") from None
+
+
+class _Lowering:
+    def __init__(self, table: TermTable, pattern: str):
+        self.t = table
+        self.pattern = pattern
+
+    def lower(self, node: object, icase: bool) -> int:
+        t = self.t
+        if isinstance(node, ip.Pattern):
+            on, off = int(node.added_flags or 0), int(node.removed_flags or 0)  # re.RegexFlag values
+            if (on | off) & ~int(re.IGNORECASE):
+                raise GrammarError(f"regex {self.pattern!r}: only the inline flag (?i) is supported")
+            icase = (icase or bool(on & re.IGNORECASE)) and not off & re.IGNORECASE
+            return t.alt([self.lower(o, icase) for o in node.options]) if node.options else EPS
+        if isinstance(node, ip._Concatenation):
+            parts = []
+            for part in node.parts:
+                if isinstance(part, ip._NonCapturing):
+                    raise GrammarError(f"regex {self.pattern!r}: lookarounds are not supported")
+                parts.append(self.lower(part, icase))
+            return t.seq(parts)
+        if isinstance(node, ip._Repeated):
+            return t.rep(self.lower(node.base, icase), node.min, node.max)
+        if isinstance(node, ip._CharGroup):
+            return self.chars(frozenset(node.chars), bool(node.negated), icase)
+        if node is ip._DOT:
+            return self.chars(frozenset("\n"), True, False)
+        if node is ip._EMPTY:
+            return EPS
+        raise GrammarError(f"regex {self.pattern!r}: unsupported construct {type(node).__name__}")
+
+    def chars(self, chars: frozenset[str], negated: bool, icase: bool) -> int:
+        if icase:
+            chars = frozenset(c for ch in chars for c in (ch, ch.lower(), ch.upper()) if len(c) == 1)
+        ranges = code_point_ranges(sorted(ord(c) for c in chars))
+        if negated:
+            ranges = complement(ranges)
+        t = self.t
+        options = []
+        for seq in utf8_sequences(ranges):
+            options.append(t.seq([t.byteset(_bits(lo, hi)) for lo, hi in seq]))
+        return t.alt(options)

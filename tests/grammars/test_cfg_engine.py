@@ -1,0 +1,188 @@
+"""The grammar engine's own contracts: lazy lexing, recursion, EOS, forced bytes, limits, structural tags.
+
+Counts only (lexer states, rules, items), never wall-clock time.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+
+from loomlm.grammars import (
+    REJECTED,
+    GrammarError,
+    GrammarLimits,
+    Vocabulary,
+    allowed_tokens,
+    compile_cfg,
+    compile_ebnf,
+    compile_json_schema,
+    json_schema_to_grammar,
+)
+from loomlm.grammars.grammar_ir import Alt, Grammar, Ref, Rep, Seq, Term
+from loomlm.grammars.structural_tag import compile_structural_tag
+
+BYTES_VOCAB = Vocabulary(tuple(bytes([b]) for b in range(256)) + (b"",), frozenset({256}))
+TREE = {
+    "$defs": {
+        "node": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "maxLength": 2000},
+                "children": {"type": "array", "items": {"$ref": "#/$defs/node"}},
+            },
+            "required": ["name", "children"],
+        }
+    },
+    "$ref": "#/$defs/node",
+}
+
+
+@pytest.fixture(scope="module")
+def vocab(tokenizer) -> Vocabulary:
+    return Vocabulary.from_tokenizer(tokenizer)
+
+
+def _tree(depth: int) -> dict:
+    return {"name": f"level {depth}", "children": [_tree(depth - 1)] if depth else []}
+
+
+def walk(guide, ids):
+    state = guide.initial_state
+    for t in ids:
+        assert allowed_tokens(guide, state)[t], t
+        state = guide.advance(state, t)
+        assert state is not REJECTED
+    return state
+
+
+def test_a_string_of_maxlength_2000_costs_only_the_states_reached():
+    guide = compile_cfg(Grammar({"s": Term(r'"[^"]{0,2000}"')}, "s"), BYTES_VOCAB)
+    assert guide.grammar.lexer.num_states <= 2  # nothing is built before a byte is read
+    assert guide.matches('"' + "a" * 2000 + '"') and not guide.matches('"' + "a" * 2001 + '"')
+    # rows are filled when reached: a position's row makes its UTF-8 continuation states (about 8)
+    assert guide.grammar.lexer.num_states < 10 * 2002
+
+
+def test_recursive_schema_accepts_deep_trees_token_by_token(vocab, tokenizer):
+    guide = compile_json_schema(TREE, vocab)
+    doc = json.dumps(_tree(7))
+    jsonschema.validate(json.loads(doc), TREE)
+    state = walk(guide, tokenizer.encode(doc, add_special_tokens=False))
+    assert guide.is_accepting(state) and allowed_tokens(guide, state)[next(iter(vocab.eos_token_ids))]
+    for bad in (doc[:-1], doc.replace('"children"', '"kids"', 1), doc.replace("[]", "{}", 1)):
+        assert not guide.matches(bad)
+
+
+def test_eos_exactly_where_the_parse_can_end():
+    guide = compile_ebnf('start: "a" "b"* | "c"', BYTES_VOCAB)
+    eos = 256
+    for text, can_end in ((b"", False), (b"a", True), (b"ab", True), (b"c", True), (b"ac", None)):
+        state = guide.step_bytes(guide.initial_state, text) if text else guide.initial_state
+        if can_end is None:
+            assert state < 0
+            continue
+        assert bool(allowed_tokens(guide, state)[eos]) is can_end
+        assert (guide.advance(state, eos) is REJECTED) is not can_end
+
+
+def test_forced_bytes_jump_over_keys_the_schema_fixes(vocab):
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    guide = compile_json_schema(schema, vocab, whitespace="compact")
+    assert guide.forced_bytes(guide.initial_state) == b'{"name":"'
+    ebnf = compile_ebnf('start: "hello" " " NAME\nNAME: /[a-z]+/', vocab)
+    assert ebnf.forced_bytes(ebnf.initial_state) == b"hello "
+
+
+def test_json_schema_grammar_keeps_any_value_unbounded():
+    grammar = json_schema_to_grammar({"type": "object", "additionalProperties": True})
+    guide = compile_cfg(grammar, BYTES_VOCAB)
+    deep = json.dumps({"a": [[[[[[{"b": [1]}]]]]]]})  # deeper than the regex compiler's bound of 2
+    assert guide.matches(deep)
+
+
+def test_parser_item_limit_fails_with_a_named_error():
+    limits = GrammarLimits(max_parser_items=40)
+    guide = compile_ebnf('start: s\ns: s s | "a"', BYTES_VOCAB, limits)  # ambiguous: items grow per byte
+    with pytest.raises(GrammarError, match="max_parser_items"):
+        guide.step_bytes(guide.initial_state, b"a" * 40)
+
+
+def test_lexer_state_limit_fails_with_a_named_error():
+    guide = compile_cfg(Grammar({"s": Term("[ab]{0,500}c")}, "s"), BYTES_VOCAB, GrammarLimits(max_lexer_states=50))
+    with pytest.raises(GrammarError, match="max_lexer_states"):
+        guide.step_bytes(guide.initial_state, b"a" * 100)
+
+
+def test_rule_limit_fails_at_compile_time():
+    grammar = Grammar({"s": Rep(Alt((Ref("x"), Term("y"))), 0, 5000), "x": Seq((Term("a"), Term("b")))}, "s")
+    with pytest.raises(GrammarError, match="max_grammar_rules"):
+        compile_cfg(grammar, BYTES_VOCAB, GrammarLimits(max_grammar_rules=1000))
+
+
+def test_mask_fuel_limit_fails_with_a_named_error(vocab):
+    guide = compile_json_schema({"type": "string"}, vocab, limits=GrammarLimits(max_mask_fuel=10))
+    with pytest.raises(GrammarError, match="max_mask_fuel"):
+        guide.fill_bitmask(guide.step_bytes(guide.initial_state, b'"'), np.zeros(1536, np.int32))
+
+
+def test_bad_grammars_are_clear_errors():
+    for text, needle in (("start: foo", "foo"), ("start: /a(?<=b)/", "lookaround"), ("start: (", "EBNF")):
+        with pytest.raises(GrammarError, match=needle):
+            compile_ebnf(text, BYTES_VOCAB)
+
+
+TOOLS = {
+    "type": "structural_tag",
+    "structures": [
+        {
+            "begin": '<tool_call>{"name": "get_weather", "arguments": ',
+            "schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            "end": "}</tool_call>",
+        },
+        {
+            "begin": '<tool_call>{"name": "add", "arguments": ',
+            "schema": {
+                "type": "object",
+                "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                "required": ["a", "b"],
+            },
+            "end": "}</tool_call>",
+        },
+    ],
+    "triggers": ["<tool_call>"],
+}
+
+
+def test_structural_tag_free_text_with_two_tool_calls(vocab, tokenizer):
+    guide = compile_structural_tag(TOOLS, vocab)
+    text = (
+        'I will look it up. <tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call> '
+        'and add: <tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call> Done.'
+    )
+    state = walk(guide, tokenizer.encode(text, add_special_tokens=False))
+    assert guide.is_accepting(state)
+    assert guide.matches("no call at all")
+    assert not guide.matches('<tool_call>{"name": "get_weather", "arguments": {"town": "Paris"}}</tool_call>')
+    assert not guide.matches('<tool_call>{"name": "add", "arguments": {"a": 1, "b": "2"}}</tool_call>')
+    assert not guide.matches("<tool_call>unfinished")
+
+
+def test_structural_tag_constraint_after_reasoning(vocab):
+    spec = {
+        "type": "structural_tag",
+        "format": {
+            "type": "sequence",
+            "elements": [
+                {"type": "tag", "begin": "<think>", "content": {"type": "any_text"}, "end": "</think>"},
+                {"type": "json_schema", "json_schema": {"type": "object", "properties": {"n": {"type": "integer"}}}},
+            ],
+        },
+    }
+    guide = compile_structural_tag(spec, BYTES_VOCAB)
+    assert guide.matches('<think>6 * 7, not </thinking> yet</think>{"n": 42}')
+    assert not guide.matches('<think>x</think>{"n": "42"}')
+    assert not guide.matches('{"n": 42}')
