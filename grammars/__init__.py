@@ -20,7 +20,7 @@ from loomlm.grammars.cache import (
     spec_from_params,
 )
 from loomlm.grammars.cfg_guide import CFGGuide, compile_cfg, compile_ebnf
-from loomlm.grammars.errors import GrammarError, GrammarTimeoutError
+from loomlm.grammars.errors import GrammarError, GrammarTimeoutError, GrammarUnsupportedError
 from loomlm.grammars.grammar_ir import Grammar
 from loomlm.grammars.guide import (
     FINISHED,
@@ -50,6 +50,7 @@ __all__ = [
     "GrammarLimits",
     "GrammarSpec",
     "GrammarTimeoutError",
+    "GrammarUnsupportedError",
     "Guide",
     "JumpPlan",
     "REJECTED",

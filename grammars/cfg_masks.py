@@ -14,7 +14,7 @@ mask of one pair (C, l) splits into two parts:
    and byte). Groups whose first remaining byte cannot start a lexeme there are skipped unseen. A
    boundary right at the start (l itself accepting) is the mask of the next column's fresh state.
 
-The walk is vectorised over the vocabulary with numpy (tokens sorted by length, one gather per byte
+The walk is vectorised over the vocabulary with numpy (from the tokens its live first bytes start, one gather per byte
 position from the lexer's transition table, dead tokens dropped as they die), expanding lexer states
 the first time it reaches them. Work is charged against `GrammarLimits.max_mask_fuel`.
 """
@@ -40,28 +40,49 @@ FRESH = -5  # lexer "state" of a pair at a lexeme boundary (the column's start s
 
 @dataclass(frozen=True)
 class TokenTable:
-    """The vocabulary's non-empty, non-EOS tokens sorted by byte length (longest first)."""
+    """The vocabulary's non-empty, non-EOS tokens in byte-lexicographic order, so that the tokens
+    starting with one byte, or with one pair of bytes, are a contiguous range (the walk of a lexer state
+    starts from the ranges of its live first bytes only, not from the whole vocabulary)."""
 
     ids: np.ndarray  # [n] int64 token ids
     lens: np.ndarray  # [n] int64
     data: np.ndarray  # [n, max_len] uint8, zero padded
     raw: tuple[bytes, ...]  # raw[k] = bytes of ids[k]
+    # starts[b0 * 257 + j]: first position whose (first byte, j) >= (b0, j), where j is 0 for the one-byte
+    # token b0 and 1 + the second byte otherwise; [256 * 257 + 1] int64
+    starts: np.ndarray
 
 
 def token_table(vocab: Vocabulary) -> TokenTable:
     got = vocab._cache.get("cfg_tokens")
     if got is None:
-        pairs = [(len(b), i) for i, b in enumerate(vocab.token_bytes) if b and i not in vocab.eos_token_ids]
-        pairs.sort(key=lambda p: (-p[0], p[1]))
+        pairs = sorted((b, i) for i, b in enumerate(vocab.token_bytes) if b and i not in vocab.eos_token_ids)
         ids = np.array([i for _, i in pairs], dtype=np.int64)
-        lens = np.array([n for n, _ in pairs], dtype=np.int64)
-        width = int(lens[0]) if len(lens) else 1
-        data = np.zeros((len(ids), width), dtype=np.uint8)
-        raw = tuple(vocab.token_bytes[i] for i in ids.tolist())
+        raw = tuple(b for b, _ in pairs)
+        lens = np.array([len(b) for b in raw], dtype=np.int64)
+        width = int(lens.max()) if len(lens) else 1
+        data = np.zeros((len(ids), max(width, 2)), dtype=np.uint8)
         for k, b in enumerate(raw):
             data[k, : len(b)] = np.frombuffer(b, dtype=np.uint8)
-        got = vocab._cache["cfg_tokens"] = TokenTable(ids, lens, data, raw)
+        second = np.where(lens >= 2, data[:, 1].astype(np.int64) + 1, 0)
+        key = data[:, 0].astype(np.int64) * 257 + second  # non-decreasing in lexicographic order
+        starts = np.searchsorted(key, np.arange(256 * 257 + 1), side="left")
+        got = vocab._cache["cfg_tokens"] = TokenTable(ids, lens, data, raw, starts)
     return got
+
+
+_NONE = np.zeros(0, np.int64)
+
+
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The positions of the ranges [lo[i], hi[i]) concatenated (int64)."""
+    n = hi - lo
+    keep = n > 0
+    lo, n = lo[keep], n[keep]
+    if not len(n):
+        return np.zeros(0, np.int64)
+    ends = np.cumsum(n)
+    return np.repeat(lo - (ends - n), n) + np.arange(int(ends[-1]))
 
 
 @dataclass
@@ -72,7 +93,21 @@ class LexWalk:
     inside: np.ndarray
     rec_pos: np.ndarray
     rec_off: np.ndarray
+    rec_st: np.ndarray
     by_state: dict[int, tuple[int, int]]
+
+
+def _grouped(inside: np.ndarray, ids: np.ndarray, rec_pos: np.ndarray, rec_off: np.ndarray, rec_st) -> LexWalk:
+    """A LexWalk of the `inside` row and the records of tokens it does not already allow."""
+    tid = ids[rec_pos]
+    allowed = (inside.view(np.uint32)[tid >> 5] >> (tid & 31).astype(np.uint32)) & 1
+    keep = allowed == 0  # tokens already allowed need no boundary check
+    rec_pos, rec_off, rec_st = rec_pos[keep], rec_off[keep], rec_st[keep]
+    order = np.argsort(rec_st, kind="stable")
+    rec_pos, rec_off, rec_st = rec_pos[order], rec_off[order], rec_st[order]
+    states, starts, counts = np.unique(rec_st, return_index=True, return_counts=True)
+    by_state = {int(s): (int(a), int(a + c)) for s, a, c in zip(states, starts, counts)}
+    return LexWalk(inside, rec_pos, rec_off, rec_st, by_state)
 
 
 def pack(ids: np.ndarray, size: int) -> np.ndarray:
@@ -90,6 +125,7 @@ class MaskBuilder:
         self.vocab_size = guide.vocab.size
         self.tokens = token_table(guide.vocab)
         self.walks: dict[int, LexWalk] = {}
+        self.buckets: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         self.rows: dict[tuple[Column, int], np.ndarray] = {}
         self.fuel = 0
 
@@ -155,32 +191,69 @@ class MaskBuilder:
         return walk.inside | pack(tt.ids[np.concatenate(found)], self.vocab_size)
 
     def walk(self, lex: int) -> LexWalk:
+        """The walk of lexer state `lex`. A state of several terminals is the union of its terminals'
+        own walks: each terminal's lexeme evolves alone, so a token stays inside (or crosses a boundary
+        of) the tuple exactly when it does for one of them. Walks are cached per single-terminal state,
+        which many tuples share (an open string next to an enum still walks the string once)."""
         got = self.walks.get(lex)
         if got is None:
-            n = len(self.tokens.ids)
-            inside, rec_pos, rec_off, rec_st = self.lex_walk(
-                np.arange(n), np.zeros(n, np.int64), np.full(n, lex, np.int32)
-            )
-            row = pack(self.tokens.ids[inside], self.vocab_size)
-            keep = ~np.isin(rec_pos, inside)  # tokens already allowed need no boundary check
-            rec_pos, rec_off, rec_st = rec_pos[keep], rec_off[keep], rec_st[keep]
-            order = np.argsort(rec_st, kind="stable")
-            rec_pos, rec_off, rec_st = rec_pos[order], rec_off[order], rec_st[order]
-            states, starts, counts = np.unique(rec_st, return_index=True, return_counts=True)
-            by_state = {int(s): (int(a), int(a + c)) for s, a, c in zip(states, starts, counts)}
-            got = self.walks[lex] = LexWalk(row, rec_pos, rec_off, by_state)
+            parts = self.lexer.states[lex]
+            if len(parts) > 1:
+                walks = [self.walk(self.lexer.state((p,))) for p in parts]
+                row = np.bitwise_or.reduce([w.inside for w in walks])
+                cat = lambda k: np.concatenate([getattr(w, k) for w in walks])
+                got = _grouped(row, self.tokens.ids, cat("rec_pos"), cat("rec_off"), cat("rec_st"))
+            else:
+                got = self.single_walk(lex)
+            self.walks[lex] = got
+        return got
+
+    def single_walk(self, lex: int) -> LexWalk:
+        """The walk of a one-terminal state: the union over its live first bytes b0 of the walk of the
+        tokens starting with b0, from the state after b0 (`bucket_walk`, cached per (state, b0)). Most
+        first bytes of a string-like state lead to one shared state (the open string), so a new state
+        costs only its new buckets: the prefixes of an excluded key or an enum value, say."""
+        row = self.lexer.row(lex)
+        live = np.flatnonzero(row >= 0)
+        parts = [self.bucket_walk(s1, b0) for b0, s1 in zip(live.tolist(), row[live].tolist())]
+        ids = self.tokens.ids
+        if not parts:
+            return _grouped(np.zeros(bitmask_words(self.vocab_size), np.int32), ids, _NONE, _NONE, _NONE)
+        cat = lambda k: np.concatenate([q[k] for q in parts]) if len(parts) > 1 else parts[0][k]
+        return _grouped(pack(ids[cat(0)], self.vocab_size), ids, cat(1), cat(2), cat(3))
+
+    def bucket_walk(self, s1: int, b0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`lex_walk` of the tokens whose first byte is b0, from lexer state s1 at offset 1 (a boundary
+        right after b0 is recorded too). When s1 cannot end a lexeme, only the tokens whose second byte
+        s1 reads (and the one-byte token b0) are walked."""
+        key = (s1, b0)
+        got = self.buckets.get(key)
+        if got is None:
+            lexer, starts = self.lexer, self.tokens.starts
+            base = b0 * 257
+            if lexer.accepts_any[s1]:
+                pos = np.arange(starts[base], starts[base + 257])
+            else:
+                at = base + 1 + np.flatnonzero(lexer.row(s1) >= 0)
+                lo = np.concatenate([starts[base : base + 1], starts[at]])
+                hi = np.concatenate([starts[base + 1 : base + 2], starts[at + 1]])
+                pos = _ranges(lo, hi)
+            n = len(pos)
+            got = self.lex_walk(pos, np.ones(n, np.int64), np.full(n, s1, np.int32), record_start=True)
+            self.buckets[key] = got
         return got
 
     def lex_walk(
-        self, pos: np.ndarray, off: np.ndarray, st: np.ndarray
+        self, pos: np.ndarray, off: np.ndarray, st: np.ndarray, record_start: bool = False
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Walk tokens (table positions `pos`) from byte offsets `off` in lexer states `st` to their
         ends: (positions that end inside a lexeme, and the boundary records (position, offset,
-        accepting state) met after at least one byte)."""
+        accepting state) met after at least one byte of the lexeme: at the start too with
+        `record_start`, for walks that begin after the lexeme's first byte)."""
         lexer, tt = self.lexer, self.tokens
         inside: list[np.ndarray] = []
         recs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        first = True
+        first = not record_start
         while len(pos):
             ended = tt.lens[pos] == off
             if ended.any():

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from loomlm.grammars.errors import GrammarError
+from loomlm.grammars.errors import GrammarError, GrammarUnsupportedError
 from loomlm.grammars.json_numbers import alternation
 from loomlm.grammars.json_strings import ANY_CHAR, MAX_CODE, Ranges, char_set, complement, literal_char
 
@@ -55,7 +55,8 @@ class _Parser:
         self.text, self.pos, self.where = pattern, 0, where
 
     def fail(self, why: str) -> GrammarError:
-        return GrammarError(f"pattern at {self.where}: {why} (in {self.text!r})")
+        kind = GrammarUnsupportedError if "not supported" in why else GrammarError
+        return kind(f"pattern at {self.where}: {why} (in {self.text!r})")
 
     def peek(self, k: int = 0) -> str:
         i = self.pos + k
@@ -333,7 +334,7 @@ def _cap(node: Node, count: int) -> Node:
 
 def _check_no_anchor(node: Node, where: str, pattern: str) -> None:
     if node.kind in ("bol", "eol"):
-        raise GrammarError(
+        raise GrammarUnsupportedError(
             f"pattern at {where}: anchors (^, $) are only supported at the ends of the "
             f"pattern or of a top-level alternative (in {pattern!r})"
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Protocol
 
+from loomlm.grammars.errors import GrammarUnsupportedError
 from loomlm.grammars.json_formats import FORMATS
 from loomlm.grammars.json_numbers import ANY_INTEGER, ANY_NUMBER, alternation, integer_range, number_range
 from loomlm.grammars.json_pattern import repeat_chars, translate
@@ -56,6 +57,15 @@ def string_regex(leaf: dict, path: Path, ctx: Context, _type: str = "string") ->
 def _constrained(source: tuple[str, str, Path], lo: int, hi: int | None, ctx: Context) -> str | None:
     """String content matching a pattern or format, within minLength/maxLength where expressible."""
     keyword, text, where = source
+    try:
+        return _translated(keyword, text, where, lo, hi, ctx)
+    except GrammarUnsupportedError:
+        if ctx.strict:
+            raise
+        return repeat(ANY_CHAR, lo, hi)  # strict=False: the pattern is ignored (a wider language)
+
+
+def _translated(keyword: str, text: str, where: Path, lo: int, hi: int | None, ctx: Context) -> str | None:
     search = keyword == "pattern" and not ctx.strict
     folded = repeat_chars(text, search=search, where=pointer(where))
     if folded is not None:

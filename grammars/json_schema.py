@@ -307,16 +307,21 @@ def _product(factors: list[list[Leaf]], ctx: _Ctx, path: Path = ()) -> list[Leaf
     if not factors:
         return [({}, path)]
     if math.prod(len(f) for f in factors) > MAX_ALTERNATIVES:
-        raise _TooMany(
-            f"the schema expands into more than {MAX_ALTERNATIVES} alternatives "
-            "(anyOf/oneOf/not/if combined through allOf); simplify it"
-        )
+        if ctx.strict:
+            raise _TooMany(
+                f"the schema expands into more than {MAX_ALTERNATIVES} alternatives "
+                "(anyOf/oneOf/not/if combined through allOf); simplify it"
+            )
+        factors = _widened(factors, path)
     out = []
     for combo in itertools.product(*factors):
         rules = [lf for lf, _ in combo if "rule" in lf]
         if rules:  # a recursive $ref stays a rule: nothing else may narrow it
             if len(rules) > 1 or any(lf.keys() - {"ignored", "object_stated"} for lf, _ in combo if "rule" not in lf):
-                raise unsupported("$ref", combo[0][1], "a recursive $ref next to other constraints")
+                if ctx.strict:
+                    raise unsupported("$ref", combo[0][1], "a recursive $ref next to other constraints")
+                # strict=False: the rule alone, a wider language (marked: it must not be negated)
+                rules = [{**rules[0], "ignored": [*rules[0].get("ignored", []), "$ref siblings"]}]
             out.append((rules[0], combo[0][1]))
             continue
         leaf, path = combo[0]
@@ -327,6 +332,17 @@ def _product(factors: list[list[Leaf]], ctx: _Ctx, path: Path = ()) -> list[Leaf
         else:
             out.append((leaf, path))
     return out
+
+
+def _widened(factors: list[list[Leaf]], path: Path) -> list[list[Leaf]]:
+    """strict=False past MAX_ALTERNATIVES: the largest factors (allOf members with many alternatives)
+    become "anything" until the product fits; a wider language, marked so that it is never negated."""
+    factors = list(factors)
+    for i in sorted(range(len(factors)), key=lambda k: -len(factors[k])):
+        if math.prod(len(f) for f in factors) <= MAX_ALTERNATIVES:
+            break
+        factors[i] = [({"ignored": ["allOf member with too many alternatives"]}, path)]
+    return factors
 
 
 def _leaf_types(leaf: dict, ctx: _Ctx, infer: bool = True) -> list[str]:

@@ -230,13 +230,15 @@ def _members(mask: int) -> np.ndarray:
 def byte_classes(masks: frozenset[int] | set[int]) -> list[tuple[int, np.ndarray]]:
     """Partition of 0..255 by membership in `masks`: [(representative byte, member bytes)]; bytes in
     no mask form one class too (their derivative is EMPTY)."""
-    cls = np.zeros(256, dtype=np.int64)
-    for m in masks:
-        cls = cls * 2 + _members(m)
-        cls = np.unique(cls, return_inverse=True)[1].reshape(256)
-    _, first, inverse = np.unique(cls, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(256)
-    return [(int(first[k]), np.nonzero(inverse == k)[0]) for k in range(len(first))]
+    masks = [m for m in masks if m != _ALL]  # a full set splits nothing
+    if not masks:
+        return [(0, np.arange(256))]
+    signature = np.packbits(np.stack([_members(m) for m in masks]), axis=0)  # [ceil(k/8), 256]: byte b's
+    keys = signature[0] if len(signature) == 1 else np.ascontiguousarray(signature.T).view(f"V{len(signature)}")
+    _, first, inverse = np.unique(keys.ravel(), return_index=True, return_inverse=True)
+    order = np.argsort(inverse.ravel(), kind="stable")
+    groups = np.split(order, np.cumsum(np.bincount(inverse.ravel()))[:-1])
+    return [(int(first[k]), g) for k, g in enumerate(groups)]
 
 
 # ---- text regex -> byte term ---------------------------------------------------------------------

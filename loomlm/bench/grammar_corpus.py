@@ -229,10 +229,34 @@ def _json_type(doc: Any) -> str:
 
 
 _FLAT: dict[int, list[dict[str, Any]]] = {}  # a branch's schemas (all of its own branches); one order_keys call
+_VALIDATOR: list[Any] = []  # [jsonschema validator of the root or None]; one order_keys call
+
+
+def _validator(root: Any) -> Any:
+    try:
+        import jsonschema
+
+        return jsonschema.validators.validator_for(root)(root)
+    except Exception:  # no jsonschema, or a root it cannot read: the heuristic alone
+        return None
+
+
+def _fits(branch: Any, doc: Any) -> bool:
+    """`doc` is valid under `branch` (resolved against the root), when jsonschema can tell."""
+    validator = _VALIDATOR[0] if _VALIDATOR else None
+    if validator is None:
+        return False
+    try:
+        return bool(validator.evolve(schema=branch).is_valid(doc))
+    except Exception:
+        return False
 
 
 def _score(branch: Any, doc: Any, root: Any) -> float:
-    """How well `doc` fits one anyOf/oneOf branch: its type, declared keys, required keys, consts."""
+    """How well `doc` fits one anyOf/oneOf branch: first whether jsonschema finds it valid there, then
+    its type, declared keys, required keys, consts (nested branches are flattened for this part)."""
+    if _fits(branch, doc):
+        return 1e9
     schemas = _FLAT.get(id(branch)) or _FLAT.setdefault(id(branch), _expand([branch], root, doc, pick=False))
     types = {t for s in schemas for t in ([s["type"]] if isinstance(s.get("type"), str) else s.get("type") or [])}
     kind = _json_type(doc)
@@ -256,7 +280,7 @@ def _score(branch: Any, doc: Any, root: Any) -> float:
 
 def _expand(schemas: list[Any], root: Any, doc: Any, pick: bool = True) -> list[dict[str, Any]]:
     """The schemas that apply to `doc`: through $ref, allOf, then/else and (with `pick`) the
-    best-fitting anyOf/oneOf branch."""
+    best-fitting anyOf/oneOf branch and the then or else that `if` selects."""
     out: list[dict[str, Any]] = []
     seen: set[int] = set()
 
@@ -273,7 +297,10 @@ def _expand(schemas: list[Any], root: Any, doc: Any, pick: bool = True) -> list[
                 branches = [max(branches, key=lambda b: _score(b, doc, root))] if pick else branches
             for b in branches:
                 visit(b, depth + 1)
-        for key in ("then", "else"):
+        branches = ("then", "else")
+        if pick and _VALIDATOR and _VALIDATOR[0] is not None and isinstance(s.get("if"), (dict, bool)):
+            branches = ("then",) if _fits(s["if"], doc) else ("else",)
+        for key in branches:
             visit(s.get(key), depth + 1)
 
     for s in schemas:
@@ -316,6 +343,7 @@ def order_keys(doc: Any, schema: Any, root: Any = None, depth: int = 0) -> Any:
     if root is None:
         root = schema
         _FLAT.clear()
+        _VALIDATOR[:] = [_validator(root)]
     schemas = schema if isinstance(schema, list) else [schema]
     if depth > 200 or not isinstance(doc, (dict, list)):
         return doc
