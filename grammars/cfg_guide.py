@@ -73,13 +73,16 @@ class CFGGuide:
             self._pairs.append(pairs)
         return sid
 
-    def next_columns(self, col: Column, tid: int) -> list[Column]:
-        """Columns after a lexeme of terminal `tid` ends in `col` (an %ignore terminal keeps it)."""
-        out = [col] if tid in self.grammar.ignore else []
-        nxt = self.grammar.scan(col, tid)
-        if nxt is not None:
-            out.append(nxt)
-        return out
+    def next_columns(self, col: Column, tids: tuple[int, ...]) -> list[Column]:
+        """Columns after a lexeme that terminals `tids` all accept ends in `col`: one column scanning
+        them together (Earley's column at that position, so parses that differ only in which terminal
+        matched stay one state), plus `col` itself when one of them is an %ignore terminal."""
+        got = col._scans.get(tids)
+        if got is None:
+            nxt = self.grammar.scan_all(col, tuple(t for t in tids if t not in self.grammar.ignore))
+            got = ([col] if any(t in self.grammar.ignore for t in tids) else []) + ([nxt] if nxt else [])
+            col._scans[tids] = got
+        return got
 
     def step(self, sid: int, b: int) -> int:
         """The state after byte `b` (-1: no parse survives)."""
@@ -97,8 +100,8 @@ class CFGGuide:
                 continue
             if (nl := lexer.step(lex, b)) >= 0:
                 out.add((col, nl))
-            for tid in lexer.accepts[lex]:
-                for nxt in self.next_columns(col, tid):
+            if lexer.accepts[lex]:
+                for nxt in self.next_columns(col, lexer.accepts[lex]):
                     start = grammar.lex_start(nxt)
                     if start != DEAD and (nl := lexer.step(start, b)) >= 0:
                         out.add((nxt, nl))
@@ -118,7 +121,7 @@ class CFGGuide:
     def _pair_accepting(self, col: Column, lex: int) -> bool:
         if lex == FRESH:
             return col.accepting
-        return any(nxt.accepting for tid in self.grammar.lexer.accepts[lex] for nxt in self.next_columns(col, tid))
+        return any(nxt.accepting for nxt in self.next_columns(col, self.grammar.lexer.accepts[lex]))
 
     # ---- the Guide protocol ----------------------------------------------------------------------
     def advance(self, state: int, token_id: int) -> int:
@@ -187,7 +190,7 @@ class CFGGuide:
                 starts.append(grammar.lex_start(col))
             else:
                 ok |= lexer.row(lex) >= 0
-                starts += [grammar.lex_start(n) for tid in lexer.accepts[lex] for n in self.next_columns(col, tid)]
+                starts += [grammar.lex_start(n) for n in self.next_columns(col, lexer.accepts[lex])]
             for s in starts:
                 if s != DEAD:
                     ok |= lexer.row(s) >= 0
@@ -213,7 +216,12 @@ def compile_cfg(
 
 
 def compile_ebnf(text: str, vocab: Vocabulary, limits: GrammarLimits | None = None, start: str = "start") -> CFGGuide:
-    """A lark-dialect EBNF grammar (`ebnf.ebnf_grammar`) as a guide."""
+    """An EBNF grammar as a guide: GBNF (`name ::= ...`, llama.cpp's and XGrammar's dialect, start rule
+    `root`; `gbnf.gbnf_grammar`) or lark's dialect (`name: ...`, start rule `start`; `ebnf.ebnf_grammar`)."""
     from loomlm.grammars.ebnf import ebnf_grammar
+    from loomlm.grammars.gbnf import gbnf_grammar, looks_like_gbnf
 
+    if isinstance(text, str) and looks_like_gbnf(text):
+        grammar = gbnf_grammar(text, "root" if start == "start" else start)
+        return compile_cfg(grammar, vocab, limits, f"GBNF grammar {text.strip()[:60]!r}")
     return compile_cfg(ebnf_grammar(text, start), vocab, limits, f"EBNF grammar {text.strip()[:60]!r}")

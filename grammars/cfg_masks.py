@@ -153,8 +153,8 @@ class MaskBuilder:
             )
         else:
             row = self.pair_row_lexing(col, lex)
-            for tid in lexer.accepts[lex]:  # the lexeme may end before this token
-                for nxt in guide.next_columns(col, tid):
+            if lexer.accepts[lex]:  # the lexeme may end before this token
+                for nxt in guide.next_columns(col, lexer.accepts[lex]):
                     row = row | self.pair_row(nxt, FRESH)
         self.rows[key] = row
         return row
@@ -164,8 +164,8 @@ class MaskBuilder:
         lexer, grammar, guide, tt = self.lexer, self.guide.grammar, self.guide, self.tokens
         found: list[np.ndarray] = []
         for state, (a, b) in walk.by_state.items():
-            for tid in lexer.accepts[state]:
-                for nxt in guide.next_columns(col, tid):
+            if lexer.accepts[state]:
+                for nxt in guide.next_columns(col, lexer.accepts[state]):
                     start = grammar.lex_start(nxt)
                     if start == DEAD:
                         continue

@@ -36,7 +36,7 @@ class Column:
         self.allowed = frozenset(-1 - s for s in by_next if s < 0)  # terminal ids expected next
         self.accepting = accepting
         self.lex_start = -3  # lexer start state, filled by the parser
-        self._scans: dict[int, Column | None] = {}
+        self._scans: dict = {}  # scan results, keyed by terminal id or terminal-id tuple
 
 
 @dataclass
@@ -72,6 +72,23 @@ class CompiledGrammar:
         kernel = [(r, d + 1, col if o is None else o) for r, d, o in col.by_next.get(-1 - tid, ())]
         out = self._close(kernel) if kernel else None
         col._scans[tid] = out
+        return out
+
+    def scan_all(self, col: Column, tids: tuple[int, ...]) -> Column | None:
+        """The column after one lexeme that every terminal in `tids` matches (None: none is expected)."""
+        if len(tids) == 1:
+            return self.scan(col, tids[0])
+        key = ("all", tids)
+        got = col._scans.get(key, False)
+        if got is not False:
+            return got
+        kernel = list(
+            dict.fromkeys(
+                (r, d + 1, col if o is None else o) for tid in tids for r, d, o in col.by_next.get(-1 - tid, ())
+            )
+        )
+        out = self._close(kernel) if kernel else None
+        col._scans[key] = out
         return out
 
     def _close(self, kernel: list[Item]) -> Column:

@@ -242,8 +242,20 @@ def byte_classes(masks: frozenset[int] | set[int]) -> list[tuple[int, np.ndarray
 
 
 # ---- text regex -> byte term ---------------------------------------------------------------------
+# A literal (escaped metacharacters allowed) with an optional trailing " ?": most terminals of a JSON
+# schema (`"key": ?`, enum values) are of this form, and reading them needs no regex parser.
+_LITERAL = re.compile(r"((?:[^\\\[\](){}|*+?.^$]|\\[^A-Za-z0-9])*)( \?)?")
+
+
 def regex_term(table: TermTable, pattern: str, *, ignore_case: bool = False) -> int:
     """The byte term of a Python/interegular regex (clear GrammarError on what cannot be lexed)."""
+    literal = None if ignore_case else _LITERAL.fullmatch(pattern)
+    if literal is not None:
+        body = re.sub(r"\\(.)", r"\1", literal.group(1), flags=re.DOTALL).encode()
+        parts = [table.byteset(1 << b) for b in body]
+        if literal.group(2):
+            parts.append(table.rep(table.byteset(1 << 0x20), 0, 1))
+        return table.seq(parts)
     return _Lowering(table, pattern).lower(parse_regex_flags(pattern), ignore_case)
 
 
