@@ -208,10 +208,15 @@ class CFGGuide:
 
 
 def compile_cfg(
-    grammar: Grammar, vocab: Vocabulary, limits: GrammarLimits | None = None, description: str = ""
+    grammar: Grammar,
+    vocab: Vocabulary,
+    limits: GrammarLimits | None = None,
+    description: str = "",
+    lazy_terminals: bool = False,
 ) -> CFGGuide:
+    """`grammar` as a guide; `lazy_terminals`: see `earley.compile_grammar`."""
     limits = limits or GrammarLimits()
-    compiled = compile_grammar(grammar, limits)
+    compiled = compile_grammar(grammar, limits, lazy_terminals)
     return CFGGuide(compiled, vocab, limits, description or f"grammar with start rule {grammar.start!r}")
 
 

@@ -22,7 +22,8 @@ from loomlm.grammars.errors import GrammarError
 from loomlm.grammars.grammar_ir import Alt, Expr, FreeText, Grammar, Ref, Rep, Seq, Term
 from loomlm.grammars.lexer import Lexer
 from loomlm.grammars.limits import GrammarLimits
-from loomlm.grammars.regex_terms import TermTable, regex_term
+from loomlm.grammars.regex_syntax import matches_empty, regex_term
+from loomlm.grammars.regex_terms import TermTable
 
 Item = tuple  # (rule, dot, origin: Column | None)
 
@@ -136,18 +137,49 @@ class CompiledGrammar:
         return col
 
 
-def compile_grammar(grammar: Grammar, limits: GrammarLimits | None = None) -> CompiledGrammar:
+def compile_grammar(
+    grammar: Grammar, limits: GrammarLimits | None = None, lazy_terminals: bool = False
+) -> CompiledGrammar:
+    """`lazy_terminals`: terminal regexes become byte terms only when the lexer first expects them
+    (Python's regex parser checks them and tells which match the empty string up front). For grammars whose
+    regexes the compiler generated itself (JSON schemas): a large schema's first mask then costs only
+    the terminals it can start with. Hand-written grammars keep eager terms, so that a terminal the
+    lexer cannot read fails at compile time, not while decoding."""
     limits = limits or GrammarLimits()
-    return _Lowering(grammar, limits).build()
+    return _Lowering(grammar, limits, lazy_terminals).build()
+
+
+class LazyTerms:
+    """terminal id -> its start term (`TermTable.nonempty` of its regex), built on first access."""
+
+    def __init__(self, terms: TermTable):
+        self.terms = terms
+        self.built: list[int | None] = []
+        self.sources: list[tuple[str, bool]] = []
+
+    def __len__(self) -> int:
+        return len(self.built)
+
+    def add(self, term: int | None, regex: str = "", ignore_case: bool = False) -> None:
+        self.built.append(term)
+        self.sources.append((regex, ignore_case))
+
+    def __getitem__(self, tid: int) -> int:
+        got = self.built[tid]
+        if got is None:
+            regex, ignore_case = self.sources[tid]
+            got = self.built[tid] = self.terms.nonempty(regex_term(self.terms, regex, ignore_case=ignore_case))
+        return got
 
 
 class _Lowering:
-    def __init__(self, grammar: Grammar, limits: GrammarLimits):
+    def __init__(self, grammar: Grammar, limits: GrammarLimits, lazy_terminals: bool = False):
         self.g = grammar
         self.limits = limits
+        self.lazy = lazy_terminals
         self.terms = TermTable()
         self.term_ids: dict[tuple[str, bool], int] = {}  # (regex, ignore_case) -> terminal id
-        self.term_start: list[int] = []
+        self.term_start = LazyTerms(self.terms)
         self.term_names: list[str] = []
         self.term_nullable: list[bool] = []
         self.nt_ids: dict[str, int] = {}
@@ -222,13 +254,17 @@ class _Lowering:
             if isinstance(term, FreeText):
                 t = self.terms.nonempty(self.terms.avoid(tuple(w.encode() for w in term.avoid if w)))
                 term = Term("", name=f"text without {list(term.avoid)!r}")
+                nullable = False
+            elif self.lazy and allow_empty:
+                t, nullable = None, matches_empty(term.regex)
             else:
                 t = regex_term(self.terms, term.regex, ignore_case=term.ignore_case)
-            if self.terms.nullable[t] and not allow_empty:
+                nullable = self.terms.nullable[t]
+            if nullable and not allow_empty:
                 raise GrammarError(f"terminal {term.name or term.regex!r} matches the empty string")
             tid = self.term_ids[key] = len(self.term_start)
-            self.term_start.append(self.terms.nonempty(t))
-            self.term_nullable.append(self.terms.nullable[t])
+            self.term_start.add(None if t is None else self.terms.nonempty(t), term.regex, term.ignore_case)
+            self.term_nullable.append(nullable)
             self.term_names.append(term.name or term.regex)
             if len(self.term_start) > self.limits.max_grammar_rules:
                 raise GrammarError(f"the grammar has more than {self.limits.max_grammar_rules} terminals")

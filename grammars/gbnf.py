@@ -60,7 +60,8 @@ def gbnf_grammar(text: str, start: str = "root") -> Grammar:
     try:
         tree = _PARSER.parse(text)
     except lark.exceptions.UnexpectedInput as exc:
-        raise GrammarError(f"invalid GBNF grammar at line {exc.line}, column {exc.column}: {_snippet(exc, text)}") from None
+        where = f"line {exc.line}, column {exc.column}"
+        raise GrammarError(f"invalid GBNF grammar at {where}: {_snippet(exc, text)}") from None
     except lark.exceptions.LarkError as exc:
         raise GrammarError(f"invalid GBNF grammar: {exc}") from None
     rules: dict[str, Expr] = {}

@@ -160,7 +160,7 @@ def compile_json_schema(
         if isinstance(schema, str)
         else (json.dumps(schema)[:80] if isinstance(schema, (dict, bool)) else getattr(schema, "__name__", "schema"))
     )
-    return compile_cfg(grammar, vocab, limits, f"JSON schema {str(text)[:80]}")
+    return compile_cfg(grammar, vocab, limits, f"JSON schema {str(text)[:80]}", lazy_terminals=True)
 
 
 def escape_literal(text: str) -> str:

@@ -16,6 +16,8 @@ Non-ASCII characters are written raw into the regex (interegular has no `\\u` es
 
 from __future__ import annotations
 
+import functools
+
 from loomlm.grammars.json_numbers import alternation, hex_range, hex_set
 
 MAX_CODE = 0x10FFFF
@@ -57,7 +59,17 @@ def complement(ranges: Ranges) -> Ranges:
 
 
 def intersect(a: Ranges, b: Ranges) -> Ranges:
-    return complement(complement(a) + complement(b))
+    a, b = normalize(a), normalize(b)
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):  # one merge pass over the two sorted lists
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if lo <= hi:
+            out.append((lo, hi))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return normalize(out)
 
 
 def _class_char(code: int) -> str:
@@ -171,6 +183,11 @@ def key_not_in(names: list[str]) -> str:
     """A JSON string (quotes included) whose decoded value is none of `names`: either a proper prefix
     of some name that is not itself a name, or a prefix followed by a character that leaves every
     name, then anything. Names are followed along their literal spellings."""
+    return _key_not_in(tuple(names))
+
+
+@functools.lru_cache(maxsize=1024)  # the same object is often compiled more than once (refs, allOf)
+def _key_not_in(names: tuple[str, ...]) -> str:
     trie: dict = {}
     for name in names:
         node = trie

@@ -13,6 +13,8 @@ they grow by doubling (callers re-read the attributes after `expand`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from loomlm.grammars.errors import GrammarError
@@ -25,9 +27,9 @@ UNEXPANDED = -2
 class Lexer:
     """Interned lexer states over `terminals` (term ids in `terms`); `max_states` bounds them."""
 
-    def __init__(self, terms: TermTable, terminals: list[int], names: list[str], max_states: int):
+    def __init__(self, terms: TermTable, terminals: Sequence[int], names: list[str], max_states: int):
         self.terms = terms
-        self.terminals = terminals  # terminal id -> its start term
+        self.terminals = terminals  # terminal id -> its start term (earley.LazyTerms builds it on first use)
         self.names = names
         self.max_states = max_states
         self.states: list[tuple[tuple[int, int], ...]] = []

@@ -12,20 +12,12 @@ finite and lets equal languages of the common shapes share one id. `EMPTY` (0) m
 the only term whose language is empty: no constructor here can build another one, so "state is dead"
 is `term == EMPTY`.
 
-Text regexes are read by interegular (through `regex_nfa.parse_regex`, which gives clear errors) and
-lowered to bytes with `utf8`: a character class becomes a union of UTF-8 byte-range sequences.
+Text regexes become terms in `regex_syntax`.
 """
 
 from __future__ import annotations
 
-import re
-
-import interegular.patterns as ip
 import numpy as np
-
-from loomlm.grammars.errors import GrammarError
-from loomlm.grammars.regex_nfa import parse_regex
-from loomlm.grammars.utf8 import code_point_ranges, complement, utf8_sequences
 
 EMPTY = 0  # no string
 EPS = 1  # the empty string
@@ -35,7 +27,8 @@ _ALL = (1 << 256) - 1
 _K_EMPTY, _K_EPS, _K_BYTES, _K_CAT, _K_ALT, _K_STAR, _K_REP, _K_NONEMPTY, _K_AVOID = range(9)
 
 
-def _bits(lo: int, hi: int) -> int:
+def byte_bits(lo: int, hi: int) -> int:
+    """The byte-set mask of bytes lo..hi."""
     return ((1 << (hi + 1)) - 1) ^ ((1 << lo) - 1)
 
 
@@ -48,6 +41,7 @@ class TermTable:
         self._ids: dict[tuple, int] = {(_K_EMPTY,): EMPTY, (_K_EPS,): EPS}
         self._deriv: dict[tuple[int, int], int] = {}
         self._front: dict[int, frozenset[int]] = {}
+        self.memo: dict[tuple, int] = {}  # for builders of common sub-terms (regex_syntax's classes)
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -239,77 +233,3 @@ def byte_classes(masks: frozenset[int] | set[int]) -> list[tuple[int, np.ndarray
     order = np.argsort(inverse.ravel(), kind="stable")
     groups = np.split(order, np.cumsum(np.bincount(inverse.ravel()))[:-1])
     return [(int(first[k]), g) for k, g in enumerate(groups)]
-
-
-# ---- text regex -> byte term ---------------------------------------------------------------------
-# A literal (escaped metacharacters allowed) with an optional trailing " ?": most terminals of a JSON
-# schema (`"key": ?`, enum values) are of this form, and reading them needs no regex parser.
-_LITERAL = re.compile(r"((?:[^\\\[\](){}|*+?.^$]|\\[^A-Za-z0-9])*)( \?)?")
-
-
-def regex_term(table: TermTable, pattern: str, *, ignore_case: bool = False) -> int:
-    """The byte term of a Python/interegular regex (clear GrammarError on what cannot be lexed)."""
-    literal = None if ignore_case else _LITERAL.fullmatch(pattern)
-    if literal is not None:
-        body = re.sub(r"\\(.)", r"\1", literal.group(1), flags=re.DOTALL).encode()
-        parts = [table.byteset(1 << b) for b in body]
-        if literal.group(2):
-            parts.append(table.rep(table.byteset(1 << 0x20), 0, 1))
-        return table.seq(parts)
-    return _Lowering(table, pattern).lower(parse_regex_flags(pattern), ignore_case)
-
-
-def parse_regex_flags(pattern: str) -> ip.Pattern:
-    """Like `parse_regex`, but inline (?i) groups are allowed (the lowering applies them)."""
-    try:
-        return parse_regex(pattern)
-    except GrammarError as exc:
-        if "inline flags" not in str(exc):
-            raise
-    try:
-        return ip.parse_pattern(pattern)
-    except Exception as exc:
-        raise GrammarError(f"regex {pattern!r} could not be parsed: {exc}") from None
-
-
-class _Lowering:
-    def __init__(self, table: TermTable, pattern: str):
-        self.t = table
-        self.pattern = pattern
-
-    def lower(self, node: object, icase: bool) -> int:
-        t = self.t
-        if isinstance(node, ip.Pattern):
-            on, off = int(node.added_flags or 0), int(node.removed_flags or 0)  # re.RegexFlag values
-            if (on | off) & ~int(re.IGNORECASE):
-                raise GrammarError(f"regex {self.pattern!r}: only the inline flag (?i) is supported")
-            icase = (icase or bool(on & re.IGNORECASE)) and not off & re.IGNORECASE
-            return t.alt([self.lower(o, icase) for o in node.options]) if node.options else EPS
-        if isinstance(node, ip._Concatenation):
-            parts = []
-            for part in node.parts:
-                if isinstance(part, ip._NonCapturing):
-                    raise GrammarError(f"regex {self.pattern!r}: lookarounds are not supported")
-                parts.append(self.lower(part, icase))
-            return t.seq(parts)
-        if isinstance(node, ip._Repeated):
-            return t.rep(self.lower(node.base, icase), node.min, node.max)
-        if isinstance(node, ip._CharGroup):
-            return self.chars(frozenset(node.chars), bool(node.negated), icase)
-        if node is ip._DOT:
-            return self.chars(frozenset("\n"), True, False)
-        if node is ip._EMPTY:
-            return EPS
-        raise GrammarError(f"regex {self.pattern!r}: unsupported construct {type(node).__name__}")
-
-    def chars(self, chars: frozenset[str], negated: bool, icase: bool) -> int:
-        if icase:
-            chars = frozenset(c for ch in chars for c in (ch, ch.lower(), ch.upper()) if len(c) == 1)
-        ranges = code_point_ranges(sorted(ord(c) for c in chars))
-        if negated:
-            ranges = complement(ranges)
-        t = self.t
-        options = []
-        for seq in utf8_sequences(ranges):
-            options.append(t.seq([t.byteset(_bits(lo, hi)) for lo, hi in seq]))
-        return t.alt(options)

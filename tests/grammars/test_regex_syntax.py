@@ -1,0 +1,78 @@
+"""Regex text -> byte terms (`regex_syntax`) against Python's `re` as the oracle.
+
+A term matches bytes when its derivatives along them end in a nullable term; it must agree with
+`re.fullmatch` (with `re.ASCII`: `\\d`, `\\s`, `\\w` are the ASCII classes here) on strings drawn
+from each regex (hypothesis) and on arbitrary strings over an alphabet that touches every class edge.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loomlm.grammars import GrammarError
+from loomlm.grammars.regex_syntax import regex_term
+from loomlm.grammars.regex_terms import EMPTY, TermTable
+
+REGEXES = [
+    r'"name": ?',
+    r"[a-z]+(?:-[a-z0-9]+)*",
+    r"[^\x00-\x1f\"\\]{0,3}x",
+    r"\d{2,4}|\s\w+",
+    r"(?i:select|from)\s+[A-F0-9]{1,3}",
+    r"(?i)ab[c-e]",
+    r".+é?",
+    r"(?s:.)a",
+    r"\D\S\W",
+    r"[^a-cé中]+",
+    r"(?:😀|\u00e9|\\u[0-9a-fA-F]{4})*",
+    r"a*?b+?c??",
+    r"[\w.-]+@[\w-]+\.[a-z]{2,6}",
+]
+ALPHABET = 'aAbBcCdeEfFxyz09-_.@ \t\n"\\éÉ中😀\x00\x1fsSelectFROM'
+
+
+def _matches(table: TermTable, term: int, text: str) -> bool:
+    for b in text.encode():
+        term = table.deriv(term, b)
+        if term == EMPTY:
+            return False
+    return table.nullable[term]
+
+
+@pytest.mark.parametrize("regex", REGEXES)
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_terms_agree_with_re(regex: str, data) -> None:
+    table = TermTable()
+    term = regex_term(table, regex)
+    oracle = re.compile(regex, re.ASCII)  # \d \s \w are the ASCII classes here
+    drawn = data.draw(st.from_regex(oracle, fullmatch=True))
+    assert _matches(table, term, drawn), drawn
+    other = data.draw(st.text(alphabet=ALPHABET, max_size=8))
+    assert _matches(table, term, other) == (oracle.fullmatch(other) is not None), other
+
+
+def test_ignore_case_argument_folds_case() -> None:
+    table = TermTable()
+    term = regex_term(table, "select", ignore_case=True)
+    assert _matches(table, term, "SeLeCt") and not _matches(table, term, "selec")
+
+
+@pytest.mark.parametrize(
+    "regex, message",
+    [
+        ("a(?=b)", "lookarounds"),
+        ("(?<!a)b", "lookarounds"),
+        ("^ab$", "anchors"),
+        (r"(a)\1", "backreferences"),
+        ("a((", "invalid regex"),
+        ("(?>ab)", "atomic"),
+    ],
+)
+def test_unreadable_regexes_are_refused_by_name(regex: str, message: str) -> None:
+    with pytest.raises(GrammarError, match=message):
+        regex_term(TermTable(), regex)
