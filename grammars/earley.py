@@ -187,6 +187,7 @@ class _Lowering:
         self.lhs: list[int] = []
         self.rhs: list[tuple[int, ...]] = []
         self.memo: dict[Expr, int] = {}
+        self.pending: list[tuple[int, Expr]] = []  # (helper nonterminal, expression to define it by)
 
     def build(self) -> CompiledGrammar:
         start = self.nt("$start")
@@ -195,6 +196,8 @@ class _Lowering:
         self.rule(start, (self.nt(self.g.start),))
         for name, expr in self.g.rules.items():
             self.define(self.nt_ids[name], expr)
+        while self.pending:  # helper rules of nested expressions, defined here, not by recursion
+            self.define(*self.pending.pop())
         ignore = []
         for term in self.g.ignore:
             tid = self.terminal(term, allow_empty=False)
@@ -286,7 +289,7 @@ class _Lowering:
                 sym = head
         elif isinstance(expr, (Seq, Alt)):
             sym = self.helper("seq" if isinstance(expr, Seq) else "alt")
-            self.define(sym, expr)
+            self.pending.append((sym, expr))  # JSON-schema grammars nest hundreds deep
         elif isinstance(expr, Rep):
             sym = self.repeat(expr)
         else:

@@ -78,6 +78,7 @@ class _Ctx:
     grammar: bool = False  # build a grammar (scalars as terminals, recursion as rules), not one regex
     rules: dict = field(default_factory=dict)  # grammar mode: rule name -> Part
     pending: dict = field(default_factory=dict)  # grammar mode: recursive $ref key -> its target Sub
+    shared: dict = field(default_factory=dict)  # grammar mode: _compile results by sub-schema identity
 
     def unsat(self, reason: str) -> None:
         self.reasons.append(reason)
@@ -162,8 +163,16 @@ def _load(schema: Any) -> Any:
 
 
 def _compile(subs: list[Sub], ctx: _Ctx) -> Part | None:
-    """Regex for the conjunction of `subs`; None when it matches nothing."""
-    return _regex_of(_leaves(subs, ctx), ctx)
+    """Regex for the conjunction of `subs`; None when it matches nothing. In grammar mode the result
+    is shared by every compile of the same sub-schema objects (a definition reached through many
+    `$ref`s is built once, not once per path to it: nested references would multiply otherwise)."""
+    if not ctx.grammar:
+        return _regex_of(_leaves(subs, ctx), ctx)
+    key = tuple((id(s.schema), s.refs) for s in subs)
+    got = ctx.shared.get(key)
+    if got is None:
+        got = ctx.shared[key] = (subs, _regex_of(_leaves(subs, ctx), ctx))  # subs kept: ids stay unique
+    return got[1]
 
 
 def _regex_of(leaves: list[Leaf], ctx: _Ctx) -> Part | None:
