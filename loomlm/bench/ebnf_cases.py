@@ -12,9 +12,10 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class EbnfCase:
     name: str
-    grammar: str
+    grammar: str  # lark dialect
     valid: tuple[str, ...]
     invalid: tuple[str, ...]
+    gbnf: str  # the same language in GBNF (XGrammar's and llama.cpp's dialect; no left recursion)
 
 
 JSON = EbnfCase(
@@ -33,6 +34,16 @@ string : ESCAPED_STRING
 """,
     ('{"a": [1, 2.5, -3e2], "b": {"c": null}}', "[true, false]", '"x"', "[]"),
     ('{"a" 1}', "[1,]", "{,}", "tru"),
+    gbnf=r"""
+root   ::= ws value ws
+value  ::= object | array | string | number | "true" | "false" | "null"
+array  ::= "[" ws ( value ws ( "," ws value ws )* )? "]"
+object ::= "{" ws ( pair ws ( "," ws pair ws )* )? "}"
+pair   ::= string ws ":" ws value
+string ::= "\"" ( [^"\\\n] | "\\" [^\n] )* "\""
+number ::= [+\-]? ( [0-9]+ ( "." [0-9]* )? | "." [0-9]+ ) ( [eE] [+\-]? [0-9]+ )?
+ws     ::= [ \t\f\r\n]*
+""",
 )
 
 ARITHMETIC = EbnfCase(
@@ -48,6 +59,14 @@ start: sum
 """,
     ("1+2*3", "(1 + 2) * -3", "4/2/1", "-(-(7))"),
     ("1+", "*2", "(1", "1 2"),
+    gbnf=r"""
+root    ::= ws sum ws
+sum     ::= product ( ws [+\-] ws product )*
+product ::= atom ( ws [*/] ws atom )*
+atom    ::= number | "-" ws atom | "(" ws sum ws ")"
+number  ::= ( [0-9]+ ( "." [0-9]* )? | "." [0-9]+ ) ( [eE] [+\-]? [0-9]+ )?
+ws      ::= [ \t]*
+""",
 )
 
 SQL = EbnfCase(
@@ -74,6 +93,23 @@ NAME: /[a-z_][a-z0-9_]*/
         "select id, name from users where age >= 18 and name <> 'bob' order by name desc limit 10",
     ),
     ("SELECT FROM users", "SELECT * users", "SELECT * FROM users LIMIT x"),
+    gbnf=r"""
+root       ::= ws select ws columns ws from ws name ( ws where )? ( ws order )? ( ws limit )? ws
+columns    ::= "*" | name ( ws "," ws name )*
+where      ::= [wW][hH][eE][rR][eE] ws condition
+condition  ::= comparison ( ws ( [aA][nN][dD] | [oO][rR] ) ws comparison )*
+comparison ::= name ws op ws value
+value      ::= name | number | string
+order      ::= [oO][rR][dD][eE][rR] ws [bB][yY] ws name ( ws ( [aA][sS][cC] | [dD][eE][sS][cC] ) )?
+limit      ::= [lL][iI][mM][iI][tT] ws [0-9]+
+select     ::= [sS][eE][lL][eE][cC][tT]
+from       ::= [fF][rR][oO][mM]
+op         ::= "=" | "<>" | "<=" | ">=" | "<" | ">"
+string     ::= "'" [^']* "'"
+name       ::= [a-z_] [a-z0-9_]*
+number     ::= ( [0-9]+ ( "." [0-9]* )? | "." [0-9]+ ) ( [eE] [+\-]? [0-9]+ )?
+ws         ::= [ \t\f\r\n]*
+""",
 )
 
 NESTED_LISTS = EbnfCase(
@@ -88,6 +124,12 @@ list: "[" [item ("," item)*] "]"
 """,
     ("[1, [2, [3]]]", "[]", "[[[[]]], 4]"),
     ("[1, [2]", "[1,,2]", "1"),
+    gbnf=r"""
+root ::= ws list ws
+list ::= "[" ws ( item ws ( "," ws item ws )* )? "]"
+item ::= [0-9]+ | list
+ws   ::= [ \t]*
+""",
 )
 
 CHESS = EbnfCase(
@@ -104,6 +146,16 @@ RESULT: "1-0" | "0-1" | "1/2-1/2"
 """,
     ("1. e4 e5 2. Nf3 Nc6 3. Bb5 a6", "1. d4 d5 2. c4 dxc4 3. O-O-O 1-0", "1. e8=Q+"),
     ("1. e9", "e4 e5", "1. Zf3", "1.e4"),
+    gbnf=r"""
+root        ::= turn ( " " turn )* ( " " result )?
+turn        ::= move-number " " move ( " " move )?
+move        ::= piece-move | pawn-move | castle
+move-number ::= [1-9] [0-9]* "."
+piece-move  ::= [KQRBN] [a-h]? [1-8]? "x"? [a-h] [1-8] [+#]?
+pawn-move   ::= ( [a-h] "x" )? [a-h] [1-8] ( "=" [QRBN] )? [+#]?
+castle      ::= "O-O" "-O"? [+#]?
+result      ::= "1-0" | "0-1" | "1/2-1/2"
+""",
 )
 
 CASES = (JSON, ARITHMETIC, SQL, NESTED_LISTS, CHESS)

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from loomlm.bench.grammar_corpus import CORPUS, order_keys, run_corpus
+from loomlm.bench.grammar_corpus import CORPUS, run_corpus
+from loomlm.bench.grammar_corpus_docs import order_keys
 
 
 def test_corpus_counts_add_up_for_loomlm_on_three_small_schemas(tokenizer) -> None:

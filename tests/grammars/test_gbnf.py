@@ -18,6 +18,7 @@ from loomlm.grammars import GrammarError, GrammarSpec, Vocabulary, compile_cfg, 
 from loomlm.grammars.cache import compile_spec
 from loomlm.grammars.gbnf import gbnf_grammar, looks_like_gbnf
 from loomlm.grammars.limits import GrammarLimits
+from tests.grammars.lark_sentences import LarkSentences
 
 BYTES_VOCAB = Vocabulary(tuple(bytes([b]) for b in range(256)) + (b"",), frozenset({256}))
 
@@ -67,9 +68,7 @@ def test_translations_of_the_shared_cases_agree_with_their_examples(case) -> Non
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_translations_get_lark_verdicts_on_generated_strings(case, data) -> None:
-    from tests.grammars.test_ebnf_oracle import _GENERATORS
-
-    gen = _GENERATORS[case.name]
+    gen = _SENTENCES[case.name]
     text = gen.sentence(data.draw)
     pos = data.draw(st.integers(0, len(text)))
     char = data.draw(st.sampled_from(sorted(set(text + " ,()[]{}\"'-+*.:=x1"))))
@@ -80,6 +79,7 @@ def test_translations_get_lark_verdicts_on_generated_strings(case, data) -> None
 
 
 _CASE_GUIDES: dict[str, object] = {}
+_SENTENCES = {c.name: LarkSentences(c.grammar) for c in CASES}
 
 
 def _case_guide(name: str, text: str):
