@@ -1,7 +1,9 @@
 """The EBNF grammars (lark dialect) that the grammar benchmark and the oracle tests share.
 
-Each case: a grammar and a few strings it accepts and rejects (checked against lark itself in
-tests/grammars/test_ebnf_oracle.py, which also generates and mutates strings from the grammar).
+Each case: a lark grammar, the same language in GBNF (what XGrammar reads in
+`python -m loomlm.bench grammar-corpus`; start rule `root`), and a few strings both accept and
+reject. Checked against lark itself in tests/grammars/test_ebnf_oracle.py (which also generates and
+mutates strings from the grammar) and, for the GBNF text, in tests/grammars/test_gbnf.py.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from dataclasses import dataclass
 class EbnfCase:
     name: str
     grammar: str  # lark dialect
+    gbnf: str  # the same language in GBNF (XGrammar's and llama.cpp's dialect, start rule `root`)
     valid: tuple[str, ...]
     invalid: tuple[str, ...]
-    gbnf: str  # the same language in GBNF (XGrammar's and llama.cpp's dialect; no left recursion)
 
 
 JSON = EbnfCase(
@@ -32,9 +34,7 @@ string : ESCAPED_STRING
 %import common.WS
 %ignore WS
 """,
-    ('{"a": [1, 2.5, -3e2], "b": {"c": null}}', "[true, false]", '"x"', "[]"),
-    ('{"a" 1}', "[1,]", "{,}", "tru"),
-    gbnf=r"""
+    r"""
 root   ::= ws value ws
 value  ::= object | array | string | number | "true" | "false" | "null"
 array  ::= "[" ws ( value ws ( "," ws value ws )* )? "]"
@@ -44,6 +44,8 @@ string ::= "\"" ( [^"\\\n] | "\\" [^\n] )* "\""
 number ::= [+\-]? ( [0-9]+ ( "." [0-9]* )? | "." [0-9]+ ) ( [eE] [+\-]? [0-9]+ )?
 ws     ::= [ \t\f\r\n]*
 """,
+    ('{"a": [1, 2.5, -3e2], "b": {"c": null}}', "[true, false]", '"x"', "[]"),
+    ('{"a" 1}', "[1,]", "{,}", "tru"),
 )
 
 ARITHMETIC = EbnfCase(
@@ -57,9 +59,7 @@ start: sum
 %import common.WS_INLINE
 %ignore WS_INLINE
 """,
-    ("1+2*3", "(1 + 2) * -3", "4/2/1", "-(-(7))"),
-    ("1+", "*2", "(1", "1 2"),
-    gbnf=r"""
+    r"""
 root    ::= ws sum ws
 sum     ::= product ( ws [+\-] ws product )*
 product ::= atom ( ws [*/] ws atom )*
@@ -67,6 +67,8 @@ atom    ::= number | "-" ws atom | "(" ws sum ws ")"
 number  ::= ( [0-9]+ ( "." [0-9]* )? | "." [0-9]+ ) ( [eE] [+\-]? [0-9]+ )?
 ws      ::= [ \t]*
 """,
+    ("1+2*3", "(1 + 2) * -3", "4/2/1", "-(-(7))"),
+    ("1+", "*2", "(1", "1 2"),
 )
 
 SQL = EbnfCase(
@@ -88,12 +90,7 @@ NAME: /[a-z_][a-z0-9_]*/
 %import common.WS
 %ignore WS
 """,
-    (
-        "SELECT * FROM users",
-        "select id, name from users where age >= 18 and name <> 'bob' order by name desc limit 10",
-    ),
-    ("SELECT FROM users", "SELECT * users", "SELECT * FROM users LIMIT x"),
-    gbnf=r"""
+    r"""
 root       ::= ws select ws columns ws from ws name ( ws where )? ( ws order )? ( ws limit )? ws
 columns    ::= "*" | name ( ws "," ws name )*
 where      ::= [wW][hH][eE][rR][eE] ws condition
@@ -110,6 +107,11 @@ name       ::= [a-z_] [a-z0-9_]*
 number     ::= ( [0-9]+ ( "." [0-9]* )? | "." [0-9]+ ) ( [eE] [+\-]? [0-9]+ )?
 ws         ::= [ \t\f\r\n]*
 """,
+    (
+        "SELECT * FROM users",
+        "select id, name from users where age >= 18 and name <> 'bob' order by name desc limit 10",
+    ),
+    ("SELECT FROM users", "SELECT * users", "SELECT * FROM users LIMIT x"),
 )
 
 NESTED_LISTS = EbnfCase(
@@ -122,14 +124,14 @@ list: "[" [item ("," item)*] "]"
 %import common.WS_INLINE
 %ignore WS_INLINE
 """,
-    ("[1, [2, [3]]]", "[]", "[[[[]]], 4]"),
-    ("[1, [2]", "[1,,2]", "1"),
-    gbnf=r"""
+    r"""
 root ::= ws list ws
 list ::= "[" ws ( item ws ( "," ws item ws )* )? "]"
 item ::= [0-9]+ | list
 ws   ::= [ \t]*
 """,
+    ("[1, [2, [3]]]", "[]", "[[[[]]], 4]"),
+    ("[1, [2]", "[1,,2]", "1"),
 )
 
 CHESS = EbnfCase(
@@ -144,9 +146,7 @@ PAWN_MOVE: /([a-h]x)?[a-h][1-8](=[QRBN])?[+#]?/
 CASTLE: /O-O(-O)?[+#]?/
 RESULT: "1-0" | "0-1" | "1/2-1/2"
 """,
-    ("1. e4 e5 2. Nf3 Nc6 3. Bb5 a6", "1. d4 d5 2. c4 dxc4 3. O-O-O 1-0", "1. e8=Q+"),
-    ("1. e9", "e4 e5", "1. Zf3", "1.e4"),
-    gbnf=r"""
+    r"""
 root        ::= turn ( " " turn )* ( " " result )?
 turn        ::= move-number " " move ( " " move )?
 move        ::= piece-move | pawn-move | castle
@@ -156,6 +156,8 @@ pawn-move   ::= ( [a-h] "x" )? [a-h] [1-8] ( "=" [QRBN] )? [+#]?
 castle      ::= "O-O" "-O"? [+#]?
 result      ::= "1-0" | "0-1" | "1/2-1/2"
 """,
+    ("1. e4 e5 2. Nf3 Nc6 3. Bb5 a6", "1. d4 d5 2. c4 dxc4 3. O-O-O 1-0", "1. e8=Q+"),
+    ("1. e9", "e4 e5", "1. Zf3", "1.e4"),
 )
 
 CASES = (JSON, ARITHMETIC, SQL, NESTED_LISTS, CHESS)
