@@ -70,9 +70,9 @@ def vocab(tokenizer) -> Vocabulary:
     return Vocabulary.from_tokenizer(tokenizer)
 
 
-# Two grammars in the CI subset (JSON: recursion and %ignore; chess: many small alternatives); the rest
+# One grammar in the CI subset (JSON: recursion and %ignore); the other four
 # under -m slow, to keep the subset within its time.
-_CI_CASES = ("json", "chess_moves")
+_CI_CASES = ("json",)
 
 
 @pytest.mark.parametrize(
