@@ -58,6 +58,10 @@ _EXPORTS = {
 # Binds the settings object over its module's name, as SGLang does (`sgl.global_config.verbosity = 2`); a
 # leaf module, so this import is free.
 from loomlm.global_config import global_config  # noqa: E402
+from loomlm.unshadow import import_shadowed_distributions  # noqa: E402
+
+# Before any dependency imports Hugging Face's `kernels` by its bare name (see loomlm/unshadow.py).
+import_shadowed_distributions()
 
 __all__ = ["__version__", "global_config", *_EXPORTS]
 

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import pytest
 
+# First, so that a test module importing transformers at its top finds Hugging Face's `kernels` package and
+# not the repository's kernels/ folder (loomlm/unshadow.py).
+import loomlm
+
 # No test races the wall clock: engines in tests get a grammar time budget no compile reaches, so only the
 # deterministic limits (states, work) can fail one. The time budget itself is tested with injected clocks.
 NO_GRAMMAR_DEADLINE = 1e9
@@ -14,8 +18,6 @@ NO_GRAMMAR_DEADLINE = 1e9
 
 @pytest.fixture(scope="session")
 def engine():
-    import loomlm
-
     eng = loomlm.Engine(
         max_total_tokens=20000, max_running_requests=32, random_seed=1, grammar_timeout_s=NO_GRAMMAR_DEADLINE
     )

@@ -23,16 +23,32 @@ ALLOWED = {
 FOLDERS = {"bench": ROOT / "loomlm" / "bench"}
 
 
+SOURCE_KERNELS = ROOT / "kernels" / "__init__.py"
+
+
 def test_public_api_and_no_bare_names():
     code = (
         "import importlib.util, loomlm;"
-        "assert all(importlib.util.find_spec(n) is None for n in ('runtime','lang','kernels','grammars'));"
+        "assert all(importlib.util.find_spec(n) is None for n in ('runtime','lang','grammars'));"
+        # a `kernels` may be Hugging Face's (a dependency of transformers 5), never the source folder
+        f"assert getattr(importlib.util.find_spec('kernels'), 'origin', None) != {str(SOURCE_KERNELS)!r};"
         "assert {'Engine','SamplingParams','EngineConfig'} <= set(loomlm.__all__);"
         "import loomlm.runtime, loomlm.lang, loomlm.kernels, loomlm.grammars;"
         "print(loomlm.Engine.__module__)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "loomlm.runtime.engine"
+
+
+def test_source_folders_do_not_shadow_distributions_from_the_repository_root():
+    """Python started in the repository root sees kernels/ as a bare `kernels`; transformers 5 imports
+    Hugging Face's package of that name, which must be the one it gets once loomlm is imported."""
+    code = (
+        "import loomlm, transformers.activations, sys;"
+        "kernels = sys.modules.get('kernels');"
+        f"assert kernels is None or not kernels.__file__.startswith({str(ROOT / 'kernels')!r}), kernels.__file__"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
 def _imports(path: pathlib.Path) -> list[tuple[str, bool]]:
