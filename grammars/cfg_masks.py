@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from loomlm.grammars.earley import Column
 
 FRESH = -5  # lexer "state" of a pair at a lexeme boundary (the column's start state comes next)
+_FEW_BYTES = 4  # a lexer state reading at most this many bytes is walked down the token table
+_SMALL_RANGE = 16  # ... until its range of tokens is this small
 
 
 @dataclass(frozen=True)
@@ -98,15 +100,19 @@ class LexWalk:
 
 
 def _grouped(inside: np.ndarray, ids: np.ndarray, rec_pos: np.ndarray, rec_off: np.ndarray, rec_st) -> LexWalk:
-    """A LexWalk of the `inside` row and the records of tokens it does not already allow."""
+    """A LexWalk of the `inside` row and the records of tokens it does not already allow (records are
+    made at accepting states only, so every group's state can end a lexeme)."""
     tid = ids[rec_pos]
     allowed = (inside.view(np.uint32)[tid >> 5] >> (tid & 31).astype(np.uint32)) & 1
     keep = allowed == 0  # tokens already allowed need no boundary check
-    rec_pos, rec_off, rec_st = rec_pos[keep], rec_off[keep], rec_st[keep]
-    order = np.argsort(rec_st, kind="stable")
+    order = np.flatnonzero(keep)
+    order = order[np.argsort(rec_st[order], kind="stable")]
     rec_pos, rec_off, rec_st = rec_pos[order], rec_off[order], rec_st[order]
-    states, starts, counts = np.unique(rec_st, return_index=True, return_counts=True)
-    by_state = {int(s): (int(a), int(a + c)) for s, a, c in zip(states, starts, counts)}
+    if not len(rec_st):
+        return LexWalk(inside, rec_pos, rec_off, rec_st, {})
+    cuts = np.flatnonzero(rec_st[1:] != rec_st[:-1]) + 1
+    firsts, lasts = [0, *cuts.tolist()], [*cuts.tolist(), len(rec_st)]
+    by_state = dict(zip(rec_st[firsts].tolist(), zip(firsts, lasts)))
     return LexWalk(inside, rec_pos, rec_off, rec_st, by_state)
 
 
@@ -127,6 +133,7 @@ class MaskBuilder:
         self.walks: dict[int, LexWalk] = {}
         self.buckets: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         self.rows: dict[tuple[Column, int], np.ndarray] = {}
+        self.continuations: dict[tuple[int, int, int], tuple[np.ndarray | None, list[tuple[int, int]]]] = {}
         self.fuel = 0
 
     def charge(self, units: int) -> None:
@@ -161,34 +168,47 @@ class MaskBuilder:
 
     def pair_row_lexing(self, col: Column, lex: int) -> np.ndarray:
         walk = self.walk(lex)
-        lexer, grammar, guide, tt = self.lexer, self.guide.grammar, self.guide, self.tokens
-        found: list[np.ndarray] = []
-        for state, (a, b) in walk.by_state.items():
-            if lexer.accepts[state]:
-                for nxt in guide.next_columns(col, lexer.accepts[state]):
-                    start = grammar.lex_start(nxt)
-                    if start == DEAD:
-                        continue
-                    pos, off = walk.rec_pos[a:b], walk.rec_off[a:b]
-                    ok = lexer.row(start)[tt.data[pos, off]] >= 0  # the next lexeme's first byte
-                    if not ok.any():
-                        continue
-                    pos, off = pos[ok], off[ok]
-                    inside, rec_pos, _, _ = self.lex_walk(pos, off, np.full(len(pos), start, np.int32))
-                    found.append(inside)
-                    if len(rec_pos):  # another boundary inside the token: the exact, slower check
-                        first_off = dict(zip(pos.tolist(), off.tolist()))
-                        fresh = guide.state_of(frozenset(((nxt, FRESH),)))
-                        done = set(inside.tolist())
-                        raw = tt.raw
-                        todo = [p for p in dict.fromkeys(rec_pos.tolist()) if p not in done]
-                        self.charge(len(todo))
-                        hits = [p for p in todo if guide.step_bytes(fresh, raw[p][first_off[p] :]) >= 0]
-                        if hits:
-                            found.append(np.array(hits, dtype=np.int64))
-        if not found:
-            return walk.inside
-        return walk.inside | pack(tt.ids[np.concatenate(found)], self.vocab_size)
+        lexer, grammar, guide, raw = self.lexer, self.guide.grammar, self.guide, self.tokens.raw
+        rows = [walk.inside]
+        found: list[int] = []
+        for state in walk.by_state:
+            for nxt in guide.next_columns(col, lexer.accepts[state]):
+                start = grammar.lex_start(nxt)
+                if start == DEAD:
+                    continue
+                row, todo = self.continuation(lex, state, start)
+                if row is not None:
+                    rows.append(row)
+                if todo:  # another boundary inside the token: the exact, slower check from nxt
+                    fresh = guide.state_of(frozenset(((nxt, FRESH),)))
+                    self.charge(len(todo))
+                    found += [p for p, off in todo if guide.step_bytes(fresh, raw[p][off:]) >= 0]
+        row = rows[0] if len(rows) == 1 else np.bitwise_or.reduce(rows)
+        return row if not found else row | pack(self.tokens.ids[found], self.vocab_size)
+
+    def continuation(self, lex: int, state: int, start: int) -> tuple[np.ndarray | None, list[tuple[int, int]]]:
+        """The tokens of the walk of `lex` whose lexeme ends in `state` and whose rest starts a lexeme
+        from lexer state `start`: (packed row of those the rest leaves inside that lexeme or None, and
+        (position, offset of the rest) of those that meet another boundary). Independent of the parser,
+        so cached: many columns share the lexer states of what comes after a key, a value, a comma."""
+        key = (lex, state, start)
+        got = self.continuations.get(key)
+        if got is None:
+            walk, lexer, tt = self.walk(lex), self.lexer, self.tokens
+            a, b = walk.by_state[state]
+            pos, off = walk.rec_pos[a:b], walk.rec_off[a:b]
+            ok = lexer.row(start)[tt.data[pos, off]] >= 0  # the next lexeme's first byte
+            row, todo = None, []
+            if ok.any():
+                pos, off = pos[ok], off[ok]
+                inside, rec_pos, _, _ = self.lex_walk(pos, off, np.full(len(pos), start, np.int32))
+                row = pack(tt.ids[inside], self.vocab_size) if len(inside) else None
+                if len(rec_pos):
+                    first_off = dict(zip(pos.tolist(), off.tolist()))
+                    done = set(inside.tolist())
+                    todo = [(p, first_off[p]) for p in dict.fromkeys(rec_pos.tolist()) if p not in done]
+            got = self.continuations[key] = (row, todo)
+        return got
 
     def walk(self, lex: int) -> LexWalk:
         """The walk of lexer state `lex`. A state of several terminals is the union of its terminals'
@@ -212,15 +232,67 @@ class MaskBuilder:
         """The walk of a one-terminal state: the union over its live first bytes b0 of the walk of the
         tokens starting with b0, from the state after b0 (`bucket_walk`, cached per (state, b0)). Most
         first bytes of a string-like state lead to one shared state (the open string), so a new state
-        costs only its new buckets: the prefixes of an excluded key or an enum value, say."""
+        costs only its new buckets: the prefixes of an excluded key or an enum value, say. A state with
+        few live bytes (inside a literal key, a keyword) descends the token table instead."""
         row = self.lexer.row(lex)
         live = np.flatnonzero(row >= 0)
+        if len(live) <= _FEW_BYTES:
+            return self.range_walk(row, live)
         parts = [self.bucket_walk(s1, b0) for b0, s1 in zip(live.tolist(), row[live].tolist())]
         ids = self.tokens.ids
         if not parts:
             return _grouped(np.zeros(bitmask_words(self.vocab_size), np.int32), ids, _NONE, _NONE, _NONE)
         cat = lambda k: np.concatenate([q[k] for q in parts]) if len(parts) > 1 else parts[0][k]
         return _grouped(pack(ids[cat(0)], self.vocab_size), ids, cat(1), cat(2), cat(3))
+
+    def range_walk(self, row: np.ndarray, live: np.ndarray) -> LexWalk:
+        """The walk of a state (transition `row`, `live` bytes) by descending the token table: the tokens
+        that start with a prefix q are one range of it, so while the lexer reads few bytes the walk
+        follows them byte by byte, two binary searches a byte, and hands a range to the vectorised
+        `lex_walk` once it is small or the state reads many bytes. A literal's state costs about one
+        step per byte of the literal, not a walk of every token starting with its next byte."""
+        lexer, tt, starts = self.lexer, self.tokens, self.tokens.starts
+        inside: list[int] = []
+        recs: list[tuple[int, int, int, int]] = []  # (lo, hi, offset, state): a boundary of a whole range
+        rest: list[tuple[int, int, int, int]] = []  # ranges left to lex_walk
+        stack = [(int(row[b]), 1, int(starts[b * 257]), int(starts[b * 257 + 257])) for b in live.tolist()]
+        while stack:
+            s, j, lo, hi = stack.pop()
+            if lo < hi and tt.lens[lo] == j:  # the token equal to the prefix sorts first in its range
+                inside.append(lo)
+                lo += 1
+            if lo >= hi:
+                continue
+            self.charge(1)
+            if lexer.accepts_any[s]:
+                recs.append((lo, hi, j, s))
+            nxt_row = lexer.row(s)
+            nxt_live = np.flatnonzero(nxt_row >= 0)
+            if hi - lo <= _SMALL_RANGE or len(nxt_live) > _FEW_BYTES:
+                rest.append((lo, hi, j, s))
+                continue
+            column = tt.data[lo:hi, j]  # sorted: every token here is longer than j
+            firsts = np.searchsorted(column, nxt_live, side="left").tolist()
+            lasts = np.searchsorted(column, nxt_live, side="right").tolist()
+            for b, a, e in zip(nxt_live.tolist(), firsts, lasts):
+                if a < e:
+                    stack.append((int(nxt_row[b]), j + 1, lo + a, lo + e))
+        spans = lambda xs: (np.array([x[0] for x in xs], np.int64), np.array([x[1] for x in xs], np.int64))
+        fill = lambda xs, k, dtype: np.repeat(np.array([x[k] for x in xs], dtype), [x[1] - x[0] for x in xs])
+        found = [np.array(inside, np.int64)]
+        rec_pos, rec_off, rec_st = [_ranges(*spans(recs))] if recs else [], [], []
+        if recs:
+            rec_off.append(fill(recs, 2, np.int64))
+            rec_st.append(fill(recs, 3, np.int32))
+        if rest:
+            got = self.lex_walk(_ranges(*spans(rest)), fill(rest, 2, np.int64), fill(rest, 3, np.int32))
+            found.append(got[0])
+            rec_pos.append(got[1])
+            rec_off.append(got[2])
+            rec_st.append(got[3])
+        cat = lambda xs, dtype: np.concatenate(xs) if xs else np.zeros(0, dtype)
+        inside_row = pack(tt.ids[np.concatenate(found)], self.vocab_size)
+        return _grouped(inside_row, tt.ids, cat(rec_pos, np.int64), cat(rec_off, np.int64), cat(rec_st, np.int32))
 
     def bucket_walk(self, s1: int, b0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """`lex_walk` of the tokens whose first byte is b0, from lexer state s1 at offset 1 (a boundary

@@ -6,7 +6,8 @@ nonterminal; symbol < 0: terminal `-1 - symbol`), builds the terminals' byte ter
 handles left recursion in constant items per column; right recursion would grow a chain of origins).
 
 A `Column` is the Earley item set after some terminals: items (rule, dot, origin) where origin is an
-earlier `Column` or None for "this column". Columns are interned by their item set, so two parses whose
+earlier `Column` or None for "this column". Columns are interned by their pending (not completed) items
+and whether the input may end there, so two parses whose
 futures are identical (the same pending rules at the same origins) are the same object: `Column`
 identity is the parser-state key that masks are cached by, and an array's tenth element sees the same
 column as its second. Columns never change once built; `scan` returns a new (interned) one.
@@ -22,7 +23,7 @@ from loomlm.grammars.errors import GrammarError
 from loomlm.grammars.grammar_ir import Alt, Expr, FreeText, Grammar, Ref, Rep, Seq, Term
 from loomlm.grammars.lexer import Lexer
 from loomlm.grammars.limits import GrammarLimits
-from loomlm.grammars.regex_syntax import matches_empty, regex_term
+from loomlm.grammars.regex_syntax import matches_empty, regex_term, surely_nonempty
 from loomlm.grammars.regex_terms import TermTable
 
 Item = tuple  # (rule, dot, origin: Column | None)
@@ -51,7 +52,7 @@ class CompiledGrammar:
     ignore: frozenset[int]  # terminal ids of %ignore terminals
     max_items: int
     initial: Column = field(init=False)
-    _columns: dict[frozenset, Column] = field(default_factory=dict, repr=False)
+    _columns: dict[tuple[frozenset, bool], Column] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.initial = self._close([(0, 0, None)])
@@ -129,11 +130,15 @@ class CompiledGrammar:
                     f"one parser step needs more than {self.max_items} Earley items "
                     "(GrammarLimits.max_parser_items); the grammar is too ambiguous"
                 )
-        key = frozenset(items)
-        col = self._columns.get(key)
+        # Completed items have done their work (their parents were advanced above) and take no part in
+        # what follows, so the column is interned by its pending items: otherwise an array's completed
+        # element item, whose origin is the column before that element, would make every element's
+        # column new and no mask would be reused along the array.
+        accepting = any(r == 0 and d == 1 for r, d, _ in items)
+        key = frozenset(item for item in items if item[1] < len(rhs[item[0]]))
+        col = self._columns.get((key, accepting))
         if col is None:
-            accepting = any(r == 0 and d == 1 for r, d, _ in items)
-            col = self._columns[key] = Column(key, by_next, accepting)
+            col = self._columns[(key, accepting)] = Column(key, by_next, accepting)
         return col
 
 
@@ -141,7 +146,8 @@ def compile_grammar(
     grammar: Grammar, limits: GrammarLimits | None = None, lazy_terminals: bool = False
 ) -> CompiledGrammar:
     """`lazy_terminals`: terminal regexes become byte terms only when the lexer first expects them
-    (Python's regex parser checks them and tells which match the empty string up front). For grammars whose
+    (Python's regex parser checks them and tells which match the empty string up front, unless
+    `surely_nonempty` can tell without it: such a regex is first parsed when it is lexed). For grammars whose
     regexes the compiler generated itself (JSON schemas): a large schema's first mask then costs only
     the terminals it can start with. Hand-written grammars keep eager terms, so that a terminal the
     lexer cannot read fails at compile time, not while decoding."""
@@ -259,7 +265,7 @@ class _Lowering:
                 term = Term("", name=f"text without {list(term.avoid)!r}")
                 nullable = False
             elif self.lazy and allow_empty:
-                t, nullable = None, matches_empty(term.regex)
+                t, nullable = None, not surely_nonempty(term.regex) and matches_empty(term.regex)
             else:
                 t = regex_term(self.terms, term.regex, ignore_case=term.ignore_case)
                 nullable = self.terms.nullable[t]

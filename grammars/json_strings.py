@@ -158,6 +158,7 @@ ANY_CHAR = char_set([(0, MAX_CODE)], every_escape=True)
 ANY_STRING = f'"{ANY_CHAR}*"'
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of one character, called for every key's characters
 def literal_char(ch: str) -> str:
     """The json.dumps spellings of one character (see the module docstring)."""
     code = ord(ch)
@@ -222,9 +223,15 @@ def _trie_leaves(node: dict, raw_only: bool) -> str | None:
     in every json.dumps spelling)."""
     kids = [ch for ch in node if ch is not None]
     parts = [literal_char(ch) + rest for ch in kids if (rest := _trie_leaves(node[ch], raw_only)) is not None]
-    others = complement([(ord(c), ord(c)) for c in kids])
-    leave = char_class(intersect(others, _RAW)) if raw_only else char_set(others)
+    leave = _leave(frozenset(kids), raw_only)
     return alternation(parts + ([leave] if leave else [])) if parts or leave else None
+
+
+@functools.lru_cache(maxsize=4096)  # trie nodes repeat their sets of next characters (often one letter)
+def _leave(kids: frozenset[str], raw_only: bool) -> str:
+    """A character that is none of `kids` (raw characters only, or in every json.dumps spelling)."""
+    others = complement([(ord(c), ord(c)) for c in kids])
+    return char_class(intersect(others, _RAW)) if raw_only else char_set(others)
 
 
 # The escaped spellings of the characters that are not plain ASCII (never "\\/", which is "/").

@@ -68,6 +68,32 @@ def regex_term(table: TermTable, pattern: str, *, ignore_case: bool = False) -> 
     return lowering.seq(tree, ignore_case or bool(flags & re.IGNORECASE), bool(flags & re.DOTALL))
 
 
+# A first item that is one mandatory character: a plain or escaped punctuation character, unquantified.
+_MANDATORY_FIRST = re.compile(r"(?:[^\\\[\](){}|*+?.^$]|\\[^A-Za-z0-9])(?![?*{])")
+_ESCAPE = re.compile(r"\\.", re.DOTALL)
+_CLASS = re.compile(r"\[\^?\]?[^\]]*\]")
+_GROUP = re.compile(r"\([^()]*\)")
+
+
+def surely_nonempty(pattern: str) -> bool:
+    """True when `pattern` cannot match the empty string because it is a concatenation (no top-level
+    `|`) whose first item is one mandatory character, decided without parsing it: the compiler's
+    own regexes (a JSON key with its colon, a string with a pattern) are mostly of this shape, and
+    parsing a large one only to learn that costs more than the rest of the compile. False: unknown."""
+    if not _MANDATORY_FIRST.match(pattern):
+        return False
+    if "|" not in pattern:
+        return True
+    rest = _CLASS.sub("", _ESCAPE.sub("e", pattern))
+    while True:  # innermost groups first, one nesting level a pass
+        shorter = _GROUP.sub("", rest)
+        if shorter == rest:
+            break
+        rest = shorter
+    # anything left of a group or class means this reading was wrong: no answer
+    return not any(c in rest for c in "|()[]")
+
+
 def matches_empty(pattern: str) -> bool:
     """Whether the regex matches the empty string (GrammarError if it is invalid); no term is built."""
     literal = LITERAL.fullmatch(pattern)

@@ -17,6 +17,8 @@ Text regexes become terms in `regex_syntax`.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 EMPTY = 0  # no string
@@ -223,10 +225,19 @@ def _members(mask: int) -> np.ndarray:
 
 def byte_classes(masks: frozenset[int] | set[int]) -> list[tuple[int, np.ndarray]]:
     """Partition of 0..255 by membership in `masks`: [(representative byte, member bytes)]; bytes in
-    no mask form one class too (their derivative is EMPTY)."""
+    no mask form one class too (their derivative is EMPTY). The member arrays are shared: read only."""
+    return _byte_classes(frozenset(masks))
+
+
+@functools.lru_cache(maxsize=8192)  # lexer states repeat their first-byte sets (a literal's next byte, a string's)
+def _byte_classes(masks: frozenset[int]) -> list[tuple[int, np.ndarray]]:
     masks = [m for m in masks if m != _ALL]  # a full set splits nothing
     if not masks:
         return [(0, np.arange(256))]
+    if len(masks) == 1:
+        members = _members(masks[0])
+        inside, outside = np.flatnonzero(members), np.flatnonzero(~members)
+        return [(int(inside[0]), inside)] + ([(int(outside[0]), outside)] if len(outside) else [])
     signature = np.packbits(np.stack([_members(m) for m in masks]), axis=0)  # [ceil(k/8), 256]: byte b's
     keys = signature[0] if len(signature) == 1 else np.ascontiguousarray(signature.T).view(f"V{len(signature)}")
     _, first, inverse = np.unique(keys.ravel(), return_index=True, return_inverse=True)

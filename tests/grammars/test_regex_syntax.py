@@ -8,13 +8,14 @@ from each regex (hypothesis) and on arbitrary strings over an alphabet that touc
 from __future__ import annotations
 
 import re
+import warnings
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loomlm.grammars import GrammarError
-from loomlm.grammars.regex_syntax import regex_term
+from loomlm.grammars.regex_syntax import regex_term, surely_nonempty
 from loomlm.grammars.regex_terms import EMPTY, TermTable
 
 REGEXES = [
@@ -76,3 +77,23 @@ def test_ignore_case_argument_folds_case() -> None:
 def test_unreadable_regexes_are_refused_by_name(regex: str, message: str) -> None:
     with pytest.raises(GrammarError, match=message):
         regex_term(TermTable(), regex)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet='ab"|()[]^?*+{}0,2\\.:', max_size=14))
+def test_surely_nonempty_never_claims_a_regex_that_matches_empty(pattern: str) -> None:
+    """The shortcut the lazy lowering takes instead of parsing: where it answers, `re` agrees."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # re's notes on "[[" and "--" in classes
+            compiled = re.compile(pattern)
+    except (re.error, OverflowError, RecursionError):
+        return
+    if surely_nonempty(pattern):
+        assert compiled.fullmatch("") is None, pattern
+
+
+def test_surely_nonempty_answers_for_the_json_compilers_shapes() -> None:
+    key_not_in = '"(?:(?:a(?:b)?|[^a"\\\\])[^"]*)?"'
+    assert all(surely_nonempty(p) for p in ('"name" ?: ?', key_not_in, "\\{ ?", ",(?:a|)", "x[]|]y"))
+    assert not any(surely_nonempty(p) for p in ('"a"|', "a?b", '"(?:a|b)"|c', "(a)", "a{0,2}", "a*"))
