@@ -77,6 +77,21 @@ def test_recursive_schema_accepts_deep_trees_token_by_token(vocab, tokenizer):
         assert not guide.matches(bad)
 
 
+def test_array_elements_share_parser_states_and_masks(vocab, tokenizer):
+    """After the first elements, a long array adds no Earley column and no pair mask: completed items
+    (whose origins differ per element) do not make columns distinct."""
+    schema = {"type": "array", "items": {"type": "object", "properties": {"a": {"type": "integer"}}}}
+    guide = compile_json_schema(schema, vocab)
+    state, counts = guide.initial_state, []
+    ids = tokenizer.encode(json.dumps([{"a": i % 7} for i in range(60)]), add_special_tokens=False)
+    for t in ids:
+        guide.mask_row(state)
+        state = guide.advance(state, t)
+        assert state is not REJECTED
+        counts.append((guide.grammar.num_columns, len(guide.masks.rows)))
+    assert counts[len(counts) // 3] == counts[-1]
+
+
 def test_eos_exactly_where_the_parse_can_end():
     guide = compile_ebnf('start: "a" "b"* | "c"', BYTES_VOCAB)
     eos = 256
