@@ -161,21 +161,26 @@ class LazyTerms:
     def __init__(self, terms: TermTable):
         self.terms = terms
         self.built: list[int | None] = []
-        self.sources: list[tuple[str, bool]] = []
+        self.sources: list[tuple[str, bool, tuple[str, ...]]] = []
 
     def __len__(self) -> int:
         return len(self.built)
 
-    def add(self, term: int | None, regex: str = "", ignore_case: bool = False) -> None:
+    def add(self, term: int | None, regex: str = "", ignore_case: bool = False, exclude: tuple[str, ...] = ()) -> None:
         self.built.append(term)
-        self.sources.append((regex, ignore_case))
+        self.sources.append((regex, ignore_case, exclude))
 
     def __getitem__(self, tid: int) -> int:
         got = self.built[tid]
         if got is None:
-            regex, ignore_case = self.sources[tid]
-            got = self.built[tid] = self.terms.nonempty(regex_term(self.terms, regex, ignore_case=ignore_case))
+            regex, ignore_case, exclude = self.sources[tid]
+            got = self.built[tid] = self.terms.nonempty(_term_of(self.terms, regex, ignore_case, exclude))
         return got
+
+
+def _term_of(terms: TermTable, regex: str, ignore_case: bool, exclude: tuple[str, ...]) -> int:
+    term = regex_term(terms, regex, ignore_case=ignore_case)
+    return terms.minus(term, tuple(w.encode() for w in exclude)) if exclude else term
 
 
 class _Lowering:
@@ -184,7 +189,7 @@ class _Lowering:
         self.limits = limits
         self.lazy = lazy_terminals
         self.terms = TermTable()
-        self.term_ids: dict[tuple[str, bool], int] = {}  # (regex, ignore_case) -> terminal id
+        self.term_ids: dict[tuple, int] = {}  # (regex, ignore_case, exclude) -> terminal id
         self.term_start = LazyTerms(self.terms)
         self.term_names: list[str] = []
         self.term_nullable: list[bool] = []
@@ -257,7 +262,7 @@ class _Lowering:
         return tuple(self.symbol(p) for p in parts)
 
     def terminal(self, term: Term | FreeText, allow_empty: bool = True) -> int:
-        key = ("free", term.avoid) if isinstance(term, FreeText) else (term.regex, term.ignore_case)
+        key = ("free", term.avoid) if isinstance(term, FreeText) else (term.regex, term.ignore_case, term.exclude)
         tid = self.term_ids.get(key)
         if tid is None:
             if isinstance(term, FreeText):
@@ -265,14 +270,16 @@ class _Lowering:
                 term = Term("", name=f"text without {list(term.avoid)!r}")
                 nullable = False
             elif self.lazy and allow_empty:
-                t, nullable = None, not surely_nonempty(term.regex) and matches_empty(term.regex)
+                empty = not surely_nonempty(term.regex) and matches_empty(term.regex)
+                t, nullable = None, empty and "" not in term.exclude
             else:
-                t = regex_term(self.terms, term.regex, ignore_case=term.ignore_case)
+                t = _term_of(self.terms, term.regex, term.ignore_case, term.exclude)
                 nullable = self.terms.nullable[t]
             if nullable and not allow_empty:
                 raise GrammarError(f"terminal {term.name or term.regex!r} matches the empty string")
             tid = self.term_ids[key] = len(self.term_start)
-            self.term_start.add(None if t is None else self.terms.nonempty(t), term.regex, term.ignore_case)
+            start = None if t is None else self.terms.nonempty(t)
+            self.term_start.add(start, term.regex, term.ignore_case, term.exclude)
             self.term_nullable.append(nullable)
             self.term_names.append(term.name or term.regex)
             if len(self.term_start) > self.limits.max_grammar_rules:

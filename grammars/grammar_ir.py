@@ -28,6 +28,9 @@ class Term:
     regex: str
     ignore_case: bool = False
     name: str = field(default="", compare=False)
+    # exact strings taken out of the regex's language (a JSON key that is none of the declared names);
+    # only for regexes whose states' languages are infinite until they end (`TermTable.minus`)
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ from loomlm.grammars.json_shapes import (
     value_regex,
     whitespace_style,
 )
-from loomlm.grammars.json_strings import key_not_in, literal_string
+from loomlm.grammars.json_strings import DUMPS_STRING, key_not_in, literal_string, plain_names
 
 ANY_VALUE_DEPTH = 2  # nesting levels of arrays/objects inside "any JSON value"
 MAX_ALTERNATIVES = 256  # most alternatives one schema may expand into (anyOf x allOf products)
@@ -424,7 +424,7 @@ def _object(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> Part | None:
         return ctx.unsat(f"required property {missing[0]!r} at {pointer(path)} is not allowed: {why}")
     members += [(seq(literal_string(name) + colon, extra_value), True) for name in missing]
     key = None if extra_value is None else _extra_key([*props, *missing], names, path, ctx)
-    extras = [] if key is None else [seq(key + colon, extra_value)]
+    extras = [] if key is None else [seq(key, colon, extra_value)]
     # The regex path leaves patternProperties keys out (as before the grammar engine): their members
     # multiply the byte DFA's states (the JSON Schema Test Suite's regex run took 50% longer).
     extras = [*(_pattern_members(patterns, path, ctx) if ctx.grammar else []), *extras]
@@ -481,9 +481,13 @@ def _name_ok(name: str, names: tuple[str | None, list | None]) -> bool:
     return names[0] is not None and re.fullmatch(names[0], json.dumps(name)) is not None
 
 
-def _extra_key(declared: list[str], names: tuple | None, path: Path, ctx: _Ctx) -> str | None:
-    """Regex of a key that is not declared (and meets propertyNames); None when there is none."""
+def _extra_key(declared: list[str], names: tuple | None, path: Path, ctx: _Ctx) -> Part | None:
+    """A key that is not declared (and meets propertyNames); None when there is none. In grammar mode
+    a key among plain names is one terminal, a json.dumps string without the names' spellings, which
+    the lexer derives as it reads (no regex of every way to leave the names' trie is written)."""
     if names is None:
+        if ctx.grammar and declared and plain_names(declared):
+            return Term(DUMPS_STRING, name="key", exclude=tuple(f'"{n}"' for n in dict.fromkeys(declared)))
         return key_not_in(declared)
     regex, literals = names
     if regex is None:

@@ -156,6 +156,8 @@ def char_set(ranges: Ranges, *, every_escape: bool = False, raw: bool = True) ->
 
 ANY_CHAR = char_set([(0, MAX_CODE)], every_escape=True)
 ANY_STRING = f'"{ANY_CHAR}*"'
+# A string in the spellings of json.dumps (the policy of constrained positions, property names among them).
+DUMPS_STRING = f'"{char_set([(0, MAX_CODE)])}*"'
 
 
 @functools.lru_cache(maxsize=4096)  # a pure function of one character, called for every key's characters
@@ -178,6 +180,12 @@ def literal_text(text: str) -> str:
 
 def literal_string(text: str) -> str:
     return f'"{literal_text(text)}"'
+
+
+def plain_names(names: list[str]) -> bool:
+    """Whether each name has one json.dumps spelling, itself (printable ASCII but `"`, `\\` and `/`),
+    so that a string spelled as json.dumps would is a name exactly when its bytes are one."""
+    return all(0x20 <= ord(ch) < 0x7F and ch not in '"\\/' for name in names for ch in name)
 
 
 def key_not_in(names: list[str]) -> str:

@@ -26,7 +26,7 @@ EPS = 1  # the empty string
 _ALL = (1 << 256) - 1
 
 # node kinds
-_K_EMPTY, _K_EPS, _K_BYTES, _K_CAT, _K_ALT, _K_STAR, _K_REP, _K_NONEMPTY, _K_AVOID = range(9)
+_K_EMPTY, _K_EPS, _K_BYTES, _K_CAT, _K_ALT, _K_STAR, _K_REP, _K_NONEMPTY, _K_AVOID, _K_MINUS = range(10)
 
 
 def byte_bits(lo: int, hi: int) -> int:
@@ -151,6 +151,18 @@ class TermTable:
         was read that is a proper prefix of a word (the Aho-Corasick state, kept in the node)."""
         return self._intern((_K_AVOID, words, tail), True)
 
+    def minus(self, a: int, words: tuple[bytes, ...]) -> int:
+        """The language of `a` without the strings `words` (a JSON key that is none of the declared
+        names). Sound only where removing finitely many strings cannot empty a state's language, as
+        for a quoted string: every derivative of it is EMPTY, EPS or infinite, and EPS minus "" is
+        EMPTY here, so EMPTY stays the only term with an empty language."""
+        if a == EMPTY or not words:
+            return a
+        if a == EPS:
+            return EMPTY if b"" in words else EPS
+        words = tuple(sorted(set(words)))
+        return self._intern((_K_MINUS, a, words), self.nullable[a] and b"" not in words)
+
     # ---- derivatives -----------------------------------------------------------------------------
     def deriv(self, t: int, b: int) -> int:
         key = (t, b)
@@ -181,6 +193,9 @@ class TermTable:
             else:
                 keep = next((k for k in range(len(text)) if any(w.startswith(text[k:]) for w in words)), len(text))
                 out = self.avoid(words, text[keep:])
+        elif kind == _K_MINUS:
+            _, a, words = node
+            out = self.minus(self.deriv(a, b), tuple(w[1:] for w in words if w and w[0] == b))
         else:  # _K_NONEMPTY
             out = self.deriv(node[1], b)
         self._deriv[key] = out
@@ -204,6 +219,8 @@ class TermTable:
             out = frozenset().union(*(self.front(x) for x in node[1]))
         elif kind == _K_AVOID:
             out = frozenset(1 << c for w in node[1] for c in w)
+        elif kind == _K_MINUS:
+            out = self.front(node[1]) | frozenset(1 << w[0] for w in node[2] if w)
         else:  # star, rep, nonempty
             out = self.front(node[1])
         self._front[t] = out

@@ -97,3 +97,23 @@ def test_surely_nonempty_answers_for_the_json_compilers_shapes() -> None:
     key_not_in = '"(?:(?:a(?:b)?|[^a"\\\\])[^"]*)?"'
     assert all(surely_nonempty(p) for p in ('"name" ?: ?', key_not_in, "\\{ ?", ",(?:a|)", "x[]|]y"))
     assert not any(surely_nonempty(p) for p in ('"a"|', "a?b", '"(?:a|b)"|c', "(a)", "a{0,2}", "a*"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    words=st.lists(st.text(alphabet="ab", max_size=4).map(lambda w: f'"{w}"'), max_size=5),
+    text=st.text(alphabet='ab"', max_size=7),
+)
+def test_minus_takes_exactly_the_words_out_of_a_string_language(words: list[str], text: str) -> None:
+    """A quoted string minus some quoted words (the extra key of an object): matched by derivatives,
+    every reached state live unless it is EMPTY (checked by reaching a nullable state)."""
+    table = TermTable()
+    term = table.minus(regex_term(table, '"[ab]*"'), tuple(w.encode() for w in words))
+    expected = re.fullmatch('"[ab]*"', text) is not None and text not in words
+    assert _matches(table, term, text) == expected
+    state = term
+    for b in text.encode():
+        state = table.deriv(state, b)
+        if state == EMPTY:
+            break
+        assert any(_matches(table, state, rest) for rest in ('"', 'a"', 'b"', 'aa"', 'ab"', 'ba"', 'bb"', "")), text
