@@ -178,6 +178,33 @@ class LazyTerms:
         return got
 
 
+def _nullable(lhs: list[int], rhs: list[tuple[int, ...]], n: int) -> list[bool]:
+    """Which nonterminals derive the empty string: a worklist over the rules' nonterminal counts (one
+    pass, where a fixpoint over every rule took one pass per level of a deep schema)."""
+    nullable = [False] * n
+    waiting = [len(body) for body in rhs]  # symbols of the rule not yet known nullable
+    users: list[list[int]] = [[] for _ in range(n)]
+    todo = []
+    for r, body in enumerate(rhs):
+        if any(sym < 0 for sym in body):
+            waiting[r] = -1  # a terminal: never nullable
+            continue
+        for sym in body:
+            users[sym].append(r)
+        if not body:
+            todo.append(lhs[r])
+    while todo:
+        head = todo.pop()
+        if nullable[head]:
+            continue
+        nullable[head] = True
+        for r in users[head]:
+            waiting[r] -= 1  # `users` lists a rule once per occurrence of the nonterminal
+            if waiting[r] == 0:
+                todo.append(lhs[r])
+    return nullable
+
+
 def _term_of(terms: TermTable, regex: str, ignore_case: bool, exclude: tuple[str, ...]) -> int:
     term = regex_term(terms, regex, ignore_case=ignore_case)
     return terms.minus(term, tuple(w.encode() for w in exclude)) if exclude else term
@@ -217,13 +244,7 @@ class _Lowering:
         rules_of: list[list[int]] = [[] for _ in range(n)]
         for r, head in enumerate(self.lhs):
             rules_of[head].append(r)
-        nullable = [False] * n
-        changed = True
-        while changed:
-            changed = False
-            for r, head in enumerate(self.lhs):
-                if not nullable[head] and all(s >= 0 and nullable[s] for s in self.rhs[r]):
-                    nullable[head] = changed = True
+        nullable = _nullable(self.lhs, self.rhs, n)
         lexer = Lexer(self.terms, self.term_start, self.term_names, self.limits.max_lexer_states)
         return CompiledGrammar(
             self.lhs,

@@ -142,7 +142,7 @@ def json_schema_to_grammar(schema: Any, *, whitespace: str = "default", strict: 
             raise GrammarError(f"the schema at {key} (reached through a recursive $ref) matches no JSON value")
         ctx.rules[key] = body
     rules.update(ctx.rules)
-    return Grammar({name: _expr(part) for name, part in rules.items()}, "$root")
+    return Grammar({name: _expr(part) for name, part in rules.items()}, "$root", check_refs=False)
 
 
 def _expr(part: Part):
