@@ -8,7 +8,8 @@ a "compiled" message (compile + first mask, cold), one "doc" message per documen
 timed mask steps (int64 ns). The parent waits `budget + grace` seconds for "compiled" and
 `doc_budget + grace` for each "doc"; past that it kills the child (a hang), starts a fresh one and
 reports the rest of the task as overrun. A child that dies (a native crash, its memory limit) is a
-"crash" and is restarted the same way.
+"crash" and is restarted the same way. After its set-up each child moves the objects it holds out of
+the garbage collector's generations (`gc.freeze()`), as a long-running server would.
 
 Adapters: loomlm through its facade (`whitespace="default"`, `strict=False`; its functools caches
 are cleared before each compile), XGrammar (`GrammarCompiler(cache_enabled=False)` per compile,
@@ -304,6 +305,11 @@ def worker_main(conn: Any, name: str, tokenizer_dir: str, vocab_size: int, eos: 
         warmup = time.perf_counter() - start - setup
     except Exception as exc:
         return conn.send(("fatal", _failure("bug", exc)["trace"]))
+    # What a dedicated server process does after start-up (vLLM's engine core does the same): the
+    # long-lived set-up objects (tokenizer, vocabulary tables) leave the cyclic GC's generations, so a
+    # collection during a compile scans the compile's own objects only. Every library's worker alike.
+    gc.collect()
+    gc.freeze()
     _limit_memory(memory_gb)
     conn.send(("ready", {"setup_ms": setup * 1e3, "warmup_ms": warmup * 1e3, "version": version_of(name)}))
     while (task := conn.recv()) is not None:
