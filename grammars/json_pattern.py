@@ -3,8 +3,9 @@
 The pattern is parsed into a small tree and re-emitted with every character replaced by its JSON
 spellings (`json_strings`), so `"a\\nb"` in a pattern matches the escaped text `a\\\\nb` inside the
 quotes. ECMA semantics are kept: `\\d` and `\\w` are ASCII, `\\s` includes the Unicode spaces, `.`
-excludes line terminators. Lookarounds, backreferences, word boundaries, Unicode property escapes
-and anchors anywhere but at the ends of a top-level alternative raise `GrammarError`.
+excludes line terminators. Lookaheads are translated for the grammar engine only (`lookahead=True`;
+not inside repetitions). Lookbehinds, backreferences, word boundaries, Unicode property escapes and
+anchors anywhere but at the ends of a top-level alternative (or of a lookahead) raise `GrammarError`.
 
 `search=True` gives the spec's meaning (the pattern may match anywhere in the string: an alternative
 not anchored with `^`/`$` gets any characters before/after it); `search=False` makes the pattern
@@ -44,7 +45,7 @@ class Node:
     """kind: "lit" (value: str), "set" (value: Ranges), "seq"/"alt" (value: list[Node]),
     "rep" (value: Node, lo, hi with hi None = unbounded), "bol"/"eol" (anchors)."""
 
-    kind: str
+    kind: str  # also "look" (value: the asserted Node, lo: 1 when negative) and "end" (the string's end)
     value: str | Ranges | list | Node | None = None
     lo: int = 0
     hi: int | None = None
@@ -144,8 +145,15 @@ class _Parser:
                 if close < 0:
                     raise self.fail("unterminated group name")
                 self.pos = close + 1
+            elif head[:2] in ("?=", "?!"):
+                self.pos += 2
+                inner = self.alternatives()
+                if self.peek() != ")":
+                    raise self.fail("missing ')'")
+                self.pos += 1
+                return Node("look", inner, lo=int(head[1] == "!"))
             else:
-                raise self.fail("lookaround assertions are not supported")
+                raise self.fail("lookbehind assertions are not supported")
         inner = self.alternatives()
         if self.peek() != ")":
             raise self.fail("missing ')'")
@@ -248,11 +256,20 @@ class Pattern:
     max_len: int | None
 
 
-def translate(pattern: str, *, search: bool, where: str = "#", max_len: int | None = None) -> Pattern:
+def translate(
+    pattern: str, *, search: bool, where: str = "#", max_len: int | None = None, lookahead: bool = False
+) -> Pattern:
     """Translate an ECMA-262 pattern; see the module docstring for `search`. With `max_len` (and not
     `search`), repetitions are capped evenly (and at MAX_FITTED_REPEAT) so that no match is longer: a
-    sound narrowing, the way maxLength combines with a pattern of unbounded length."""
+    sound narrowing, the way maxLength combines with a pattern of unbounded length. `lookahead`: the
+    regex goes to the grammar engine's lexer, which reads lookaheads; they are emitted with Python's
+    meaning (the rest of the input), which includes the closing quote, so a `$` inside one becomes
+    `"`. The string must then be the regex's last thing before that quote, as in a JSON string."""
     tree = _Parser(pattern, where).parse()
+    if _has_look(tree):
+        if not lookahead:
+            raise GrammarUnsupportedError(f"pattern at {where}: lookaheads need the grammar engine (in {pattern!r})")
+        tree = _anchored_looks(tree, where, pattern)
     branches = tree.value if tree.kind == "alt" else [tree]
     regexes, lows, highs = [], [], []
     for branch in branches:
@@ -324,12 +341,75 @@ def _fit(node: Node, limit: int) -> Node | None:
 
 
 def _cap(node: Node, count: int) -> Node:
+    if node.kind == "look":
+        return node
     if node.kind in ("seq", "alt"):
         return Node(node.kind, [_cap(child, count) for child in node.value])
     if node.kind != "rep":
         return node
     top = max(node.lo, count)
     return Node("rep", _cap(node.value, count), node.lo, top if node.hi is None else min(node.hi, top))
+
+
+def _has_look(node: Node) -> bool:
+    if node.kind == "look":
+        return True
+    if node.kind in ("seq", "alt"):
+        return any(_has_look(child) for child in node.value)
+    return node.kind == "rep" and _has_look(node.value)
+
+
+def _anchored_looks(tree: Node, where: str, pattern: str) -> Node:
+    """The tree with the anchors inside its lookaheads resolved: `$` at the end of a lookahead's
+    alternative is the string's end ("end", emitted as the closing quote); `^` at the start of one is
+    dropped where the lookahead itself is the first thing of a `^`-anchored top-level alternative.
+    A lookahead inside a repetition or another lookahead is not supported."""
+
+    def refuse(why: str) -> GrammarUnsupportedError:
+        return GrammarUnsupportedError(f"pattern at {where}: {why} (in {pattern!r})")
+
+    def inside(node: Node, at_start: bool) -> Node:  # the asserted pattern
+        branches = node.value if node.kind == "alt" else [node]
+        out = []
+        for branch in branches:
+            items = list(branch.value) if branch.kind == "seq" else [branch]
+            while items and items[0].kind == "bol":
+                if not at_start:
+                    raise refuse("'^' inside a lookahead is only supported at the pattern's start")
+                items.pop(0)
+            if items and items[-1].kind == "eol":
+                items[-1] = Node("end")
+            for item in items:
+                if _has_look(item):
+                    raise refuse("a lookahead inside a lookahead is not supported")
+                if item.kind != "end":
+                    _check_no_anchor(item, where, pattern)
+            out.append(Node("seq", items))
+        return out[0] if len(out) == 1 else Node("alt", out)
+
+    def walk(node: Node, at_start: bool) -> Node:
+        if node.kind == "look":
+            return Node("look", inside(node.value, at_start), lo=node.lo)
+        if node.kind == "rep":
+            if _has_look(node.value):
+                raise refuse("a lookahead inside a repetition is not supported")
+            return node
+        if node.kind == "alt":
+            return Node("alt", [walk(child, at_start) for child in node.value])
+        if node.kind == "seq":
+            items, out = list(node.value), []
+            anchored = at_start
+            for i, item in enumerate(items):
+                out.append(walk(item, anchored and all(x.kind in ("bol", "look") for x in items[:i])))
+                anchored = anchored or item.kind == "bol"
+            return Node("seq", out)
+        return node
+
+    branches = tree.value if tree.kind == "alt" else [tree]
+    fixed = [
+        walk(b, True) if b.kind == "seq" and b.value and b.value[0].kind == "bol" else walk(b, False) for b in branches
+    ]
+    return fixed[0] if len(fixed) == 1 else Node("alt", fixed)
 
 
 def _check_no_anchor(node: Node, where: str, pattern: str) -> None:
@@ -343,12 +423,20 @@ def _check_no_anchor(node: Node, where: str, pattern: str) -> None:
             _check_no_anchor(child, where, pattern)
     elif node.kind == "rep":
         _check_no_anchor(node.value, where, pattern)
+    # a lookahead's anchors were resolved by _anchored_looks
 
 
 def _emit(node: Node) -> str | None:
     """Regex text over JSON spellings; None for the empty language."""
     if node.kind == "lit":
         return literal_char(node.value)
+    if node.kind == "end":
+        return '"'  # the closing quote right after the content (inside a lookahead only)
+    if node.kind == "look":
+        inner = _emit(node.value)
+        if inner is None:  # nothing to see: a negative lookahead always holds, a positive one never
+            return "" if node.lo else None
+        return f"(?{'!' if node.lo else '='}{inner})"
     if node.kind == "set":
         return char_set(node.value)
     if node.kind == "seq":
@@ -372,6 +460,8 @@ def _length(node: Node) -> tuple[int, int | None]:
     """Shortest and longest decoded length (None = unbounded)."""
     if node.kind in ("lit", "set"):
         return 1, 1
+    if node.kind in ("look", "end"):
+        return 0, 0
     if node.kind in ("seq", "alt"):
         spans = [_length(child) for child in node.value]
         if not spans:

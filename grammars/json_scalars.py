@@ -29,6 +29,7 @@ class Context(Protocol):
     """What the builders need from the compiler: the mode, and where to record why a part is empty."""
 
     strict: bool
+    lexed: bool  # the regexes go to the grammar engine's lexer (which reads lookaheads), not a byte DFA
 
     def unsat(self, reason: str) -> None: ...
 
@@ -75,7 +76,9 @@ def _translated(keyword: str, text: str, where: Path, lo: int, hi: int | None, c
         if (b is not None and a > b) or (chars is None and a > 0):
             return ctx.unsat(f"{keyword} at {pointer(where)} cannot meet minLength/maxLength")
         return "" if chars is None else repeat(chars, a, b)
-    found = translate(text, search=search, where=pointer(where), max_len=hi if ctx.strict else None)
+    found = translate(
+        text, search=search, where=pointer(where), max_len=hi if ctx.strict else None, lookahead=ctx.lexed
+    )
     if found.regex is None:
         return ctx.unsat(f"{keyword} at {pointer(where)} matches no string (within maxLength)")
     if found.min_len >= lo and (hi is None or (found.max_len is not None and found.max_len <= hi)):

@@ -79,6 +79,9 @@ class _Ctx:
     rules: dict = field(default_factory=dict)  # grammar mode: rule name -> Part
     pending: dict = field(default_factory=dict)  # grammar mode: recursive $ref key -> its target Sub
     shared: dict = field(default_factory=dict)  # grammar mode: _compile results by sub-schema identity
+    # every regex goes to the grammar engine's lexer, also in regex_mode() (which keeps this): patterns
+    # may keep their lookaheads, which the byte-DFA path cannot read
+    lexed: bool = False
 
     def unsat(self, reason: str) -> None:
         self.reasons.append(reason)
@@ -126,7 +129,7 @@ def json_schema_to_grammar(schema: Any, *, whitespace: str = "default", strict: 
     """The schema as a `Grammar`: the same language as `json_schema_to_regex`, except that `$ref`
     cycles become recursive rules and "any JSON value" nests without bound (the spec's semantics)."""
     root = _load(schema)
-    ctx = _Ctx(bool(strict), whitespace_style(whitespace), SchemaIndex(root), grammar=True)
+    ctx = _Ctx(bool(strict), whitespace_style(whitespace), SchemaIndex(root), grammar=True, lexed=True)
     top = _compile([Sub(root, ())], ctx)
     if top is None:
         why = ctx.reasons[-1] if ctx.reasons else "no alternative is left"

@@ -44,6 +44,9 @@ class Lexer:
         return len(self.states)
 
     def state(self, pairs: tuple[tuple[int, int], ...]) -> int:
+        terms = self.terms
+        if any(terms.looks[term] for _, term in pairs):  # a lookahead's term may match nothing
+            pairs = tuple(p for p in pairs if not terms.looks[p[1]] or terms.live(p[1]))
         if not pairs:
             return DEAD
         s = self._ids.get(pairs)

@@ -6,7 +6,10 @@ than interegular on the long regexes a JSON schema produces (an "any key but the
 Its tree is lowered here: literals and classes become unions of UTF-8 byte-range sequences (`utf8`),
 `|`, groups and repetitions the table's constructors. `\\d`, `\\s`, `\\w` are the ASCII classes (as in
 interegular and JSON-schema patterns), `(?i)` folds case, `.` excludes the newline unless `(?s)`.
-Anchors, lookarounds, backreferences, atomic groups and possessive repeats are refused with a
+Lookaheads `(?=x)` / `(?!x)` are read with Python's meaning (they see the rest of the input): the
+lowering passes each item the term of what follows it, and the lookahead becomes a
+`TermTable.look` node over that continuation (not inside a repetition or another lookahead).
+Anchors, lookbehinds, backreferences, atomic groups and possessive repeats are refused with a
 `GrammarError` naming them (an automaton cannot read them, or they change what matches).
 
 A literal (escaped metacharacters allowed) with an optional trailing " ?" skips the parser: most
@@ -26,7 +29,7 @@ except ImportError:  # pragma: no cover - Python 3.10
     import sre_parse as _P  # type: ignore[no-redef]
 
 from loomlm.grammars.errors import GrammarError
-from loomlm.grammars.regex_terms import TermTable, byte_bits
+from loomlm.grammars.regex_terms import EPS, TermTable, byte_bits
 from loomlm.grammars.utf8 import complement, utf8_sequences
 
 LITERAL = re.compile(r"((?:[^\\\[\](){}|*+?.^$]|\\[^A-Za-z0-9])*)( \?)?")
@@ -43,8 +46,6 @@ _NOT_CATEGORIES = {
 }
 _REFUSED = {
     _C.AT: "anchors (^, $, \\b, \\A, \\Z) are not supported",
-    _C.ASSERT: "lookarounds are not supported",
-    _C.ASSERT_NOT: "lookarounds are not supported",
     _C.GROUPREF: "backreferences are not supported",
     _C.GROUPREF_EXISTS: "conditional groups are not supported",
 }
@@ -122,11 +123,50 @@ class _Lowering:
     def fail(self, why: str) -> GrammarError:
         return GrammarError(f"regex {self.pattern!r}: {why}")
 
-    def seq(self, items, icase: bool, dotall: bool) -> int:
-        return self.t.seq([self.node(op, av, icase, dotall) for op, av in items])
+    def seq(self, items, icase: bool, dotall: bool, then: int = EPS) -> int:
+        """The term of `items` followed by `then`, the rest of the regex after them: what a lookahead
+        among them sees (Python's `(?=x)` / `(?!x)` look at the whole remaining input)."""
+        if not _has_lookahead(items):
+            body = self.t.seq([self.node(op, av, icase, dotall) for op, av in items])
+            return body if then == EPS else self.t.cat(body, then)
+        out = then
+        for op, av in reversed(items):
+            out = self.node_then(op, av, icase, dotall, out)
+        return out
+
+    def node_then(self, op, av, icase: bool, dotall: bool, then: int) -> int:
+        """One item followed by `then` (an item without a lookahead is its own term, then `then`)."""
+        t = self.t
+        if not _has_lookahead(((op, av),)):
+            return t.cat(self.node(op, av, icase, dotall), then)
+        if op in (_C.ASSERT, _C.ASSERT_NOT):
+            direction, body = av
+            if direction != 1:
+                raise self.fail("lookbehinds are not supported")
+            if _has_lookahead(body):
+                raise self.fail("a lookahead inside a lookahead is not supported")
+            return t.look(then, self.seq(body, icase, dotall), negative=op is _C.ASSERT_NOT)
+        if op is _C.BRANCH:
+            return t.alt([self.seq(branch, icase, dotall, then) for branch in av[1]])
+        if op is _C.SUBPATTERN:
+            icase, dotall = self.flags(av, icase, dotall)
+            return self.seq(av[3], icase, dotall, then)
+        if op in _REPEATS:
+            raise self.fail("a lookahead inside a repetition is not supported")
+        return t.cat(self.node(op, av, icase, dotall), then)
+
+    def flags(self, av, icase: bool, dotall: bool) -> tuple[bool, bool]:
+        _group, on, off, _body = av
+        if (on | off) & ~(re.IGNORECASE | re.DOTALL | re.MULTILINE | re.VERBOSE | re.UNICODE | re.ASCII):
+            raise self.fail("only the inline flags i, s, m, x are supported")
+        icase = (icase or bool(on & re.IGNORECASE)) and not off & re.IGNORECASE
+        dotall = (dotall or bool(on & re.DOTALL)) and not off & re.DOTALL
+        return icase, dotall
 
     def node(self, op, av, icase: bool, dotall: bool) -> int:
         t = self.t
+        if op in (_C.ASSERT, _C.ASSERT_NOT):
+            raise self.fail("lookarounds are not supported here")  # seq() handles them
         if op is _C.LITERAL:
             return self.chars([(av, av)], False, icase)
         if op is _C.NOT_LITERAL:
@@ -138,12 +178,8 @@ class _Lowering:
         if op is _C.BRANCH:
             return t.alt([self.seq(branch, icase, dotall) for branch in av[1]])
         if op is _C.SUBPATTERN:
-            _group, on, off, body = av
-            if (on | off) & ~(re.IGNORECASE | re.DOTALL | re.MULTILINE | re.VERBOSE | re.UNICODE | re.ASCII):
-                raise self.fail("only the inline flags i, s, m, x are supported")
-            icase = (icase or bool(on & re.IGNORECASE)) and not off & re.IGNORECASE
-            dotall = (dotall or bool(on & re.DOTALL)) and not off & re.DOTALL
-            return self.seq(body, icase, dotall)
+            icase, dotall = self.flags(av, icase, dotall)
+            return self.seq(av[3], icase, dotall)
         if op in _REPEATS:
             lo, hi, body = av
             return t.rep(self.seq(body, icase, dotall), lo, None if hi == _C.MAXREPEAT else hi)
@@ -197,6 +233,20 @@ class _Lowering:
             got = t.alt([t.seq([t.byteset(byte_bits(lo, hi)) for lo, hi in s]) for s in utf8_sequences(list(ranges))])
             self.t.memo[key] = got
         return got
+
+
+def _has_lookahead(items) -> bool:
+    """Whether a parsed sequence holds a lookaround anywhere (classes aside)."""
+    for op, av in items:
+        if op in (_C.ASSERT, _C.ASSERT_NOT):
+            return True
+        if op is _C.BRANCH and any(_has_lookahead(b) for b in av[1]):
+            return True
+        if op is _C.SUBPATTERN and _has_lookahead(av[3]):
+            return True
+        if op in _REPEATS and _has_lookahead(av[2]):
+            return True
+    return False
 
 
 def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -18,15 +18,19 @@ Text regexes become terms in `regex_syntax`.
 from __future__ import annotations
 
 import functools
+from collections import deque
 
 import numpy as np
+
+from loomlm.grammars.errors import GrammarError
 
 EMPTY = 0  # no string
 EPS = 1  # the empty string
 _ALL = (1 << 256) - 1
 
 # node kinds
-_K_EMPTY, _K_EPS, _K_BYTES, _K_CAT, _K_ALT, _K_STAR, _K_REP, _K_NONEMPTY, _K_AVOID, _K_MINUS = range(10)
+_K_EMPTY, _K_EPS, _K_BYTES, _K_CAT, _K_ALT, _K_STAR, _K_REP, _K_NONEMPTY, _K_AVOID, _K_MINUS, _K_LOOK = range(11)
+_LIVE_BUDGET = 20000  # most derivative terms explored to decide whether a lookahead's term matches anything
 
 
 def byte_bits(lo: int, hi: int) -> int:
@@ -44,6 +48,8 @@ class TermTable:
         self._deriv: dict[tuple[int, int], int] = {}
         self._front: dict[int, frozenset[int]] = {}
         self.memo: dict[tuple, int] = {}  # for builders of common sub-terms (regex_syntax's classes)
+        self.looks: list[bool] = [False, False]  # looks[t]: a lookahead node is inside t
+        self._live: dict[int, bool] = {}
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -54,6 +60,13 @@ class TermTable:
             t = self._ids[node] = len(self.nodes)
             self.nodes.append(node)
             self.nullable.append(nullable)
+            kind, looks = node[0], self.looks
+            if kind == _K_ALT:
+                self.looks.append(any(looks[x] for x in node[1]))
+            elif kind in (_K_CAT, _K_LOOK):
+                self.looks.append(kind == _K_LOOK or looks[node[1]] or looks[node[2]])
+            else:  # star, rep, nonempty, minus: one sub-term first; bytes and avoid: none
+                self.looks.append(kind not in (_K_BYTES, _K_AVOID) and looks[node[1]])
         return t
 
     # ---- smart constructors ----------------------------------------------------------------------
@@ -163,6 +176,43 @@ class TermTable:
         words = tuple(sorted(set(words)))
         return self._intern((_K_MINUS, a, words), self.nullable[a] and b"" not in words)
 
+    def look(self, a: int, x: int, negative: bool) -> int:
+        """The strings of `a` that start with a string of `x` (`negative`: that do not): a lookahead
+        `(?=x)` / `(?!x)` whose continuation, the rest of the regex, is `a`. Such a term can match
+        nothing without being EMPTY (`(?!a)a`); `live` tells, and the lexer drops dead states."""
+        if a == EMPTY:
+            return EMPTY
+        if x == EMPTY:
+            return a if negative else EMPTY
+        if self.nullable[x]:  # every string starts with the empty one
+            return EMPTY if negative else a
+        return self._intern((_K_LOOK, a, x, negative), negative and self.nullable[a])
+
+    def live(self, t: int) -> bool:
+        """Whether term `t` matches some string: a breadth-first search of its derivatives for a
+        nullable one (needed only where `looks[t]`: elsewhere a term other than EMPTY is live)."""
+        got = self._live.get(t)
+        if got is None:
+            seen, todo = {t}, deque([t])
+            got = False
+            while todo and not got:
+                u = todo.popleft()
+                got = self.nullable[u]
+                for rep, _ in [] if got else byte_classes(self.front(u)):
+                    d = self.deriv(u, rep)
+                    if d != EMPTY and d not in seen:
+                        if len(seen) >= _LIVE_BUDGET:
+                            raise GrammarError(
+                                f"a lookahead makes more than {_LIVE_BUDGET} lexer terms to explore (regex too complex)"
+                            )
+                        seen.add(d)
+                        todo.append(d)
+            if got:
+                self._live[t] = True
+            else:  # everything reachable from a dead term is dead
+                self._live.update(dict.fromkeys(seen, False))
+        return got
+
     # ---- derivatives -----------------------------------------------------------------------------
     def deriv(self, t: int, b: int) -> int:
         key = (t, b)
@@ -196,6 +246,9 @@ class TermTable:
         elif kind == _K_MINUS:
             _, a, words = node
             out = self.minus(self.deriv(a, b), tuple(w[1:] for w in words if w and w[0] == b))
+        elif kind == _K_LOOK:
+            _, a, x, negative = node
+            out = self.look(self.deriv(a, b), self.deriv(x, b), negative)
         else:  # _K_NONEMPTY
             out = self.deriv(node[1], b)
         self._deriv[key] = out
@@ -221,6 +274,8 @@ class TermTable:
             out = frozenset(1 << c for w in node[1] for c in w)
         elif kind == _K_MINUS:
             out = self.front(node[1]) | frozenset(1 << w[0] for w in node[2] if w)
+        elif kind == _K_LOOK:
+            out = self.front(node[1]) | self.front(node[2])
         else:  # star, rep, nonempty
             out = self.front(node[1])
         self._front[t] = out

@@ -145,7 +145,7 @@ def test_mask_fuel_limit_fails_with_a_named_error(vocab):
 
 
 def test_bad_grammars_are_clear_errors():
-    for text, needle in (("start: foo", "foo"), ("start: /a(?<=b)/", "lookaround"), ("start: (", "EBNF")):
+    for text, needle in (("start: foo", "foo"), ("start: /a(?<=b)/", "lookbehind"), ("start: (", "EBNF")):
         with pytest.raises(GrammarError, match=needle):
             compile_ebnf(text, BYTES_VOCAB)
 

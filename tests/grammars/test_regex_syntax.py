@@ -7,6 +7,7 @@ from each regex (hypothesis) and on arbitrary strings over an alphabet that touc
 
 from __future__ import annotations
 
+import itertools
 import re
 import warnings
 
@@ -66,8 +67,9 @@ def test_ignore_case_argument_folds_case() -> None:
 @pytest.mark.parametrize(
     "regex, message",
     [
-        ("a(?=b)", "lookarounds"),
-        ("(?<!a)b", "lookarounds"),
+        ("(?:(?=a)[ab])*", "lookahead inside a repetition"),
+        ("(?!(?=a)b)c", "lookahead inside a lookahead"),
+        ("(?<!a)b", "lookbehinds"),
         ("^ab$", "anchors"),
         (r"(a)\1", "backreferences"),
         ("a((", "invalid regex"),
@@ -117,3 +119,31 @@ def test_minus_takes_exactly_the_words_out_of_a_string_language(words: list[str]
         if state == EMPTY:
             break
         assert any(_matches(table, state, rest) for rest in ('"', 'a"', 'b"', 'aa"', 'ab"', 'ba"', 'bb"', "")), text
+
+
+LOOKAHEADS = [
+    r"(?!@@)[@a-z]+",
+    r'"(?:(?!\.{1,2}")(?![^"]*/)[a-z./]+)"',  # a JSON pattern's `$` inside a lookahead: the closing quote
+    r"(?!lucene\.|built\.).*",
+    r"a(?=bc)[a-z]*",
+    r"(?!a)a",
+    r"x(?:(?!ab)[a-z]|c)",
+    r"(?:a|(?!b)[a-c])c",
+]
+
+
+@pytest.mark.parametrize("regex", LOOKAHEADS)
+def test_lookaheads_agree_with_re_and_dead_terms_are_found(regex: str) -> None:
+    """Every string up to 4 characters over a small alphabet: the term matches exactly what `re` does,
+    and `live` of every derivative reached says whether some continuation (up to 4 more) matches."""
+    table = TermTable()
+    term = regex_term(table, regex)
+    oracle = re.compile(regex)
+    words = ["".join(w) for n in range(5) for w in itertools.product('ab@.lcx/"', repeat=n)]
+    assert all(_matches(table, term, w) == (oracle.fullmatch(w) is not None) for w in words)
+    for prefix in words[:60]:
+        state = term
+        for b in prefix.encode():
+            state = table.deriv(state, b)
+        if state != EMPTY:
+            assert table.live(state) == any(oracle.fullmatch(prefix + w) for w in words), prefix
