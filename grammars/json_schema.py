@@ -263,10 +263,11 @@ def _negation(build: Callable[[], list[Leaf]], keyword: str, path: Path, ctx: _C
 
 
 def _conditional(schema: dict, path: Path, refs: frozenset, ctx: _Ctx) -> list[Leaf]:
-    """if/then/else as (if and then) or (not if and else)."""
+    """if/then/else as (then and if) or (else and not if): the branch first, so that its properties
+    keep their declared order (an `if` usually tests one of them)."""
     cond = _expand(Sub(schema["if"], path + ("if",), refs), ctx)
     then, other = (_expand(Sub(schema.get(k, True), path + (k,), refs), ctx) for k in ("then", "else"))
-    return _product([cond, then], ctx) + _product([_negate(cond, path, ctx), other], ctx)
+    return _product([then, cond], ctx) + _product([other, _negate(cond, path, ctx)], ctx)
 
 
 def _one_of(branches: list[list[Leaf]], path: Path, ctx: _Ctx) -> list[Leaf]:
@@ -319,6 +320,9 @@ def _product(factors: list[list[Leaf]], ctx: _Ctx, path: Path = ()) -> list[Leaf
     if not factors:
         return [({}, path)]
     if math.prod(len(f) for f in factors) > MAX_ALTERNATIVES:
+        pruned = _pruned_product(factors, ctx)
+        if pruned is not None:
+            return pruned
         if ctx.strict:
             raise _TooMany(
                 f"the schema expands into more than {MAX_ALTERNATIVES} alternatives "
@@ -343,6 +347,37 @@ def _product(factors: list[list[Leaf]], ctx: _Ctx, path: Path = ()) -> list[Leaf
             ctx.unsat(leaf["unsat"])
         else:
             out.append((leaf, path))
+    return out
+
+
+def _pruned_product(factors: list[list[Leaf]], ctx: _Ctx) -> list[Leaf] | None:
+    """The product built one factor at a time, combinations that match nothing (the `then` of one
+    `if` against the `else` of a contrary one, say) dropped as they appear: None if more than
+    MAX_ALTERNATIVES survive a step anyway. Recursive rules are kept apart as in `_product`."""
+    partial = [(leaf, where, []) for leaf, where in factors[0] if "rule" not in leaf]
+    partial += [({}, where, [leaf]) for leaf, where in factors[0] if "rule" in leaf]
+    for factor in factors[1:]:
+        grown = []
+        for merged, where, rules in partial:
+            for leaf, _ in factor:
+                if "rule" in leaf:
+                    grown.append((merged, where, [*rules, leaf]))
+                    continue
+                both = merge(merged, leaf)
+                if "unsat" in both:
+                    ctx.unsat(both["unsat"])
+                else:
+                    grown.append((both, where, rules))
+        if len(grown) > MAX_ALTERNATIVES:
+            return None
+        partial = grown
+    out = []
+    for merged, where, rules in partial:
+        if rules and (len(rules) > 1 or merged.keys() - {"ignored", "object_stated"}):
+            if ctx.strict:
+                raise unsupported("$ref", where, "a recursive $ref next to other constraints")
+            rules = [{**rules[0], "ignored": [*rules[0].get("ignored", []), "$ref siblings"]}]
+        out.append((rules[0], where) if rules else (merged, where))
     return out
 
 
@@ -393,7 +428,9 @@ def _object(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> Part | None:
     props, required = leaf.get("properties", {}), leaf.get("required", [])
     extra_schema = leaf.get("additionalProperties")
     closed = ctx.strict and leaf.get("object_stated", False)  # strict closes objects the schema is about
-    if extra_schema is None and not closed and not _FAMILIES["object"] & leaf.keys():
+    # patternProperties constrain an open object on the grammar path only (the regex path leaves them out)
+    narrowing = _FAMILIES["object"] | ({"patternProperties"} if ctx.grammar else set())
+    if extra_schema is None and not closed and not narrowing & leaf.keys():
         return ctx.any_object()
     if extra_schema is None:
         extra_value = None if closed else ctx.any_value()
@@ -427,10 +464,12 @@ def _object(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> Part | None:
         return ctx.unsat(f"required property {missing[0]!r} at {pointer(path)} is not allowed: {why}")
     members += [(seq(literal_string(name) + colon, extra_value), True) for name in missing]
     key = None if extra_value is None else _extra_key([*props, *missing], names, path, ctx)
-    extras = [] if key is None else [seq(key, colon, extra_value)]
     # The regex path leaves patternProperties keys out (as before the grammar engine): their members
     # multiply the byte DFA's states (the JSON Schema Test Suite's regex run took 50% longer).
-    extras = [*(_pattern_members(patterns, path, ctx) if ctx.grammar else []), *extras]
+    by_pattern, pattern_keys = _pattern_members(patterns, path, ctx) if ctx.grammar else ([], None)
+    if key is not None and pattern_keys:
+        key = _matching_none(key, pattern_keys)
+    extras = [*by_pattern, *([] if key is None else [seq(key, colon, extra_value)])]
     extra = alt(extras) if extras else None
     count = _property_count(leaf, members, extra, path, ctx)
     return None if count is None else object_regex(members, extra, ctx.style, count)
@@ -448,22 +487,38 @@ def _matching(patterns: list[tuple[str, Sub]], name: str) -> list[Sub]:
     return out
 
 
-def _pattern_members(patterns: list[tuple[str, Sub]], path: Path, ctx: _Ctx) -> list[Part]:
+def _pattern_members(patterns: list[tuple[str, Sub]], path: Path, ctx: _Ctx) -> tuple[list[Part], list[str] | None]:
     """One `"key":value` alternative per patternProperties entry (strict=False only: a key matching two
-    patterns may take either value, and additionalProperties still admits any undeclared key)."""
-    out = []
+    patterns may take either value), and the content regexes of the keys the patterns match (None when
+    one of them cannot be read: additionalProperties then still admits any undeclared key)."""
+    out, keys = [], []
     for pattern, sub in patterns:
-        value = _compile([sub], ctx)
-        if value is None:
-            continue
         key_ctx = ctx.regex_mode()
         try:
             key = _regex_of(_leaves([Sub({"type": "string", "pattern": pattern}, sub.path)], key_ctx), key_ctx)
         except GrammarError:  # a pattern the compiler cannot read: any key (wider, as strict=False is)
-            key = key_not_in([])
-        if key is not None:
+            key, keys = key_not_in([]), None
+        if key is not None and keys is not None:
+            keys.append(key[1:-1])  # '"content"' -> content
+        value = _compile([sub], ctx)
+        if value is not None and key is not None:
             out.append(seq(key + ctx.style.colon, value))
-    return out
+    return out, keys
+
+
+def _matching_none(key: Part, contents: list[str]) -> Part:
+    """An undeclared key that no patternProperties pattern matches (those keys take the pattern's
+    value, not additionalProperties'): a negative lookahead after the opening quote over the patterns'
+    contents and the closing quote. Left as is where that cannot be written (a pattern that has a
+    lookahead of its own, a key that is an alternation of names)."""
+    if any("(?=" in c or "(?!" in c for c in contents):
+        return key
+    look = f'(?!(?:{"|".join(contents)})")'
+    if isinstance(key, Term) and key.regex.startswith('"'):
+        return replace(key, regex='"' + look + key.regex[1:])
+    if isinstance(key, str) and key.startswith('"'):
+        return '"' + look + key[1:]
+    return key
 
 
 def _property_names(leaf: dict, path: Path, ctx: _Ctx) -> tuple[str | None, list | None] | None:
