@@ -77,6 +77,8 @@ def negate_leaf(leaf: dict, types: list[str], closed_objects: bool = False) -> l
     for kind in types:
         if kind in ("null", "boolean"):
             continue
+        if kind == "string" and leaf.get("not_enum"):  # strings other than these (a negated enum): these
+            out.append({"type": frozenset({"string"}), "enum": list(leaf["not_enum"])})
         for key in _BY_TYPE[kind]:
             if key in leaf:
                 out += [_typed(kind, part) for part in _break(key, leaf[key])]

@@ -201,3 +201,27 @@ def test_structural_tag_constraint_after_reasoning(vocab):
     assert guide.matches('<think>6 * 7, not </thinking> yet</think>{"n": 42}')
     assert not guide.matches('<think>x</think>{"n": "42"}')
     assert not guide.matches('{"n": 42}')
+
+
+def test_conditions_with_negations_agree_with_jsonschema(vocab, tokenizer):
+    """`if` conditions built from `not` (a negated negation: the complement of "a string other than
+    these" is those strings) and contrary `allOf` combinations, against jsonschema as the oracle."""
+    a = {"properties": {"ep": {"const": "A"}}, "required": ["ep"]}
+    b = {"properties": {"ep": {"const": "B"}}, "required": ["ep"]}
+    docs = [{"ep": "C", "sh": True}, {"ep": "A", "sh": True}, {"ep": "B", "sh": True}, {"sh": True}, {"ep": "C"}]
+    for cond in ({"not": {"anyOf": [a, b]}}, {"not": a}, {"not": {"not": a}}, {"anyOf": [a, b]}):
+        schema = {
+            "type": "object",
+            "properties": {"ep": {"type": "string"}, "sh": {"type": "boolean"}},
+            "if": cond,
+            "then": {"properties": {"sh": False}},
+        }
+        guide = compile_json_schema(schema, vocab, strict=False)
+        for doc in docs:
+            state = guide.initial_state
+            for t in tokenizer.encode(json.dumps(doc), add_special_tokens=False):
+                state = guide.advance(state, t)
+                if state is REJECTED:
+                    break
+            ours = state is not REJECTED and guide.is_accepting(state)
+            assert ours == jsonschema.Draft202012Validator(schema).is_valid(doc), (cond, doc)
