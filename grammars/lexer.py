@@ -45,7 +45,7 @@ class Lexer:
 
     def state(self, pairs: tuple[tuple[int, int], ...]) -> int:
         terms = self.terms
-        if any(terms.looks[term] for _, term in pairs):  # a lookahead's term may match nothing
+        if terms.has_looks and any(terms.looks[term] for _, term in pairs):  # it may match nothing
             pairs = tuple(p for p in pairs if not terms.looks[p[1]] or terms.live(p[1]))
         if not pairs:
             return DEAD

@@ -49,6 +49,7 @@ class TermTable:
         self._front: dict[int, frozenset[int]] = {}
         self.memo: dict[tuple, int] = {}  # for builders of common sub-terms (regex_syntax's classes)
         self.looks: list[bool] = [False, False]  # looks[t]: a lookahead node is inside t
+        self.has_looks = False  # any lookahead node at all (the lexer checks liveness only then)
         self._live: dict[int, bool] = {}
 
     def __len__(self) -> int:
@@ -186,6 +187,7 @@ class TermTable:
             return a if negative else EMPTY
         if self.nullable[x]:  # every string starts with the empty one
             return EMPTY if negative else a
+        self.has_looks = True
         return self._intern((_K_LOOK, a, x, negative), negative and self.nullable[a])
 
     def live(self, t: int) -> bool:
