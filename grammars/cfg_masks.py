@@ -13,7 +13,11 @@ mask of one pair (C, l) splits into two parts:
    that end inside the next lexeme and, recursively, the groups that cross again. A boundary right
    at the start (l itself accepting) is the mask of the next column's fresh state.
 
-Pair rows are cached per (column, lexer state). Work is charged against `GrammarLimits.max_mask_fuel`.
+A lexer state of several terminals is taken terminal by terminal (`TokenWalks.parts`): their lexemes
+evolve independently, so the union of their rows is the row, and each terminal's walks and
+continuations are shared by every column that allows it (an object's columns differ in the keys that
+remain, not in how each key is lexed). Pair rows are cached per (column, lexer state). Work is
+charged against `GrammarLimits.max_mask_fuel`.
 """
 
 from __future__ import annotations
@@ -76,9 +80,14 @@ class MaskBuilder:
         return row
 
     def pair_row_lexing(self, col: Column, lex: int) -> np.ndarray:
-        walk = self.walks.walk(lex)
-        rows = [walk.inside]
-        self._cross(walk, col, rows)
+        """The row of lexer state `lex` at `col`: the union over its terminals' own states (their
+        lexemes evolve independently), whose walks and continuations every column shares."""
+        rows: list[np.ndarray] = []
+        for part in self.walks.parts(lex):
+            walk = self.walks.walk(part)
+            rows.append(walk.inside)
+            if walk.by_state:
+                self._cross(walk, col, rows)
         return rows[0] if len(rows) == 1 else np.bitwise_or.reduce(rows)
 
     def _cross(self, source: LexWalk, col: Column, rows: list[np.ndarray]) -> None:
@@ -86,16 +95,17 @@ class MaskBuilder:
         per group (lexer state where a lexeme may end), each column after that lexeme and the
         continuation from its lexer start state, recursively for tokens with more boundaries. Only the
         scans depend on the column; the walks are cached per lexer states."""
-        lexer, grammar, guide = self.lexer, self.guide.grammar, self.guide
+        lexer, grammar, guide, walks = self.lexer, self.guide.grammar, self.guide, self.walks
         for state in source.by_state:
             for nxt in guide.next_columns(col, lexer.accepts[state]):
                 start = grammar.lex_start(nxt)
                 if start == DEAD:
                     continue
-                cont = self.walks.continuation(source, state, start)
-                if cont is None:
-                    continue
-                if cont.inside is not NO_TOKENS:
-                    rows.append(cont.inside)
-                if cont.by_state:
-                    self._cross(cont, nxt, rows)
+                for part in walks.parts(start):
+                    cont = walks.continuation(source, state, part)
+                    if cont is None:
+                        continue
+                    if cont.inside is not NO_TOKENS:
+                        rows.append(cont.inside)
+                    if cont.by_state:
+                        self._cross(cont, nxt, rows)

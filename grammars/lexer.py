@@ -22,6 +22,7 @@ from loomlm.grammars.regex_terms import EMPTY, TermTable, byte_classes
 
 DEAD = -1
 UNEXPANDED = -2
+ANONYMOUS = -1  # terminal id of the states that token walks are computed in (`token_walks`), never lexed
 
 
 class Lexer:

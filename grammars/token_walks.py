@@ -10,21 +10,28 @@ Everything is cached per lexer states, so the parser's columns share it.
 
 Walks are vectorised over a lexicographic token table (`TokenTable`) with numpy: a state's walk
 starts from the ranges of tokens its live first bytes begin (`bucket_walk`, cached per state after
-the first byte), descends the table byte by byte while the lexer reads few bytes (`range_walk`, the
+the first byte), descends the table byte by byte while the lexer reads few bytes (`_descend`, the
 inside of a literal key), gathers one byte position at a time from the lexer's transition table
 (`lex_walk`, dead tokens dropped as they die) and steps a handful of tokens one by one. Lexer states
 are expanded the first time a walk reaches them; work is charged to the caller's fuel.
+
+Sharing: a walk depends on a terminal's term, not on which terminal it is, so single-terminal walks
+are computed under the `ANONYMOUS` terminal and renamed (`_named`): the string values of many
+properties walk once, and every object's extra key (any string minus that object's names) shares the
+walk of a plain string once its first byte starts none of the names. Records of whole token ranges
+stay ranges (`LexWalk.spans`), split by binary search when continued. A state of several terminals is
+walked and continued part by part (`parts`), so a new set of remaining keys reuses each key's walks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from loomlm.grammars.guide_protocol import bitmask_words
-from loomlm.grammars.lexer import UNEXPANDED, Lexer
+from loomlm.grammars.lexer import ANONYMOUS, UNEXPANDED, Lexer
 from loomlm.grammars.vocabulary import Vocabulary
 
 _FEW_BYTES = 4  # a lexer state reading at most this many bytes is walked down the token table
@@ -42,6 +49,7 @@ class TokenTable:
     lens: np.ndarray  # [n] int64
     data: np.ndarray  # [n, max_len] uint8, zero padded
     raw: tuple[bytes, ...]  # raw[k] = bytes of ids[k]
+    columns: np.ndarray  # [max_len, n] uint8: data transposed, so that byte j of a range is contiguous
     # starts[b0 * 257 + j]: first position whose (first byte, j) >= (b0, j), where j is 0 for the one-byte
     # token b0 and 1 + the second byte otherwise; [256 * 257 + 1] int64
     starts: np.ndarray
@@ -61,11 +69,12 @@ def token_table(vocab: Vocabulary) -> TokenTable:
         second = np.where(lens >= 2, data[:, 1].astype(np.int64) + 1, 0)
         key = data[:, 0].astype(np.int64) * 257 + second  # non-decreasing in lexicographic order
         starts = np.searchsorted(key, np.arange(256 * 257 + 1), side="left")
-        got = vocab._cache["cfg_tokens"] = TokenTable(ids, lens, data, raw, starts)
+        got = vocab._cache["cfg_tokens"] = TokenTable(ids, lens, data, raw, np.ascontiguousarray(data.T), starts)
     return got
 
 
 _NONE = np.zeros(0, np.int64)
+_NONE_ST = np.zeros(0, np.int32)
 NO_TOKENS = np.zeros(0, np.int32)  # `inside` of a continuation that holds no token to its end (not ORed)
 
 
@@ -91,6 +100,11 @@ class LexWalk:
     rec_off: np.ndarray
     rec_st: np.ndarray
     by_state: dict[int, tuple[int, int]]
+    # spans[s] = (lo, hi, off) int64 arrays: more records of state s, as whole ranges of the token table
+    # that share their first `off` bytes (a literal's prefix, `, ` before every token starting with a
+    # space), kept as ranges so that a continuation splits them by binary search; every state of spans
+    # is in by_state, with an empty range when it has no single records
+    spans: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def _grouped(inside: np.ndarray, ids: np.ndarray, rec_pos: np.ndarray, rec_off: np.ndarray, rec_st) -> LexWalk:
@@ -125,6 +139,12 @@ def _grouped(inside: np.ndarray, ids: np.ndarray, rec_pos: np.ndarray, rec_off: 
     return LexWalk(inside, rec_pos, rec_off, rec_st, by_state)
 
 
+def _add_spans(walk: LexWalk, spans: dict) -> None:
+    walk.spans.update(spans)
+    for st in spans:
+        walk.by_state.setdefault(st, (0, 0))
+
+
 def pack(ids: np.ndarray, size: int) -> np.ndarray:
     bits = np.zeros(bitmask_words(size) * 32, dtype=bool)
     bits[ids] = True
@@ -143,10 +163,11 @@ class TokenWalks:
         self.walks: dict[int, LexWalk] = {}
         self.buckets: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         self.continuations: dict[tuple[int, int, int], LexWalk | None] = {}
+        self._parts: dict[int, tuple[int, ...]] = {}
 
     def continuation(self, source: LexWalk, state: int, start: int) -> LexWalk | None:
         """The tokens of `source` whose lexeme ends in `state`, walked on from the start state `start`
-        of the next lexeme: a LexWalk of those it holds to their end and of their further boundary
+        of one terminal of the next lexeme: a LexWalk of those it holds to their end and of their further boundary
         records (None: no such token). Independent of the parser, so cached (walks live as long as
         this builder, so their ids are keys): many columns share what comes after a key, a value, a
         comma."""
@@ -155,34 +176,75 @@ class TokenWalks:
         if got is False:
             lexer, tt = self.lexer, self.tokens
             a, b = source.by_state[state]
-            pos, off = source.rec_pos[a:b], source.rec_off[a:b]
-            ok = lexer.row(start)[tt.data[pos, off]] >= 0  # the next lexeme's first byte
-            got = None
-            if ok.any():
-                pos, off = pos[ok], off[ok]
-                inside, rec_pos, rec_off, rec_st = self.lex_walk(pos, off, np.full(len(pos), start, np.int32))
-                row = pack(tt.ids[inside], self.vocab_size) if len(inside) else NO_TOKENS
-                got = _grouped(row, tt.ids, rec_pos, rec_off, rec_st)
+            row = lexer.row(start)
+            found = []
+            if b > a:
+                pos, off = source.rec_pos[a:b], source.rec_off[a:b]
+                ok = row[tt.data[pos, off]] >= 0  # the next lexeme's first byte
+                if ok.any():
+                    pos, off = pos[ok], off[ok]
+                    found.append(self.lex_walk(pos, off, np.full(len(pos), start, np.int32)))
+            spans = source.spans.get(state)
+            if spans is not None:
+                found.append(self._descend(self._split(row, *spans)))
+            got = self._assemble(found, NO_TOKENS) if found else None
+            if got is not None and got.inside is NO_TOKENS and not got.by_state:
+                got = None
             self.continuations[key] = got
         return got
 
+    def _split(self, row: np.ndarray, lo: np.ndarray, hi: np.ndarray, off: np.ndarray) -> list:
+        """Descent entries (state, offset, lo, hi) for the ranges [lo, hi) of tokens that share their
+        first `off` bytes, split by the next byte, which lexer transition `row` must read (the first
+        byte of a lexeme, so no boundary before it)."""
+        columns, live = self.tokens.columns, np.flatnonzero(row >= 0)
+        needles = live.astype(np.uint8)  # of the column's dtype: searchsorted then copies nothing
+        entries = []
+        for a, e, j in zip(lo.tolist(), hi.tolist(), off.tolist()):
+            column = columns[j, a:e]  # sorted, and every token here is longer than j
+            firsts = np.searchsorted(column, needles, side="left").tolist()
+            lasts = np.searchsorted(column, needles, side="right").tolist()
+            entries += [(int(row[b]), j + 1, a + x, a + y) for b, x, y in zip(live.tolist(), firsts, lasts) if x < y]
+        return entries
+
+    def parts(self, lex: int) -> tuple[int, ...]:
+        """The single-terminal states of lexer state `lex`'s terminals (cached)."""
+        got = self._parts.get(lex)
+        if got is None:
+            pairs = self.lexer.states[lex]
+            got = (lex,) if len(pairs) == 1 else tuple(self.lexer.state((p,)) for p in pairs)
+            self._parts[lex] = got
+        return got
+
     def walk(self, lex: int) -> LexWalk:
-        """The walk of lexer state `lex`. A state of several terminals is the union of its terminals'
-        own walks: each terminal's lexeme evolves alone, so a token stays inside (or crosses a boundary
-        of) the tuple exactly when it does for one of them. Walks are cached per single-terminal state,
-        which many tuples share (an open string next to an enum still walks the string once)."""
+        """The walk of single-terminal lexer state `lex` (a state of several terminals is walked part by
+        part: `parts`)."""
         got = self.walks.get(lex)
         if got is None:
-            parts = self.lexer.states[lex]
-            if len(parts) > 1:
-                walks = [self.walk(self.lexer.state((p,))) for p in parts]
-                row = np.bitwise_or.reduce([w.inside for w in walks])
-                cat = lambda k: np.concatenate([getattr(w, k) for w in walks])
-                got = _grouped(row, self.tokens.ids, cat("rec_pos"), cat("rec_off"), cat("rec_st"))
-            else:
+            ((tid, term),) = self.lexer.states[lex]
+            if tid == ANONYMOUS:
                 got = self.single_walk(lex)
+            else:
+                got = self._named(tid, self.walk(self.lexer.state(((ANONYMOUS, term),))))
             self.walks[lex] = got
         return got
+
+    def _named(self, tid: int, walk: LexWalk) -> LexWalk:
+        """The walk of terminal `tid`'s state from the walk of the same term under `ANONYMOUS`: which
+        tokens stay inside or cross depends on the term alone, so only the states of the boundary
+        records are renamed. Terminals of one regex (the string values of many properties) and terms
+        that become one after a byte (every object's extra key, once it is none of the declared names)
+        share their walks this way."""
+        lexer = self.lexer
+        rec_st = np.empty_like(walk.rec_st)
+        by_state, spans = {}, {}
+        for anon, (a, b) in walk.by_state.items():
+            state = lexer.state(((tid, lexer.states[anon][0][1]),))
+            rec_st[a:b] = state
+            by_state[state] = (a, b)
+            if anon in walk.spans:
+                spans[state] = walk.spans[anon]
+        return LexWalk(walk.inside, walk.rec_pos, walk.rec_off, rec_st, by_state, spans)
 
     def single_walk(self, lex: int) -> LexWalk:
         """The walk of a one-terminal state: the union over its live first bytes b0 of the walk of the
@@ -202,16 +264,24 @@ class TokenWalks:
         return _grouped(pack(ids[cat(0)], self.vocab_size), ids, cat(1), cat(2), cat(3))
 
     def range_walk(self, row: np.ndarray, live: np.ndarray) -> LexWalk:
-        """The walk of a state (transition `row`, `live` bytes) by descending the token table: the tokens
-        that start with a prefix q are one range of it, so while the lexer reads few bytes the walk
-        follows them byte by byte, two binary searches a byte, and hands a range to the vectorised
-        `lex_walk` once it is small or the state reads many bytes. A literal's state costs about one
-        step per byte of the literal, not a walk of every token starting with its next byte."""
-        lexer, tt, starts = self.lexer, self.tokens, self.tokens.starts
+        """The walk of a state (transition `row`, `live` bytes) by descending the token table (`_descend`
+        from the ranges of its live first bytes)."""
+        starts = self.tokens.starts
+        stack = [(int(row[b]), 1, int(starts[b * 257]), int(starts[b * 257 + 257])) for b in live.tolist()]
+        return self._assemble([self._descend(stack)], None)
+
+    def _descend(self, stack: list[tuple[int, int, int, int]]) -> tuple:
+        """Walk ranges of tokens down the token table: an entry (state, j, lo, hi) is the tokens
+        [lo, hi) that share their first j bytes, read into lexer state `state`. While the lexer reads
+        few bytes the walk follows them byte by byte, two binary searches a byte, and hands a range to
+        the vectorised `lex_walk` once it is small or the state reads many bytes: a literal's state
+        costs about one step per byte of the literal, not a walk of every token starting with its next
+        byte. Returns (inside positions, single records (pos, off, state), range records (lo, hi, off,
+        state))."""
+        lexer, tt = self.lexer, self.tokens
         inside: list[int] = []
         recs: list[tuple[int, int, int, int]] = []  # (lo, hi, offset, state): a boundary of a whole range
         rest: list[tuple[int, int, int, int]] = []  # ranges left to lex_walk
-        stack = [(int(row[b]), 1, int(starts[b * 257]), int(starts[b * 257 + 257])) for b in live.tolist()]
         while stack:
             s, j, lo, hi = stack.pop()
             if lo < hi and tt.lens[lo] == j:  # the token equal to the prefix sorts first in its range
@@ -227,28 +297,40 @@ class TokenWalks:
             if hi - lo <= _SMALL_RANGE or len(nxt_live) > _FEW_BYTES:
                 rest.append((lo, hi, j, s))
                 continue
-            column = tt.data[lo:hi, j]  # sorted: every token here is longer than j
-            firsts = np.searchsorted(column, nxt_live, side="left").tolist()
-            lasts = np.searchsorted(column, nxt_live, side="right").tolist()
+            column = tt.columns[j, lo:hi]  # sorted: every token here is longer than j
+            needles = nxt_live.astype(np.uint8)
+            firsts = np.searchsorted(column, needles, side="left").tolist()
+            lasts = np.searchsorted(column, needles, side="right").tolist()
             for b, a, e in zip(nxt_live.tolist(), firsts, lasts):
                 if a < e:
                     stack.append((int(nxt_row[b]), j + 1, lo + a, lo + e))
+        found = np.array(inside, np.int64)
+        if not rest:
+            return found, _NONE, _NONE, _NONE_ST, recs
         spans = lambda xs: (np.array([x[0] for x in xs], np.int64), np.array([x[1] for x in xs], np.int64))
         fill = lambda xs, k, dtype: np.repeat(np.array([x[k] for x in xs], dtype), [x[1] - x[0] for x in xs])
-        found = [np.array(inside, np.int64)]
-        rec_pos, rec_off, rec_st = [_ranges(*spans(recs))] if recs else [], [], []
-        if recs:
-            rec_off.append(fill(recs, 2, np.int64))
-            rec_st.append(fill(recs, 3, np.int32))
-        if rest:
-            got = self.lex_walk(_ranges(*spans(rest)), fill(rest, 2, np.int64), fill(rest, 3, np.int32))
-            found.append(got[0])
-            rec_pos.append(got[1])
-            rec_off.append(got[2])
-            rec_st.append(got[3])
-        cat = lambda xs, dtype: np.concatenate(xs) if xs else np.zeros(0, dtype)
-        inside_row = pack(tt.ids[np.concatenate(found)], self.vocab_size)
-        return _grouped(inside_row, tt.ids, cat(rec_pos, np.int64), cat(rec_off, np.int64), cat(rec_st, np.int32))
+        got = self.lex_walk(_ranges(*spans(rest)), fill(rest, 2, np.int64), fill(rest, 3, np.int32))
+        return np.concatenate([found, got[0]]), got[1], got[2], got[3], recs
+
+    def _assemble(self, found: list[tuple], empty: np.ndarray | None) -> LexWalk:
+        """One LexWalk of the results of `lex_walk` and `_descend` (`empty`: the inside row when no
+        token ends inside; None for an all-zero row)."""
+        tt = self.tokens
+        cat = lambda k, dtype: np.concatenate([f[k] for f in found]) if len(found) > 1 else found[0][k].astype(dtype)
+        inside = cat(0, np.int64)
+        if len(inside) or empty is None:
+            row = pack(tt.ids[inside], self.vocab_size)
+        else:
+            row = empty
+        walk = _grouped(row, tt.ids, cat(1, np.int64), cat(2, np.int64), cat(3, np.int32))
+        ranges = [r for f in found if len(f) > 4 for r in f[4]]
+        if ranges:
+            by: dict[int, list] = {}
+            for r in ranges:
+                by.setdefault(r[3], []).append(r)
+            col = lambda xs, k: np.array([x[k] for x in xs], np.int64)
+            _add_spans(walk, {st: (col(xs, 0), col(xs, 1), col(xs, 2)) for st, xs in by.items()})
+        return walk
 
     def bucket_walk(self, s1: int, b0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """`lex_walk` of the tokens whose first byte is b0, from lexer state s1 at offset 1 (a boundary

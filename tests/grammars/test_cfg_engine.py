@@ -92,6 +92,42 @@ def test_array_elements_share_parser_states_and_masks(vocab, tokenizer):
     assert counts[len(counts) // 3] == counts[-1]
 
 
+OPEN_OBJECTS = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "nick": {"type": "string"},
+        "size": {"type": "integer"},
+        "meta": {"type": "object", "properties": {"owner": {"type": "string"}, "tags": {"type": "array"}}},
+    },
+    "required": ["name"],
+}
+
+
+def test_masks_of_open_objects_match_the_byte_walk_and_share_walks(vocab, tokenizer):
+    """Masks at every state along a document of open objects (declared keys, any other key) hold exactly
+    the tokens whose bytes keep a parse alive. Two string properties are two terminals of one regex:
+    their token walks are one walk under two names (the same `inside` row, not a copy)."""
+    guide = compile_json_schema(OPEN_OBJECTS, vocab, strict=False)
+    # declared keys in the schema's order, then undeclared ones
+    doc = {"name": "x", "nick": "y z", "size": 3, "meta": {"owner": "q", "tags": [], "other": "w"}, "extra": 1}
+    state, eos = guide.initial_state, list(vocab.eos_token_ids)
+    for t in tokenizer.encode(json.dumps(doc), add_special_tokens=False):
+        mask = allowed_tokens(guide, state)
+        walked = np.array([bool(b) and guide.step_bytes(state, b) >= 0 for b in vocab.token_bytes])
+        walked[eos] = guide.is_accepting(state)
+        assert (mask == walked).all(), vocab.token_bytes[t]
+        state = guide.advance(state, t)
+        assert state is not REJECTED
+    walks, lexer = guide.masks.walks, guide.grammar.lexer
+    named = {}
+    for lex, walk in walks.walks.items():
+        ((tid, term),) = lexer.states[lex] if len(lexer.states[lex]) == 1 else ((None, None),)
+        if tid is not None and tid >= 0 and lexer.names[tid] == "string":
+            named.setdefault(term, []).append(walk)
+    assert any(len({id(w.inside) for w in ws}) == 1 < len(ws) for ws in named.values())
+
+
 def test_eos_exactly_where_the_parse_can_end():
     guide = compile_ebnf('start: "a" "b"* | "c"', BYTES_VOCAB)
     eos = 256
