@@ -16,7 +16,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from loomlm.grammars.json_schema_keywords import TYPES, Sub
+from loomlm.grammars.json_schema_keywords import TYPES, Sub, json_equal
 
 _FALSE = [Sub(False, ())]
 _BY_TYPE = {
@@ -46,6 +46,34 @@ class Negated(NamedTuple):
 
     subs: tuple
     leaves: Any = None
+
+
+def contrary_required(leaf: dict) -> str | None:
+    """Why an object leaf matches nothing through a required property's own schemas (None: not seen
+    to): one of them is false, or they fix two different consts, or a const and its negation. A cheap
+    test, so that products of conditions on one property's value (if/then/else over a discriminator
+    such as `"kind": {"const": ...}`) drop contrary combinations before they multiply."""
+    props = leaf.get("properties")
+    for name in leaf.get("required", ()) if props else ():
+        consts, negated = [], []
+        for sub in props.get(name, ()):
+            if isinstance(sub, Negated):
+                if len(sub.subs) == 1 and _sole_const(sub.subs[0].schema):
+                    negated.append(sub.subs[0].schema["const"])
+                continue
+            if sub.schema is False:
+                return f"required property {name!r} is false"
+            if isinstance(sub.schema, dict) and "const" in sub.schema:
+                consts.append(sub.schema["const"])
+        if consts and (
+            any(not json_equal(consts[0], c) for c in consts[1:]) or any(json_equal(consts[0], c) for c in negated)
+        ):
+            return f"required property {name!r} must equal two different values"
+    return None
+
+
+def _sole_const(schema: Any) -> bool:
+    return isinstance(schema, dict) and "const" in schema and not schema.keys() - {"const", "description", "title"}
 
 
 def other_types(types: list[str]) -> list[dict]:

@@ -39,10 +39,20 @@ from typing import Any
 
 from loomlm.grammars.errors import GrammarError
 from loomlm.grammars.grammar_ir import Grammar, Part, Ref, Term, alt, seq
-from loomlm.grammars.json_negation import Negated, Unnegatable, negate_leaf, other_types
+from loomlm.grammars.json_negation import Negated, Unnegatable, contrary_required, negate_leaf, other_types
 from loomlm.grammars.json_refs import SchemaIndex
 from loomlm.grammars.json_scalars import number_regex, string_regex
-from loomlm.grammars.json_schema_keywords import TYPES, Path, Sub, fail, merge, normalize, pointer, unsupported
+from loomlm.grammars.json_schema_keywords import (
+    TYPES,
+    Path,
+    Sub,
+    fail,
+    json_equal,
+    merge,
+    normalize,
+    pointer,
+    unsupported,
+)
 from loomlm.grammars.json_shapes import (
     COMPACT,
     Style,
@@ -53,6 +63,7 @@ from loomlm.grammars.json_shapes import (
     array_regex,
     object_regex,
     repeat,
+    unique_array,
     value_regex,
     whitespace_style,
 )
@@ -60,6 +71,7 @@ from loomlm.grammars.json_strings import DUMPS_STRING, key_not_in, literal_strin
 
 ANY_VALUE_DEPTH = 2  # nesting levels of arrays/objects inside "any JSON value"
 MAX_ALTERNATIVES = 256  # most alternatives one schema may expand into (anyOf x allOf products)
+_MAX_UNIQUE = 8  # uniqueItems over at most this many constants is a rule per subset of them (2**8)
 _FAMILIES = {
     "object": {"properties", "required", "additionalProperties", "propertyNames", "minProperties", "maxProperties"},
     "array": {"prefixItems", "items", "minItems", "maxItems", "contains"},
@@ -343,6 +355,8 @@ def _product(factors: list[list[Leaf]], ctx: _Ctx, path: Path = ()) -> list[Leaf
         leaf, path = combo[0]
         for other, _ in combo[1:]:
             leaf = merge(leaf, other)
+        if "unsat" not in leaf and len(combo) > 1 and (why := contrary_required(leaf)):
+            leaf["unsat"] = why
         if "unsat" in leaf:
             ctx.unsat(leaf["unsat"])
         else:
@@ -364,6 +378,8 @@ def _pruned_product(factors: list[list[Leaf]], ctx: _Ctx) -> list[Leaf] | None:
                     grown.append((merged, where, [*rules, leaf]))
                     continue
                 both = merge(merged, leaf)
+                if "unsat" not in both and (why := contrary_required(both)):
+                    both["unsat"] = why
                 if "unsat" in both:
                     ctx.unsat(both["unsat"])
                 else:
@@ -588,9 +604,16 @@ def _array(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> Part | None:
         regex = _array_contains(leaf, contains, path, ctx)
         if regex != "":
             return regex
+    lo, hi = leaf.get("minItems", 0), leaf.get("maxItems")
+    if leaf.get("unique") and ctx.grammar and "items" in leaf and "prefixItems" not in leaf:
+        values = _finite_values(leaf["items"], ctx)
+        if values is not None and len(values) <= _MAX_UNIQUE:
+            if lo > min(len(values), lo if hi is None else hi):
+                return ctx.unsat(f"minItems {lo} at {pointer(path)}: only {len(values)} distinct items exist")
+            parts = [ctx.terminal(value_regex(v, ctx.style), "enum") for v in values]
+            return unique_array(parts, lo, hi, ctx.style, ctx.rules, f"$unique{len(ctx.rules)}")
     prefix = [_compile(subs, ctx) for subs in leaf.get("prefixItems", [])]
     item = ctx.any_value() if "items" not in leaf else _compile(leaf["items"], ctx)
-    lo, hi = leaf.get("minItems", 0), leaf.get("maxItems")
     if None in prefix:
         prefix, item = prefix[: prefix.index(None)], None
     if item is None:
@@ -598,6 +621,29 @@ def _array(leaf: dict, path: Path, ctx: _Ctx, _type: str) -> Part | None:
     if hi is not None and lo > hi:
         return ctx.unsat(f"minItems {lo} cannot be met at {pointer(path)} (maxItems or item schemas allow {hi})")
     return array_regex(prefix[:hi] if hi is not None else prefix, item, lo, hi, ctx.style)
+
+
+def _finite_values(items: list[Sub], ctx: _Ctx) -> list | None:
+    """The distinct scalar values an item may be, when the item schema allows only constants (an
+    enum, booleans, null); None otherwise."""
+    values: list = []
+    for item, _ in _leaves(items, ctx):
+        rest = item.keys() - {"type", "not_types", "ignored", "object_stated"}
+        types = _leaf_types(item, ctx, infer=False)
+        if rest == {"enum"}:
+            found = [
+                v for v in item["enum"] if _json_type(v) in types or (_json_type(v) == "integer" and "number" in types)
+            ]
+            if any(isinstance(v, (list, dict)) for v in found):
+                return None
+        elif not rest and set(types) <= {"boolean", "null"}:
+            found = [*([True, False] if "boolean" in types else []), *([None] if "null" in types else [])]
+        else:
+            return None
+        for v in found:
+            if not any(json_equal(v, w) for w in values):
+                values.append(v)
+    return values
 
 
 def _array_contains(leaf: dict, contains: list, path: Path, ctx: _Ctx) -> Part | None:

@@ -172,6 +172,8 @@ def normalize(schema: dict, path: Path, strict: bool, refs: frozenset = frozense
             raise unsupported(key, path) if key in NARROWING else fail(key, path, "unknown keyword")
         if key in NARROWING:  # the leaf now matches more than the schema: it must not be negated
             leaf.setdefault("ignored", []).append(key)
+            if key == "uniqueItems":
+                leaf["unique"] = True  # kept where the items are a few constants (json_schema._array)
     _check_composition(schema, path)
     _type_keywords(schema, path, leaf)
     _object_keywords(schema, path, leaf)
@@ -400,7 +402,7 @@ def merge(a: dict, b: dict) -> dict:
                 out["unsat"] = f"the types {sorted(a[key])} and {sorted(value)} have nothing in common"
         elif key in ("not_types",):
             out[key] = out[key] | value
-        elif key == "object_stated":
+        elif key in ("object_stated", "unique"):
             pass
         elif key == "enum":
             out[key] = [v for v in out[key] if any(json_equal(v, w) for w in value)]

@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from loomlm.grammars.errors import GrammarError
-from loomlm.grammars.grammar_ir import Alt, Part, Ref, Term, alt, rep, seq
+from loomlm.grammars.grammar_ir import Alt, Part, Ref, Seq, Term, alt, rep, seq
 from loomlm.grammars.json_numbers import ANY_NUMBER, exact_number
 from loomlm.grammars.json_strings import ANY_STRING, literal_string
 
@@ -118,6 +118,29 @@ def array_regex(prefix: list[Part], item: Part | None, lo: int, hi: int | None, 
         piece = seq(style.comma if i else "", prefix[i], body)
         body = piece if i < lo or i == 0 else repeat(piece, 0, 1)
     parts = [style.wrap("[", body, "]")] if body != "" else []
+    return alt(parts + ([style.wrap("[", "", "]")] if lo == 0 else []))
+
+
+def unique_array(values: list[Part], lo: int, hi: int | None, style: Style, rules: dict, prefix: str) -> Part:
+    """An array of distinct members of a small finite set (`values`: one part per value), lo..hi
+    items: rule `prefix_<used set>` continues an array whose items so far are that set, so the
+    grammar has a rule per reachable subset (2**n at most) instead of a regex per permutation."""
+    n = len(values)
+    hi = n if hi is None else min(hi, n)
+
+    def rest(used: int) -> Part:
+        name = f"{prefix}_{used:x}"
+        if name not in rules:
+            rules[name] = None  # reserved while the body is built
+            count = bin(used).count("1")
+            nexts = [
+                seq(style.comma, values[k], rest(used | 1 << k)) for k in range(n) if count < hi and not used >> k & 1
+            ]
+            rules[name] = alt(([""] if count >= lo else []) + nexts) if nexts else Seq(())  # Seq(()): empty
+        return Ref(name)
+
+    firsts = [seq(values[k], rest(1 << k)) for k in range(n)] if hi > 0 else []
+    parts = [style.wrap("[", alt(firsts), "]")] if firsts else []
     return alt(parts + ([style.wrap("[", "", "]")] if lo == 0 else []))
 
 

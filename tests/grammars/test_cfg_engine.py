@@ -10,6 +10,8 @@ import json
 import jsonschema
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loomlm.grammars import (
     REJECTED,
@@ -261,3 +263,51 @@ def test_conditions_with_negations_agree_with_jsonschema(vocab, tokenizer):
                     break
             ours = state is not REJECTED and guide.is_accepting(state)
             assert ours == jsonschema.Draft202012Validator(schema).is_valid(doc), (cond, doc)
+
+
+def test_discriminated_conditions_stay_exact_past_the_alternative_limit():
+    """Six if/then conditions on one required property's value: their product has thousands of raw
+    combinations, but two different consts for one required property are contrary, so pruning
+    leaves a few and no condition is widened away (jsonschema is the oracle)."""
+    kinds = ["a", "b", "c", "d", "e", "f"]
+    schema = {
+        "type": "object",
+        "properties": {"kind": {"enum": kinds}, **{f"x{k}": {"type": "integer"} for k in kinds}},
+        "required": ["kind"],
+        "allOf": [
+            {
+                "if": {"properties": {"kind": {"const": k}}, "required": ["kind"]},
+                "then": {"required": [f"x{k}"]},
+                "else": {"properties": {f"x{k}": False}},
+            }
+            for k in kinds
+        ],
+    }
+    guide = compile_json_schema(schema, BYTES_VOCAB, strict=False)
+    docs = [doc for k in kinds for doc in ({"kind": k}, {"kind": k, f"x{k}": 1}, {"kind": k, "xa": 1, "xf": 2})]
+    for doc in docs:
+        assert guide.matches(json.dumps(doc)) == jsonschema.Draft202012Validator(schema).is_valid(doc), doc
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(st.sampled_from(["x", "y", "zz"]), st.integers(0, 3), st.booleans()), min_size=1, max_size=6
+    ),
+    lo=st.integers(0, 4),
+    span=st.one_of(st.none(), st.integers(0, 3)),
+    doc=st.lists(st.one_of(st.sampled_from(["x", "y", "zz", "w"]), st.integers(0, 4), st.booleans()), max_size=7),
+)
+def test_unique_items_over_constants_agree_with_jsonschema(values, lo, span, doc):
+    """uniqueItems over an item enum (a rule per subset of the values used) against jsonschema."""
+    schema = {"type": "array", "items": {"enum": values}, "uniqueItems": True, "minItems": lo}
+    if span is not None:
+        schema["maxItems"] = lo + span
+    distinct = {json.dumps(v) for v in values}
+    if lo > len(distinct):
+        return
+    guide = compile_json_schema(schema, BYTES_VOCAB, strict=False)
+    for candidate in (doc, doc[: len(doc) // 2], list(dict.fromkeys(map(json.dumps, doc)))):
+        candidate = [json.loads(c) if isinstance(c, str) and c[:1] in '"tf0123456789' else c for c in candidate]
+        expected = jsonschema.Draft202012Validator(schema).is_valid(candidate)
+        assert guide.matches(json.dumps(candidate)) == expected, (schema, candidate)
