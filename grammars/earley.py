@@ -291,7 +291,7 @@ class _Lowering:
                 term = Term("", name=f"text without {list(term.avoid)!r}")
                 nullable = False
             elif self.lazy and allow_empty:
-                empty = not surely_nonempty(term.regex) and matches_empty(term.regex)
+                empty = not (term.nonempty or surely_nonempty(term.regex)) and matches_empty(term.regex)
                 t, nullable = None, empty and "" not in term.exclude
             else:
                 t = _term_of(self.terms, term.regex, term.ignore_case, term.exclude)

@@ -31,6 +31,9 @@ class Term:
     # exact strings taken out of the regex's language (a JSON key that is none of the declared names);
     # only for regexes whose states' languages are infinite until they end (`TermTable.minus`)
     exclude: tuple[str, ...] = ()
+    # the regex surely matches no empty string (a JSON value's): a lazily lexed terminal's regex is
+    # then first parsed when the lexer reaches it, not at compile time to learn that
+    nonempty: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)

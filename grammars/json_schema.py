@@ -118,7 +118,9 @@ class _Ctx:
 
     def terminal(self, regex: str | None, name: str = "") -> Part | None:
         """A scalar's regex: itself in regex mode, one terminal in grammar mode."""
-        return Term(regex, name=name) if self.grammar and isinstance(regex, str) and regex else regex
+        if self.grammar and isinstance(regex, str) and regex:
+            return Term(regex, name=name, nonempty=True)  # every JSON value is at least one character
+        return regex
 
     def regex_mode(self) -> _Ctx:
         return replace(self, grammar=False, reasons=[])

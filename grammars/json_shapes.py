@@ -169,7 +169,8 @@ ANY_VALUE_RULE = "$json_value"
 def any_value_rules(style: Style) -> dict[str, Part]:
     """Rules for any JSON value, nested without bound (the grammar form of `any_value`)."""
     value, array, obj = Ref(ANY_VALUE_RULE), Ref("$json_array"), Ref("$json_object")
-    scalars = [Term(ANY_STRING, name="string"), Term(ANY_NUMBER, name="number"), Term("true|false|null")]
+    scalars = [Term(ANY_STRING, name="string"), Term(ANY_NUMBER, name="number", nonempty=True)]
+    scalars.append(Term("true|false|null", nonempty=True))
     return {
         ANY_VALUE_RULE: Alt((*scalars, array, obj)),
         "$json_array": array_regex([], value, 0, None, style),
