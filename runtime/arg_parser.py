@@ -31,17 +31,26 @@ def _scalar_type(annotation: Any) -> type:
     return str
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    hints = typing.get_type_hints(EngineConfig)
-    for f in dataclasses.fields(EngineConfig):
+def add_config_arguments(parser: argparse.ArgumentParser, config: type, helps: dict[str, str]) -> None:
+    """One flag per field of the frozen config dataclass `config` (`--field-name`)."""
+    hints = typing.get_type_hints(config)
+    for f in dataclasses.fields(config):
         flag = "--" + f.name.replace("_", "-")
         kind = _scalar_type(hints[f.name]) if not isinstance(hints[f.name], type) else hints[f.name]
         names = [flag, "--model"] if f.name == "model_path" else [flag]
         if kind is bool:  # argparse's type=bool would read "False" as True
-            parser.add_argument(*names, dest=f.name, action="store_true", default=f.default, help=_HELP.get(f.name))
+            parser.add_argument(*names, dest=f.name, action="store_true", default=f.default, help=helps.get(f.name))
             continue
-        parser.add_argument(*names, dest=f.name, type=kind, default=f.default, help=_HELP.get(f.name))
+        parser.add_argument(*names, dest=f.name, type=kind, default=f.default, help=helps.get(f.name))
+
+
+def config_from_args(config: type, args: argparse.Namespace) -> Any:
+    return config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config)})
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, EngineConfig, _HELP)
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
-    return EngineConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EngineConfig)})
+    return config_from_args(EngineConfig, args)

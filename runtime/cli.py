@@ -1,4 +1,5 @@
-"""`loomlm generate "prompt"`: one generation from the command line (also `python -m loomlm`)."""
+"""`loomlm generate "prompt"`: one generation from the command line (also `python -m loomlm`);
+`loomlm serve`: the HTTP server (`runtime/server/launch.py`)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--system", default=None, help="system message (with --chat)")
     gen.add_argument("--no-stream", action="store_true", help="print the answer at the end only")
     add_engine_arguments(gen)
+    from loomlm.runtime.server.launch import add_server_arguments
+
+    add_server_arguments(sub.add_parser("serve", help="serve a model over HTTP (SGLang's native API and OpenAI's)"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        from loomlm.runtime.server.launch import serve
+
+        return serve(args)
     from loomlm.runtime.engine import Engine  # heavy imports after argument errors are reported
     from loomlm.runtime.sampling_params import SamplingParams
 

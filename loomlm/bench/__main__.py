@@ -13,6 +13,7 @@ BENCHMARKS = {
     "offline": "loomlm.bench.offline",
     "prefix": "loomlm.bench.prefix",
     "programs": "loomlm.bench.programs",
+    "serving": "loomlm.bench.serving",
 }
 
 

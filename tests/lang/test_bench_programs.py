@@ -65,7 +65,15 @@ def _run(capsys, argv: list[str]) -> dict:
 
 
 def test_programs_tiny_run(capsys, engine):
+    """Cache on against cache off (the CI subset; the transformers baseline is the slow test below)."""
     # `engine` (the session's) keeps the default model's weights loaded: the benchmark's engines share them.
+    result = _run(capsys, [*TINY, "--skip-naive"])
+    assert result["speedup_cache"] > 0
+    _check_workloads(result["workloads"], ("cache on", "cache off"))
+
+
+@pytest.mark.slow
+def test_programs_tiny_run_with_the_transformers_baseline(capsys, engine):
     result = _run(capsys, TINY)
     assert result["speedup_cache"] > 0 and result["speedup_vs_naive"] > 0
     _check_workloads(result["workloads"], ("cache on", "cache off", "naive"))

@@ -1,7 +1,8 @@
 """The HTTP backends, `RuntimeEndpoint` (SGLang's native protocol) and `OpenAI` (the `openai` client), run
-programs against a loopback server (tests/lang/loopback_server.py) over the session engine, and give what
-the in-process backend gives: the same greedy text, the same select decisions and scores, constrained
-outputs, streams, forks; and clear errors (no server, bad key, bad parameter, unknown argument)."""
+programs against loomlm's own server on loopback (`tests/runtime/server/served.py`) over the session
+engine, and give what the in-process backend gives: the same greedy text, the same select decisions and
+scores, constrained outputs, streams, forks; and clear errors (no server, bad key, bad parameter, unknown
+argument)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,16 @@ import pytest
 import loomlm as sgl
 from loomlm.lang.backends.local import LocalBackend
 from loomlm.lang.chat_template import ChatTemplate
-from tests.lang.loopback_server import LoopbackServer
 from tests.programs import CASES
 from tests.programs import chat as qa
+from tests.runtime.server.served import Served
 
 API_KEY = "test-key"
 
 
 @pytest.fixture(scope="module")
 def server(engine):
-    with LoopbackServer(engine, api_key=API_KEY) as srv:
+    with Served(engine, api_key=API_KEY, served_model_name="loomlm-test") as srv:
         yield srv
 
 
@@ -132,7 +133,7 @@ def test_select_decides_and_scores_as_the_local_backend(
 
 def test_select_does_not_depend_on_where_the_server_starts_input_logprobs(engine, local):
     """A server whose input logprobs begin one position after logprob_start_len (older SGLang)."""
-    with LoopbackServer(engine, shift_input_logprobs=True) as shifted:
+    with Served(engine, shift_input_logprobs=True) as shifted:
         backends = [
             sgl.RuntimeEndpoint(shifted.url, tokenizer=engine.tokenizer),
             sgl.RuntimeEndpoint(shifted.url, tokenizer=None),
@@ -185,7 +186,7 @@ def test_streaming_yields_increments_with_growing_meta(endpoint):
 def test_incremental_streaming_server_gives_the_same_meta(engine, endpoint):
     """Against a server with SGLang's `incremental_streaming_output` (per-event text and output logprobs),
     programs still see the whole output and every logprob so far, as from a cumulative server."""
-    with LoopbackServer(engine, incremental_streaming_output=True) as incremental:
+    with Served(engine, incremental_streaming_output=True) as incremental:
         states = [
             qa.run(question="Name a fruit.", backend=backend, temperature=0, stream=True, return_logprob=True)
             for backend in (sgl.RuntimeEndpoint(incremental.url), endpoint)

@@ -1,0 +1,39 @@
+"""ServerConfig: the HTTP server's own frozen arguments (the engine's are `EngineConfig`'s)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HELP = {
+    "host": "address to listen on (loopback by default; 0.0.0.0 exposes the server)",
+    "port": "TCP port",
+    "api_key": "require 'Authorization: Bearer KEY' on every route but /health",
+    "served_model_name": "model id shown by /v1/models and in responses (default: the model file's name)",
+    "max_request_bytes": "largest request body accepted (413 beyond it)",
+    "max_queued_requests": "generation requests waiting beyond the running ones before 503s (-1: no limit)",
+    "log_requests": "log one line per request (method, path, status, latency)",
+    "incremental_streaming_output": "/generate streams each event's own text and logprobs (SGLang's flag), "
+    "not everything so far",
+}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 30000
+    api_key: str | None = None
+    served_model_name: str | None = None
+    max_request_bytes: int = 32 * 2**20
+    max_queued_requests: int = -1
+    log_requests: bool = False
+    incremental_streaming_output: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:  # 0: any free port (tests)
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.max_request_bytes <= 0:
+            raise ValueError(f"max_request_bytes must be positive, got {self.max_request_bytes}")
+        if self.max_queued_requests < -1:
+            raise ValueError(f"max_queued_requests must be -1 (no limit) or >= 0, got {self.max_queued_requests}")
+        if self.api_key is not None and not self.api_key:
+            raise ValueError("api_key must not be empty")

@@ -1,0 +1,63 @@
+"""`loomlm serve` / `python -m loomlm.runtime.server`: load the engine, then serve it with uvicorn.
+
+Every engine argument comes from `EngineConfig` and every server argument from `ServerConfig` (flags
+generated from their fields); both are checked before the model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from loomlm.runtime.arg_parser import (
+    add_config_arguments,
+    add_engine_arguments,
+    config_from_args,
+    engine_config_from_args,
+)
+from loomlm.runtime.server.config import HELP, ServerConfig
+
+logger = logging.getLogger("loomlm.server")
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, ServerConfig, HELP)
+    add_engine_arguments(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loomlm serve", description="serve a model over HTTP")
+    add_server_arguments(parser)
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    try:
+        server_config = config_from_args(ServerConfig, args)
+        engine_config = engine_config_from_args(args)
+    except ValueError as exc:
+        print(f"loomlm serve: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from loomlm.runtime.engine import Engine
+    from loomlm.runtime.server.app import build_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        engine = Engine(**vars(engine_config))
+    except ValueError as exc:
+        print(f"loomlm serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        app = build_app(engine, server_config)
+        logger.info("serving %s at http://%s:%d", app.state.loomlm.model_name, server_config.host, server_config.port)
+        uvicorn.run(app, host=server_config.host, port=server_config.port, log_level="warning")
+    finally:
+        engine.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return serve(build_parser().parse_args(argv))

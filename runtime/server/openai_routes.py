@@ -1,0 +1,176 @@
+"""OpenAI's API: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions`.
+
+Each choice is one engine request (`n` copies share the prompt and its cached prefix). Streams are SSE:
+a chunk per text increment of a choice (chat: a first chunk with the assistant role), the finish reason
+on its last, one usage chunk with empty `choices` when `stream_options.include_usage` asks, then
+`data: [DONE]`; an error after the headers went out is an `{"error": ...}` event before `[DONE]`.
+Request validation and grammar compilation finish before the response starts, so a bad request is a
+400, never a broken stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from loomlm.runtime.server import openai_format as fmt
+from loomlm.runtime.server.errors import ApiError, error_body
+from loomlm.runtime.server.openai_protocol import ChatCompletionRequest, CompletionRequest, sampling_params
+from loomlm.runtime.server.state import ServerState
+from loomlm.runtime.server.streaming import SEED_STRIDE, merged, sse
+
+
+def openai_router(state: ServerState) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        card = {"id": state.model_name, "object": "model", "created": int(state.started), "owned_by": "loomlm"}
+        return {
+            "object": "list",
+            "data": [{**card, "root": state.model_path, "max_model_len": state.engine.context_length}],
+        }
+
+    @router.post("/v1/completions", response_model=None)
+    async def completions(req: CompletionRequest) -> dict[str, Any] | StreamingResponse:
+        params = sampling_params(req, "completion")
+        texts, id_lists = await _prompts(state, req.prompt)
+        logprobs = {
+            "return_logprob": req.logprobs is not None,
+            "top_logprobs_num": req.logprobs or 0,
+            "logprob_start_len": 0 if req.echo and req.logprobs is not None else -1,
+        }
+        head = fmt.head("cmpl", "text_completion", state.model_name)
+        decode = state.engine.tokenizer.decode
+
+        def choice(i: int, out: dict[str, Any], prompt_i: int) -> dict[str, Any]:
+            echoed = texts[prompt_i] if req.echo else None
+            return {
+                "index": i,
+                "text": (echoed or "") + out["text"],
+                "logprobs": None if req.logprobs is None else fmt.completion_logprobs(decode, out["meta_info"], echoed),
+                "finish_reason": fmt.finish_reason(out["meta_info"]),
+            }
+
+        if req.stream:
+            streams = await _streams(state, id_lists, params, req.n, logprobs)
+
+            def piece(i: int, chunk: dict[str, Any], first: bool) -> dict[str, Any]:
+                echoed = texts[i // req.n] if req.echo and first else ""
+                meta = chunk["meta_info"]
+                lp = None if req.logprobs is None else fmt.completion_logprobs(decode, meta, None)
+                return {"text": echoed + chunk["text"], "logprobs": lp}
+
+            events = _stream_events(
+                head, streams, piece, req.n, bool(req.stream_options and req.stream_options.include_usage)
+            )
+            return StreamingResponse(events, media_type="text/event-stream")
+        outs = await _generate(state, id_lists, params, logprobs)
+        choices = [choice(i, out, i // req.n) for i, out in enumerate(outs)]
+        return {
+            **head,
+            "choices": choices,
+            "usage": fmt.usage([o["meta_info"] for o in outs[:: req.n]], [o["meta_info"] for o in outs]),
+        }
+
+    @router.post("/v1/chat/completions", response_model=None)
+    async def chat(req: ChatCompletionRequest) -> dict[str, Any] | StreamingResponse:
+        params = sampling_params(req, "chat")
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        prompt = await state.chat_prompt(messages)
+        id_lists = await state.encode([prompt])
+        logprobs = {"return_logprob": req.logprobs, "top_logprobs_num": req.top_logprobs or 0, "logprob_start_len": -1}
+        head = fmt.head("chatcmpl", "chat.completion", state.model_name)
+        decode = state.engine.tokenizer.decode
+        if req.stream:
+            streams = await _streams(state, id_lists, params, req.n, logprobs)
+
+            def piece(_i: int, chunk: dict[str, Any], first: bool) -> dict[str, Any]:
+                delta = {"role": "assistant", "content": chunk["text"]} if first else {"content": chunk["text"]}
+                lp = fmt.chat_logprobs(decode, chunk["meta_info"]) if req.logprobs else None
+                return {"delta": delta, "logprobs": lp}
+
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            events = _stream_events({**head, "object": "chat.completion.chunk"}, streams, piece, req.n, include_usage)
+            return StreamingResponse(events, media_type="text/event-stream")
+        outs = await _generate(state, id_lists, params, logprobs)
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": out["text"]},
+                "logprobs": fmt.chat_logprobs(decode, out["meta_info"]) if req.logprobs else None,
+                "finish_reason": fmt.finish_reason(out["meta_info"]),
+            }
+            for i, out in enumerate(outs)
+        ]
+        return {**head, "choices": choices, "usage": fmt.usage([outs[0]["meta_info"]], [o["meta_info"] for o in outs])}
+
+    return router
+
+
+async def _prompts(state: ServerState, prompt: Any) -> tuple[list[str | None], list[list[int]]]:
+    """(text or None, token ids) of each prompt of a completions request."""
+    if isinstance(prompt, str):
+        return [prompt], await state.encode([prompt])
+    if all(isinstance(p, str) for p in prompt):
+        return list(prompt), await state.encode(list(prompt))
+    if all(isinstance(p, int) for p in prompt):
+        return [None], [list(prompt)]
+    return [None] * len(prompt), [list(p) for p in prompt]
+
+
+async def _generate(
+    state: ServerState, id_lists: list[list[int]], params: dict[str, Any], logprobs: dict
+) -> list[dict]:
+    out = await state.engine.async_generate(input_ids=id_lists, sampling_params=params, **logprobs)
+    return out if isinstance(out, list) else [out]
+
+
+async def _streams(
+    state: ServerState, id_lists: list[list[int]], params: dict[str, Any], n: int, logprobs: dict
+) -> list:
+    """One engine stream per choice (prompt-major, as a non-streamed request orders them), each copy
+    seeded as the engine seeds the copies of one request. All are validated and compiled before the
+    first is started: a refusal leaves nothing running."""
+    streams = []
+    one = {k: v for k, v in params.items() if k != "n"}
+    try:
+        for ids in id_lists:
+            for copy in range(n):
+                seeded = (
+                    one if one.get("seed") is None else {**one, "seed": (one["seed"] + SEED_STRIDE * copy) & 0x7FFFFFFF}
+                )
+                streams.append(
+                    await state.engine.async_generate(input_ids=ids, sampling_params=seeded, stream=True, **logprobs)
+                )
+    except BaseException:
+        for stream in streams:
+            await stream.aclose()
+        raise
+    return streams
+
+
+async def _stream_events(head: dict, streams: list, piece: Any, n: int, include_usage: bool) -> AsyncIterator[str]:
+    """SSE events of OpenAI's stream over the choices' engine streams (see the module docstring)."""
+    started: set[int] = set()
+    last: dict[int, dict[str, Any]] = {}
+    try:
+        async for i, chunk in merged(streams):
+            last[i] = chunk["meta_info"]
+            finish = fmt.finish_reason(chunk["meta_info"]) if chunk["finished"] else None
+            if not (chunk["text"] or finish or i not in started):
+                continue
+            body = piece(i, chunk, i not in started)
+            started.add(i)
+            yield sse({**head, "choices": [{"index": i, **body, "finish_reason": finish}]})
+        if include_usage:
+            metas = [last[i] for i in sorted(last)]
+            yield sse({**head, "choices": [], "usage": fmt.usage(metas[::n], metas)})
+    except ApiError as exc:
+        yield sse(exc.body())
+    except ValueError as exc:
+        yield sse(error_body(400, str(exc)))
+    yield sse("[DONE]")
