@@ -43,6 +43,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from loomlm.runtime.engine import Engine
     from loomlm.runtime.server.app import build_app
+    from loomlm.runtime.server.lifecycle import GracefulServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
@@ -52,8 +53,10 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     try:
         app = build_app(engine, server_config)
-        logger.info("serving %s at http://%s:%d", app.state.loomlm.model_name, server_config.host, server_config.port)
-        uvicorn.run(app, host=server_config.host, port=server_config.port, log_level="warning")
+        state = app.state.loomlm
+        logger.info("serving %s at http://%s:%d", state.model_name, server_config.host, server_config.port)
+        config = uvicorn.Config(app, host=server_config.host, port=server_config.port, log_level="warning")
+        GracefulServer(config, state).run()
     finally:
         engine.shutdown()
     return 0

@@ -11,6 +11,7 @@ logprobs sent so far).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -123,6 +124,7 @@ def native_router(state: ServerState) -> APIRouter:
 
     @router.post("/generate", response_model=None)
     async def generate(req: GenerateRequest) -> Any:
+        started = time.perf_counter()
         if (req.text is None) == (req.input_ids is None):
             raise ApiError(400, "give exactly one of text and input_ids")
         if req.text is not None:
@@ -142,22 +144,35 @@ def native_router(state: ServerState) -> APIRouter:
         if req.stream:
             chunks = await engine.async_generate(**args, stream=True)
             events = _events(
-                chunks, lambda m: with_text(m, req.return_text_in_logprobs), state.config.incremental_streaming_output
+                chunks,
+                lambda m: with_text(m, req.return_text_in_logprobs),
+                state.config.incremental_streaming_output,
+                lambda meta, times: state.metrics.request_done(meta, started, times),
             )
             return StreamingResponse(events, media_type="text/event-stream")
         out = await engine.async_generate(**args)
         outs = out if isinstance(out, list) else [out]
+        for one in outs:
+            state.metrics.request_done(one["meta_info"], started)
         answer = [{**o, "meta_info": with_text(o["meta_info"], req.return_text_in_logprobs)} for o in outs]
         return answer if isinstance(out, list) else answer[0]
 
     return router
 
 
-async def _events(chunks: AsyncIterator[dict[str, Any]], finish_meta: Any, incremental: bool) -> AsyncIterator[str]:
-    """The events of a streamed /generate (see the module docstring)."""
+async def _events(
+    chunks: AsyncIterator[dict[str, Any]], finish_meta: Any, incremental: bool, done: Any
+) -> AsyncIterator[str]:
+    """The events of a streamed /generate (see the module docstring); `done(meta, chunk times)` when
+    it finishes."""
     text, ids, sliced = "", [], {k: [] for k in STREAM_SLICED_KEYS}
+    times: list[float] = []
     try:
         async for chunk in chunks:
+            if chunk["output_ids"]:
+                times.append(time.perf_counter())
+            if chunk["finished"]:
+                done(chunk["meta_info"], times)
             if incremental:
                 yield sse(
                     {

@@ -10,6 +10,7 @@ Request validation and grammar compilation finish before the response starts, so
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -36,6 +37,7 @@ def openai_router(state: ServerState) -> APIRouter:
 
     @router.post("/v1/completions", response_model=None)
     async def completions(req: CompletionRequest) -> dict[str, Any] | StreamingResponse:
+        started = time.perf_counter()
         params = sampling_params(req, "completion")
         texts, id_lists = await _prompts(state, req.prompt)
         logprobs = {
@@ -64,11 +66,10 @@ def openai_router(state: ServerState) -> APIRouter:
                 lp = None if req.logprobs is None else fmt.completion_logprobs(decode, meta, None)
                 return {"text": echoed + chunk["text"], "logprobs": lp}
 
-            events = _stream_events(
-                head, streams, piece, req.n, bool(req.stream_options and req.stream_options.include_usage)
-            )
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            events = _stream_events(state, started, head, streams, piece, req.n, include_usage)
             return StreamingResponse(events, media_type="text/event-stream")
-        outs = await _generate(state, id_lists, params, logprobs)
+        outs = await _generate(state, started, id_lists, params, logprobs)
         choices = [choice(i, out, i // req.n) for i, out in enumerate(outs)]
         return {
             **head,
@@ -78,6 +79,7 @@ def openai_router(state: ServerState) -> APIRouter:
 
     @router.post("/v1/chat/completions", response_model=None)
     async def chat(req: ChatCompletionRequest) -> dict[str, Any] | StreamingResponse:
+        started = time.perf_counter()
         params = sampling_params(req, "chat")
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         prompt = await state.chat_prompt(messages)
@@ -94,9 +96,10 @@ def openai_router(state: ServerState) -> APIRouter:
                 return {"delta": delta, "logprobs": lp}
 
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            events = _stream_events({**head, "object": "chat.completion.chunk"}, streams, piece, req.n, include_usage)
+            chunk_head = {**head, "object": "chat.completion.chunk"}
+            events = _stream_events(state, started, chunk_head, streams, piece, req.n, include_usage)
             return StreamingResponse(events, media_type="text/event-stream")
-        outs = await _generate(state, id_lists, params, logprobs)
+        outs = await _generate(state, started, id_lists, params, logprobs)
         choices = [
             {
                 "index": i,
@@ -123,10 +126,13 @@ async def _prompts(state: ServerState, prompt: Any) -> tuple[list[str | None], l
 
 
 async def _generate(
-    state: ServerState, id_lists: list[list[int]], params: dict[str, Any], logprobs: dict
+    state: ServerState, started: float, id_lists: list[list[int]], params: dict[str, Any], logprobs: dict
 ) -> list[dict]:
     out = await state.engine.async_generate(input_ids=id_lists, sampling_params=params, **logprobs)
-    return out if isinstance(out, list) else [out]
+    outs = out if isinstance(out, list) else [out]
+    for one in outs:
+        state.metrics.request_done(one["meta_info"], started)
+    return outs
 
 
 async def _streams(
@@ -153,13 +159,20 @@ async def _streams(
     return streams
 
 
-async def _stream_events(head: dict, streams: list, piece: Any, n: int, include_usage: bool) -> AsyncIterator[str]:
+async def _stream_events(
+    state: ServerState, arrived: float, head: dict, streams: list, piece: Any, n: int, include_usage: bool
+) -> AsyncIterator[str]:
     """SSE events of OpenAI's stream over the choices' engine streams (see the module docstring)."""
     started: set[int] = set()
     last: dict[int, dict[str, Any]] = {}
+    times: dict[int, list[float]] = {}
     try:
         async for i, chunk in merged(streams):
             last[i] = chunk["meta_info"]
+            if chunk["output_ids"]:
+                times.setdefault(i, []).append(time.perf_counter())
+            if chunk["finished"]:
+                state.metrics.request_done(chunk["meta_info"], arrived, times.get(i))
             finish = fmt.finish_reason(chunk["meta_info"]) if chunk["finished"] else None
             if not (chunk["text"] or finish or i not in started):
                 continue

@@ -18,6 +18,8 @@ class ServerState:
     config: ServerConfig
     started: float = field(default_factory=time.time)
     draining: bool = False  # set on shutdown: new generation requests get 503
+    in_flight: int = 0  # generation requests being answered (event loop only; app._Guard counts them)
+    metrics: Any = None  # metrics.ServerMetrics, made by build_app
 
     @property
     def model_path(self) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from loomlm.runtime.server import ServerConfig, build_app
+from loomlm.runtime.server.lifecycle import GracefulServer
 
 _START_POLLS = 6000  # 10 ms polls while uvicorn binds its socket (a bound on the wait, not a timed check)
 
@@ -29,9 +30,8 @@ class Served:
         self.hits: collections.Counter = collections.Counter()
         self.bodies: dict[str, Any] = {}
         self.shift_input_logprobs = shift_input_logprobs
-        self.server = uvicorn.Server(
-            uvicorn.Config(self._instrumented, host="127.0.0.1", port=0, log_level="warning", interface="asgi3")
-        )
+        config = uvicorn.Config(self._instrumented, host="127.0.0.1", port=0, log_level="warning", interface="asgi3")
+        self.server = GracefulServer(config, self.app.state.loomlm)
         self.thread = threading.Thread(target=self.server.run, name="served", daemon=True)
         self.url = ""
 

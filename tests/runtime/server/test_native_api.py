@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -90,3 +91,22 @@ def test_a_full_queue_sheds_load_and_disconnects_free_everything(engine):
         small.idle_integrity()
     finally:
         small.shutdown()
+
+
+def test_sigterm_drains_in_flight_requests_then_exits(engine):
+    """The first SIGTERM (uvicorn's handler calls `handle_exit`): new generation requests get 503 and
+    /health turns 503, the stream in flight runs to its end, and the server then exits by itself."""
+    with Served(engine) as server, httpx.Client(base_url=server.url, timeout=120) as http:
+        body = {"text": "Count:", "sampling_params": {"max_new_tokens": 24, "ignore_eos": True}, "stream": True}
+        with http.stream("POST", "/generate", json=body) as running:
+            events = running.iter_lines()
+            assert next(events).startswith("data: ")
+            server.server.handle_exit(signal.SIGTERM, None)
+            refused = http.post("/generate", json={"text": "hi", "sampling_params": GREEDY})
+            assert refused.status_code == 503 and "shutting down" in refused.json()["error"]["message"]
+            assert http.get("/health").status_code == 503
+            rest = [line for line in events if line.startswith("data: ")]
+        assert rest[-1] == "data: [DONE]" and json.loads(rest[-2][6:])["meta_info"]["completion_tokens"] == 24
+        server.thread.join(timeout=120)  # a bound on the wait: it exits once nothing is in flight
+        assert not server.thread.is_alive()
+    engine.idle_integrity()
