@@ -135,8 +135,8 @@ class ChatCompletionRequest(_Common):
 
     @model_validator(mode="after")
     def _supported(self) -> ChatCompletionRequest:
-        if self.tools or self.tool_choice not in (None, "none"):
-            raise ValueError("tools and tool_choice are not supported yet")
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            raise ValueError("tool_choice needs tools")
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
         return self

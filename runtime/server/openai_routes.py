@@ -18,6 +18,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from loomlm.runtime.server import openai_format as fmt
+from loomlm.runtime.server import tool_calls as tc
 from loomlm.runtime.server.errors import ApiError, error_body
 from loomlm.runtime.server.openai_protocol import ChatCompletionRequest, CompletionRequest, sampling_params
 from loomlm.runtime.server.state import ServerState
@@ -81,7 +82,21 @@ def openai_router(state: ServerState) -> APIRouter:
     async def chat(req: ChatCompletionRequest) -> dict[str, Any] | StreamingResponse:
         started = time.perf_counter()
         params = sampling_params(req, "chat")
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        messages = tc.history_messages(req.messages)
+        calling = bool(req.tools) and req.tool_choice != "none"
+        if calling:
+            given = [k for k in ("regex", "ebnf", "json_schema", "structural_tag") if k in params]
+            if given:
+                raise ApiError(
+                    400, f"tools cannot be combined with {given[0]} (the tools constrain the output)", "tools"
+                )
+            functions, required = tc.chosen_functions(req.tools, req.tool_choice)
+            params["structural_tag"] = tc.tool_constraint(functions, required, req.parallel_tool_calls is not False)
+            system = tc.tools_prompt(req.tools)
+            if messages and messages[0]["role"] == "system":
+                messages = [{"role": "system", "content": system + "\n\n" + messages[0]["content"]}, *messages[1:]]
+            else:
+                messages = [{"role": "system", "content": system}, *messages]
         prompt = await state.chat_prompt(messages)
         id_lists = await state.encode([prompt])
         logprobs = {"return_logprob": req.logprobs, "top_logprobs_num": req.top_logprobs or 0, "logprob_start_len": -1}
@@ -90,25 +105,43 @@ def openai_router(state: ServerState) -> APIRouter:
         if req.stream:
             streams = await _streams(state, id_lists, params, req.n, logprobs)
 
-            def piece(_i: int, chunk: dict[str, Any], first: bool) -> dict[str, Any]:
-                delta = {"role": "assistant", "content": chunk["text"]} if first else {"content": chunk["text"]}
+            parsers: dict[int, tc.ToolCallParser] = {}
+
+            def piece(i: int, chunk: dict[str, Any], first: bool) -> dict[str, Any]:
+                text, out = chunk["text"], {}
+                if calling:
+                    parser = parsers.setdefault(i, tc.ToolCallParser())
+                    text, calls = parser.feed(text)
+                    text += parser.finish() if chunk["finished"] else ""
+                    if calls:
+                        out["tool_calls"] = calls
+                    if chunk["finished"] and parser.calls:
+                        out["finish_reason"] = "tool_calls"
+                delta = {"role": "assistant", "content": text} if first else {"content": text}
+                if "tool_calls" in out:
+                    delta["tool_calls"] = out.pop("tool_calls")
                 lp = fmt.chat_logprobs(decode, chunk["meta_info"]) if req.logprobs else None
-                return {"delta": delta, "logprobs": lp}
+                return {"delta": delta, "logprobs": lp, **out}
 
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             chunk_head = {**head, "object": "chat.completion.chunk"}
             events = _stream_events(state, started, chunk_head, streams, piece, req.n, include_usage)
             return StreamingResponse(events, media_type="text/event-stream")
         outs = await _generate(state, started, id_lists, params, logprobs)
-        choices = [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": out["text"]},
-                "logprobs": fmt.chat_logprobs(decode, out["meta_info"]) if req.logprobs else None,
-                "finish_reason": fmt.finish_reason(out["meta_info"]),
-            }
-            for i, out in enumerate(outs)
-        ]
+        choices = []
+        for i, out in enumerate(outs):
+            message: dict[str, Any] = {"role": "assistant", "content": out["text"]}
+            finish = fmt.finish_reason(out["meta_info"])
+            if calling:
+                parser = tc.ToolCallParser()
+                content, _ = parser.feed(out["text"])
+                content = (content + parser.finish()).strip()
+                message["content"] = content or None
+                if parser.calls:
+                    message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in parser.calls]
+                    finish = "tool_calls"
+            logprobs_out = fmt.chat_logprobs(decode, out["meta_info"]) if req.logprobs else None
+            choices.append({"index": i, "message": message, "logprobs": logprobs_out, "finish_reason": finish})
         return {**head, "choices": choices, "usage": fmt.usage([outs[0]["meta_info"]], [o["meta_info"] for o in outs])}
 
     return router
@@ -177,6 +210,7 @@ async def _stream_events(
             if not (chunk["text"] or finish or i not in started):
                 continue
             body = piece(i, chunk, i not in started)
+            finish = body.pop("finish_reason", finish) if finish is not None else finish
             started.add(i)
             yield sse({**head, "choices": [{"index": i, **body, "finish_reason": finish}]})
         if include_usage:
