@@ -109,7 +109,8 @@ def test_completion_logprobs_and_echo(client, engine):
         ({"regex": "(unclosed"}, ["regex"]),
         ({"temperature": -1}, ["temperature"]),
         ({"stream_options": {"include_usage": True}}, ["stream_options"]),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, ["tools"]),
+        ({"tools": [{"type": "retrieval"}]}, ["tool"]),
+        ({"tool_choice": "required"}, ["tool_choice needs tools"]),
     ],
 )
 def test_bad_requests_are_400_with_openai_error_bodies(client, extra, words):
