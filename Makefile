@@ -4,7 +4,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.loomlm-installed
 TORCH_PIN ?= torch==2.13.0
-PYTEST_ARGS ?= -m "not slow"
+# Two workers (CI has two cores), a test file per worker, one torch thread each: about half the wall time.
+PYTEST_ARGS ?= -m "not slow" -n 2 --dist loadfile
 
 .PHONY: run test lint setup clean
 
@@ -24,7 +25,7 @@ run: setup
 	$(PY) examples/quickstart.py
 
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

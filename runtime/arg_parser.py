@@ -38,8 +38,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config: type, helps: d
         flag = "--" + f.name.replace("_", "-")
         kind = _scalar_type(hints[f.name]) if not isinstance(hints[f.name], type) else hints[f.name]
         names = [flag, "--model"] if f.name == "model_path" else [flag]
-        if kind is bool:  # argparse's type=bool would read "False" as True
-            parser.add_argument(*names, dest=f.name, action="store_true", default=f.default, help=helps.get(f.name))
+        if kind is bool:  # argparse's type=bool would read "False" as True; a True default gets --no-...
+            action = argparse.BooleanOptionalAction if f.default else "store_true"
+            parser.add_argument(*names, dest=f.name, action=action, default=f.default, help=helps.get(f.name))
             continue
         parser.add_argument(*names, dest=f.name, type=kind, default=f.default, help=helps.get(f.name))
 

@@ -316,8 +316,14 @@ class Engine:
     def abort(self, rid: str) -> None:
         self.core.abort(rid)
 
-    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, tools: list[dict] | None = None
+    ) -> str:
+        """The tokenizer's chat template over `messages` (rendered in jinja's immutable sandbox by
+        transformers: a template that reaches for Python internals raises jinja2's SecurityError)."""
+        return self.tokenizer.apply_chat_template(
+            messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     def flush_cache(self) -> bool:
         """Drop every cached prefix. Only when idle: returns False (and drops nothing) while requests run."""

@@ -203,6 +203,8 @@ class OutputProcessor:
             "cached_tokens": req.cached_tokens,
             "finish_reason": req.finish_reason.to_dict() if final and req.finish_reason else None,
         }
+        if final:
+            meta["queue_time"] = req.queue_time
         if req.logprobs.return_logprob:
             meta["output_token_logprobs"] = list(req.output_token_logprobs)
             meta["input_token_logprobs"] = list(req.input_token_logprobs)

@@ -95,6 +95,8 @@ class Req:
     cache_len: int = 0  # leading tokens whose slots the radix tree owns (locked via last_node)
     last_node: TreeNode | None = None  # radix node this request holds a lock on
     cached_tokens: int = 0  # prompt tokens served from the cache at first admission
+    queued_at: float = 0.0  # scheduler clock when it was queued
+    queue_time: float | None = None  # seconds from queued to first admitted (None: never admitted)
     scored_upto: int = 0  # next prompt position whose input logprob is still to be computed
     skipped: int = 0  # times a later request was admitted first (lpm starvation bound)
     retractions: int = 0

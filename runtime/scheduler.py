@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -51,6 +53,7 @@ class Scheduler:
         policy: str,
         enable_cache: bool,
         stats: EngineStats,
+        clock: Callable[[], float] = time.perf_counter,
     ):
         self.kv_pool = kv_pool
         self.req_pool = req_pool
@@ -59,6 +62,7 @@ class Scheduler:
         self.cache = PrefixCache(kv_pool, req_pool, enable_cache)
         self.policy = SchedulePolicy(policy, enable_cache)
         self.stats = stats
+        self.clock = clock  # for queue times (injectable: tests do not read the wall clock)
         self.waiting: list[Req] = []
         self.running: list[Req] = []  # past their prefill: decode every step
         self.chunked: Req | None = None  # prompt being prefilled chunk by chunk
@@ -71,6 +75,7 @@ class Scheduler:
     # ---- queue management -------------------------------------------------------------------
     def add(self, req: Req) -> None:
         req.arrival = next(self._arrivals)
+        req.queued_at = self.clock()
         req.status = ReqStatus.WAITING
         self.waiting.append(req)
 
@@ -184,6 +189,7 @@ class Scheduler:
             self._alloc(req, match.length, take)
             if not req.admissions:  # what the caller sees: prompt tokens cached when it started
                 req.cached_tokens = match.length
+                req.queue_time = self.clock() - req.queued_at
             req.admissions += 1
             self.stats.cached_prefill_tokens += match.length
             req.status = ReqStatus.RUNNING

@@ -34,7 +34,7 @@ logger = logging.getLogger("loomlm.server")
 
 def build_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
     config = config or ServerConfig()
-    state = ServerState(engine, config, metrics=ServerMetrics(engine))
+    state = ServerState(engine, config, metrics=ServerMetrics(engine, config.log_requests))
     app = FastAPI(title="loomlm", version="0.1.0")
     app.state.loomlm = state
     install_error_handlers(app)
@@ -85,7 +85,8 @@ class _Guard:
         finally:
             route = scope["path"] if scope["path"] in self.routes else "unmatched"
             self.state.metrics.http.labels(route=route, status=str(status[0])).inc()
-            if self.config.log_requests:
+            # answered generation requests log their own line per engine request (metrics.request_done)
+            if self.config.log_requests and (scope["path"] not in _GENERATION_PATHS or status[0] != 200):
                 elapsed = (time.perf_counter() - started) * 1e3
                 logger.info("%s %s %d %.1f ms", scope["method"], scope["path"], status[0], elapsed)
 

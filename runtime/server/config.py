@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loomlm.runtime.server.tool_call_formats import TOOL_CALL_PARSERS
+
 HELP = {
     "host": "address to listen on (loopback by default; 0.0.0.0 exposes the server)",
     "port": "TCP port",
@@ -11,7 +13,10 @@ HELP = {
     "served_model_name": "model id shown by /v1/models and in responses (default: the model file's name)",
     "max_request_bytes": "largest request body accepted (413 beyond it)",
     "max_queued_requests": "generation requests waiting beyond the running ones before 503s (-1: no limit)",
-    "log_requests": "log one line per request (method, path, status, latency)",
+    "log_requests": "log one line per generation request (rid, prompt, cached and output tokens, queue time, "
+    "latency, finish reason) and per other HTTP request (method, path, status, latency)",
+    "tool_call_parser": "how tool calls look in the model's text: hermes (<tool_call>{...}</tool_call>), "
+    "llama3 (bare JSON objects) or mistral ([TOOL_CALLS][...])",
     "incremental_streaming_output": "/generate streams each event's own text and logprobs (SGLang's flag), "
     "not everything so far",
 }
@@ -25,8 +30,9 @@ class ServerConfig:
     served_model_name: str | None = None
     max_request_bytes: int = 32 * 2**20
     max_queued_requests: int = -1
-    log_requests: bool = False
+    log_requests: bool = True
     incremental_streaming_output: bool = False
+    tool_call_parser: str = "hermes"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:  # 0: any free port (tests)
@@ -35,5 +41,9 @@ class ServerConfig:
             raise ValueError(f"max_request_bytes must be positive, got {self.max_request_bytes}")
         if self.max_queued_requests < -1:
             raise ValueError(f"max_queued_requests must be -1 (no limit) or >= 0, got {self.max_queued_requests}")
+        if self.tool_call_parser not in TOOL_CALL_PARSERS:
+            raise ValueError(
+                f"tool_call_parser must be one of {', '.join(TOOL_CALL_PARSERS)}, got {self.tool_call_parser!r}"
+            )
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key must not be empty")

@@ -82,8 +82,10 @@ def openai_router(state: ServerState) -> APIRouter:
     async def chat(req: ChatCompletionRequest) -> dict[str, Any] | StreamingResponse:
         started = time.perf_counter()
         params = sampling_params(req, "chat")
-        messages = tc.history_messages(req.messages)
         calling = bool(req.tools) and req.tool_choice != "none"
+        form = state.tool_format
+        native = calling and state.template_renders_tools
+        messages = tc.history_messages(req.messages, form, native)
         if calling:
             given = [k for k in ("regex", "ebnf", "json_schema", "structural_tag") if k in params]
             if given:
@@ -91,13 +93,12 @@ def openai_router(state: ServerState) -> APIRouter:
                     400, f"tools cannot be combined with {given[0]} (the tools constrain the output)", "tools"
                 )
             functions, required = tc.chosen_functions(req.tools, req.tool_choice)
-            params["structural_tag"] = tc.tool_constraint(functions, required, req.parallel_tool_calls is not False)
-            system = tc.tools_prompt(req.tools)
-            if messages and messages[0]["role"] == "system":
-                messages = [{"role": "system", "content": system + "\n\n" + messages[0]["content"]}, *messages[1:]]
-            else:
-                messages = [{"role": "system", "content": system}, *messages]
-        prompt = await state.chat_prompt(messages)
+            params["structural_tag"] = tc.tool_constraint(
+                form, functions, required, req.parallel_tool_calls is not False
+            )
+            if not native:
+                messages = tc.with_tools_prompt(messages, tc.tools_prompt(req.tools, form))
+        prompt = await state.chat_prompt(messages, req.tools if native else None)
         id_lists = await state.encode([prompt])
         logprobs = {"return_logprob": req.logprobs, "top_logprobs_num": req.top_logprobs or 0, "logprob_start_len": -1}
         head = fmt.head("chatcmpl", "chat.completion", state.model_name)
@@ -110,7 +111,7 @@ def openai_router(state: ServerState) -> APIRouter:
             def piece(i: int, chunk: dict[str, Any], first: bool) -> dict[str, Any]:
                 text, out = chunk["text"], {}
                 if calling:
-                    parser = parsers.setdefault(i, tc.ToolCallParser())
+                    parser = parsers.setdefault(i, tc.ToolCallParser(form))
                     text, calls = parser.feed(text)
                     text += parser.finish() if chunk["finished"] else ""
                     if calls:
@@ -133,9 +134,9 @@ def openai_router(state: ServerState) -> APIRouter:
             message: dict[str, Any] = {"role": "assistant", "content": out["text"]}
             finish = fmt.finish_reason(out["meta_info"])
             if calling:
-                parser = tc.ToolCallParser()
+                parser = tc.ToolCallParser(form)
                 content, _ = parser.feed(out["text"])
-                content = (content + parser.finish()).strip()
+                content = (content + parser.finish()).strip(form.separators)
                 message["content"] = content or None
                 if parser.calls:
                     message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in parser.calls]

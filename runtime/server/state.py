@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jinja2.exceptions import SecurityError, TemplateError
 from starlette.concurrency import run_in_threadpool
 
 from loomlm.runtime.server.config import ServerConfig
+from loomlm.runtime.server.errors import ApiError
+from loomlm.runtime.server.tool_call_formats import ToolCallFormat, tool_call_format
 
 
 @dataclass
@@ -34,6 +38,25 @@ class ServerState:
         tokenizer = self.engine.tokenizer
         return await run_in_threadpool(lambda: [list(tokenizer(t)["input_ids"]) for t in texts])
 
-    async def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
-        """The chat template applied to `messages` (with the generation prompt), on a worker thread."""
-        return await run_in_threadpool(self.engine.apply_chat_template, messages, True)
+    @property
+    def tool_format(self) -> ToolCallFormat:
+        return tool_call_format(self.config.tool_call_parser)
+
+    @property
+    def template_renders_tools(self) -> bool:
+        """Whether the tokenizer's chat template reads `tools` (then it, not loomlm, presents them)."""
+        template = getattr(self.engine.tokenizer, "chat_template", None)
+        return isinstance(template, str) and re.search(r"\btools\b", template) is not None
+
+    async def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict] | None = None) -> str:
+        """The chat template applied to `messages` (with the generation prompt), on a worker thread.
+        The template runs in jinja's sandbox: one that tries to leave it is refused (500, nothing is
+        run); one that raises over the conversation (`raise_exception`) is the caller's 400."""
+        try:
+            return await run_in_threadpool(self.engine.apply_chat_template, messages, True, tools)
+        except SecurityError as exc:
+            raise ApiError(
+                500, f"the model's chat template tried to leave jinja's sandbox and was refused: {exc}", None
+            ) from None
+        except TemplateError as exc:
+            raise ApiError(400, f"the chat template refused the conversation: {exc}", "messages") from None

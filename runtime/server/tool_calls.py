@@ -1,28 +1,27 @@
-"""Tool calling for chat completions: the tools' prompt, the constraint, the parser of the output.
+"""Tool calling for chat completions: the tools' prompt, the constraint, the history, the output parser.
 
-Format (`--tool-call-parser` has one value so far): a call is `<tool_call>{"name": ..., "arguments":
-{...}}</tool_call>` in the assistant's text. When tools are given, a system message (`tools_prompt`)
-lists their JSON signatures and asks for that format, ahead of the conversation's own system message.
-The output is constrained by a structural tag (`tool_constraint`): free text in which `<tool_call>`
-starts a JSON object that must name one of the tools and match its parameter schema; `required` and a
-named tool make the answer exactly one call (the grammar engine holds even a 135M model to valid
+The call format is the server's `--tool-call-parser` (`tool_call_formats`: hermes, llama3, mistral).
+When tools are given, either the chat template renders them itself (a template that reads `tools`, as
+Qwen's and Llama 3.1's do: the conversation and tools go to it as OpenAI gives them) or, for templates
+without tool support (the default model's), a system message (`tools_prompt`) lists the functions'
+JSON signatures and the format, ahead of the conversation's own system message, and past calls and
+tool results are written in the format.
+
+The output is constrained by a structural tag (`tool_constraint`): free text in which the format's
+trigger starts a call that must name one of the tools and match its parameter schema; `required` and
+a named tool make the answer exactly the call(s) (the grammar engine holds even a 135M model to valid
 arguments); with `auto`, `parallel_tool_calls: false` stops after the first call; `none` leaves tools
 out. `ToolCallParser` splits text into content and calls, incrementally for streams (a possible
-`<tool_call>` prefix at the end of the text so far is held back). History: an assistant message's
-`tool_calls` are written back in the same format and `tool` messages become user turns wrapped in
-`<tool_response>`.
+trigger prefix at the end of the text so far is held back).
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 from loomlm.runtime.server.errors import ApiError
-
-OPEN, CLOSE = "<tool_call>", "</tool_call>"
-TOOL_CALL_PARSERS = ("tool_call",)
+from loomlm.runtime.server.tool_call_formats import ToolCallFormat
 
 
 def _functions(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -47,13 +46,12 @@ def _functions(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def tools_prompt(tools: list[dict[str, Any]]) -> str:
-    """The system message that describes the tools and the call format."""
+def tools_prompt(tools: list[dict[str, Any]], form: ToolCallFormat) -> str:
+    """The system message that describes the tools and the call format (templates without tools)."""
     signatures = "\n".join(json.dumps(fn, ensure_ascii=False) for fn in _functions(tools))
     return (
         "You can call functions to help with the request. Their signatures, one JSON object per line:\n"
-        f"<tools>\n{signatures}\n</tools>\n"
-        f'To call one, write {OPEN}{{"name": "<function name>", "arguments": {{<arguments as JSON>}}}}{CLOSE}.'
+        f"<tools>\n{signatures}\n</tools>\n{form.instructions()}"
     )
 
 
@@ -75,77 +73,84 @@ def chosen_functions(tools: list[dict[str, Any]], tool_choice: Any) -> tuple[lis
     )
 
 
-def tool_constraint(functions: list[dict[str, Any]], required: bool, parallel: bool) -> str:
-    """The structural tag (composable format) of free text with calls of `functions`."""
-    tags = [
-        {
-            "type": "tag",
-            "begin": OPEN,
-            "content": {
-                "type": "json_schema",
-                "json_schema": {
-                    "type": "object",
-                    "properties": {"name": {"const": fn["name"]}, "arguments": fn["parameters"]},
-                    "required": ["name", "arguments"],
-                    "additionalProperties": False,
-                },
-            },
-            "end": CLOSE,
-        }
-        for fn in functions
-    ]
-    calls: dict[str, Any]
-    if required:  # the answer is one call, nothing else (as vLLM's "required" and named choices are)
-        calls = tags[0] if len(tags) == 1 else {"type": "or", "elements": tags}
-    else:
-        calls = {"type": "triggered_tags", "triggers": [OPEN], "tags": tags, "stop_after_first": not parallel}
-    return json.dumps({"type": "structural_tag", "format": calls})
+def tool_constraint(form: ToolCallFormat, functions: list[dict[str, Any]], required: bool, parallel: bool) -> str:
+    """The `structural_tag` sampling parameter of text with calls of `functions` in `form`."""
+    return json.dumps({"type": "structural_tag", "format": form.constraint(functions, required, parallel)})
 
 
-def history_messages(messages: list[Any]) -> list[dict[str, str]]:
-    """Chat messages for the template: calls written back in the call format, tool results as user turns."""
+def _past_calls(m: Any) -> list[tuple[str, Any]]:
+    calls = []
+    for call in m.tool_calls or []:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise ApiError(400, "an assistant tool call must have function.name", "messages")
+        try:
+            arguments = json.loads(fn.get("arguments") or "{}")
+        except (TypeError, ValueError):
+            raise ApiError(400, "an assistant tool call's arguments must be a JSON string", "messages") from None
+        calls.append((fn["name"], arguments))
+    return calls
+
+
+def history_messages(messages: list[Any], form: ToolCallFormat, native: bool) -> list[dict[str, Any]]:
+    """Chat messages for the template. `native`: the template renders tools itself, so calls go as
+    OpenAI's `tool_calls` (arguments as objects, as Hugging Face templates read them) and results as
+    `tool` messages; otherwise calls are written in `form` and results become user turns."""
     out = []
     for m in messages:
-        text = m.text()
-        if m.role == "assistant" and m.tool_calls:
-            for call in m.tool_calls:
-                fn = call.get("function") or {}
-                try:
-                    arguments = json.loads(fn.get("arguments") or "{}")
-                except ValueError:
-                    raise ApiError(
-                        400, "an assistant tool call's arguments must be a JSON string", "messages"
-                    ) from None
-                text += OPEN + json.dumps({"name": fn.get("name"), "arguments": arguments}, ensure_ascii=False) + CLOSE
-        if m.role == "tool":
-            out.append({"role": "user", "content": f"<tool_response>\n{text}\n</tool_response>"})
+        text, calls = m.text(), _past_calls(m) if m.role == "assistant" else []
+        if native:
+            message: dict[str, Any] = {"role": m.role, "content": text}
+            if calls:
+                message["tool_calls"] = [
+                    {"id": c.get("id"), "type": "function", "function": {"name": n, "arguments": a}}
+                    for c, (n, a) in zip(m.tool_calls, calls)
+                ]
+            if m.role == "tool" and m.tool_call_id is not None:
+                message["tool_call_id"] = m.tool_call_id
+            out.append(message)
+        elif m.role == "tool":
+            out.append({"role": "user", "content": form.tool_result(text)})
         else:
-            out.append({"role": "system" if m.role == "developer" else m.role, "content": text})
+            out.append(
+                {
+                    "role": "system" if m.role == "developer" else m.role,
+                    "content": text + (form.write(calls) if calls else ""),
+                }
+            )
     return out
 
 
-class ToolCallParser:
-    """Splits assistant text into content and tool calls, incrementally (`feed` per piece, `finish` at
-    the end); `calls` are OpenAI's `tool_calls` entries in order."""
+def with_tools_prompt(messages: list[dict[str, Any]], system: str) -> list[dict[str, Any]]:
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": system + "\n\n" + messages[0]["content"]}, *messages[1:]]
+    return [{"role": "system", "content": system}, *messages]
 
-    def __init__(self) -> None:
+
+class ToolCallParser:
+    """Splits assistant text into content and tool calls of `form`, incrementally (`feed` per piece,
+    `finish` at the end); `calls` are OpenAI's `tool_calls` entries in order."""
+
+    def __init__(self, form: ToolCallFormat) -> None:
+        self.form = form
         self.buffer = ""
         self.inside = False
         self.calls: list[dict[str, Any]] = []
 
     def feed(self, text: str) -> tuple[str, list[dict[str, Any]]]:
         """(content that is surely not part of a call, calls completed by this piece)."""
+        trigger, keeps = self.form.trigger, self.form.keeps_trigger
         self.buffer += text
         content, done = "", []
         while True:
             if not self.inside:
-                at = self.buffer.find(OPEN)
+                at = self.buffer.find(trigger)
                 if at < 0:
                     keep = next(
                         (
                             k
-                            for k in range(min(len(OPEN) - 1, len(self.buffer)), 0, -1)
-                            if OPEN.startswith(self.buffer[-k:])
+                            for k in range(min(len(trigger) - 1, len(self.buffer)), 0, -1)
+                            if trigger.startswith(self.buffer[-k:])
                         ),
                         0,
                     )
@@ -153,36 +158,30 @@ class ToolCallParser:
                     self.buffer = self.buffer[len(self.buffer) - keep :]
                     return content, done
                 content += self.buffer[:at]
-                self.buffer, self.inside = self.buffer[at + len(OPEN) :], True
+                self.buffer, self.inside = self.buffer[at if keeps else at + len(trigger) :], True
             else:
-                end = self.buffer.find(CLOSE)
-                if end < 0:
+                taken = self.form.take(self.buffer)
+                if taken is None:
                     return content, done
-                call = self._call(self.buffer[:end])
-                if call is None:  # not a call after all: its text is content
-                    content += OPEN + self.buffer[: end + len(CLOSE)]
+                calls, used = taken
+                if calls is None:  # not a call after all: its text is content
+                    content += ("" if keeps else trigger) + self.buffer[:used]
                 else:
-                    done.append(call)
-                self.buffer, self.inside = self.buffer[end + len(CLOSE) :], False
+                    done.extend(self._call(name, arguments) for name, arguments in calls)
+                self.buffer, self.inside = self.buffer[used:], False
 
     def finish(self) -> str:
         """The text held back at the end (an unfinished call is content)."""
-        rest = (OPEN if self.inside else "") + self.buffer
+        rest = (self.form.trigger if self.inside and not self.form.keeps_trigger else "") + self.buffer
         self.buffer, self.inside = "", False
         return rest
 
-    def _call(self, raw: str) -> dict[str, Any] | None:
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return None
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-            return None
+    def _call(self, name: str, arguments: Any) -> dict[str, Any]:
         call = {
             "index": len(self.calls),
-            "id": f"call_{uuid.uuid4().hex[:24]}",
+            "id": self.form.call_id(),
             "type": "function",
-            "function": {"name": body["name"], "arguments": json.dumps(body.get("arguments", {}), ensure_ascii=False)},
+            "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
         }
         self.calls.append(call)
         return call

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -16,7 +18,8 @@ def _samples(text: str) -> dict[tuple[str, tuple], float]:
     }
 
 
-def test_metrics_count_requests_tokens_and_statuses_exactly(engine):
+def test_metrics_count_requests_tokens_and_statuses_exactly(engine, caplog):
+    caplog.set_level(logging.INFO, logger="loomlm.server")
     body = {"prompt": "Hello there", "max_tokens": 5, "temperature": 0}
     with Served(engine) as server, httpx.Client(base_url=server.url) as http:
         plain = [http.post("/v1/completions", json=body).json()["usage"] for _ in range(2)]
@@ -30,6 +33,7 @@ def test_metrics_count_requests_tokens_and_statuses_exactly(engine):
     assert samples[("loomlm:generation_tokens_total", ())] == 5 * 3 + 3
     assert samples[("loomlm:request_success_total", (("finished_reason", "length"),))] == 4
     assert samples[("loomlm:e2e_request_latency_seconds_count", ())] == 4
+    assert samples[("loomlm:queue_time_seconds_count", ())] == 4
     assert samples[("loomlm:time_to_first_token_seconds_count", ())] == 1  # the streamed one
     assert samples[("loomlm:inter_token_latency_seconds_count", ())] >= 1
     assert samples[("loomlm:http_requests_total", (("route", "/v1/completions"), ("status", "200")))] == 3
@@ -37,3 +41,7 @@ def test_metrics_count_requests_tokens_and_statuses_exactly(engine):
     assert samples[("loomlm:http_requests_total", (("route", "/generate"), ("status", "200")))] == 1
     assert samples[("loomlm:num_running_reqs", ())] == 0 and samples[("loomlm:num_queue_reqs", ())] == 0
     assert 0 <= samples[("loomlm:cache_hit_rate", ())] <= 1
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("request ")]
+    assert len(lines) == 4 and all("finish length" in line and "output" in line for line in lines)
+    assert f"request {native['meta_info']['id']}: prompt {native['meta_info']['prompt_tokens']}," in lines[-1]
+    assert any("POST /v1/completions 400" in r.getMessage() for r in caplog.records)

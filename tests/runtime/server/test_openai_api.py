@@ -30,7 +30,7 @@ def server(engine):
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="none")
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
 
 
 def test_chat_streamed_equals_non_streamed_with_usage(client):
@@ -82,7 +82,7 @@ def test_n_choices_with_a_seed_repeat_and_add_up(client):
 
 def test_async_client_streams_a_completion(server):
     async def run() -> tuple[str, str]:
-        async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="none") as aclient:
+        async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0) as aclient:
             ask = dict(model="m", prompt="Once upon a time", max_tokens=10, temperature=0)
             plain = await aclient.completions.create(**ask)
             text = "".join([c.choices[0].text async for c in await aclient.completions.create(**ask, stream=True)])
