@@ -160,6 +160,10 @@ class GrammarCache:
 def _as_grammar_error(spec: GrammarSpec, exc: Exception) -> tuple[GrammarError, bool]:
     """(the error a waiter gets, whether the cache may keep it: only deterministic failures)."""
     if isinstance(exc, GrammarError):
+        if spec.kind not in str(exc):  # the message names what was refused (a caller may send several)
+            named = type(exc)(f"invalid {spec.kind}: {exc}")
+            named.__cause__ = exc
+            exc = named
         return exc, not isinstance(exc, GrammarTimeoutError)
     if isinstance(exc, RecursionError):
         return GrammarError(f"{spec.kind} is nested too deeply to compile"), True

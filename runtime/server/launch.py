@@ -54,7 +54,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         app = build_app(engine, server_config)
         state = app.state.loomlm
-        logger.info("serving %s at http://%s:%d", state.model_name, server_config.host, server_config.port)
+        logger.info("serving %s", state.model_name)
         config = uvicorn.Config(app, host=server_config.host, port=server_config.port, log_level="warning")
         GracefulServer(config, state).run()
     finally:

@@ -15,12 +15,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from loomlm.runtime.engine_outputs import STREAM_SLICED_KEYS
+from loomlm.runtime.server.disconnect import unless_disconnected
 from loomlm.runtime.server.errors import ApiError, error_body
 from loomlm.runtime.server.state import ServerState
 from loomlm.runtime.server.streaming import sse
@@ -123,7 +124,7 @@ def native_router(state: ServerState) -> APIRouter:
         return {"text": await run_in_threadpool(engine.tokenizer.decode, req.tokens)}
 
     @router.post("/generate", response_model=None)
-    async def generate(req: GenerateRequest) -> Any:
+    async def generate(req: GenerateRequest, request: Request) -> Any:
         started = time.perf_counter()
         if (req.text is None) == (req.input_ids is None):
             raise ApiError(400, "give exactly one of text and input_ids")
@@ -150,7 +151,7 @@ def native_router(state: ServerState) -> APIRouter:
                 lambda meta, times: state.metrics.request_done(meta, started, times),
             )
             return StreamingResponse(events, media_type="text/event-stream")
-        out = await engine.async_generate(**args)
+        out = await unless_disconnected(request, engine.async_generate(**args))
         outs = out if isinstance(out, list) else [out]
         for one in outs:
             state.metrics.request_done(one["meta_info"], started)

@@ -14,11 +14,12 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from loomlm.runtime.server import openai_format as fmt
 from loomlm.runtime.server import tool_calls as tc
+from loomlm.runtime.server.disconnect import unless_disconnected
 from loomlm.runtime.server.errors import ApiError, error_body
 from loomlm.runtime.server.openai_protocol import ChatCompletionRequest, CompletionRequest, sampling_params
 from loomlm.runtime.server.state import ServerState
@@ -37,7 +38,7 @@ def openai_router(state: ServerState) -> APIRouter:
         }
 
     @router.post("/v1/completions", response_model=None)
-    async def completions(req: CompletionRequest) -> dict[str, Any] | StreamingResponse:
+    async def completions(req: CompletionRequest, request: Request) -> dict[str, Any] | StreamingResponse:
         started = time.perf_counter()
         params = sampling_params(req, "completion")
         texts, id_lists = await _prompts(state, req.prompt)
@@ -70,7 +71,7 @@ def openai_router(state: ServerState) -> APIRouter:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             events = _stream_events(state, started, head, streams, piece, req.n, include_usage)
             return StreamingResponse(events, media_type="text/event-stream")
-        outs = await _generate(state, started, id_lists, params, logprobs)
+        outs = await _generate(state, request, started, id_lists, params, logprobs)
         choices = [choice(i, out, i // req.n) for i, out in enumerate(outs)]
         return {
             **head,
@@ -79,7 +80,7 @@ def openai_router(state: ServerState) -> APIRouter:
         }
 
     @router.post("/v1/chat/completions", response_model=None)
-    async def chat(req: ChatCompletionRequest) -> dict[str, Any] | StreamingResponse:
+    async def chat(req: ChatCompletionRequest, request: Request) -> dict[str, Any] | StreamingResponse:
         started = time.perf_counter()
         params = sampling_params(req, "chat")
         calling = bool(req.tools) and req.tool_choice != "none"
@@ -128,7 +129,7 @@ def openai_router(state: ServerState) -> APIRouter:
             chunk_head = {**head, "object": "chat.completion.chunk"}
             events = _stream_events(state, started, chunk_head, streams, piece, req.n, include_usage)
             return StreamingResponse(events, media_type="text/event-stream")
-        outs = await _generate(state, started, id_lists, params, logprobs)
+        outs = await _generate(state, request, started, id_lists, params, logprobs)
         choices = []
         for i, out in enumerate(outs):
             message: dict[str, Any] = {"role": "assistant", "content": out["text"]}
@@ -160,9 +161,15 @@ async def _prompts(state: ServerState, prompt: Any) -> tuple[list[str | None], l
 
 
 async def _generate(
-    state: ServerState, started: float, id_lists: list[list[int]], params: dict[str, Any], logprobs: dict
+    state: ServerState,
+    request: Request,
+    started: float,
+    id_lists: list[list[int]],
+    params: dict[str, Any],
+    logprobs: dict,
 ) -> list[dict]:
-    out = await state.engine.async_generate(input_ids=id_lists, sampling_params=params, **logprobs)
+    work = state.engine.async_generate(input_ids=id_lists, sampling_params=params, **logprobs)
+    out = await unless_disconnected(request, work)
     outs = out if isinstance(out, list) else [out]
     for one in outs:
         state.metrics.request_done(one["meta_info"], started)
