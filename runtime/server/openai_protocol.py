@@ -3,8 +3,9 @@
 Unknown fields are refused (400 naming the field), so a constraint loomlm does not know never yields
 silently unconstrained output; a few fields OpenAI clients send for bookkeeping only (`user`,
 `metadata`, `store`, `service_tier`) are accepted and ignored. SGLang's extension fields (`regex`,
-`ebnf`, `json_schema`, `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`, ...), which the `openai`
-client sends through `extra_body`, sit next to the standard ones. `sampling_params` maps a request to
+`ebnf`, `json_schema`, `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`, `rid`, ...) and vLLM's
+names for constraints (`guided_json`, `guided_regex`, `guided_choice`), which the `openai` client sends
+through `extra_body`, sit next to the standard ones. `sampling_params` maps a request to
 the engine's sampling-parameter dict; `SamplingParams` validates it.
 """
 
@@ -78,7 +79,12 @@ class _Common(BaseModel):
     stop_token_ids: list[int] | None = None
     ignore_eos: bool | None = None
     skip_special_tokens: bool | None = None
-    rid: str | None = None
+    rid: str | None = None  # the engine request's id (abort it with /abort_request); `rid-i` for several
+    # vLLM's names of the same constraints: guided_json is json_schema, guided_regex is regex,
+    # guided_choice is choices (the output is exactly one of the strings)
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
 
     @model_validator(mode="after")
     def _options_need_stream(self) -> _Common:
@@ -154,6 +160,9 @@ _EXTENSIONS = (
 )
 
 
+_VLLM_CONSTRAINTS = (("guided_json", "json_schema"), ("guided_regex", "regex"), ("guided_choice", "choices"))
+
+
 def sampling_params(req: _Common, kind: str) -> dict[str, Any]:
     """The engine sampling parameters of an OpenAI request (`kind`: "completion" or "chat")."""
     limit = getattr(req, "max_completion_tokens", None) or req.max_tokens or DEFAULT_MAX_TOKENS[kind]
@@ -169,6 +178,13 @@ def sampling_params(req: _Common, kind: str) -> dict[str, Any]:
         value = getattr(req, name)
         if value is not None:
             params[name] = value if isinstance(value, str) else json.dumps(value)
+    for alias, name in _VLLM_CONSTRAINTS:
+        value = getattr(req, alias)
+        if value is None:
+            continue
+        if name in params:
+            raise ApiError(400, f"give one of {alias} and {name} (they are the same constraint)", alias)
+        params[name] = json.dumps(value) if isinstance(value, dict) else value
     fmt = req.response_format
     if fmt is not None and fmt.type != "text":
         if "json_schema" in params:

@@ -60,7 +60,7 @@ def openai_router(state: ServerState) -> APIRouter:
             }
 
         if req.stream:
-            streams = await _streams(state, id_lists, params, req.n, logprobs)
+            streams = await _streams(state, id_lists, params, req.n, logprobs, req.rid)
 
             def piece(i: int, chunk: dict[str, Any], first: bool) -> dict[str, Any]:
                 echoed = texts[i // req.n] if req.echo and first else ""
@@ -71,7 +71,7 @@ def openai_router(state: ServerState) -> APIRouter:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             events = _stream_events(state, started, head, streams, piece, req.n, include_usage)
             return StreamingResponse(events, media_type="text/event-stream")
-        outs = await _generate(state, request, started, id_lists, params, logprobs)
+        outs = await _generate(state, request, started, id_lists, params, logprobs, req.rid)
         choices = [choice(i, out, i // req.n) for i, out in enumerate(outs)]
         return {
             **head,
@@ -105,7 +105,7 @@ def openai_router(state: ServerState) -> APIRouter:
         head = fmt.head("chatcmpl", "chat.completion", state.model_name)
         decode = state.engine.tokenizer.decode
         if req.stream:
-            streams = await _streams(state, id_lists, params, req.n, logprobs)
+            streams = await _streams(state, id_lists, params, req.n, logprobs, req.rid)
 
             parsers: dict[int, tc.ToolCallParser] = {}
 
@@ -129,7 +129,7 @@ def openai_router(state: ServerState) -> APIRouter:
             chunk_head = {**head, "object": "chat.completion.chunk"}
             events = _stream_events(state, started, chunk_head, streams, piece, req.n, include_usage)
             return StreamingResponse(events, media_type="text/event-stream")
-        outs = await _generate(state, request, started, id_lists, params, logprobs)
+        outs = await _generate(state, request, started, id_lists, params, logprobs, req.rid)
         choices = []
         for i, out in enumerate(outs):
             message: dict[str, Any] = {"role": "assistant", "content": out["text"]}
@@ -167,8 +167,9 @@ async def _generate(
     id_lists: list[list[int]],
     params: dict[str, Any],
     logprobs: dict,
+    rid: str | None,
 ) -> list[dict]:
-    work = state.engine.async_generate(input_ids=id_lists, sampling_params=params, **logprobs)
+    work = state.engine.async_generate(input_ids=id_lists, sampling_params=params, rid=rid, **logprobs)
     out = await unless_disconnected(request, work)
     outs = out if isinstance(out, list) else [out]
     for one in outs:
@@ -177,21 +178,31 @@ async def _generate(
 
 
 async def _streams(
-    state: ServerState, id_lists: list[list[int]], params: dict[str, Any], n: int, logprobs: dict
+    state: ServerState,
+    id_lists: list[list[int]],
+    params: dict[str, Any],
+    n: int,
+    logprobs: dict,
+    rid: str | None,
 ) -> list:
     """One engine stream per choice (prompt-major, as a non-streamed request orders them), each copy
-    seeded as the engine seeds the copies of one request. All are validated and compiled before the
-    first is started: a refusal leaves nothing running."""
+    seeded as the engine seeds the copies of one request and named as the engine names them (`rid`,
+    or `rid-i` for several). All are validated and compiled before the first is started: a refusal
+    leaves nothing running."""
     streams = []
     one = {k: v for k, v in params.items() if k != "n"}
+    total = len(id_lists) * n
     try:
         for ids in id_lists:
             for copy in range(n):
+                one_rid = None if rid is None else (rid if total == 1 else f"{rid}-{len(streams)}")
                 seeded = (
                     one if one.get("seed") is None else {**one, "seed": (one["seed"] + SEED_STRIDE * copy) & 0x7FFFFFFF}
                 )
                 streams.append(
-                    await state.engine.async_generate(input_ids=ids, sampling_params=seeded, stream=True, **logprobs)
+                    await state.engine.async_generate(
+                        input_ids=ids, sampling_params=seeded, stream=True, rid=one_rid, **logprobs
+                    )
                 )
     except BaseException:
         for stream in streams:

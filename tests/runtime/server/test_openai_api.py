@@ -128,3 +128,40 @@ def test_prompt_over_the_context_and_unknown_routes(server, engine):
     missing = httpx.get(server.url + "/v2/nothing")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == 404
     assert httpx.post(server.url + "/v1/completions", content=b"{not json").status_code == 400
+
+
+def test_vllm_constraint_names_constrain_the_output(client):
+    picked = client.chat.completions.create(
+        model="m", messages=CHAT, max_tokens=5, temperature=0, extra_body={"guided_choice": ["alpha", "beta"]}
+    )
+    assert picked.choices[0].message.content in ("alpha", "beta")
+    digits = client.completions.create(
+        model="m", prompt="Year:", max_tokens=8, temperature=0, extra_body={"guided_regex": r"[12]\d{3}"}
+    )
+    assert len(digits.choices[0].text) == 4 and digits.choices[0].text.isdigit()
+    shaped = client.chat.completions.create(
+        model="m", messages=CHAT, max_tokens=40, temperature=0, extra_body={"guided_json": SCHEMA}
+    )
+    jsonschema.validate(json.loads(shaped.choices[0].message.content), SCHEMA)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="m", messages=CHAT, max_tokens=4, extra_body={"regex": "a", "guided_regex": "b"}
+        )
+    assert info.value.body["param"] == "guided_regex"
+
+
+def test_a_named_request_is_aborted_by_its_rid(server):
+    """`rid` names the engine request, so `/abort_request` stops it: the stream ends with an error event
+    saying so, then [DONE], and nothing is left running."""
+    body = {"model": "m", "prompt": "Count:", "max_tokens": 1500, "ignore_eos": True, "stream": True, "rid": "r-abort"}
+    with httpx.Client(base_url=server.url, timeout=120) as http:
+        with http.stream("POST", "/v1/completions", json=body) as answer:
+            lines = answer.iter_lines()
+            assert json.loads(next(line for line in lines if line.startswith("data: "))[6:])["choices"]
+            assert http.post("/abort_request", json={"rid": "r-abort"}).status_code == 200
+            rest = [line[6:] for line in lines if line.startswith("data: ")]
+        assert rest[-1] == "[DONE]" and "aborted" in json.loads(rest[-2])["error"]["message"]
+        for _ in range(10_000):  # a bound on polls of server state, not a timer
+            if http.get("/get_load").json()["num_reqs"] == 0:
+                break
+        assert http.get("/get_load").json()["num_reqs"] == 0
