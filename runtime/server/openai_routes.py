@@ -24,6 +24,7 @@ from loomlm.runtime.server.errors import ApiError, error_body
 from loomlm.runtime.server.openai_protocol import ChatCompletionRequest, CompletionRequest, sampling_params
 from loomlm.runtime.server.state import ServerState
 from loomlm.runtime.server.streaming import SEED_STRIDE, merged, sse
+from loomlm.runtime.server.tool_call_parser import ToolCallParser
 
 
 def openai_router(state: ServerState) -> APIRouter:
@@ -107,18 +108,20 @@ def openai_router(state: ServerState) -> APIRouter:
         if req.stream:
             streams = await _streams(state, id_lists, params, req.n, logprobs, req.rid)
 
-            parsers: dict[int, tc.ToolCallParser] = {}
+            parsers: dict[int, ToolCallParser] = {}
 
             def piece(i: int, chunk: dict[str, Any], first: bool) -> dict[str, Any]:
                 text, out = chunk["text"], {}
                 if calling:
-                    parser = parsers.setdefault(i, tc.ToolCallParser(form))
+                    parser = parsers.setdefault(i, ToolCallParser(form))
                     text, calls = parser.feed(text)
-                    text += parser.finish() if chunk["finished"] else ""
+                    if chunk["finished"]:
+                        rest, last = parser.finish()
+                        text, calls = text + rest, calls + last
+                        if parser.calls and fmt.finish_reason(chunk["meta_info"]) != "length":
+                            out["finish_reason"] = "tool_calls"
                     if calls:
                         out["tool_calls"] = calls
-                    if chunk["finished"] and parser.calls:
-                        out["finish_reason"] = "tool_calls"
                 delta = {"role": "assistant", "content": text} if first else {"content": text}
                 if "tool_calls" in out:
                     delta["tool_calls"] = out.pop("tool_calls")
@@ -135,13 +138,13 @@ def openai_router(state: ServerState) -> APIRouter:
             message: dict[str, Any] = {"role": "assistant", "content": out["text"]}
             finish = fmt.finish_reason(out["meta_info"])
             if calling:
-                parser = tc.ToolCallParser(form)
+                parser = ToolCallParser(form)
                 content, _ = parser.feed(out["text"])
-                content = (content + parser.finish()).strip(form.separators)
+                content = (content + parser.finish()[0]).strip(form.separators)
                 message["content"] = content or None
                 if parser.calls:
                     message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in parser.calls]
-                    finish = "tool_calls"
+                    finish = "tool_calls" if finish != "length" else finish
             logprobs_out = fmt.chat_logprobs(decode, out["meta_info"]) if req.logprobs else None
             choices.append({"index": i, "message": message, "logprobs": logprobs_out, "finish_reason": finish})
         return {**head, "choices": choices, "usage": fmt.usage([outs[0]["meta_info"]], [o["meta_info"] for o in outs])}

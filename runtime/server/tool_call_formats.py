@@ -12,7 +12,8 @@
 Each format gives the instruction for the tools prompt, the structural-tag format that constrains
 calls (a call names one of the functions and its arguments match that function's schema), the text
 of past calls for the history, and `take`, which reads calls off text that starts right after the
-format's trigger.
+format's trigger. For streams, `first_object` and `after_object` give the layout of the calls' JSON
+objects after the trigger, so argument text can be sent as it is written (`tool_call_parser`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import secrets
 import string
 import uuid
 from typing import Any
+
+from loomlm.runtime.server.tool_call_scan import json_extent, skip_whitespace
 
 Call = tuple[str, Any]  # (function name, arguments as a JSON value)
 
@@ -38,31 +41,6 @@ def _call_object(fn: dict[str, Any], arguments_key: str) -> dict[str, Any]:
 
 def _one_of(formats: list[dict[str, Any]]) -> dict[str, Any]:
     return formats[0] if len(formats) == 1 else {"type": "or", "elements": formats}
-
-
-def _json_extent(text: str, start: int) -> int | None:
-    """End of the JSON object or array that opens at `text[start]`, None if the text ends first.
-    Only strings and brackets are followed (a `</tool_call>` inside a string is not an end), so the
-    answer for a prefix of a text agrees with the answer for the text."""
-    depth, in_string, escaped = 0, False, False
-    for i in range(start, len(text)):
-        c = text[i]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif c == "\\":
-                escaped = True
-            elif c == '"':
-                in_string = False
-        elif c == '"':
-            in_string = True
-        elif c in "{[":
-            depth += 1
-        elif c in "}]":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-    return None
 
 
 def _parsed(text: str) -> Any:
@@ -84,6 +62,7 @@ class ToolCallFormat:
     trigger = ""  # text that starts calls in free output
     keeps_trigger = False  # the trigger is part of the call's own text (llama3's JSON object)
     separators = " \n"  # content made of these alone, around calls, is no content
+    arguments_keys = ("arguments", "parameters")  # where a call object keeps its arguments, preferred first
 
     def instructions(self) -> str:
         raise NotImplementedError
@@ -104,6 +83,16 @@ class ToolCallFormat:
         """Calls at the start of `text` (which follows the trigger, or starts with it if kept):
         None while they may still be incomplete, else (the calls, or None when the text is not a
         call after all; characters used)."""
+        raise NotImplementedError
+
+    def first_object(self, text: str) -> int | None:
+        """Where the first call object (`{`) of `text` (as `take` gets it) starts; None while unknown;
+        -1 when the text does not start with call objects as the format lays them out."""
+        raise NotImplementedError
+
+    def after_object(self, text: str, end: int) -> tuple[str, int] | None:
+        """After a call object that ends at `end`: ("next", start of the next call object), ("end",
+        end of the calls' text: the rest is content again), or None while unknown."""
         raise NotImplementedError
 
     def call_id(self) -> str:
@@ -141,7 +130,7 @@ class HermesFormat(ToolCallFormat):
         start = len(text) - len(text.lstrip())
         if start == len(text):
             return None
-        end = _json_extent(text, start) if text[start] == "{" else start
+        end = json_extent(text, start) if text[start] == "{" else start
         if end is None:
             return None
         after = len(text) - len(text[end:].lstrip())
@@ -153,9 +142,22 @@ class HermesFormat(ToolCallFormat):
         close = text.find(self.close, end)
         return None if close < 0 else (None, close + len(self.close))
 
+    def first_object(self, text: str) -> int | None:
+        start = skip_whitespace(text, 0)
+        return None if start == len(text) else (start if text[start] == "{" else -1)
+
+    def after_object(self, text: str, end: int) -> tuple[str, int] | None:
+        after = skip_whitespace(text, end)
+        if text.startswith(self.close, after):
+            return "end", after + len(self.close)
+        if self.close.startswith(text[after:]):  # it may still come
+            return None
+        return "end", end
+
 
 class Llama3JsonFormat(ToolCallFormat):
     name, trigger, keeps_trigger = "llama3", '{"name": ', True
+    arguments_keys = ("parameters", "arguments")
     separators = " \n;"
 
     def instructions(self) -> str:
@@ -182,11 +184,17 @@ class Llama3JsonFormat(ToolCallFormat):
         return "; ".join(json.dumps({"name": n, "parameters": a}, ensure_ascii=False) for n, a in calls)
 
     def take(self, text: str) -> tuple[list[Call] | None, int] | None:
-        end = _json_extent(text, 0)
+        end = json_extent(text, 0)
         if end is None:
             return None  # constrained output completes the object; an unfinished one is content at the end
         call = _as_call(_parsed(text[:end]), ("parameters", "arguments"))
         return ([call] if call else None), end
+
+    def first_object(self, text: str) -> int | None:
+        return 0  # the trigger is the object's own start
+
+    def after_object(self, text: str, end: int) -> tuple[str, int] | None:
+        return "end", end  # several calls are separate objects, each after its own trigger
 
 
 class MistralFormat(ToolCallFormat):
@@ -225,7 +233,7 @@ class MistralFormat(ToolCallFormat):
             return None
         if text[start] not in "[{":  # decided by one character, so however the text arrives
             return None, start
-        end = _json_extent(text, start)
+        end = json_extent(text, start)
         if end is None:
             return None
         value = _parsed(text[start:end])
@@ -234,6 +242,30 @@ class MistralFormat(ToolCallFormat):
         if not calls or None in calls:
             return None, end
         return calls, end  # type: ignore[return-value]
+
+    def first_object(self, text: str) -> int | None:
+        start = skip_whitespace(text, 0)
+        if start < len(text) and text[start] == "[":
+            start = skip_whitespace(text, start + 1)
+        if start == len(text):
+            return None
+        return start if text[start] == "{" else -1
+
+    def after_object(self, text: str, end: int) -> tuple[str, int] | None:
+        if text[skip_whitespace(text, 0)] != "[":  # one bare object
+            return "end", end
+        after = skip_whitespace(text, end)
+        if after == len(text):
+            return None
+        if text[after] == "]":
+            return "end", after + 1
+        if text[after] == ",":
+            following = skip_whitespace(text, after + 1)
+            if following == len(text):
+                return None
+            if text[following] == "{":
+                return "next", following
+        return "end", end
 
     def call_id(self) -> str:
         return "".join(secrets.choice(self._ID_CHARS) for _ in range(9))

@@ -11,8 +11,7 @@ The output is constrained by a structural tag (`tool_constraint`): free text in 
 trigger starts a call that must name one of the tools and match its parameter schema; `required` and
 a named tool make the answer exactly the call(s) (the grammar engine holds even a 135M model to valid
 arguments); with `auto`, `parallel_tool_calls: false` stops after the first call; `none` leaves tools
-out. `ToolCallParser` splits text into content and calls, incrementally for streams (a possible
-trigger prefix at the end of the text so far is held back).
+out. `tool_call_parser.ToolCallParser` splits the output into content and calls (streamed: as deltas).
 """
 
 from __future__ import annotations
@@ -125,63 +124,3 @@ def with_tools_prompt(messages: list[dict[str, Any]], system: str) -> list[dict[
     if messages and messages[0]["role"] == "system":
         return [{"role": "system", "content": system + "\n\n" + messages[0]["content"]}, *messages[1:]]
     return [{"role": "system", "content": system}, *messages]
-
-
-class ToolCallParser:
-    """Splits assistant text into content and tool calls of `form`, incrementally (`feed` per piece,
-    `finish` at the end); `calls` are OpenAI's `tool_calls` entries in order."""
-
-    def __init__(self, form: ToolCallFormat) -> None:
-        self.form = form
-        self.buffer = ""
-        self.inside = False
-        self.calls: list[dict[str, Any]] = []
-
-    def feed(self, text: str) -> tuple[str, list[dict[str, Any]]]:
-        """(content that is surely not part of a call, calls completed by this piece)."""
-        trigger, keeps = self.form.trigger, self.form.keeps_trigger
-        self.buffer += text
-        content, done = "", []
-        while True:
-            if not self.inside:
-                at = self.buffer.find(trigger)
-                if at < 0:
-                    keep = next(
-                        (
-                            k
-                            for k in range(min(len(trigger) - 1, len(self.buffer)), 0, -1)
-                            if trigger.startswith(self.buffer[-k:])
-                        ),
-                        0,
-                    )
-                    content += self.buffer[: len(self.buffer) - keep]
-                    self.buffer = self.buffer[len(self.buffer) - keep :]
-                    return content, done
-                content += self.buffer[:at]
-                self.buffer, self.inside = self.buffer[at if keeps else at + len(trigger) :], True
-            else:
-                taken = self.form.take(self.buffer)
-                if taken is None:
-                    return content, done
-                calls, used = taken
-                if calls is None:  # not a call after all: its text is content
-                    content += ("" if keeps else trigger) + self.buffer[:used]
-                else:
-                    done.extend(self._call(name, arguments) for name, arguments in calls)
-                self.buffer, self.inside = self.buffer[used:], False
-
-    def finish(self) -> str:
-        """The text held back at the end (an unfinished call is content)."""
-        rest = (self.form.trigger if self.inside and not self.form.keeps_trigger else "") + self.buffer
-        self.buffer, self.inside = "", False
-        return rest
-
-    def _call(self, name: str, arguments: Any) -> dict[str, Any]:
-        call = {
-            "index": len(self.calls),
-            "id": self.form.call_id(),
-            "type": "function",
-            "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
-        }
-        self.calls.append(call)
-        return call

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loomlm.runtime.server.tool_call_formats import TOOL_CALL_PARSERS, tool_call_format
-from loomlm.runtime.server.tool_calls import ToolCallParser
+from loomlm.runtime.server.tool_call_parser import ToolCallParser
 from tests.runtime.server.served import Served
 
 WEATHER = {
@@ -60,6 +60,8 @@ def test_required_and_named_calls_validate_against_their_tool(client, choice):
 
 
 def test_streamed_call_arrives_as_tool_call_deltas(client):
+    """OpenAI's streamed shape: the index, id and name first (empty arguments), then the arguments'
+    text in fragments as the model writes them; put together, the call the whole answer has."""
     stream = client.chat.completions.create(
         model="m", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=60, temperature=0, stream=True
     )
@@ -67,12 +69,17 @@ def test_streamed_call_arrives_as_tool_call_deltas(client):
     for chunk in stream:
         deltas += chunk.choices[0].delta.tool_calls or []
         finishes.append(chunk.choices[0].finish_reason)
-    assert finishes[-1] == "tool_calls" and [d.index for d in deltas] == [0]
+    assert finishes[-1] == "tool_calls" and {d.index for d in deltas} == {0}
+    head, *fragments = deltas
+    assert head.id.startswith("call_") and head.type == "function" and head.function.arguments == ""
+    assert len(fragments) > 1 and all(d.id is None and d.function.name is None for d in fragments)
     plain = client.chat.completions.create(
         model="m", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=60, temperature=0
     )
-    assert deltas[0].function.name == plain.choices[0].message.tool_calls[0].function.name
-    assert deltas[0].function.arguments == plain.choices[0].message.tool_calls[0].function.arguments
+    call = plain.choices[0].message.tool_calls[0]
+    assert head.function.name == call.function.name
+    assert "".join(d.function.arguments for d in fragments) == call.function.arguments
+    jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
 
 
 def test_history_with_calls_and_results_is_accepted(client):
@@ -100,6 +107,8 @@ def test_history_with_calls_and_results_is_accepted(client):
     assert "nope" in info.value.body["message"]
 
 
+# Pieces of calls written in other orders or cut in odd places (each format's parser must agree with itself).
+ODD = ['{"arguments": {"x": 1}, "name": "f"}', '{"name": "f", ', '"arguments": ', '{"x": 1}', "}", ", "]
 PIECES = {
     "hermes": ["<tool", "_call>", "<tool_call>", '{"name": "f", "arguments": {"x": 1}}', "</tool_call>", "<"],
     "llama3": ['{"na', 'me": ', '{"name": ', '"f", "parameters": {"x": 1}}', "; ", "{", "}"],
@@ -112,41 +121,77 @@ ONE_CALL = {
 }
 
 
+def _parse(form, pieces: list[str]) -> tuple[str, list[dict], list[dict]]:
+    """(content, deltas, calls) of text fed piece by piece."""
+    parser, content, deltas = ToolCallParser(form), "", []
+    for piece in pieces:
+        more, new = parser.feed(piece)
+        content, deltas = content + more, deltas + new
+    rest, last = parser.finish()
+    return content + rest, deltas + last, parser.calls
+
+
+def _joined(deltas: list[dict]) -> list[tuple[str, str]]:
+    """(name, arguments) of each call put together from its deltas; a call's first delta has its id."""
+    calls: dict[int, list[str]] = {}
+    for d in deltas:
+        if "id" in d:
+            assert d["index"] == len(calls) and d["index"] not in calls
+            calls[d["index"]] = [d["function"]["name"], d["function"]["arguments"]]
+        else:
+            calls[d["index"]][1] += d["function"]["arguments"]
+    return [tuple(calls[i]) for i in sorted(calls)]
+
+
 @pytest.mark.parametrize("name", TOOL_CALL_PARSERS)
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(data=st.data())
 def test_parser_gives_the_same_split_however_the_text_arrives(name, data):
+    """Oracle: the text fed whole. Fed in any pieces, the content, the calls and the calls put together
+    from the streamed deltas are the same."""
     form = tool_call_format(name)
-    pieces = data.draw(st.lists(st.sampled_from(["hi ", "x", " ", *PIECES[name]]), max_size=12))
+    pieces = data.draw(st.lists(st.sampled_from(["hi ", "x", " ", *PIECES[name], *ODD]), max_size=12))
     cuts = data.draw(st.lists(st.integers(0, 200), max_size=6))
     text = "".join(pieces)
-    whole = ToolCallParser(form)
-    content, _ = whole.feed(text)
-    content += whole.finish()
+    content, deltas, calls = _parse(form, [text])
     bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
-    split, streamed = ToolCallParser(form), ""
-    for a, b in zip(bounds, bounds[1:]):
-        streamed += split.feed(text[a:b])[0]
-    streamed += split.finish()
+    streamed, split_deltas, split_calls = _parse(form, [text[a:b] for a, b in zip(bounds, bounds[1:])])
     assert streamed == content
-    assert [c["function"] for c in split.calls] == [c["function"] for c in whole.calls]
-    assert all(json.loads(c["function"]["arguments"]) == {"x": 1} for c in whole.calls)
+    wanted = [(c["function"]["name"], c["function"]["arguments"]) for c in calls]
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in split_calls] == wanted
+    assert _joined(split_deltas) == _joined(deltas) == wanted
+    if text in ONE_CALL.values():
+        assert content == "" and [json.loads(a) for _, a in wanted] == [{"x": 1}]
 
 
 @pytest.mark.parametrize("name", TOOL_CALL_PARSERS)
 def test_each_format_reads_back_what_it_writes(name):
     form = tool_call_format(name)
     calls = [("f", {"x": 1}), ("g", {"s": "a</tool_call>]"})]
-    parser = ToolCallParser(form)
-    content, done = parser.feed("Sure. " + form.write(calls))
-    content += parser.finish()
-    assert (
-        content.strip(form.separators) == "Sure."
-        and [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in done] == calls
-    )
-    one = ToolCallParser(form)
-    assert one.feed(ONE_CALL[name])[0] + one.finish() == "" and len(one.calls) == 1
+    content, deltas, done = _parse(form, ["Sure. " + form.write(calls)])
+    assert content.strip(form.separators) == "Sure."
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in done] == calls
+    assert [(n, json.loads(a)) for n, a in _joined(deltas)] == calls
+    content, _, one = _parse(form, [ONE_CALL[name]])
+    assert content == "" and len(one) == 1
     assert len({form.call_id() for _ in range(50)}) == 50
+
+
+@pytest.mark.parametrize("name", TOOL_CALL_PARSERS)
+def test_arguments_stream_character_by_character_and_a_cut_call_keeps_its_text(name):
+    """Fed one character at a time, the header comes as soon as the name is complete, the arguments
+    follow as written; a call cut off (the length limit) is still a call with the text it had."""
+    form = tool_call_format(name)
+    text = form.write([("get_weather", {"city": "Paris", "unit": "C"})])
+    content, deltas, calls = _parse(form, list(text))
+    assert content.strip(form.separators) == "" and len(calls) == 1
+    assert deltas[0]["function"] == {"name": "get_weather", "arguments": ""}
+    assert "".join(d["function"]["arguments"] for d in deltas[1:]) == calls[0]["function"]["arguments"]
+    assert len(deltas) > 10 and json.loads(calls[0]["function"]["arguments"]) == {"city": "Paris", "unit": "C"}
+    cut = text[: text.index("Paris") + 3]
+    content, deltas, calls = _parse(form, list(cut))
+    assert content == "" and calls[0]["function"]["arguments"].endswith('"Par')
+    assert _joined(deltas) == [("get_weather", calls[0]["function"]["arguments"])]
 
 
 @pytest.mark.parametrize("parser", ["llama3", "mistral"])
@@ -166,9 +211,8 @@ def test_llama3_and_mistral_formats_constrain_and_parse_calls(engine, parser):
             for chunk in client.chat.completions.create(**ask, max_tokens=80, temperature=0, stream=True)
             for d in chunk.choices[0].delta.tool_calls or []
         ]
-        assert [(d.function.name, d.function.arguments) for d in deltas] == [
-            (call.function.name, call.function.arguments)
-        ]
+        joined = _joined([d.model_dump(exclude_none=True) for d in deltas])
+        assert joined == [(call.function.name, call.function.arguments)] and len(deltas) > 2
     engine.idle_integrity()
 
 
