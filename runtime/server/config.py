@@ -15,6 +15,7 @@ HELP = {
     "max_queued_requests": "generation requests waiting beyond the running ones before 503s (-1: no limit)",
     "log_requests": "log one line per generation request (rid, prompt, cached and output tokens, queue time, "
     "latency, finish reason) and per other HTTP request (method, path, status, latency)",
+    "max_batch_requests": "engine requests one HTTP request may start (prompts x n); more is a 400",
     "tool_call_parser": "how tool calls look in the model's text: hermes (<tool_call>{...}</tool_call>), "
     "llama3 (bare JSON objects) or mistral ([TOOL_CALLS][...])",
     "incremental_streaming_output": "/generate streams each event's own text and logprobs (SGLang's flag), "
@@ -33,6 +34,7 @@ class ServerConfig:
     log_requests: bool = True
     incremental_streaming_output: bool = False
     tool_call_parser: str = "hermes"
+    max_batch_requests: int = 1024
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:  # 0: any free port (tests)
@@ -45,5 +47,7 @@ class ServerConfig:
             raise ValueError(
                 f"tool_call_parser must be one of {', '.join(TOOL_CALL_PARSERS)}, got {self.tool_call_parser!r}"
             )
+        if self.max_batch_requests <= 0:
+            raise ValueError(f"max_batch_requests must be positive, got {self.max_batch_requests}")
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key must not be empty")

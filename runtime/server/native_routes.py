@@ -128,6 +128,11 @@ def native_router(state: ServerState) -> APIRouter:
         started = time.perf_counter()
         if (req.text is None) == (req.input_ids is None):
             raise ApiError(400, "give exactly one of text and input_ids")
+        many = isinstance(req.text, list) or bool(req.input_ids and isinstance(req.input_ids[0], list))
+        prompts = len(req.text or req.input_ids or []) if many else 1
+        per_prompt = req.sampling_params if isinstance(req.sampling_params, list) else [req.sampling_params or {}]
+        for params in per_prompt:
+            state.check_fanout(prompts, params.get("n", 1), "sampling_params.n")
         if req.text is not None:
             texts = [req.text] if isinstance(req.text, str) else req.text
             ids = await state.encode(texts)

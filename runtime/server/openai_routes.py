@@ -42,6 +42,10 @@ def openai_router(state: ServerState) -> APIRouter:
     async def completions(req: CompletionRequest, request: Request) -> dict[str, Any] | StreamingResponse:
         started = time.perf_counter()
         params = sampling_params(req, "completion")
+        prompt = req.prompt
+        state.check_fanout(
+            len(prompt) if isinstance(prompt, list) and not isinstance(prompt[0], int) else 1, req.n, "n"
+        )
         texts, id_lists = await _prompts(state, req.prompt)
         logprobs = {
             "return_logprob": req.logprobs is not None,

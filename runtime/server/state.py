@@ -33,6 +33,18 @@ class ServerState:
     def model_name(self) -> str:
         return self.config.served_model_name or Path(self.model_path).name
 
+    def check_fanout(self, prompts: int, n: Any, param: str) -> None:
+        """400 unless prompts x n engine requests fit `max_batch_requests` (a non-int `n` is left to the
+        engine's own check)."""
+        limit = self.config.max_batch_requests
+        if isinstance(n, int) and not isinstance(n, bool) and prompts * n > limit:
+            raise ApiError(
+                400,
+                f"this request asks for {prompts * n} generations (prompts x n); a request may ask for at most "
+                f"{limit} (--max-batch-requests)",
+                param,
+            )
+
     async def encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids of `texts`, on a worker thread (the event loop never tokenises)."""
         tokenizer = self.engine.tokenizer

@@ -110,3 +110,18 @@ def test_sigterm_drains_in_flight_requests_then_exits(engine):
         server.thread.join(timeout=120)  # a bound on the wait: it exits once nothing is in flight
         assert not server.thread.is_alive()
     engine.idle_integrity()
+
+
+def test_requests_that_fan_out_past_the_cap_are_400(engine):
+    """prompts x n engine requests per HTTP request are capped (--max-batch-requests): a request for a
+    million copies is refused by name before anything is tokenised or queued."""
+    with Served(engine, max_batch_requests=4) as server, httpx.Client(base_url=server.url) as http:
+        wide = http.post("/v1/completions", json={"prompt": ["a", "b", "c"], "n": 2, "max_tokens": 1})
+        assert wide.status_code == 400 and "max-batch-requests" in wide.json()["error"]["message"]
+        huge = http.post("/generate", json={"text": "a", "sampling_params": {"n": 10**6, "max_new_tokens": 1}})
+        assert huge.status_code == 400 and "1000000 generations" in huge.json()["error"]["message"]
+        many = http.post("/generate", json={"input_ids": [[1]] * 5, "sampling_params": {"max_new_tokens": 1}})
+        assert many.status_code == 400
+        fits = http.post("/v1/completions", json={"prompt": ["a", "b"], "n": 2, "max_tokens": 1})
+        assert fits.status_code == 200 and len(fits.json()["choices"]) == 4
+    engine.idle_integrity()
