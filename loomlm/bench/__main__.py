@@ -7,6 +7,7 @@ import sys
 
 # Benchmark name -> module with a `main(argv) -> int`.
 BENCHMARKS = {
+    "export-hf": "loomlm.bench.export_hf",  # not a benchmark: the default model for peer servers
     "grammar": "loomlm.bench.grammar",
     "grammar-corpus": "loomlm.bench.grammar_corpus",
     "kernels": "loomlm.bench.kernels",
