@@ -14,6 +14,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 LOAD_FORMATS = ("auto", "gguf", "safetensors", "dummy")
 ATTENTION_BACKENDS = ("torch", "triton")
 SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
+CPU_LINEAR_BACKENDS = ("auto", "torch", "onednn")  # see runtime/models/cpu_linear.py
 
 
 JSON_WHITESPACE = ("default", "compact", "flexible")
@@ -47,6 +48,7 @@ class EngineConfig:
     random_seed: int = 0  # seeds dummy weights and unseeded requests
     device: str = "auto"  # auto: cuda when available, else cpu
     cpu_threads: int | None = None  # torch intra-op threads on CPU; None = leave torch's default
+    cpu_linear: str = "auto"  # CPU linear layers: auto (timed once per process) | torch | onednn (packed weights)
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in DTYPES:
@@ -61,6 +63,8 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.cpu_linear not in CPU_LINEAR_BACKENDS:
+            raise ValueError(f"cpu_linear must be one of {CPU_LINEAR_BACKENDS}, got {self.cpu_linear!r}")
         if self.schedule_policy not in SCHEDULE_POLICIES:
             raise ValueError(f"schedule_policy must be one of {SCHEDULE_POLICIES}, got {self.schedule_policy!r}")
         for name in ("disable_radix_cache", "disable_jump_forward", "disable_cuda_graph"):

@@ -12,6 +12,7 @@ from loomlm.runtime.config import EngineConfig
 from loomlm.runtime.cuda_graph import DecodeGraphRunner
 from loomlm.runtime.forward_context import ForwardContext
 from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
+from loomlm.runtime.models.cpu_linear import choose_cpu_linear, onednn_available
 from loomlm.runtime.models.loader import load_model, resolve_model_path
 from loomlm.runtime.models.ops import create_ops
 
@@ -37,6 +38,7 @@ class ModelRunner:
             )
         except TypeError as exc:  # dataclasses.replace: an override names no model-config field
             raise ValueError(f"json_model_override_args: {exc}") from None
+        self.cpu_linear = self._choose_cpu_linear(config.cpu_linear)
         mc = self.model_config
         model_max = mc.max_position_embeddings
         if config.context_length is not None and config.context_length > model_max:
@@ -69,6 +71,19 @@ class ModelRunner:
                 self.graph_runner = DecodeGraphRunner(self, min(config.cuda_graph_max_bs, config.max_running_requests))
             else:
                 logger.info("CUDA graphs need the triton attention backend; decoding eagerly")
+
+    def _choose_cpu_linear(self, wanted: str) -> str | None:
+        """Which path the linear layers take on CPU (None elsewhere), applied to the model and logged."""
+        if self.device.type != "cpu":
+            return None
+        if wanted == "onednn" and not onednn_available():
+            raise ValueError("cpu_linear 'onednn' needs a torch build with oneDNN (mkldnn)")
+        if wanted == "auto":
+            wanted, why = choose_cpu_linear(self.model.linear_weights())
+            logger.info("CPU linear layers: %s (%s)", wanted, why)
+        if wanted == "onednn":
+            self.model.use_packed_linears()
+        return wanted
 
     @property
     def cuda_graph_replays(self) -> int:

@@ -31,7 +31,7 @@ from loomlm.bench.common import add_model_arguments, resolve_target, use_threads
 from loomlm.bench.offline_decode import WARMUP_TOKENS, engine_kwargs, make_prompts, timed
 from loomlm.bench.offline_decode import log as _log
 from loomlm.bench.report import Measurement, environment, format_table, speedup
-from loomlm.runtime.config import DTYPES
+from loomlm.runtime.config import CPU_LINEAR_BACKENDS, DTYPES
 
 __all__ = ["build_parser", "main", "make_prompts"]
 ATTENTION_BACKEND_CHOICES = ("torch", "triton")
@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="loomlm's attention backend (default: the engine's, triton on CUDA, torch on CPU)",
     )
     p.add_argument("--disable-cuda-graph", action="store_true", help="loomlm: run decode eagerly on CUDA")
+    p.add_argument(
+        "--cpu-linear",
+        choices=CPU_LINEAR_BACKENDS,
+        default="auto",
+        help="loomlm's CPU linear layers: auto (timed at start-up), torch (F.linear) or onednn (packed weights)",
+    )
     p.add_argument(
         "--json-model-override-args",
         default=None,
@@ -212,6 +218,7 @@ def _summary(
         seed=args.seed,
         attention_backend=args.attention_backend or "engine default",
         disable_cuda_graph=args.disable_cuda_graph,
+        cpu_linear=args.cpu_linear,
         **environment(device),
     )
     return result

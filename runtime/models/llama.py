@@ -20,6 +20,7 @@ from torch import nn
 
 from loomlm.runtime.forward_context import ForwardContext
 from loomlm.runtime.models.config import ModelConfig, RopeScaling
+from loomlm.runtime.models.cpu_linear import PackedLinear, onednn_linear, packed_weight
 from loomlm.runtime.models.ops import TorchOps, TritonOps
 
 Ops = TorchOps | TritonOps
@@ -150,10 +151,33 @@ class LlamaForCausalLM(nn.Module):
         )
         self.rotary = RotaryEmbedding(config)
         self.ops: Ops = TorchOps()
+        # The LM head's oneDNN-packed weight when `use_packed_linears` ran (a plain tensor attribute:
+        # not a parameter, so the state dict keeps its names).
+        self.head_packed: torch.Tensor | None = None
 
     def use_ops(self, ops: Ops) -> None:
         """Run the element-wise ops with `ops` (e.g. the Triton kernels on CUDA)."""
         self.ops = ops
+
+    def head_weight(self) -> torch.Tensor:
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def linear_weights(self) -> list[torch.Tensor]:
+        """The weights of every projection and of the LM head, [out, in] each."""
+        projections = [m.weight for m in self.modules() if isinstance(m, nn.Linear)]
+        return [*projections, self.head_weight()] if self.lm_head is None else projections
+
+    def use_packed_linears(self) -> None:
+        """Run every projection and the LM head with oneDNN over packed weights (CPU; `cpu_linear`)."""
+        for layer in self.layers:
+            for parent, name in (
+                (layer.attn, "qkv_proj"),
+                (layer.attn, "o_proj"),
+                (layer.mlp, "gate_up_proj"),
+                (layer.mlp, "down_proj"),
+            ):
+                setattr(parent, name, PackedLinear.of(getattr(parent, name)))
+        self.head_packed = packed_weight(self.head_weight())
 
     @torch.inference_mode()
     def forward(self, ctx: ForwardContext) -> torch.Tensor:
@@ -166,8 +190,11 @@ class LlamaForCausalLM(nn.Module):
             h, residual = layer(h, residual, rope, ctx, ops)
         idx = ctx.batch.logits_indices
         h, _ = self.norm(h[idx], ops, residual[idx])  # [N, hidden]
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(h, weight).float()  # [N, vocab]
+        if self.head_packed is None:
+            logits = F.linear(h, self.head_weight())
+        else:
+            logits = onednn_linear(h, self.head_packed, None)
+        return logits.float()  # [N, vocab]
 
     # ------------------------------------------------------------------ weights
 
