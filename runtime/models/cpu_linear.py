@@ -101,11 +101,15 @@ def choose_cpu_linear(
         if key in _choices:
             return _choices[key]
     torch_s = sum(measure("torch", w, batch) for w in weights for batch in _TIMED_BATCHES)
-    onednn_s = sum(measure("onednn", w, batch) for w in weights for batch in _TIMED_BATCHES)
-    backend = "onednn" if onednn_s < _MARGIN * torch_s else "torch"
-    reason = (
-        f"oneDNN packed {onednn_s * 1e3:.2f} ms vs torch F.linear {torch_s * 1e3:.2f} ms over "
-        f"{len(weights)} {str(key[0]).removeprefix('torch.')} weight shapes at batch {_TIMED_BATCHES}"
-    )
+    try:
+        onednn_s = sum(measure("onednn", w, batch) for w in weights for batch in _TIMED_BATCHES)
+    except RuntimeError as exc:  # a dtype this CPU's oneDNN build cannot pack (float16 on some CPUs)
+        backend, reason = "torch", f"oneDNN failed on these weights: {exc}"
+    else:
+        backend = "onednn" if onednn_s < _MARGIN * torch_s else "torch"
+        reason = (
+            f"oneDNN packed {onednn_s * 1e3:.2f} ms vs torch F.linear {torch_s * 1e3:.2f} ms over "
+            f"{len(weights)} {str(key[0]).removeprefix('torch.')} weight shapes at batch {_TIMED_BATCHES}"
+        )
     with _lock:
         return _choices.setdefault(key, (backend, reason))

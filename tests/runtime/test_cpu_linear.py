@@ -76,3 +76,13 @@ def test_engines_on_either_path_agree(engine):
 def test_a_bad_choice_is_refused_by_name():
     with pytest.raises(ValueError, match="cpu_linear"):
         loomlm.EngineConfig(cpu_linear="mkl")
+
+
+def test_a_path_that_fails_to_pack_is_not_chosen():
+    def measure(kind: str, weight: torch.Tensor, batch: int) -> float:
+        if kind == "onednn":
+            raise RuntimeError("unsupported data type")
+        return 1.0
+
+    backend, why = choose_cpu_linear([torch.zeros(17, 9)], measure)
+    assert backend == "torch" and "unsupported data type" in why
