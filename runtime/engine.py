@@ -34,7 +34,7 @@ from loomlm.runtime.config import EngineConfig
 from loomlm.runtime.constrained import GrammarState
 from loomlm.runtime.detokenizer import IncrementalDetokenizer, StopStringMatcher
 from loomlm.runtime.engine_core import EngineCore
-from loomlm.runtime.engine_outputs import Results, StreamChunks
+from loomlm.runtime.engine_outputs import Results, StreamChunks, member_rid
 from loomlm.runtime.model_runner import ModelRunner
 from loomlm.runtime.request import LogprobOptions, Req, ReqOutput, RequestOptions
 from loomlm.runtime.sampling_params import SamplingParams
@@ -226,8 +226,7 @@ class Engine:
         for ids, params in prepared:
             for copy in range(params.n):
                 i = len(reqs)
-                rid = opts.rid
-                one_rid = None if rid is None else (rid if total == 1 else f"{rid}-{i}")
+                one_rid = member_rid(opts.rid, i, total)
                 reqs.append(self._make_req(ids, params, copy, logprobs, make_sink(i), one_rid, opts, guides))
         return reqs
 

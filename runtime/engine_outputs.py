@@ -22,6 +22,12 @@ from loomlm.runtime.request import ReqOutput
 STREAM_SLICED_KEYS = ("output_token_logprobs", "output_top_logprobs")
 
 
+def member_rid(rid: str | None, i: int, total: int) -> str | None:
+    """The id of request `i` of `total` made by one call named `rid`: the name itself for a single
+    request, `rid-i` for several (None: the engine picks)."""
+    return None if rid is None else (rid if total == 1 else f"{rid}-{i}")
+
+
 def with_logprob_length(meta: dict[str, Any]) -> dict[str, Any]:
     if "output_token_logprobs" in meta:
         meta = {**meta, "output_token_logprobs_length": len(meta["output_token_logprobs"])}

@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from loomlm.runtime.engine_outputs import member_rid
 from loomlm.runtime.server import openai_format as fmt
 from loomlm.runtime.server import tool_calls as tc
 from loomlm.runtime.server.disconnect import unless_disconnected
@@ -202,7 +203,7 @@ async def _streams(
     try:
         for ids in id_lists:
             for copy in range(n):
-                one_rid = None if rid is None else (rid if total == 1 else f"{rid}-{len(streams)}")
+                one_rid = member_rid(rid, len(streams), total)
                 seeded = (
                     one if one.get("seed") is None else {**one, "seed": (one["seed"] + SEED_STRIDE * copy) & 0x7FFFFFFF}
                 )
