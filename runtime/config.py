@@ -49,6 +49,8 @@ class EngineConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     cpu_threads: int | None = None  # torch intra-op threads on CPU; None = leave torch's default
     cpu_linear: str = "auto"  # CPU linear layers: auto (timed once per process) | torch | onednn (packed weights)
+    tp_size: int = 1  # tensor parallel ranks (processes; gloo on CPU, NCCL on CUDA); see runtime/distributed/
+    tp_timeout_s: float = 300.0  # a tensor-parallel collective waiting longer than this fails the step
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in DTYPES:
@@ -59,6 +61,14 @@ class EngineConfig:
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.attention_backend is not None and self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")
+        if not isinstance(self.tp_size, int) or isinstance(self.tp_size, bool) or self.tp_size < 1:
+            raise ValueError(f"tp_size must be a positive integer, got {self.tp_size!r}")
+        if (
+            isinstance(self.tp_timeout_s, bool)
+            or not isinstance(self.tp_timeout_s, (int, float))
+            or self.tp_timeout_s <= 0
+        ):
+            raise ValueError(f"tp_timeout_s must be > 0, got {self.tp_timeout_s!r}")
         for name in ("context_length", "max_total_tokens", "cpu_threads"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):

@@ -363,6 +363,7 @@ class Engine:
 
     def shutdown(self) -> None:
         self.core.shutdown()
+        self.runner.close()
         if self._grammars is not None:
             self._grammars.shutdown()
 

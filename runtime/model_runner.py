@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -10,7 +11,10 @@ from loomlm.runtime.attention import create_attention_backend
 from loomlm.runtime.batch import ScheduledBatch
 from loomlm.runtime.config import EngineConfig
 from loomlm.runtime.cuda_graph import DecodeGraphRunner
-from loomlm.runtime.forward_context import ForwardContext
+from loomlm.runtime.distributed.driver import TensorParallelDriver
+from loomlm.runtime.distributed.group import TensorParallelGroup
+from loomlm.runtime.distributed.plan import TensorParallelPlan
+from loomlm.runtime.forward_context import ForwardBatch, ForwardContext
 from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
 from loomlm.runtime.models.cpu_linear import choose_cpu_linear, onednn_available
 from loomlm.runtime.models.loader import load_model, resolve_model_path
@@ -20,12 +24,21 @@ logger = logging.getLogger(__name__)
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, tp_rank: int = 0, tp_port: int | None = None):
+        """`tp_rank` / `tp_port`: set on ranks 1..N-1 of a tensor-parallel engine (`follower.py`);
+        rank 0 (the default) starts them itself when `config.tp_size` > 1."""
         self.config = config
+        self.tp_rank = tp_rank
+        self.tp_driver: TensorParallelDriver | None = None
+        self.tp_group: TensorParallelGroup | None = None
         self.device = config.resolved_device()
+        if self.device.type == "cuda" and config.tp_size > 1:
+            self.device = torch.device("cuda", tp_rank)  # one GPU per rank
         self.dtype = config.resolved_dtype()
         if self.device.type == "cpu" and config.cpu_threads:
             torch.set_num_threads(config.cpu_threads)
+        elif self.device.type == "cpu" and config.tp_size > 1:  # the ranks share the machine's cores
+            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // config.tp_size))
         self.model_path = resolve_model_path(config.model_path)  # dummy weights still read its config
         try:
             self.model, self.model_config = load_model(
@@ -38,6 +51,27 @@ class ModelRunner:
             )
         except TypeError as exc:  # dataclasses.replace: an override names no model-config field
             raise ValueError(f"json_model_override_args: {exc}") from None
+        mc = self.model_config
+        kv_heads = sizing_kv_heads = mc.num_kv_heads
+        if config.tp_size > 1:
+            plan = TensorParallelPlan.for_rank(mc, tp_rank, config.tp_size)  # a model that cannot split: ValueError
+            self.tp_group = self._join_tensor_parallel(tp_port)
+            self.model.use_tensor_parallel(self.tp_group, plan)
+            kv_heads, sizing_kv_heads = plan.num_kv_heads, plan.max_kv_heads
+        try:
+            self._build(config, kv_heads, sizing_kv_heads)
+        except BaseException:
+            self.close()
+            raise
+
+    def _join_tensor_parallel(self, port: int | None) -> TensorParallelGroup:
+        if self.tp_rank == 0:
+            self.tp_driver = TensorParallelDriver(self.config, self.device)
+            return self.tp_driver.group
+        return TensorParallelGroup(self.tp_rank, self.config.tp_size, port, self.device, self.config.tp_timeout_s)
+
+    def _build(self, config: EngineConfig, kv_heads: int, sizing_kv_heads: int) -> None:
+        """The KV memory, the attention backend and the CPU linear path, after the weights."""
         self.cpu_linear = self._choose_cpu_linear(config.cpu_linear)
         mc = self.model_config
         model_max = mc.max_position_embeddings
@@ -48,18 +82,22 @@ class ModelRunner:
             )
         self.context_length = config.context_length or model_max
         self.vocab_size = mc.vocab_size
-        per_token = KVPool.bytes_per_token(mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype)
+        # Tensor parallel: every rank sizes its pool for the most KV heads a rank holds, and rank 0's
+        # slot count is everyone's (slot indices are rank 0's scheduler's).
+        per_token = KVPool.bytes_per_token(mc.num_layers, sizing_kv_heads, mc.head_dim, self.dtype)
         if config.max_total_tokens is not None:
             num_slots = config.max_total_tokens
         else:
             num_slots = config.kv_pool_budget_bytes(self.device) // per_token
             # Never more than every running request at full context could use.
             num_slots = min(num_slots, config.max_running_requests * self.context_length)
+        if self.tp_group is not None:
+            num_slots = int(self.tp_group.broadcast_ints(torch.tensor([num_slots]))[0])
         if num_slots < 2:
             raise ValueError(
                 f"the KV pool would hold {num_slots} tokens: raise max_total_tokens or mem_fraction_static"
             )
-        self.kv_pool = KVPool(num_slots, mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype, self.device)
+        self.kv_pool = KVPool(num_slots, mc.num_layers, kv_heads, mc.head_dim, self.dtype, self.device)
         self.req_pool = ReqToTokenPool(config.max_running_requests, self.context_length, self.device)
         backend = config.resolved_attention_backend()
         self.attn_backend = create_attention_backend(backend, mc.head_dim**-0.5)
@@ -67,7 +105,9 @@ class ModelRunner:
         logger.info("KV pool: %d token slots (%.1f MiB)", num_slots, num_slots * per_token / 2**20)
         self.graph_runner: DecodeGraphRunner | None = None
         if self.device.type == "cuda" and not config.disable_cuda_graph:
-            if backend == "triton":
+            if config.tp_size > 1:
+                logger.info("CUDA graphs are not captured with tensor parallelism yet; decoding eagerly")
+            elif backend == "triton":
                 self.graph_runner = DecodeGraphRunner(self, min(config.cuda_graph_max_bs, config.max_running_requests))
             else:
                 logger.info("CUDA graphs need the triton attention backend; decoding eagerly")
@@ -95,6 +135,21 @@ class ModelRunner:
         from a CUDA graph returns a view that the next forward overwrites)."""
         if self.graph_runner is not None and self.graph_runner.can_run(batch):
             return self.graph_runner.forward(batch)
+        driver = self.tp_driver
+        if driver is None:
+            return self.forward_local(batch)
+        driver.send_forward(batch, self.req_pool)  # the other ranks run the same forward with theirs
+        return driver.guarded(lambda: self.forward_local(batch))
+
+    @torch.inference_mode()
+    def forward_local(self, batch: ForwardBatch) -> torch.Tensor:
+        """This rank's forward of `batch` (with tensor parallelism, every rank runs it at once)."""
         ctx = ForwardContext(batch.to(self.device), self.kv_pool, self.req_pool, self.attn_backend)
         self.attn_backend.prepare(ctx)
         return self.model(ctx)
+
+    def close(self) -> None:
+        """Stop and reap the other tensor-parallel ranks (rank 0); nothing to do otherwise."""
+        if self.tp_driver is not None:
+            self.tp_driver.close()
+            self.tp_driver = None

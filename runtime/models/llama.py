@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loomlm.runtime.distributed.plan import TensorParallelPlan
+from loomlm.runtime.distributed.sharding import shard_llama
 from loomlm.runtime.forward_context import ForwardContext
 from loomlm.runtime.models.config import ModelConfig, RopeScaling
 from loomlm.runtime.models.cpu_linear import PackedLinear, onednn_linear, packed_weight
 from loomlm.runtime.models.ops import TorchOps, TritonOps
+
+if TYPE_CHECKING:
+    from loomlm.runtime.distributed.group import TensorParallelGroup
 
 Ops = TorchOps | TritonOps
 
@@ -95,6 +100,7 @@ class Attention(nn.Module):
         qkv_out = config.q_size + 2 * config.kv_size
         self.qkv_proj = nn.Linear(config.hidden_size, qkv_out, bias=config.attention_bias, dtype=dtype)
         self.o_proj = nn.Linear(config.q_size, config.hidden_size, bias=config.attention_out_bias, dtype=dtype)
+        self.tp: TensorParallelGroup | None = None  # set by use_tensor_parallel: o_proj is row parallel
 
     def forward(self, x: torch.Tensor, rope: Any, ctx: ForwardContext, ops: Ops) -> torch.Tensor:
         T = x.shape[0]
@@ -104,7 +110,8 @@ class Attention(nn.Module):
         qk = ops.rope(qk.view(T, H + KVH, D), rope)  # q and k in one pass
         q, k = qk.split([H, KVH], dim=1)  # [T, H, D], [T, KVH, D]
         out = ctx.attn_backend.forward(q, k, v.view(T, KVH, D), self.layer_id, ctx)  # [T, H, D]
-        return self.o_proj(out.reshape(T, H * D))
+        out = self.o_proj(out.reshape(T, H * D))
+        return out if self.tp is None else self.tp.all_reduce(out)
 
 
 class MLP(nn.Module):
@@ -113,9 +120,11 @@ class MLP(nn.Module):
         inter = config.intermediate_size
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * inter, bias=config.mlp_bias, dtype=dtype)
         self.down_proj = nn.Linear(inter, config.hidden_size, bias=config.mlp_bias, dtype=dtype)
+        self.tp: TensorParallelGroup | None = None  # set by use_tensor_parallel: down_proj is row parallel
 
     def forward(self, x: torch.Tensor, ops: Ops) -> torch.Tensor:
-        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))  # [T, 2I] -> [T, I]
+        out = self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))  # [T, 2I] -> [T, I] -> [T, hidden]
+        return out if self.tp is None else self.tp.all_reduce(out)
 
 
 class DecoderLayer(nn.Module):
@@ -154,6 +163,32 @@ class LlamaForCausalLM(nn.Module):
         # The LM head's oneDNN-packed weight when `use_packed_linears` ran (a plain tensor attribute:
         # not a parameter, so the state dict keeps its names).
         self.head_packed: torch.Tensor | None = None
+        # Tensor parallel (use_tensor_parallel): the group, this rank's vocabulary range and every
+        # rank's vocabulary width (the LM head's gathered columns).
+        self.tp: TensorParallelGroup | None = None
+        self.vocab_range = (0, config.vocab_size)
+        self.vocab_widths = [config.vocab_size]
+
+    def use_tensor_parallel(self, group: TensorParallelGroup, plan: TensorParallelPlan) -> None:
+        """Keep only `plan`'s share of the weights; the forward then sums and gathers over `group`."""
+        shard_llama(self, plan)
+        self.tp = group
+        for layer in self.layers:
+            layer.attn.tp = layer.mlp.tp = group
+        self.vocab_range = plan.vocab
+        config = self.config
+        self.vocab_widths = [
+            b - a for a, b in (TensorParallelPlan.for_rank(config, r, plan.size).vocab for r in range(plan.size))
+        ]
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[T] ids -> [T, hidden]; vocabulary parallel: each rank looks up its own ids, the sum joins them."""
+        if self.tp is None:
+            return self.embed_tokens(input_ids)
+        start, end = self.vocab_range
+        mine = (input_ids >= start) & (input_ids < end)
+        h = self.embed_tokens((input_ids - start).clamp_(0, end - start - 1))
+        return self.tp.all_reduce(h * mine.unsqueeze(1).to(h.dtype))
 
     def use_ops(self, ops: Ops) -> None:
         """Run the element-wise ops with `ops` (e.g. the Triton kernels on CUDA)."""
@@ -183,7 +218,7 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, ctx: ForwardContext) -> torch.Tensor:
         """Returns float32 logits [N, vocab] for the hidden rows `ctx.batch.logits_indices`."""
         ops = self.ops
-        h = self.embed_tokens(ctx.batch.input_ids)  # [T, hidden]
+        h = self.embed(ctx.batch.input_ids)  # [T, hidden]
         rope = self.rotary.inputs(ctx.batch.positions, h.dtype, ops)
         residual = None
         for layer in self.layers:
@@ -194,6 +229,8 @@ class LlamaForCausalLM(nn.Module):
             logits = F.linear(h, self.head_weight())
         else:
             logits = onednn_linear(h, self.head_packed, None)
+        if self.tp is not None:  # [N, this rank's vocabulary] -> [N, vocab]
+            logits = self.tp.gather_columns(logits, self.vocab_widths)
         return logits.float()  # [N, vocab]
 
     # ------------------------------------------------------------------ weights

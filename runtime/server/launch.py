@@ -1,7 +1,9 @@
 """`loomlm serve` / `python -m loomlm.runtime.server`: load the engine, then serve it with uvicorn.
 
-Every engine argument comes from `EngineConfig` and every server argument from `ServerConfig` (flags
-generated from their fields); both are checked before the model loads.
+Every engine argument comes from `EngineConfig`, every server argument from `ServerConfig` and the
+data-parallel ones from `DataParallelConfig` (flags generated from their fields); all are checked before
+the model loads. With `--dp-size N` (N > 1) the process is a launcher instead (`dp_launcher.py`): N
+such servers behind the SGLang router.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from loomlm.runtime.arg_parser import (
     config_from_args,
     engine_config_from_args,
 )
+from loomlm.runtime.server import dp_launcher
 from loomlm.runtime.server.config import HELP, ServerConfig
 
 logger = logging.getLogger("loomlm.server")
@@ -24,6 +27,7 @@ logger = logging.getLogger("loomlm.server")
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, ServerConfig, HELP)
     add_engine_arguments(parser)
+    add_config_arguments(parser, dp_launcher.DataParallelConfig, dp_launcher.HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,9 +40,12 @@ def serve(args: argparse.Namespace) -> int:
     try:
         server_config = config_from_args(ServerConfig, args)
         engine_config = engine_config_from_args(args)
+        dp_config = config_from_args(dp_launcher.DataParallelConfig, args)
     except ValueError as exc:
         print(f"loomlm serve: {exc}", file=sys.stderr)
         return 2
+    if dp_config.dp_size > 1:
+        return dp_launcher.launch_data_parallel(dp_config, engine_config, server_config)
     import uvicorn
 
     from loomlm.runtime.engine import Engine

@@ -23,12 +23,14 @@ from starlette.concurrency import run_in_threadpool
 from loomlm.runtime.engine_outputs import STREAM_SLICED_KEYS
 from loomlm.runtime.server.disconnect import unless_disconnected
 from loomlm.runtime.server.errors import ApiError, error_body
+from loomlm.runtime.server.router_fields import RouterFields, request_id
 from loomlm.runtime.server.state import ServerState
 from loomlm.runtime.server.streaming import sse
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(RouterFields):
     model_config = ConfigDict(extra="forbid")
+    model: str | None = None  # the router names the model; one engine serves one
     text: str | list[str] | None = None
     input_ids: list[int] | list[list[int]] | None = None
     sampling_params: dict[str, Any] | list[dict[str, Any]] | None = None
@@ -56,6 +58,10 @@ class AbortRequest(BaseModel):
     rid: str
 
 
+# Hugging Face's class name of each architecture loomlm runs (`/model_info`'s `architectures`).
+_HF_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
 def native_router(state: ServerState) -> APIRouter:
     router = APIRouter()
     engine = state.engine
@@ -81,20 +87,47 @@ def native_router(state: ServerState) -> APIRouter:
     @router.get("/model_info")
     @router.get("/get_model_info")
     async def model_info() -> dict[str, Any]:
-        return {"model_path": state.model_path, "tokenizer_path": state.model_path, "is_generation": True}
+        model_config = engine.runner.model_config
+        return {
+            "model_path": state.model_path,
+            "tokenizer_path": state.model_path,
+            "is_generation": True,
+            "model_type": model_config.architecture,
+            "architectures": [_HF_CLASSES.get(model_config.architecture, "LlamaForCausalLM")],
+        }
 
     @router.get("/server_info")
     @router.get("/get_server_info")
     async def server_info() -> dict[str, Any]:
         config = {k: v for k, v in vars(engine.config).items()} if hasattr(engine, "config") else {}
         server = {k: v for k, v in vars(state.config).items() if k != "api_key"}
-        return {**config, **server, "context_length": engine.context_length, "version": _version()}
+        # What the router reads (model_path, served_model_name, tp_size, dp_size): the resolved values,
+        # not the flags' defaults.
+        resolved = {
+            "model_path": state.model_path,
+            "served_model_name": state.model_name,
+            "tp_size": getattr(engine.config, "tp_size", 1),
+            "dp_size": 1,
+            "max_total_tokens": engine.runner.kv_pool.num_slots,
+            "context_length": engine.context_length,
+            "version": _version(),
+        }
+        return {**config, **server, **resolved}
 
     @router.get("/get_load")
-    async def get_load() -> dict[str, Any]:
+    async def get_load() -> list[dict[str, Any]]:
+        """SGLang's shape, one entry per data-parallel rank (one here): the router's power-of-two policy
+        sums `num_tokens` (KV slots in use); the engine's counters ride along."""
         stats = await run_in_threadpool(engine.get_stats)
         running, waiting = stats["running_requests"], stats["waiting_requests"]
-        return {"num_reqs": running + waiting, "num_running_reqs": running, "num_waiting_reqs": waiting, **stats}
+        load = {
+            "dp_rank": 0,
+            "num_reqs": running + waiting,
+            "num_running_reqs": running,
+            "num_waiting_reqs": waiting,
+            "num_tokens": stats["kv_pool_used"] - stats["cache_evictable"],  # held by running requests
+        }
+        return [{**load, **stats}]
 
     @router.post("/flush_cache")
     async def flush_cache() -> Response:
@@ -145,7 +178,7 @@ def native_router(state: ServerState) -> APIRouter:
             "return_logprob": req.return_logprob,
             "top_logprobs_num": req.top_logprobs_num,
             "logprob_start_len": req.logprob_start_len,
-            "rid": req.rid,
+            "rid": request_id(req.rid, request.headers),
         }
         if req.stream:
             chunks = await engine.async_generate(**args, stream=True)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loomlm.runtime.server.errors import ApiError
+from loomlm.runtime.server.router_fields import RouterFields
 
 DEFAULT_MAX_TOKENS = {"completion": 16, "chat": None}  # OpenAI's defaults: 16 for completions, to the end for chat
 
@@ -46,8 +47,9 @@ class ResponseFormat(BaseModel):
         return self
 
 
-class _Common(BaseModel):
-    """Fields both endpoints share (OpenAI's and SGLang's extensions)."""
+class _Common(RouterFields):
+    """Fields both endpoints share (OpenAI's and SGLang's extensions, and the SGLang router's
+    bookkeeping fields)."""
 
     model_config = ConfigDict(extra="forbid")
     model: str | None = None

@@ -23,6 +23,7 @@ from loomlm.runtime.server import tool_calls as tc
 from loomlm.runtime.server.disconnect import unless_disconnected
 from loomlm.runtime.server.errors import ApiError, error_body
 from loomlm.runtime.server.openai_protocol import ChatCompletionRequest, CompletionRequest, sampling_params
+from loomlm.runtime.server.router_fields import request_id
 from loomlm.runtime.server.state import ServerState
 from loomlm.runtime.server.streaming import SEED_STRIDE, merged, sse
 from loomlm.runtime.server.tool_call_parser import ToolCallParser
@@ -66,7 +67,7 @@ def openai_router(state: ServerState) -> APIRouter:
             }
 
         if req.stream:
-            streams = await _streams(state, id_lists, params, req.n, logprobs, req.rid)
+            streams = await _streams(state, id_lists, params, req.n, logprobs, request_id(req.rid, request.headers))
 
             def piece(i: int, chunk: dict[str, Any], first: bool) -> dict[str, Any]:
                 echoed = texts[i // req.n] if req.echo and first else ""
@@ -77,7 +78,9 @@ def openai_router(state: ServerState) -> APIRouter:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             events = _stream_events(state, started, head, streams, piece, req.n, include_usage)
             return StreamingResponse(events, media_type="text/event-stream")
-        outs = await _generate(state, request, started, id_lists, params, logprobs, req.rid)
+        outs = await _generate(
+            state, request, started, id_lists, params, logprobs, request_id(req.rid, request.headers)
+        )
         choices = [choice(i, out, i // req.n) for i, out in enumerate(outs)]
         return {
             **head,
@@ -111,7 +114,7 @@ def openai_router(state: ServerState) -> APIRouter:
         head = fmt.head("chatcmpl", "chat.completion", state.model_name)
         decode = state.engine.tokenizer.decode
         if req.stream:
-            streams = await _streams(state, id_lists, params, req.n, logprobs, req.rid)
+            streams = await _streams(state, id_lists, params, req.n, logprobs, request_id(req.rid, request.headers))
 
             parsers: dict[int, ToolCallParser] = {}
 
@@ -137,7 +140,9 @@ def openai_router(state: ServerState) -> APIRouter:
             chunk_head = {**head, "object": "chat.completion.chunk"}
             events = _stream_events(state, started, chunk_head, streams, piece, req.n, include_usage)
             return StreamingResponse(events, media_type="text/event-stream")
-        outs = await _generate(state, request, started, id_lists, params, logprobs, req.rid)
+        outs = await _generate(
+            state, request, started, id_lists, params, logprobs, request_id(req.rid, request.headers)
+        )
         choices = []
         for i, out in enumerate(outs):
             message: dict[str, Any] = {"role": "assistant", "content": out["text"]}

@@ -47,7 +47,7 @@ def _check_well_formed(events: list, max_tokens: int) -> None:
 
 async def _wait_idle(http: httpx.AsyncClient) -> dict:
     for _ in range(_POLLS):
-        load = (await http.get("/get_load")).json()
+        load = (await http.get("/get_load")).json()[0]
         if load["num_reqs"] == 0:
             return load
         await asyncio.sleep(0.01)
@@ -123,7 +123,7 @@ def test_non_streamed_clients_that_go_away_abort_their_requests(engine):
         async with httpx.AsyncClient(base_url=url, timeout=300) as http:
             tasks = [asyncio.create_task(http.post(path, json=body)) for path, body in bodies]
             for _ in range(_POLLS):  # until all three are decoding
-                seen = (await http.get("/get_load")).json()
+                seen = (await http.get("/get_load")).json()[0]
                 if seen["num_running_reqs"] == len(bodies):
                     break
                 await asyncio.sleep(0.01)

@@ -37,7 +37,7 @@ def test_generate_plain_streamed_and_batched(engine):
         assert http.get("/get_model_info").json()["is_generation"] is True
         assert http.get("/health").status_code == 200 and http.get("/health_generate").status_code == 200
         assert http.get("/get_server_info").json()["context_length"] == engine.context_length
-        assert http.get("/get_load").json()["num_running_reqs"] == 0
+        assert http.get("/get_load").json()[0]["num_running_reqs"] == 0
         assert http.post("/generate", json={"text": "x", "input_ids": [1]}).status_code == 400
         assert http.post("/generate", json={"text": "x", "sampling_params": {"max_new_tokns": 2}}).status_code == 400
     engine.idle_integrity()
@@ -77,7 +77,7 @@ def test_a_full_queue_sheds_load_and_disconnects_free_everything(engine):
                 with ThreadPoolExecutor(1) as pool:
                     queued = pool.submit(http.post, "/generate", json={"text": "hi", "sampling_params": GREEDY})
                     for _ in range(10_000):  # until the engine holds it as waiting (a bound, not a timer)
-                        if http.get("/get_load").json()["num_waiting_reqs"] == 1:
+                        if http.get("/get_load").json()[0]["num_waiting_reqs"] == 1:
                             break
                     shed = [http.post("/generate", json={"text": "hi", "sampling_params": GREEDY}) for _ in range(8)]
                     assert [s.status_code for s in shed] == [503] * 8
@@ -85,9 +85,9 @@ def test_a_full_queue_sheds_load_and_disconnects_free_everything(engine):
                     running.close()  # the client goes away mid-stream
                     assert queued.result().status_code == 200
             for _ in range(10_000):
-                if http.get("/get_load").json()["num_reqs"] == 0:
+                if http.get("/get_load").json()[0]["num_reqs"] == 0:
                     break
-            assert http.get("/get_load").json()["num_reqs"] == 0
+            assert http.get("/get_load").json()[0]["num_reqs"] == 0
         small.idle_integrity()
     finally:
         small.shutdown()

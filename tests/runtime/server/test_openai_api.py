@@ -162,6 +162,6 @@ def test_a_named_request_is_aborted_by_its_rid(server):
             rest = [line[6:] for line in lines if line.startswith("data: ")]
         assert rest[-1] == "[DONE]" and "aborted" in json.loads(rest[-2])["error"]["message"]
         for _ in range(10_000):  # a bound on polls of server state, not a timer
-            if http.get("/get_load").json()["num_reqs"] == 0:
+            if http.get("/get_load").json()[0]["num_reqs"] == 0:
                 break
-        assert http.get("/get_load").json()["num_reqs"] == 0
+        assert http.get("/get_load").json()[0]["num_reqs"] == 0
