@@ -14,6 +14,7 @@ BENCHMARKS = {
     "offline": "loomlm.bench.offline",
     "prefix": "loomlm.bench.prefix",
     "programs": "loomlm.bench.programs",
+    "router": "loomlm.bench.router",
     "serving": "loomlm.bench.serving",
 }
 

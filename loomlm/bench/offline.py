@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="loomlm's attention backend (default: the engine's, triton on CUDA, torch on CPU)",
     )
     p.add_argument("--disable-cuda-graph", action="store_true", help="loomlm: run decode eagerly on CUDA")
+    p.add_argument("--tp-size", type=int, default=1, help="loomlm: tensor-parallel ranks (processes)")
     p.add_argument(
         "--cpu-linear",
         choices=CPU_LINEAR_BACKENDS,
@@ -219,6 +220,7 @@ def _summary(
         attention_backend=args.attention_backend or "engine default",
         disable_cuda_graph=args.disable_cuda_graph,
         cpu_linear=args.cpu_linear,
+        tp_size=args.tp_size,
         **environment(device),
     )
     return result

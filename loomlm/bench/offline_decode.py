@@ -99,7 +99,9 @@ def engine_kwargs(args: argparse.Namespace, device: torch.device, threads: int) 
         load_format=args.load_format,
         device=str(device),
         random_seed=args.seed,
-        cpu_threads=threads if device.type == "cpu" else None,
+        # tensor parallel on CPU: the ranks share the threads
+        cpu_threads=max(1, threads // args.tp_size) if device.type == "cpu" else None,
+        tp_size=args.tp_size,
         attention_backend=args.attention_backend,
         disable_cuda_graph=args.disable_cuda_graph,
         json_model_override_args=args.json_model_override_args,

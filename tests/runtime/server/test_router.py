@@ -6,6 +6,11 @@ worker where round robin scatters it (counted in cached prompt tokens, not timed
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+import threading
 
 import httpx
 import pytest
@@ -34,7 +39,7 @@ def workers():
 
 
 def _stats(worker: Served) -> dict:
-    return httpx.get(f"{worker.url}/get_load").json()[0]
+    return _stats_url(worker.url)
 
 
 def test_worker_answers_what_the_router_reads(workers):
@@ -107,6 +112,8 @@ def test_flush_and_loads_through_the_router(workers):
         flushed = http.post("/flush_cache").json()
         assert flushed["workers_flushed"] == 2
         assert all(_stats(w)["cache_size"] == 0 for w in workers)
+        metrics = http.get("/engine_metrics").text  # the router's scrape of every worker's /metrics
+        assert all(f'worker_addr="{w.url}"' in metrics for w in workers) and "loomlm_" in metrics
 
 
 _GROUPS = 3  # odd, so round robin sends each group's requests to alternating workers
@@ -152,3 +159,48 @@ def test_a_worker_that_goes_away_leaves_its_requests_to_the_other(workers):
         answers = [http.post("/generate", json={"text": f"After {i}", "sampling_params": GREEDY}) for i in range(4)]
         assert [a.status_code for a in answers] == [200] * 4
         assert _stats(workers[0])["requests_finished"] == served_before + 4
+
+
+# A 2-layer model of the default's shape with random weights: a real worker process, started sooner.
+_SMALL = ["--load-format", "dummy", "--json-model-override-args", '{"num_layers": 2}', "--cpu-linear", "torch"]
+
+
+def _worker_process() -> tuple[subprocess.Popen, str]:
+    command = [sys.executable, "-m", "loomlm.runtime.server", "--port", "0", "--max-total-tokens", "2000", *_SMALL]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in proc.stderr:  # until it says where it listens
+        if found := re.search(r"listening on (http://\S+)", line):
+            threading.Thread(target=lambda: proc.stderr.read(), daemon=True).start()  # keep the pipe drained
+            return proc, found.group(1)
+    raise RuntimeError(f"the worker exited with {proc.wait()}")
+
+
+def test_a_killed_worker_process_leaves_new_requests_to_the_other():
+    procs = [_worker_process() for _ in range(2)]
+    try:
+        with Routed([url for _, url in procs], "round_robin") as router, httpx.Client(base_url=router.url) as http:
+            body = {"text": "Count:", "sampling_params": {"max_new_tokens": 400, "ignore_eos": True}, "stream": True}
+            with http.stream("POST", "/generate", json=body) as running:  # in flight on one of the two
+                events = running.iter_lines()
+                assert next(events).startswith("data: ")
+                victim = next(p for p, url in procs if _stats_url(url)["num_running_reqs"] == 1)
+                victim.kill()
+                victim.wait()
+                rest: list[str] = []
+                with pytest.raises(httpx.RemoteProtocolError):  # the router cannot move a stream half sent
+                    rest.extend(events)
+            assert "data: [DONE]" not in rest
+            survivor = next(url for p, url in procs if p is not victim)
+            done_before = _stats_url(survivor)["requests_finished"]
+            answers = [http.post("/generate", json={"text": f"After {i}", "sampling_params": GREEDY}) for i in range(4)]
+            assert [a.status_code for a in answers] == [200] * 4
+            assert _stats_url(survivor)["requests_finished"] == done_before + 4
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=60)
+
+
+def _stats_url(url: str) -> dict:
+    return httpx.get(f"{url}/get_load").json()[0]
