@@ -87,11 +87,15 @@ class Engine:
     def __init__(self, model_path: str | None = None, **kwargs: Any):
         self.config = EngineConfig.from_kwargs(model_path=model_path, **kwargs)
         self.runner = ModelRunner(self.config)
-        self.tokenizer = load_tokenizer(self.runner.model_path, self.config.tokenizer_path)
-        self.context_length = self.runner.context_length
-        self.eos_token_ids = self._eos_ids()
-        self._rng = random.Random(self.config.random_seed)
-        self.core = EngineCore(self.runner, self.tokenizer, self.config)
+        try:
+            self.tokenizer = load_tokenizer(self.runner.model_path, self.config.tokenizer_path)
+            self.context_length = self.runner.context_length
+            self.eos_token_ids = self._eos_ids()
+            self._rng = random.Random(self.config.random_seed)
+            self.core = EngineCore(self.runner, self.tokenizer, self.config)
+        except BaseException:  # e.g. an unreadable tokenizer: the tensor-parallel ranks must not linger
+            self.runner.close()
+            raise
         self._grammars: GrammarCache | None = None  # made on the first constrained request
 
     @property

@@ -34,6 +34,7 @@ class ModelRunner:
         self.device = config.resolved_device()
         if self.device.type == "cuda" and config.tp_size > 1:
             self.device = torch.device("cuda", tp_rank)  # one GPU per rank
+            torch.cuda.set_device(self.device)  # NCCL works on the current device
         self.dtype = config.resolved_dtype()
         if self.device.type == "cpu" and config.cpu_threads:
             torch.set_num_threads(config.cpu_threads)
