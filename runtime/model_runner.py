@@ -41,12 +41,14 @@ class ModelRunner:
         elif self.device.type == "cpu" and config.tp_size > 1:  # the ranks share the machine's cores
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // config.tp_size))
         self.model_path = resolve_model_path(config.model_path)  # dummy weights still read its config
+        # Tensor parallel on GPUs: read the checkpoint into host memory and move only this rank's share.
+        split_on_host = config.tp_size > 1 and self.device.type == "cuda"
         try:
             self.model, self.model_config = load_model(
                 self.model_path,
                 load_format=config.load_format,
                 dtype=self.dtype,
-                device=self.device,
+                device=torch.device("cpu") if split_on_host else self.device,
                 seed=config.random_seed,
                 model_config_override=config.model_overrides() or None,
             )
@@ -58,6 +60,7 @@ class ModelRunner:
             plan = TensorParallelPlan.for_rank(mc, tp_rank, config.tp_size)  # a model that cannot split: ValueError
             self.tp_group = self._join_tensor_parallel(tp_port)
             self.model.use_tensor_parallel(self.tp_group, plan)
+            self.model.to(self.device)
             kv_heads, sizing_kv_heads = plan.num_kv_heads, plan.max_kv_heads
         try:
             self._build(config, kv_heads, sizing_kv_heads)
@@ -69,7 +72,11 @@ class ModelRunner:
         if self.tp_rank == 0:
             self.tp_driver = TensorParallelDriver(self.config, self.device)
             return self.tp_driver.group
-        return TensorParallelGroup(self.tp_rank, self.config.tp_size, port, self.device, self.config.tp_timeout_s)
+        parent = os.getppid()  # rank 0's process
+        alive = lambda: os.getppid() == parent
+        return TensorParallelGroup(
+            self.tp_rank, self.config.tp_size, port, self.device, self.config.tp_timeout_s, alive
+        )
 
     def _build(self, config: EngineConfig, kv_heads: int, sizing_kv_heads: int) -> None:
         """The KV memory, the attention backend and the CPU linear path, after the weights."""

@@ -58,7 +58,8 @@ class TensorParallelDriver:
         self.failure: str | None = None
         self.group: TensorParallelGroup | None = None
         try:
-            self.group = TensorParallelGroup(0, size, port, device, config.tp_timeout_s)
+            alive = lambda: all(p.poll() is None for p in self.processes)
+            self.group = TensorParallelGroup(0, size, port, device, config.tp_timeout_s, alive)
         except Exception as exc:
             reason = self._reason(exc)
             self.close()
