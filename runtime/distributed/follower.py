@@ -25,7 +25,7 @@ def run_follower(rank: int, port: int, settings: dict) -> int:
         runner = ModelRunner(EngineConfig(**settings), tp_rank=rank, tp_port=port)
         group = runner.tp_group
         while True:
-            message = group.broadcast_ints()
+            message = group.broadcast_ints(idle=True)  # however long the engine idles
             if not message.numel():  # the stop message
                 break
             runner.forward_local(decode_forward(message, runner.req_pool))

@@ -24,6 +24,9 @@ import torch.distributed as dist
 
 from loomlm.runtime.distributed.shm_collectives import SharedMemoryCollectives, segment_bytes, shm_supported
 
+_NO_TIMEOUT = timedelta(days=3650)
+_JOIN_S = 600.0
+
 
 class TensorParallelGroup:
     def __init__(
@@ -40,7 +43,9 @@ class TensorParallelGroup:
         self.rank = rank
         self.size = size
         timeout = timedelta(seconds=timeout_s)
-        self.store = dist.TCPStore("127.0.0.1", port, size, rank == 0, timeout=timeout)
+        # Joining waits for every rank's process to start and import torch: not bounded by timeout_s.
+        joining = timedelta(seconds=max(timeout_s, _JOIN_S))
+        self.store = dist.TCPStore("127.0.0.1", port, size, rank == 0, timeout=joining)
         self.control = dist.ProcessGroupGloo(dist.PrefixStore("control", self.store), rank, size, timeout)
         if device.type == "cuda":
             options = dist.ProcessGroupNCCL.Options()
@@ -92,11 +97,13 @@ class TensorParallelGroup:
         return torch.cat([p[:, :w] for p, w in zip(parts, widths)], dim=1)
 
     # ---- control: rank 0 sends, the others receive ---------------------------------------------
-    def broadcast_ints(self, values: torch.Tensor | None = None) -> torch.Tensor:
+    def broadcast_ints(self, values: torch.Tensor | None = None, idle: bool = False) -> torch.Tensor:
         """Rank 0's 1-D int64 `values`, on every rank (shared memory, else two gloo broadcasts: the
-        length, then the values)."""
+        length, then the values). `idle`: a rank waiting for its next step, which may come any time
+        later (no timeout; it still fails when rank 0 is gone)."""
         if self.shm is not None:
-            shared = self.shm.broadcast_ints(None if values is None else values.to(torch.int64).contiguous())
+            values = None if values is None else values.to(torch.int64).contiguous()
+            shared = self.shm.broadcast_ints(values, bounded=not idle)
             if shared is not None:
                 return shared
         if self.rank == 0:
@@ -104,7 +111,10 @@ class TensorParallelGroup:
             length = torch.tensor([payload.numel()], dtype=torch.int64)
         else:
             length = torch.zeros(1, dtype=torch.int64)
-        self.control.broadcast(length, 0).wait()
+        if idle:
+            self.control.broadcast(length, 0, _NO_TIMEOUT).wait()
+        else:
+            self.control.broadcast(length, 0).wait()
         if self.rank != 0:
             payload = torch.empty(int(length.item()), dtype=torch.int64)
         if payload.numel():
