@@ -14,7 +14,10 @@ keys once per group rather than once per request: each member attends to its own
 in the batched pass, the group attends to the prefix in one matmul, and the two partial softmaxes are
 merged with their maxima and sums (the log-sum-exp merge of cascade attention). Gathering K/V is what
 costs most on CPU, so this turns a batch of 16 requests over one 1,000-token prefix from 16 gathers of
-the prefix into one.
+the prefix into one. All groups go through one padded pass ([groups, longest prefix] keys, [groups,
+largest group] queries), so the op count per layer does not grow with the number of groups: a
+tree-of-thought batch has dozens of two-member groups, which a loop over groups made twice as slow per
+decode step as no sharing at all.
 """
 
 from __future__ import annotations
@@ -40,11 +43,42 @@ class ExtendBucket:
 
 
 @dataclass
+class SharedPrefixBlock:
+    """Every shared-prefix group of a decode batch, padded into one block (built once per forward)."""
+
+    slots: torch.Tensor  # [NG, P] int64: each group's prefix slots (padding -> scratch slot)
+    bias: torch.Tensor  # [NG, 1, 1, P] float32: 0, or -inf on padding
+    members: torch.Tensor  # [NG * M] int64: batch index of each group's members (padding -> 0)
+    valid: torch.Tensor  # [Nm] int64: positions in [NG * M] of real members
+    member_rows: torch.Tensor  # [Nm] int64: their batch indices (members[valid])
+    max_members: int  # M
+
+
+@dataclass
 class TorchAttentionMetadata:
     buckets: list[ExtendBucket]  # extend only
     kv_index: torch.Tensor | None = None  # decode: [B, L] int64 slots of each request's own keys
     decode_bias: torch.Tensor | None = None  # decode: [B, 1, 1, L] float32, 0 or -inf
-    shared: tuple = ()  # decode: ctx.batch.shared_prefixes
+    shared: SharedPrefixBlock | None = None  # decode: ctx.batch.shared_prefixes, padded
+
+
+def _shared_block(groups: tuple, scratch: int, device: torch.device) -> SharedPrefixBlock | None:
+    if not groups:
+        return None
+    pad = torch.nn.utils.rnn.pad_sequence
+    slots = pad([g.slots.to(device) for g in groups], batch_first=True, padding_value=-1)  # [NG, P]
+    bias = torch.zeros(slots.shape, dtype=torch.float32, device=device)
+    bias.masked_fill_(slots < 0, float("-inf"))
+    members = pad([g.members.to(device) for g in groups], batch_first=True, padding_value=-1).view(-1)
+    valid = torch.nonzero(members >= 0).view(-1)
+    return SharedPrefixBlock(
+        slots.masked_fill(slots < 0, scratch),
+        bias[:, None, None, :],
+        members.clamp(min=0),
+        valid,
+        members[valid],
+        max(g.members.numel() for g in groups),
+    )
 
 
 # Requests whose extend is under half of the longest in their bucket start a new bucket, so padding
@@ -123,7 +157,8 @@ class TorchAttentionBackend(AttentionBackend):
         kv_index = torch.where(key_valid, torch.gather(table, 1, pos).to(torch.int64), ctx.kv_pool.scratch_slot)
         bias = torch.zeros((B, 1, 1, L), dtype=torch.float32, device=device)
         bias.masked_fill_(~key_valid[:, None, None, :], float("-inf"))
-        ctx.attn_metadata = TorchAttentionMetadata([], kv_index, bias, ctx.batch.shared_prefixes)
+        block = _shared_block(ctx.batch.shared_prefixes, ctx.kv_pool.scratch_slot, device)
+        ctx.attn_metadata = TorchAttentionMetadata([], kv_index, bias, block)
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, ctx: ForwardContext
@@ -135,7 +170,7 @@ class TorchAttentionBackend(AttentionBackend):
         v_buf.index_copy_(0, ctx.batch.out_slots, v.to(v_buf.dtype))
         if md.decode_bias is not None:
             keys, values = self._gather(k_buf, v_buf, md.kv_index, q.dtype)
-            if md.shared:
+            if md.shared is not None:
                 return self._decode_shared(q, keys, values, md.decode_bias, md.shared, k_buf, v_buf)
             return self._decode(q, keys, values, md.decode_bias)
         if len(md.buckets) == 1 and md.buckets[0].tokens is None:
@@ -190,7 +225,7 @@ class TorchAttentionBackend(AttentionBackend):
         keys: torch.Tensor,
         values: torch.Tensor,
         bias: torch.Tensor,
-        groups: tuple,
+        block: SharedPrefixBlock,
         k_buf: torch.Tensor,
         v_buf: torch.Tensor,
     ) -> torch.Tensor:
@@ -204,24 +239,30 @@ class TorchAttentionBackend(AttentionBackend):
         p_own = torch.exp(scores - m_own)
         den = p_own.sum(-1, keepdim=True)  # [B, KVH, G, 1]
         out = torch.matmul(p_own.to(values.dtype), values).float()  # [B, KVH, G, D]
-        for group in groups:
-            idx = group.members
-            M = idx.numel()
-            pk = k_buf.index_select(0, group.slots).to(q.dtype).permute(1, 2, 0)  # [KVH, D, P]
-            pv = v_buf.index_select(0, group.slots).to(q.dtype).transpose(0, 1)  # [KVH, P, D]
-            qg = q_grouped.index_select(0, idx).permute(1, 0, 2, 3).reshape(KVH, M * G, D)
-            s = torch.matmul(qg, pk).float().mul_(self.scale)  # [KVH, M*G, P]
-            m_pre = s.amax(-1, keepdim=True)
-            p_pre = torch.exp(s - m_pre)
-            den_pre = p_pre.sum(-1, keepdim=True)
-            o_pre = torch.matmul(p_pre.to(pv.dtype), pv).float()  # [KVH, M*G, D]
 
-            # [KVH, M*G, X] -> [M, KVH, G, X]: each member's rows
-            m_pre, o_pre, den_pre = (t.view(KVH, M, G, -1).permute(1, 0, 2, 3) for t in (m_pre, o_pre, den_pre))
-            m_o = m_own.index_select(0, idx)
-            m = torch.maximum(m_o, m_pre)
-            a = torch.exp(m_o - m)
-            b = torch.exp(m_pre - m)
-            out[idx] = a * out.index_select(0, idx) + b * o_pre
-            den[idx] = a * den.index_select(0, idx) + b * den_pre
+        NG, P = block.slots.shape
+        M = block.max_members
+        flat = block.slots.view(-1)
+        pk = k_buf.index_select(0, flat).view(NG, P, KVH, D).to(q.dtype).permute(0, 2, 3, 1)  # [NG, KVH, D, P]
+        pv = v_buf.index_select(0, flat).view(NG, P, KVH, D).to(q.dtype).transpose(1, 2)  # [NG, KVH, P, D]
+        qm = q_grouped.index_select(0, block.members).view(NG, M, KVH, G, D)
+        qm = qm.permute(0, 2, 1, 3, 4).reshape(NG, KVH, M * G, D)
+        s = torch.matmul(qm, pk).float().mul_(self.scale).add_(block.bias)  # [NG, KVH, M*G, P]
+        m_pre = s.amax(-1, keepdim=True)
+        p_pre = torch.exp(s - m_pre)
+        den_pre = p_pre.sum(-1, keepdim=True)
+        o_pre = torch.matmul(p_pre.to(pv.dtype), pv).float()  # [NG, KVH, M*G, D]
+
+        def per_member(t: torch.Tensor) -> torch.Tensor:  # [NG, KVH, M*G, X] -> [Nm, KVH, G, X]
+            t = t.view(NG, KVH, M, G, -1).permute(0, 2, 1, 3, 4).reshape(NG * M, KVH, G, -1)
+            return t.index_select(0, block.valid)
+
+        m_pre, den_pre, o_pre = per_member(m_pre), per_member(den_pre), per_member(o_pre)
+        idx = block.member_rows
+        m_o = m_own.index_select(0, idx)
+        m = torch.maximum(m_o, m_pre)
+        a = torch.exp(m_o - m)
+        b = torch.exp(m_pre - m)
+        out.index_copy_(0, idx, a * out.index_select(0, idx) + b * o_pre)
+        den.index_copy_(0, idx, a * den.index_select(0, idx) + b * den_pre)
         return (out / den).to(q.dtype).reshape(B, H, D)
