@@ -136,3 +136,52 @@ def test_engine_reads_shared_prefixes_once(engine):
     alone = [engine.generate(input_ids=p, sampling_params=params, cache_salt="alone")["output_ids"] for p in prompts]
     assert [o["output_ids"] for o in outs] == alone
     engine.idle_integrity()
+
+
+def _shared_decode_ops(num_groups: int) -> int:
+    """torch calls made by one decode layer whose batch is `num_groups` two-member groups."""
+    from torch.overrides import TorchFunctionMode
+
+    KVH, G, D, P, B = 2, 3, 16, 40, 2 * num_groups
+    pool = KVPool(num_groups * P + 2 * B + 1, 1, KVH, D, torch.float32, "cpu")
+    table = ReqToTokenPool(B, 64, "cpu")
+    groups, used = [], 0
+    for g in range(num_groups):
+        prefix = torch.arange(used, used + P)
+        used += P
+        for m in range(2):
+            table.req_to_token[2 * g + m, : P + 2] = torch.cat([prefix, torch.arange(used, used + 2)]).int()
+            used += 2
+        groups.append(SharedPrefix(prefix, torch.tensor([2 * g, 2 * g + 1])))
+    kv = torch.full((B,), P + 1)
+    batch = ForwardBatch(
+        ForwardMode.DECODE,
+        torch.zeros(B, dtype=torch.int64),
+        kv,
+        table.req_to_token[torch.arange(B), kv].long(),
+        torch.arange(B),
+        kv,
+        torch.ones(B, dtype=torch.int64),
+        torch.arange(B),
+        shared_prefixes=tuple(groups),
+    )
+    backend = TorchAttentionBackend(D**-0.5)
+    ctx = ForwardContext(batch, pool, table, backend)
+    backend.prepare(ctx)
+    q, k, v = torch.randn(B, KVH * G, D), torch.randn(B, KVH, D), torch.randn(B, KVH, D)
+
+    class Count(TorchFunctionMode):
+        calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        backend.forward(q, k, v, 0, ctx)
+    return Count.calls
+
+
+def test_shared_prefix_decode_does_not_grow_with_the_number_of_groups():
+    # A loop over groups made tree-of-thought batches (dozens of two-member groups) slower than no sharing.
+    assert _shared_decode_ops(2) == _shared_decode_ops(12)
