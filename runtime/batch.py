@@ -43,6 +43,7 @@ class ScheduledBatch(ForwardBatch):
     sample_rows: torch.Tensor  # [S] int64, its row of the logits (0..N-1)
     logprob_spans: list[LogprobSpan] | None  # per request (extend only)
     released_rows: tuple[int, ...] = ()  # request rows freed since the previous batch (set by schedule())
+    mixed_decodes: int = 0  # extend only: the last this many requests are running decodes (one token each)
 
     @property
     def sampling_reqs(self) -> list[Req]:
@@ -51,7 +52,7 @@ class ScheduledBatch(ForwardBatch):
         return [self.reqs[i] for i in self.sample_index.tolist()]
 
 
-def build_extend(items: list[ExtendItem], req_to_token: torch.Tensor) -> ScheduledBatch:
+def build_extend(items: list[ExtendItem], req_to_token: torch.Tensor, mixed_decodes: int = 0) -> ScheduledBatch:
     ids, positions, slots, logits_idx, sample_index, sample_rows, spans = [], [], [], [], [], [], []
     offset = 0
     for b, item in enumerate(items):
@@ -88,6 +89,7 @@ def build_extend(items: list[ExtendItem], req_to_token: torch.Tensor) -> Schedul
         sample_index=torch.tensor(sample_index, dtype=torch.int64),
         sample_rows=torch.tensor(sample_rows, dtype=torch.int64),
         logprob_spans=spans,
+        mixed_decodes=mixed_decodes,
     )
 
 

@@ -32,6 +32,7 @@ class EngineConfig:
     max_running_requests: int = 128
     max_prefill_tokens: int = 8192  # new tokens per extend step (a longer prompt runs alone)
     chunked_prefill_size: int = 2048  # prompts longer than this are prefilled in chunks; -1 = never chunk
+    enable_mixed_chunk: bool = False  # an extend step also runs the running requests' decodes (SGLang's name)
     schedule_policy: str = "lpm"  # fcfs | lpm (longest prefix match) | dfs-weight (tree order)
     disable_radix_cache: bool = False  # no prefix reuse at all (for comparison)
     disable_jump_forward: bool = False  # constrained outputs: sample forced text token by token
@@ -77,7 +78,7 @@ class EngineConfig:
             raise ValueError(f"cpu_linear must be one of {CPU_LINEAR_BACKENDS}, got {self.cpu_linear!r}")
         if self.schedule_policy not in SCHEDULE_POLICIES:
             raise ValueError(f"schedule_policy must be one of {SCHEDULE_POLICIES}, got {self.schedule_policy!r}")
-        for name in ("disable_radix_cache", "disable_jump_forward", "disable_cuda_graph"):
+        for name in ("disable_radix_cache", "disable_jump_forward", "disable_cuda_graph", "enable_mixed_chunk"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         for name in (

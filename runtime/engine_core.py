@@ -52,6 +52,7 @@ class EngineCore:
             policy=config.schedule_policy,
             enable_cache=not config.disable_radix_cache,
             stats=self.stats,
+            mix_decodes=config.enable_mixed_chunk,
         )
         # A jump sends the request back through an extend step that reuses its cached prefix; without
         # the radix cache that would recompute the whole sequence, so jump-forward needs the cache.

@@ -54,11 +54,15 @@ class Scheduler:
         enable_cache: bool,
         stats: EngineStats,
         clock: Callable[[], float] = time.perf_counter,
+        mix_decodes: bool = False,
     ):
+        """`mix_decodes` (`enable_mixed_chunk`): an extend step also carries the running requests'
+        decode tokens, so they do not wait while a prompt is prefilled."""
         self.kv_pool = kv_pool
         self.req_pool = req_pool
         self.prefill_budget = prefill_budget
         self.chunked_prefill = chunked_prefill
+        self.mix_decodes = mix_decodes
         self.cache = PrefixCache(kv_pool, req_pool, enable_cache)
         self.policy = SchedulePolicy(policy, enable_cache)
         self.stats = stats
@@ -138,8 +142,23 @@ class Scheduler:
                 self.policy.note_passed_over(self.waiting, admitted)
         if not items:
             return None
-        self._decode_turn = self.chunked is not None
-        return build_extend(items, self.req_pool.req_to_token)
+        decodes = self._mixed_decodes(items) if self.mix_decodes else []
+        # Without mixing, a prompt still being chunked lets the running requests decode every other step.
+        self._decode_turn = self.chunked is not None and not decodes
+        return build_extend(items + decodes, self.req_pool.req_to_token, mixed_decodes=len(decodes))
+
+    def _mixed_decodes(self, items: list[ExtendItem]) -> list[ExtendItem]:
+        """One decode token for every running request not already in this extend (none when the pool
+        cannot give them a slot each without evicting: then they decode on the next step)."""
+        taken = {id(item.req) for item in items}
+        reqs = [r for r in self.running if id(r) not in taken]
+        if not reqs or not self.cache.make_room(len(reqs)):
+            return []
+        out = []
+        for req in reqs:
+            self._alloc(req, req.kv_len, 1)
+            out.append(ExtendItem(req, req.kv_len, req.kv_len + 1))
+        return out
 
     def _continue_chunk(self, budget: int) -> ExtendItem | None:
         req = self.chunked
@@ -273,7 +292,7 @@ class Scheduler:
         for req, n in zip(batch.reqs, batch.extend_lens.tolist()):
             req.kv_len += n
         if succeeded and batch.mode == ForwardMode.EXTEND:
-            for req in batch.reqs:
+            for req in batch.reqs[: len(batch.reqs) - batch.mixed_decodes]:  # the decodes add no prefix
                 if req.status == ReqStatus.RUNNING:
                     self.cache.cache_unfinished(req)
 

@@ -21,7 +21,8 @@ class EngineStats:
     decode_passes: int = 0
     computed_prefill_tokens: int = 0  # prompt tokens run through the model
     cached_prefill_tokens: int = 0  # prompt tokens served from the prefix cache
-    decode_tokens: int = 0  # tokens fed by decode steps
+    decode_tokens: int = 0  # tokens fed by decode steps (and decodes mixed into extend steps)
+    mixed_passes: int = 0  # extend passes that also carried running requests' decode tokens
     retracted_requests: int = 0  # running requests sent back to the queue for lack of memory
     shared_prefix_reads_saved: int = 0  # decode key/value token reads saved by reading shared prefixes once
     max_running_batch: int = 0
@@ -33,7 +34,9 @@ class EngineStats:
         n = int(batch.input_ids.numel())
         if batch.mode == ForwardMode.EXTEND:
             self.extend_passes += 1
-            self.computed_prefill_tokens += n
+            self.computed_prefill_tokens += n - batch.mixed_decodes
+            self.decode_tokens += batch.mixed_decodes
+            self.mixed_passes += batch.mixed_decodes > 0
         else:
             self.decode_passes += 1
             self.decode_tokens += n

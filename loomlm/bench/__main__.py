@@ -13,6 +13,7 @@ BENCHMARKS = {
     "kernels": "loomlm.bench.kernels",
     "offline": "loomlm.bench.offline",
     "prefix": "loomlm.bench.prefix",
+    "decode-stall": "loomlm.bench.decode_stall",
     "programs": "loomlm.bench.programs",
     "router": "loomlm.bench.router",
     "serving": "loomlm.bench.serving",

@@ -7,6 +7,8 @@ import threading
 
 import pytest
 
+import loomlm
+
 PROMPTS = [
     "Hi",
     "The quick brown fox jumps over the lazy dog. Then the dog",
@@ -179,3 +181,17 @@ def test_small_pool_queues_requests():
             == eng.generate("Number 0 is", {"max_new_tokens": 20, "temperature": 0, "ignore_eos": True})["output_ids"]
         )
         eng.idle_integrity()
+
+
+def test_mixed_chunks_give_the_same_greedy_tokens(idle_engine):
+    """enable_mixed_chunk: the short requests decode inside the long prompt's chunk steps (an extend
+    batch over the real model), with the same greedy tokens as separate steps."""
+    story = "The lighthouse keeper counted the ships that passed each night. " * 12
+    prompts = ["Hi", "List three colours:", "2 + 2 =", story + "How many ships"]
+    params = {"temperature": 0, "max_new_tokens": 10, "ignore_eos": True}
+    expected = [o["output_ids"] for o in idle_engine.generate(prompts, params)]
+    with loomlm.Engine(max_total_tokens=4000, chunked_prefill_size=32, enable_mixed_chunk=True) as mixed:
+        got = [o["output_ids"] for o in mixed.generate(prompts, params)]
+        assert mixed.get_stats()["mixed_passes"] >= 3  # the story's later chunks carried the decodes
+        mixed.idle_integrity()
+    assert got == expected

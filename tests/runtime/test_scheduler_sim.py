@@ -83,13 +83,14 @@ class FakeRunner:
         return logits
 
 
-def make_core(slots: int, rows: int, policy: str, cache: bool, chunk: int | None) -> EngineCore:
+def make_core(slots: int, rows: int, policy: str, cache: bool, chunk: int | None, mixed: bool = False) -> EngineCore:
     config = EngineConfig(
         max_running_requests=rows,
         max_prefill_tokens=chunk or 10_000,
         chunked_prefill_size=chunk or -1,
         schedule_policy=policy,
         disable_radix_cache=not cache,
+        enable_mixed_chunk=mixed,
     )
     return EngineCore(FakeRunner(slots, rows), StubTokenizer(), config, start_loop=False)
 
@@ -161,13 +162,16 @@ def check_all_back(core: EngineCore) -> None:
     rows=st.integers(1, 6),
     n=st.integers(1, 14),
     num_aborts=st.integers(0, 3),
+    mixed=st.booleans(),
 )
 @settings(max_examples=300, deadline=None)
-def test_random_workloads_complete_identically_and_leak_nothing(seed, policy, cache, chunk, slots, rows, n, num_aborts):
+def test_random_workloads_complete_identically_and_leak_nothing(
+    seed, policy, cache, chunk, slots, rows, n, num_aborts, mixed
+):
     rng = random.Random(seed)
     reqs, outputs = make_reqs(rng, n)
     aborts = {rng.randrange(0, 60): rng.randrange(n) for _ in range(num_aborts)}
-    core = make_core(slots, rows, policy, cache, chunk)
+    core = make_core(slots, rows, policy, cache, chunk, mixed)
     run(core, reqs, aborts)
     for req, outs in zip(reqs, outputs):
         assert req.status == ReqStatus.FINISHED
@@ -267,3 +271,35 @@ def test_low_priority_requests_are_retracted_first():
     assert victims and all(victim == lowest for victim, lowest in victims)
     assert any(victim == 0 for victim, _ in victims)
     assert all(r.output_ids == expected_output(r) for r in reqs)
+
+
+def _decode_stall(mixed: bool) -> tuple[int, int]:
+    """A request decoding while a 96-token prompt is prefilled in 8-token chunks: (steps of that
+    prefill in which the decoding request got no token, mixed passes)."""
+    core = make_core(400, 4, "fcfs", True, 8, mixed)
+    rng = random.Random(3)
+    (a, b), _ = make_reqs(rng, 2)
+    a.max_new_tokens, b.prompt_ids, b.max_new_tokens = 60, [rng.randrange(VOCAB) for _ in range(96)], 2
+    core.submit(a)
+    while not a.output_ids:
+        core.drain_inbox()
+        core.step()
+    core.submit(b)
+    core.drain_inbox()
+    stalled = 0
+    while not b.output_ids:  # until b's prefill is done
+        before = len(a.output_ids)
+        core.step()
+        core.check_integrity_on_loop()
+        stalled += len(a.output_ids) == before
+    run(core, [], {})
+    assert a.output_ids == expected_output(a) and b.output_ids == expected_output(b)
+    check_all_back(core)
+    return stalled, core.stats.mixed_passes
+
+
+def test_mixed_chunks_keep_decoding_during_a_long_prefill():
+    stalled, mixed_passes = _decode_stall(mixed=False)
+    assert stalled >= 12 and mixed_passes == 0  # 12 chunks: the decode waits through each
+    stalled, mixed_passes = _decode_stall(mixed=True)
+    assert stalled == 0 and mixed_passes == 12  # every chunk carries the decode token
