@@ -33,6 +33,7 @@ class EngineConfig:
     max_prefill_tokens: int = 8192  # new tokens per extend step (a longer prompt runs alone)
     chunked_prefill_size: int = 2048  # prompts longer than this are prefilled in chunks; -1 = never chunk
     enable_mixed_chunk: bool = False  # an extend step also runs the running requests' decodes (SGLang's name)
+    mixed_prefill_tokens: int = 512  # with enable_mixed_chunk: prompt tokens of a step that carries decodes
     schedule_policy: str = "lpm"  # fcfs | lpm (longest prefix match) | dfs-weight (tree order)
     disable_radix_cache: bool = False  # no prefix reuse at all (for comparison)
     disable_jump_forward: bool = False  # constrained outputs: sample forced text token by token
@@ -102,7 +103,7 @@ class EngineConfig:
         chunk = self.chunked_prefill_size
         if not isinstance(chunk, int) or isinstance(chunk, bool) or (chunk <= 0 and chunk != -1):
             raise ValueError(f"chunked_prefill_size must be a positive integer or -1 (off), got {chunk!r}")
-        for name in ("max_running_requests", "max_prefill_tokens"):
+        for name in ("max_running_requests", "max_prefill_tokens", "mixed_prefill_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -53,6 +53,7 @@ class EngineCore:
             enable_cache=not config.disable_radix_cache,
             stats=self.stats,
             mix_decodes=config.enable_mixed_chunk,
+            mixed_budget=config.mixed_prefill_tokens,
         )
         # A jump sends the request back through an extend step that reuses its cached prefix; without
         # the radix cache that would recompute the whole sequence, so jump-forward needs the cache.

@@ -55,14 +55,17 @@ class Scheduler:
         stats: EngineStats,
         clock: Callable[[], float] = time.perf_counter,
         mix_decodes: bool = False,
+        mixed_budget: int | None = None,
     ):
         """`mix_decodes` (`enable_mixed_chunk`): an extend step also carries the running requests'
-        decode tokens, so they do not wait while a prompt is prefilled."""
+        decode tokens, so they do not wait while a prompt is prefilled; such a step prefills at most
+        `mixed_budget` prompt tokens (`mixed_prefill_tokens`), so the decodes keep a short step time."""
         self.kv_pool = kv_pool
         self.req_pool = req_pool
         self.prefill_budget = prefill_budget
         self.chunked_prefill = chunked_prefill
         self.mix_decodes = mix_decodes
+        self.mixed_budget = mixed_budget
         self.cache = PrefixCache(kv_pool, req_pool, enable_cache)
         self.policy = SchedulePolicy(policy, enable_cache)
         self.stats = stats
@@ -127,6 +130,8 @@ class Scheduler:
 
     def _schedule_extend(self) -> ScheduledBatch | None:
         budget = self.prefill_budget
+        if self.mix_decodes and self.running and self.mixed_budget is not None:
+            budget = min(budget, self.mixed_budget)
         items: list[ExtendItem] = []
         if self.chunked is not None:
             item = self._continue_chunk(budget)
@@ -149,7 +154,7 @@ class Scheduler:
 
     def _mixed_decodes(self, items: list[ExtendItem]) -> list[ExtendItem]:
         """One decode token for every running request not already in this extend (none when the pool
-        cannot give them a slot each without evicting: then they decode on the next step)."""
+        cannot give them a slot each, even after evicting cached prefixes: then they decode next step)."""
         taken = {id(item.req) for item in items}
         reqs = [r for r in self.running if id(r) not in taken]
         if not reqs or not self.cache.make_room(len(reqs)):

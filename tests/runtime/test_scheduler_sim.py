@@ -83,7 +83,9 @@ class FakeRunner:
         return logits
 
 
-def make_core(slots: int, rows: int, policy: str, cache: bool, chunk: int | None, mixed: bool = False) -> EngineCore:
+def make_core(
+    slots: int, rows: int, policy: str, cache: bool, chunk: int | None, mixed: bool = False, mixed_tokens: int = 512
+) -> EngineCore:
     config = EngineConfig(
         max_running_requests=rows,
         max_prefill_tokens=chunk or 10_000,
@@ -91,6 +93,7 @@ def make_core(slots: int, rows: int, policy: str, cache: bool, chunk: int | None
         schedule_policy=policy,
         disable_radix_cache=not cache,
         enable_mixed_chunk=mixed,
+        mixed_prefill_tokens=mixed_tokens,
     )
     return EngineCore(FakeRunner(slots, rows), StubTokenizer(), config, start_loop=False)
 
@@ -163,15 +166,16 @@ def check_all_back(core: EngineCore) -> None:
     n=st.integers(1, 14),
     num_aborts=st.integers(0, 3),
     mixed=st.booleans(),
+    mixed_tokens=st.sampled_from([3, 512]),  # 3: every step that carries decodes prefills 3 tokens at most
 )
 @settings(max_examples=300, deadline=None)
 def test_random_workloads_complete_identically_and_leak_nothing(
-    seed, policy, cache, chunk, slots, rows, n, num_aborts, mixed
+    seed, policy, cache, chunk, slots, rows, n, num_aborts, mixed, mixed_tokens
 ):
     rng = random.Random(seed)
     reqs, outputs = make_reqs(rng, n)
     aborts = {rng.randrange(0, 60): rng.randrange(n) for _ in range(num_aborts)}
-    core = make_core(slots, rows, policy, cache, chunk, mixed)
+    core = make_core(slots, rows, policy, cache, chunk, mixed, mixed_tokens)
     run(core, reqs, aborts)
     for req, outs in zip(reqs, outputs):
         assert req.status == ReqStatus.FINISHED
@@ -273,10 +277,10 @@ def test_low_priority_requests_are_retracted_first():
     assert all(r.output_ids == expected_output(r) for r in reqs)
 
 
-def _decode_stall(mixed: bool) -> tuple[int, int]:
+def _decode_stall(mixed: bool, mixed_tokens: int = 512) -> tuple[int, int]:
     """A request decoding while a 96-token prompt is prefilled in 8-token chunks: (steps of that
     prefill in which the decoding request got no token, mixed passes)."""
-    core = make_core(400, 4, "fcfs", True, 8, mixed)
+    core = make_core(400, 4, "fcfs", True, 8, mixed, mixed_tokens)
     rng = random.Random(3)
     (a, b), _ = make_reqs(rng, 2)
     a.max_new_tokens, b.prompt_ids, b.max_new_tokens = 60, [rng.randrange(VOCAB) for _ in range(96)], 2
@@ -303,3 +307,5 @@ def test_mixed_chunks_keep_decoding_during_a_long_prefill():
     assert stalled >= 12 and mixed_passes == 0  # 12 chunks: the decode waits through each
     stalled, mixed_passes = _decode_stall(mixed=True)
     assert stalled == 0 and mixed_passes == 12  # every chunk carries the decode token
+    stalled, mixed_passes = _decode_stall(mixed=True, mixed_tokens=4)
+    assert stalled == 0 and mixed_passes == 24  # while a decode runs, a step prefills 4 tokens
