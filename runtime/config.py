@@ -15,6 +15,7 @@ LOAD_FORMATS = ("auto", "gguf", "safetensors", "dummy")
 ATTENTION_BACKENDS = ("torch", "triton")
 SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
 CPU_LINEAR_BACKENDS = ("auto", "torch", "onednn")  # see runtime/models/cpu_linear.py
+QUANTIZATIONS = ("int8",)  # weight-only int8, bfloat16 activations (runtime/models/int8_linear.py; CPU)
 
 
 JSON_WHITESPACE = ("default", "compact", "flexible")
@@ -51,6 +52,7 @@ class EngineConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     cpu_threads: int | None = None  # torch intra-op threads on CPU; None = leave torch's default
     cpu_linear: str = "auto"  # CPU linear layers: auto (timed once per process) | torch | onednn (packed weights)
+    quantization: str | None = None  # int8: weight-only int8 linear layers (CPU, bfloat16 activations)
     tp_size: int = 1  # tensor parallel ranks (processes; gloo on CPU, NCCL on CUDA); see runtime/distributed/
     tp_timeout_s: float = 300.0  # a tensor-parallel collective waiting longer than this fails the step
 
@@ -75,6 +77,13 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {QUANTIZATIONS} or None, got {self.quantization!r}")
+        if self.quantization == "int8" and self.dtype not in ("auto", "bfloat16"):
+            raise ValueError(
+                "quantization 'int8' runs with bfloat16 activations: dtype must be auto or bfloat16, "
+                f"got {self.dtype!r}"
+            )
         if self.cpu_linear not in CPU_LINEAR_BACKENDS:
             raise ValueError(f"cpu_linear must be one of {CPU_LINEAR_BACKENDS}, got {self.cpu_linear!r}")
         if self.schedule_policy not in SCHEDULE_POLICIES:
@@ -138,6 +147,8 @@ class EngineConfig:
         return torch.device(self.device)
 
     def resolved_dtype(self) -> torch.dtype:
+        if self.dtype == "auto" and self.quantization == "int8":
+            return torch.bfloat16
         if self.dtype == "auto":
             return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
         return DTYPES[self.dtype]

@@ -17,6 +17,7 @@ from loomlm.runtime.distributed.plan import TensorParallelPlan
 from loomlm.runtime.forward_context import ForwardBatch, ForwardContext
 from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
 from loomlm.runtime.models.cpu_linear import choose_cpu_linear, onednn_available
+from loomlm.runtime.models.int8_linear import int8_available
 from loomlm.runtime.models.loader import load_model, resolve_model_path
 from loomlm.runtime.models.ops import create_ops
 
@@ -122,6 +123,19 @@ class ModelRunner:
 
     def _choose_cpu_linear(self, wanted: str) -> str | None:
         """Which path the linear layers take on CPU (None elsewhere), applied to the model and logged."""
+        if self.config.quantization == "int8":
+            if self.device.type != "cpu":
+                raise ValueError("quantization 'int8' runs on the CPU only (PyTorch's int8 weight-only kernel)")
+            if not int8_available():
+                raise ValueError("quantization 'int8' needs torch._weight_int8pack_mm (PyTorch >= 2.3)")
+            before = self.weight_bytes()
+            self.model.use_int8_weights()
+            logger.info(
+                "int8 weight-only linear layers: weights %.1f MiB (were %.1f)",
+                self.weight_bytes() / 2**20,
+                before / 2**20,
+            )
+            return "int8"
         if self.device.type != "cpu":
             return None
         if wanted == "onednn" and not onednn_available():
@@ -132,6 +146,14 @@ class ModelRunner:
         if wanted == "onednn":
             self.model.use_packed_linears()
         return wanted
+
+    def weight_bytes(self) -> int:
+        """Bytes of the model's parameters and buffers (the RoPE tables included), each tensor once."""
+        seen: dict[int, int] = {}
+        for t in [*self.model.parameters(), *self.model.buffers()]:
+            seen[id(t)] = t.numel() * t.element_size()
+        extra = self.model.head_int8 or ()
+        return sum(seen.values()) + sum(t.numel() * t.element_size() for t in extra)
 
     @property
     def cuda_graph_replays(self) -> int:

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable-cuda-graph", action="store_true", help="loomlm: run decode eagerly on CUDA")
     p.add_argument("--tp-size", type=int, default=1, help="loomlm: tensor-parallel ranks (processes)")
     p.add_argument(
+        "--quantization", choices=("int8",), default=None, help="loomlm: int8 weight-only layers (bfloat16 activations)"
+    )
+    p.add_argument(
         "--cpu-linear",
         choices=CPU_LINEAR_BACKENDS,
         default="auto",
@@ -233,6 +236,7 @@ def _summary(
         disable_cuda_graph=args.disable_cuda_graph,
         cpu_linear=args.cpu_linear,
         tp_size=args.tp_size,
+        quantization=args.quantization,
         **environment(device),
     )
     return result
@@ -250,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         device, vocab = resolve_target(args)
     except ValueError as exc:
         return _fail(exc)
-    if args.dtype == "auto":
-        args.dtype = "bfloat16" if device.type == "cuda" else "float32"
+    if args.dtype == "auto":  # the engine's choice (int8 weights run with bfloat16 activations)
+        args.dtype = "bfloat16" if device.type == "cuda" or args.quantization else "float32"
     sizes = sweep.sweep_sizes(args, device)
     if args.sweep_only and not sizes:
         return _fail("--sweep-only needs a decode sweep (--decode-batch-sizes; off by default on CPU)")

@@ -23,6 +23,7 @@ from loomlm.runtime.distributed.sharding import shard_llama
 from loomlm.runtime.forward_context import ForwardContext
 from loomlm.runtime.models.config import ModelConfig, RopeScaling
 from loomlm.runtime.models.cpu_linear import PackedLinear, onednn_linear, packed_weight
+from loomlm.runtime.models.int8_linear import Int8Linear, int8_linear, quantize_rows
 from loomlm.runtime.models.ops import TorchOps, TritonOps
 
 if TYPE_CHECKING:
@@ -163,6 +164,9 @@ class LlamaForCausalLM(nn.Module):
         # The LM head's oneDNN-packed weight when `use_packed_linears` ran (a plain tensor attribute:
         # not a parameter, so the state dict keeps its names).
         self.head_packed: torch.Tensor | None = None
+        # The tied LM head's int8 weight and scales when `use_int8_weights` ran (the embedding itself
+        # stays as it is: lookups need the rows).
+        self.head_int8: tuple[torch.Tensor, torch.Tensor] | None = None
         # Tensor parallel (use_tensor_parallel): the group, this rank's vocabulary range and every
         # rank's vocabulary width (the LM head's gathered columns).
         self.tp: TensorParallelGroup | None = None
@@ -214,6 +218,22 @@ class LlamaForCausalLM(nn.Module):
                 setattr(parent, name, PackedLinear.of(getattr(parent, name)))
         self.head_packed = packed_weight(self.head_weight())
 
+    def use_int8_weights(self) -> None:
+        """Every projection and the LM head as int8 weight-only layers (CPU; `quantization="int8"`)."""
+        dtype = self.embed_tokens.weight.dtype
+        for layer in self.layers:
+            for parent, name in (
+                (layer.attn, "qkv_proj"),
+                (layer.attn, "o_proj"),
+                (layer.mlp, "gate_up_proj"),
+                (layer.mlp, "down_proj"),
+            ):
+                setattr(parent, name, Int8Linear.of(getattr(parent, name), dtype))
+        if self.lm_head is None:
+            self.head_int8 = quantize_rows(self.embed_tokens.weight, dtype)
+        else:
+            self.lm_head = Int8Linear.of(self.lm_head, dtype)
+
     @torch.inference_mode()
     def forward(self, ctx: ForwardContext) -> torch.Tensor:
         """Returns float32 logits [N, vocab] for the hidden rows `ctx.batch.logits_indices`."""
@@ -225,7 +245,11 @@ class LlamaForCausalLM(nn.Module):
             h, residual = layer(h, residual, rope, ctx, ops)
         idx = ctx.batch.logits_indices
         h, _ = self.norm(h[idx], ops, residual[idx])  # [N, hidden]
-        if self.head_packed is None:
+        if self.head_int8 is not None:
+            logits = int8_linear(h, *self.head_int8)
+        elif isinstance(self.lm_head, Int8Linear):
+            logits = self.lm_head(h)
+        elif self.head_packed is None:
             logits = F.linear(h, self.head_weight())
         else:
             logits = onednn_linear(h, self.head_packed, None)
