@@ -101,7 +101,8 @@ class ModelRunner:
             # Never more than every running request at full context could use.
             num_slots = min(num_slots, config.max_running_requests * self.context_length)
         if self.tp_group is not None:
-            num_slots = int(self.tp_group.broadcast_ints(torch.tensor([num_slots]))[0])
+            # Not bounded by tp_timeout_s: the ranks finish loading their weights at different times.
+            num_slots = int(self.tp_group.broadcast_ints(torch.tensor([num_slots]), idle=True)[0])
         if num_slots < 2:
             raise ValueError(
                 f"the KV pool would hold {num_slots} tokens: raise max_total_tokens or mem_fraction_static"

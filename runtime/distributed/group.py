@@ -70,7 +70,9 @@ class TensorParallelGroup:
         else:
             path = self.store.get("shm_path").decode()
         shm = SharedMemoryCollectives(path, self.rank, self.size, timeout_s, peers_alive)
-        self.control.allreduce([torch.zeros(1)]).wait()  # every rank has mapped it
+        joined = dist.AllreduceOptions()
+        joined.timeout = timedelta(seconds=max(timeout_s, _JOIN_S))  # ranks may still be loading weights
+        self.control.allreduce([torch.zeros(1)], joined).wait()  # every rank has mapped it
         if self.rank == 0:
             os.unlink(path)
         return shm
@@ -99,8 +101,9 @@ class TensorParallelGroup:
     # ---- control: rank 0 sends, the others receive ---------------------------------------------
     def broadcast_ints(self, values: torch.Tensor | None = None, idle: bool = False) -> torch.Tensor:
         """Rank 0's 1-D int64 `values`, on every rank (shared memory, else two gloo broadcasts: the
-        length, then the values). `idle`: a rank waiting for its next step, which may come any time
-        later (no timeout; it still fails when rank 0 is gone)."""
+        length, then the values). `idle`: no time limit, for a rank waiting for its next step (which may
+        come any time later) and for the exchange at start-up (ranks finish loading at different
+        times); it still fails when a peer is gone."""
         if self.shm is not None:
             values = None if values is None else values.to(torch.int64).contiguous()
             shared = self.shm.broadcast_ints(values, bounded=not idle)
