@@ -159,11 +159,10 @@ class Scheduler:
         reqs = [r for r in self.running if id(r) not in taken]
         if not reqs or not self.cache.make_room(len(reqs)):
             return []
-        out = []
-        for req in reqs:
-            self._alloc(req, req.kv_len, 1)
-            out.append(ExtendItem(req, req.kv_len, req.kv_len + 1))
-        return out
+        rows = torch.tensor([r.row for r in reqs], dtype=torch.int64)
+        kv_lens = torch.tensor([r.kv_len for r in reqs], dtype=torch.int64)
+        self.req_pool.req_to_token[rows, kv_lens] = self.kv_pool.alloc(len(reqs)).to(torch.int32)
+        return [ExtendItem(req, req.kv_len, req.kv_len + 1) for req in reqs]
 
     def _continue_chunk(self, budget: int) -> ExtendItem | None:
         req = self.chunked

@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 
         model_dir = vllm_peer.ensure_model_dir(args.peer_model_dir, args.model_path)
         _log(f"vLLM ({args.peer_python}): {len(prompts)} prompts, {args.peer_dtype}, {model_dir}")
-        peer, peer_out, _version = vllm_peer.run_vllm(
+        peer, peer_out = vllm_peer.run_vllm(
             args.peer_python, model_dir, prompts, args.output_len, args.peer_dtype, threads
         )
         peer_same = sum(a == b for a, b in zip(our_out, peer_out))

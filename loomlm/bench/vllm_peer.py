@@ -37,8 +37,8 @@ def ensure_model_dir(folder: str | None, model_path: str | None) -> str:
 
 def run_vllm(
     python: str, model_dir: str, prompts: list[list[int]], output_len: int, dtype: str, threads: int
-) -> tuple[Measurement, list[list[int]], str]:
-    """(the measurement, output ids per prompt, vLLM's version)."""
+) -> tuple[Measurement, list[list[int]]]:
+    """(the measurement, named with vLLM's version; output ids per prompt)."""
     spec = {
         "model_dir": model_dir,
         "prompts": prompts,
@@ -70,5 +70,4 @@ def run_vllm(
     return (
         Measurement(f"vllm {result['version']} ({dtype})", len(outputs), tokens, result["wall_s"]),
         outputs,
-        result["version"],
     )

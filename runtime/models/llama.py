@@ -206,8 +206,8 @@ class LlamaForCausalLM(nn.Module):
         projections = [m.weight for m in self.modules() if isinstance(m, nn.Linear)]
         return [*projections, self.head_weight()] if self.lm_head is None else projections
 
-    def use_packed_linears(self) -> None:
-        """Run every projection and the LM head with oneDNN over packed weights (CPU; `cpu_linear`)."""
+    def _replace_projections(self, make: Any) -> None:
+        """Every layer's four projections replaced by `make(linear)`."""
         for layer in self.layers:
             for parent, name in (
                 (layer.attn, "qkv_proj"),
@@ -215,20 +215,17 @@ class LlamaForCausalLM(nn.Module):
                 (layer.mlp, "gate_up_proj"),
                 (layer.mlp, "down_proj"),
             ):
-                setattr(parent, name, PackedLinear.of(getattr(parent, name)))
+                setattr(parent, name, make(getattr(parent, name)))
+
+    def use_packed_linears(self) -> None:
+        """Run every projection and the LM head with oneDNN over packed weights (CPU; `cpu_linear`)."""
+        self._replace_projections(PackedLinear.of)
         self.head_packed = packed_weight(self.head_weight())
 
     def use_int8_weights(self) -> None:
         """Every projection and the LM head as int8 weight-only layers (CPU; `quantization="int8"`)."""
         dtype = self.embed_tokens.weight.dtype
-        for layer in self.layers:
-            for parent, name in (
-                (layer.attn, "qkv_proj"),
-                (layer.attn, "o_proj"),
-                (layer.mlp, "gate_up_proj"),
-                (layer.mlp, "down_proj"),
-            ):
-                setattr(parent, name, Int8Linear.of(getattr(parent, name), dtype))
+        self._replace_projections(lambda linear: Int8Linear.of(linear, dtype))
         if self.lm_head is None:
             self.head_int8 = quantize_rows(self.embed_tokens.weight, dtype)
         else:
