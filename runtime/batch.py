@@ -13,11 +13,15 @@ prompt positions whose logprobs were asked for, and the last fill token of each 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from loomlm.runtime.forward_context import ForwardBatch, ForwardMode, SharedPrefix
 from loomlm.runtime.request import Req
+
+if TYPE_CHECKING:
+    from loomlm.runtime.speculative import Draft
 
 
 @dataclass
@@ -44,10 +48,21 @@ class ScheduledBatch(ForwardBatch):
     logprob_spans: list[LogprobSpan] | None  # per request (extend only)
     released_rows: tuple[int, ...] = ()  # request rows freed since the previous batch (set by schedule())
     mixed_decodes: int = 0  # extend only: the last this many requests are running decodes (one token each)
+    drafts: list[Draft] | None = None  # a verify pass (EXTEND mode): each request's last token + its draft
+    settled_drafts: int = 0  # verify: requests whose draft slots were taken or freed (in batch order)
+
+    @property
+    def is_verify(self) -> bool:
+        return self.drafts is not None
+
+    def draft_slots(self, i: int) -> torch.Tensor:
+        """Verify pass: the KV slots [len(draft i)] of request i's draft tokens."""
+        start = int(self.sample_rows[i]) + 1
+        return self.out_slots[start : start + len(self.drafts[i])]
 
     @property
     def sampling_reqs(self) -> list[Req]:
-        if self.mode == ForwardMode.DECODE:
+        if self.mode == ForwardMode.DECODE or self.drafts is not None:
             return self.reqs
         return [self.reqs[i] for i in self.sample_index.tolist()]
 
@@ -117,4 +132,38 @@ def build_decode(
         sample_rows=arange,
         logprob_spans=None,
         shared_prefixes=shared_prefixes,
+    )
+
+
+def build_verify(
+    reqs: list[Req], drafts: list[Draft], kv_lens: list[int], req_to_token: torch.Tensor
+) -> ScheduledBatch:
+    """A speculative verify pass: request b feeds its last output token and draft b at positions
+    kv_lens[b] .. kv_lens[b] + len(draft b), whose slots are already in its `req_to_token` row. Every
+    row gives logits (row j of a request predicts the token after its j-th fed token)."""
+    counts = [1 + len(d) for d in drafts]
+    ids: list[int] = []
+    positions, slots = [], []
+    for req, draft, kv_len, n in zip(reqs, drafts, kv_lens, counts):
+        ids.append(req.output_ids[-1])
+        ids.extend(draft.tokens)
+        positions.append(torch.arange(kv_len, kv_len + n, dtype=torch.int64))
+        slots.append(req_to_token[req.row, kv_len : kv_len + n].to(torch.int64))
+    T = len(ids)
+    extend_lens = torch.tensor(counts, dtype=torch.int64)
+    B = len(reqs)
+    return ScheduledBatch(
+        mode=ForwardMode.EXTEND,
+        reqs=list(reqs),
+        input_ids=torch.tensor(ids, dtype=torch.int64),
+        positions=torch.cat(positions),
+        out_slots=torch.cat(slots),
+        req_rows=torch.tensor([r.row for r in reqs], dtype=torch.int64),
+        prefix_lens=torch.tensor(kv_lens, dtype=torch.int64),
+        extend_lens=extend_lens,
+        logits_indices=torch.arange(T, dtype=torch.int64),
+        sample_index=torch.arange(B, dtype=torch.int64),
+        sample_rows=torch.cumsum(extend_lens, 0) - extend_lens,  # each request's first row
+        logprob_spans=[LogprobSpan(0, 0, 0)] * B,
+        drafts=list(drafts),
     )

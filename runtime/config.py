@@ -15,6 +15,7 @@ LOAD_FORMATS = ("auto", "gguf", "safetensors", "dummy")
 ATTENTION_BACKENDS = ("torch", "triton")
 SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
 CPU_LINEAR_BACKENDS = ("auto", "torch", "onednn")  # see runtime/models/cpu_linear.py
+SPECULATIVE_ALGORITHMS = ("NGRAM",)  # prompt-lookup drafting (runtime/speculative.py)
 QUANTIZATIONS = ("int8",)  # weight-only int8, bfloat16 activations (runtime/models/int8_linear.py; CPU)
 
 
@@ -55,6 +56,10 @@ class EngineConfig:
     quantization: str | None = None  # int8: weight-only int8 linear layers (CPU, bfloat16 activations)
     tp_size: int = 1  # tensor parallel ranks (processes; gloo on CPU, NCCL on CUDA); see runtime/distributed/
     tp_timeout_s: float = 300.0  # a tensor-parallel collective waiting longer than this fails the step
+    speculative_algorithm: str | None = None  # NGRAM: drafts from each request's own context, verified in one pass
+    speculative_num_draft_tokens: int = 4  # most draft tokens per request and step (adapted to acceptance)
+    speculative_ngram_min_match_window_size: int = 2  # shortest suffix matched in the context to draft
+    speculative_ngram_max_match_window_size: int = 4  # longest suffix tried first
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in DTYPES:
@@ -84,6 +89,7 @@ class EngineConfig:
                 "quantization 'int8' runs with bfloat16 activations: dtype must be auto or bfloat16, "
                 f"got {self.dtype!r}"
             )
+        self._check_speculative()
         if self.cpu_linear not in CPU_LINEAR_BACKENDS:
             raise ValueError(f"cpu_linear must be one of {CPU_LINEAR_BACKENDS}, got {self.cpu_linear!r}")
         if self.schedule_policy not in SCHEDULE_POLICIES:
@@ -130,6 +136,25 @@ class EngineConfig:
                 )
         if not isinstance(self.random_seed, int):
             raise ValueError(f"random_seed must be an integer, got {self.random_seed!r}")
+
+    def _check_speculative(self) -> None:
+        algo = self.speculative_algorithm
+        if algo is not None and algo not in SPECULATIVE_ALGORITHMS:
+            raise ValueError(f"speculative_algorithm must be one of {SPECULATIVE_ALGORITHMS} or None, got {algo!r}")
+        for name in (
+            "speculative_num_draft_tokens",
+            "speculative_ngram_min_match_window_size",
+            "speculative_ngram_max_match_window_size",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.speculative_ngram_min_match_window_size > self.speculative_ngram_max_match_window_size:
+            raise ValueError(
+                "speculative_ngram_min_match_window_size "
+                f"({self.speculative_ngram_min_match_window_size}) exceeds "
+                f"speculative_ngram_max_match_window_size ({self.speculative_ngram_max_match_window_size})"
+            )
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> EngineConfig:

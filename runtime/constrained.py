@@ -120,6 +120,7 @@ class ConstraintMasks:
         self._row_state: dict[int, GrammarState] = {}
         self._row_table: dict[int, dict[Hashable, int]] = {}  # sampler row -> its guide's table
         self._shifts = torch.arange(32, dtype=torch.int32, device=self.device)
+        self._pinned: set[int] = set()  # arena rows of a verify pass's draft states (kept from eviction)
 
     @property
     def active(self) -> bool:
@@ -162,22 +163,52 @@ class ConstraintMasks:
     def update(self, row: int) -> None:
         """Point `row` at its guide's current state (after `advance` or a jump): O(1) dict work on a hit."""
         gs = self._row_state[row]
+        try:
+            arena_row = self._lookup(self._row_table[row], gs.guide, gs.state)
+        except GrammarError as exc:  # allow EOS only; the output processor then aborts the request
+            gs.fail(exc)
+            arena_row = self._alloc()
+            self.arena[arena_row] = 0
+            for eos in gs.guide.vocab.eos_token_ids:
+                self.arena[arena_row, eos >> 5] |= np.int32(np.uint32(1 << (eos & 31)).view(np.int32))
+            self._free.append(arena_row)  # never cached: the next fill overwrites it
+            self._dirty.append(arena_row)
+        self.arena_row[row] = arena_row
+
+    def draft_rows(self, row: int, states: Sequence[Any]) -> list[int]:
+        """Arena rows of the masks at `states`, the guide states `row`'s request would reach through its
+        speculative drafts (a verify pass). Stops before the first state whose mask cannot be computed
+        (a grammar limit: the request meets it when it gets there). The rows are kept from eviction
+        until `unpin_drafts`."""
+        gs = self._row_state[row]
         table = self._row_table[row]
-        key = gs.guide.mask_key(gs.state)
+        out = []
+        for state in states:
+            try:
+                arena_row = self._lookup(table, gs.guide, state)
+            except GrammarError:
+                break
+            self._pinned.add(arena_row)
+            out.append(arena_row)
+        return out
+
+    def unpin_drafts(self) -> None:
+        self._pinned.clear()
+
+    def _lookup(self, table: dict[Hashable, int], guide: Guide, state: Any) -> int:
+        """The arena row of `state`'s mask, filled on a miss (GrammarError propagates, nothing cached)."""
+        key = guide.mask_key(state)
         arena_row = table.get(key)
         if arena_row is None:
             arena_row = self._alloc()
             try:
-                gs.guide.fill_bitmask(gs.state, self.arena[arena_row])
-                table[key] = arena_row
-            except GrammarError as exc:  # allow EOS only; the output processor then aborts the request
-                gs.fail(exc)
-                self.arena[arena_row] = 0
-                for eos in gs.guide.vocab.eos_token_ids:
-                    self.arena[arena_row, eos >> 5] |= np.int32(np.uint32(1 << (eos & 31)).view(np.int32))
-                self._free.append(arena_row)  # never cached: the next fill overwrites it
+                guide.fill_bitmask(state, self.arena[arena_row])
+            except GrammarError:
+                self._free.append(arena_row)
+                raise
+            table[key] = arena_row
             self._dirty.append(arena_row)
-        self.arena_row[row] = arena_row
+        return arena_row
 
     def _alloc(self) -> int:
         if not self._free and self.num_rows == self.max_cached_rows:
@@ -194,7 +225,7 @@ class ConstraintMasks:
 
     def _evict_unpointed(self) -> None:
         """Drop the cached rows no sampler row points at (the arena is full)."""
-        pointed = {int(self.arena_row[r]) for r in self._row_state}
+        pointed = {int(self.arena_row[r]) for r in self._row_state} | self._pinned
         for table in self._tables.values():
             for key in [k for k, r in table.items() if r not in pointed]:
                 self._free.append(table.pop(key))
@@ -229,15 +260,23 @@ class ConstraintMasks:
         the Triton bitmask kernel writes them in place)."""
         rows_np = rows.cpu().numpy()
         if self.device.type == "cpu":
-            packed = self.bitmask(self.fill_bitmask(rows_np))  # [B, W] int32
-        else:
-            arena = self._synced_device_arena()
-            index = torch.from_numpy(self.arena_row.take(rows_np)).to(self.device, non_blocking=True)
-            packed = arena.index_select(0, index)
-            if logits.stride(-1) == 1:
-                from loomlm.kernels.fused_ops import apply_token_bitmask_
+            return self._mask(logits, self.bitmask(self.fill_bitmask(rows_np)))
+        return self.apply_arena_rows(logits, self.arena_row.take(rows_np))
 
-                return apply_token_bitmask_(logits, packed)
+    def apply_arena_rows(self, logits: torch.Tensor, arena_rows: np.ndarray) -> torch.Tensor:
+        """Like `apply`, with each logits row's arena row given ([B] int64; a verify pass's rows)."""
+        if self.device.type == "cpu":
+            return self._mask(logits, torch.from_numpy(self.arena.take(arena_rows, axis=0)))
+        arena = self._synced_device_arena()
+        packed = arena.index_select(0, torch.from_numpy(arena_rows).to(self.device, non_blocking=True))
+        if logits.stride(-1) == 1:
+            from loomlm.kernels.fused_ops import apply_token_bitmask_
+
+            return apply_token_bitmask_(logits, packed)
+        return self._mask(logits, packed)
+
+    def _mask(self, logits: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+        """packed [B, W] int32 bit rows -> logits with the cleared bits' tokens at -inf."""
         bits = (packed.unsqueeze(-1) >> self._shifts) & 1  # [B, W, 32]
         allowed = bits.view(len(packed), -1)[:, : logits.shape[-1]].bool()
         return logits.masked_fill(~allowed, float("-inf"))

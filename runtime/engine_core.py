@@ -28,12 +28,24 @@ from loomlm.runtime.output_processor import OutputProcessor
 from loomlm.runtime.request import Req
 from loomlm.runtime.sampler import Sampler
 from loomlm.runtime.scheduler import Scheduler
+from loomlm.runtime.speculative import NgramDrafter
 from loomlm.runtime.stats import EngineStats
 
 if TYPE_CHECKING:
     from loomlm.runtime.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
+
+
+def _drafter(config: EngineConfig, context_length: int) -> NgramDrafter | None:
+    if config.speculative_algorithm is None:
+        return None
+    return NgramDrafter(
+        config.speculative_num_draft_tokens,
+        config.speculative_ngram_min_match_window_size,
+        config.speculative_ngram_max_match_window_size,
+        context_length,
+    )
 
 
 class EngineCore:
@@ -54,6 +66,7 @@ class EngineCore:
             stats=self.stats,
             mix_decodes=config.enable_mixed_chunk,
             mixed_budget=config.mixed_prefill_tokens,
+            drafter=_drafter(config, runner.context_length),
         )
         # A jump sends the request back through an extend step that reuses its cached prefix; without
         # the radix cache that would recompute the whole sequence, so jump-forward needs the cache.
@@ -172,5 +185,7 @@ class EngineCore:
             logger.error("step failed:\n%s", traceback.format_exc())
             if not forwarded:  # the batch's slots are owned by its requests: aborting them frees them
                 self.scheduler.after_forward(batch, succeeded=False)
+            elif batch.is_verify:  # drafts not settled before the failure are no request's yet
+                self.scheduler.abandon_drafts(batch)
             self.output.abort(batch.reqs, f"engine error: {exc!r}")
         return True

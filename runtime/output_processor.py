@@ -86,6 +86,9 @@ class OutputProcessor:
     def process(self, batch: ScheduledBatch, logits: torch.Tensor, sampled: SampledTokens) -> None:
         """logits [N, V]: the batch's logits rows (prompt logprobs); `sampled`: its sampling."""
         self.stats.record_step(batch)
+        if batch.is_verify:
+            self._process_verify(batch, sampled)
+            return
         token_list = sampled.tokens.tolist()
         logprobs = OutputLogprobs(sampled.reqs, sampled.logits, sampled.tokens)
         if batch.mode == ForwardMode.EXTEND:
@@ -100,6 +103,38 @@ class OutputProcessor:
             req.output_ids.append(token)
             logprobs.record(req, i, token)
             self._advance(req, token)
+
+    def _process_verify(self, batch: ScheduledBatch, sampled: SampledTokens) -> None:
+        """A speculative verify pass: each request takes its accepted drafts and the token sampled after
+        them, one by one as if decoded (a stop, a finish or a jump-forward ends the run early); the K/V
+        slots of drafts it did not take are freed."""
+        token_list = sampled.tokens.tolist()
+        counts = batch.extend_lens.tolist()
+        row_reqs = [req for req, n in zip(batch.reqs, counts) for _ in range(n)]
+        logprobs = OutputLogprobs(row_reqs, sampled.logits, sampled.tokens)
+        drafter = self.scheduler.drafter
+        for i, (req, first) in enumerate(zip(batch.reqs, batch.sample_rows.tolist())):
+            accepted = sampled.accepted[i]
+            kept = 0
+            try:
+                for j in range(accepted + 1):
+                    if req.status != ReqStatus.RUNNING:
+                        break
+                    if len(req.output_ids) >= req.max_new_tokens:
+                        self.finish(req, FinishReason("length", matched=None))
+                        break
+                    if j:  # the previous token was draft j: its K/V, computed in this pass, is the request's
+                        req.kv_len += 1
+                        kept += 1
+                    token = token_list[first + j]
+                    req.output_ids.append(token)
+                    logprobs.record(req, first + j, token)
+                    self._advance(req, token)
+            finally:  # also when the step fails here: the drafts the request took are its own
+                self.scheduler.settle_drafts(batch, i, kept)
+            self.stats.spec_accepted_tokens += kept
+            if drafter is not None:
+                drafter.observe(req, len(batch.drafts[i]), accepted)
 
     def _advance(self, req: Req, token: int) -> None:
         """Advance the guide, detokenize the new token (or jump forward), check every stop condition,
@@ -205,6 +240,8 @@ class OutputProcessor:
         }
         if final:
             meta["queue_time"] = req.queue_time
+        if req.draft_state is not None:
+            meta["spec_verify_ct"] = req.draft_state.verify_passes
         if req.logprobs.return_logprob:
             meta["output_token_logprobs"] = list(req.output_token_logprobs)
             meta["input_token_logprobs"] = list(req.input_token_logprobs)

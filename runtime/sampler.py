@@ -62,8 +62,9 @@ class SampledTokens:
     applied: output logprobs are taken from them) and the tokens."""
 
     reqs: list[Req]
-    logits: torch.Tensor  # [S, V] float32
-    tokens: torch.Tensor  # [S] int64, on the logits' device
+    logits: torch.Tensor  # [S, V] float32 (a verify pass: [T, V], one row per fed token)
+    tokens: torch.Tensor  # [S] int64, on the logits' device (a verify pass: [T])
+    accepted: list[int] | None = None  # a verify pass: drafts accepted per request (of `reqs`)
 
 
 class Sampler:
@@ -119,6 +120,8 @@ class Sampler:
     def sample_batch(self, batch: ScheduledBatch, logits: torch.Tensor) -> SampledTokens:
         """The next token of each request of `batch` that samples this step; logits [N, V] are the
         batch's logits rows. Counts the tokens for the penalties."""
+        if batch.is_verify:
+            return self._sample_verify(batch, logits)
         reqs = batch.sampling_reqs
         logits = logits[batch.sample_rows]  # [S, V]
         rows = batch.req_rows[batch.sample_index]  # [S]
@@ -130,6 +133,49 @@ class Sampler:
         tokens = self.sample(logits, rows, num_generated)
         self.record(rows, tokens)
         return SampledTokens(reqs, logits, tokens)
+
+    def _sample_verify(self, batch: ScheduledBatch, logits: torch.Tensor) -> SampledTokens:
+        """A verify pass (see runtime/speculative.py): every row [T] is sampled as the decode step at its
+        position would be, and request b accepts its drafts while each equals the token sampled before it."""
+        reqs = batch.reqs
+        counts = batch.extend_lens  # [B] 1 + draft length
+        B, T = len(reqs), int(counts.sum())
+        seg = torch.repeat_interleave(torch.arange(B), counts)  # [T] request of each row
+        offset = torch.arange(T) - batch.sample_rows[seg]  # [T] row within its request
+        rows = batch.req_rows[seg]
+        num_generated = torch.tensor([len(r.output_ids) for r in reqs], dtype=torch.int64)[seg] + offset
+        usable = counts - 1  # drafts whose rows have masks
+        if self.constraints.active:
+            logits, usable = self._verify_masks(batch, logits, rows, usable)
+        tokens = self.sample(logits, rows, num_generated)
+        # Row j of a request is checked against its draft j + 1 (the next fed token); the first row that
+        # differs, or its last usable row, ends its run: accepted = that row's offset.
+        nxt = torch.cat([batch.input_ids[1:], batch.input_ids[:1]]).to(tokens.device)
+        ends = (tokens != nxt).cpu() | (offset >= usable[seg])
+        big = torch.full((B,), T, dtype=torch.int64)
+        accepted = big.scatter_reduce(0, seg, torch.where(ends, offset, T), reduce="amin")
+        taken = offset <= accepted[seg]  # the accepted drafts' rows and the one after them
+        self.record(rows[taken], tokens[taken.to(tokens.device)])
+        return SampledTokens(reqs, logits, tokens, accepted=accepted.tolist())
+
+    def _verify_masks(
+        self, batch: ScheduledBatch, logits: torch.Tensor, rows: torch.Tensor, usable: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Grammar masks of a verify pass's rows: a request's first row at its guide's state, row j at the
+        state after its first j drafts. A draft state whose mask cannot be computed makes the drafts from
+        there on unusable (`usable` [B] is lowered)."""
+        masks = self.constraints
+        masks.unpin_drafts()
+        arena_rows = masks.arena_row.take(rows.numpy())
+        usable = usable.clone()
+        for b, (req, draft) in enumerate(zip(batch.reqs, batch.drafts)):
+            if req.grammar is None or not draft.states:
+                continue
+            found = masks.draft_rows(req.row, draft.states)
+            first = int(batch.sample_rows[b]) + 1
+            arena_rows[first : first + len(found)] = found
+            usable[b] = min(int(usable[b]), len(found))
+        return masks.apply_arena_rows(logits, arena_rows), usable
 
     def check_rows(self, holder_rows: Iterable[int], released_rows: Iterable[int]) -> None:
         """Integrity between steps: every holder's row is claimed, every claimed row is a holder's or

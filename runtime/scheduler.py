@@ -26,13 +26,14 @@ from collections.abc import Callable
 
 import torch
 
-from loomlm.runtime.batch import ExtendItem, ScheduledBatch, build_decode, build_extend
+from loomlm.runtime.batch import ExtendItem, ScheduledBatch, build_decode, build_extend, build_verify
 from loomlm.runtime.forward_context import ForwardMode, SharedPrefix
 from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
 from loomlm.runtime.policy import IN_BATCH_SHARE_MIN, SchedulePolicy
 from loomlm.runtime.prefix_cache import PrefixCache
 from loomlm.runtime.radix_cache import common_prefix_len
 from loomlm.runtime.request import FinishReason, Req, ReqStatus
+from loomlm.runtime.speculative import NgramDrafter
 from loomlm.runtime.stats import EngineStats
 
 INIT_NEW_TOKEN_RATIO = 0.7
@@ -56,16 +57,19 @@ class Scheduler:
         clock: Callable[[], float] = time.perf_counter,
         mix_decodes: bool = False,
         mixed_budget: int | None = None,
+        drafter: NgramDrafter | None = None,
     ):
         """`mix_decodes` (`enable_mixed_chunk`): an extend step also carries the running requests'
         decode tokens, so they do not wait while a prompt is prefilled; such a step prefills at most
-        `mixed_budget` prompt tokens (`mixed_prefill_tokens`), so the decodes keep a short step time."""
+        `mixed_budget` prompt tokens (`mixed_prefill_tokens`), so the decodes keep a short step time.
+        `drafter` (speculative decoding): decode steps become verify passes of the drafts it proposes."""
         self.kv_pool = kv_pool
         self.req_pool = req_pool
         self.prefill_budget = prefill_budget
         self.chunked_prefill = chunked_prefill
         self.mix_decodes = mix_decodes
         self.mixed_budget = mixed_budget
+        self.drafter = drafter
         self.cache = PrefixCache(kv_pool, req_pool, enable_cache)
         self.policy = SchedulePolicy(policy, enable_cache)
         self.stats = stats
@@ -250,9 +254,31 @@ class Scheduler:
         slots = self.kv_pool.alloc(len(reqs))
         self.req_pool.req_to_token[rows, kv_lens] = slots.to(torch.int32)
         self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
+        if self.drafter is not None:
+            verify = self._schedule_verify(reqs, slots)
+            if verify is not None:
+                return verify
         if self._decode_groups is None:  # locked paths only change when the running set does
             self._decode_groups = self.cache.shared_prefix_groups(reqs)
         return build_decode(reqs, rows, kv_lens, slots, self._decode_groups)
+
+    def _schedule_verify(self, reqs: list[Req], slots: torch.Tensor) -> ScheduledBatch | None:
+        """A verify pass of the drafter's proposals (`slots` [B]: each request's slot for its last token,
+        already in its row). None when nothing was drafted or the pool has no room for the drafts (the
+        caller decodes normally then: drafts never cause an eviction of running work)."""
+        drafts = self.drafter.propose(reqs)
+        extra = sum(len(d) for d in drafts)
+        if not extra or not self.cache.make_room(extra):
+            return None
+        draft_slots = self.kv_pool.alloc(extra).to(torch.int32)
+        kv_lens = [r.kv_len for r in reqs]
+        offset = 0
+        for req, draft, kv_len in zip(reqs, drafts, kv_lens):
+            n = len(draft)
+            if n:
+                self.req_pool.req_to_token[req.row, kv_len + 1 : kv_len + 1 + n] = draft_slots[offset : offset + n]
+                offset += n
+        return build_verify(reqs, drafts, kv_lens, self.req_pool.req_to_token)
 
     # ---- memory pressure ---------------------------------------------------------------------
     def _retract_until_room(self) -> None:
@@ -293,12 +319,32 @@ class Scheduler:
         """The batch's new tokens now have K/V in the pool. Also called after a failed forward
         (`succeeded=False`): the slots are the requests' either way, and aborting them frees the slots.
         After a successful extend its requests' computed tokens become hits for later requests."""
+        if batch.is_verify:
+            # The last token's K/V is in; each accepted draft's is counted as the output processor takes
+            # it, and the rest are freed there (`settle_drafts`). A failed pass frees all drafts now.
+            for req in batch.reqs:
+                req.kv_len += 1
+            if not succeeded:
+                self.abandon_drafts(batch)
+            return
         for req, n in zip(batch.reqs, batch.extend_lens.tolist()):
             req.kv_len += n
         if succeeded and batch.mode == ForwardMode.EXTEND:
             for req in batch.reqs[: len(batch.reqs) - batch.mixed_decodes]:  # the decodes add no prefix
                 if req.status == ReqStatus.RUNNING:
                     self.cache.cache_unfinished(req)
+
+    def settle_drafts(self, batch: ScheduledBatch, i: int, kept: int) -> None:
+        """Verify pass, request i (settled in order): free its draft slots past the first `kept`, whose
+        K/V the request took."""
+        assert i == batch.settled_drafts, "drafts are settled once each, in batch order"
+        self.kv_pool.free(batch.draft_slots(i)[kept:])
+        batch.settled_drafts = i + 1
+
+    def abandon_drafts(self, batch: ScheduledBatch) -> None:
+        """A verify pass that failed (forward, sampling or output): free the drafts not settled yet."""
+        for i in range(batch.settled_drafts, len(batch.reqs)):
+            self.settle_drafts(batch, i, kept=0)
 
     # ---- finishing ---------------------------------------------------------------------------
     def finish(self, req: Req, reason: FinishReason) -> None:

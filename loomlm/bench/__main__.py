@@ -17,6 +17,7 @@ BENCHMARKS = {
     "programs": "loomlm.bench.programs",
     "router": "loomlm.bench.router",
     "serving": "loomlm.bench.serving",
+    "speculative": "loomlm.bench.speculative",
 }
 
 

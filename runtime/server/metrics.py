@@ -59,6 +59,7 @@ class ServerMetrics:
                 ("cache_hit_rate", "cache_hit_rate", "Share of prompt tokens served from the prefix cache"),
                 ("evicted_tokens", "evicted_tokens", "Cached tokens evicted so far"),
                 ("retracted_requests", "retracted_requests", "Running requests sent back to the queue so far"),
+                ("spec_accept_length", "spec_accept_length", "Speculative decoding: tokens per request per verify"),
             )
         }
 

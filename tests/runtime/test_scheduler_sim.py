@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import random
+from collections.abc import Callable
 
 import torch
 from hypothesis import given, settings
@@ -58,7 +59,8 @@ class FakeRunner:
     device = torch.device("cpu")
     cuda_graph_replays = 0
 
-    def __init__(self, slots: int, rows: int):
+    def __init__(self, slots: int, rows: int, next_fn: Callable[[list[int]], int] = next_token):
+        self.next_fn = next_fn
         self.kv_pool = KVPool(slots, num_layers=1, num_kv_heads=1, head_dim=1, dtype=torch.float32, device="cpu")
         self.req_pool = ReqToTokenPool(rows, CONTEXT, "cpu")
         self.context_length = CONTEXT
@@ -79,7 +81,7 @@ class FakeRunner:
             b = bisect.bisect_right(starts, t) - 1
             pos = int(batch.prefix_lens[b]) + t - starts[b]
             slots = self.req_pool.req_to_token[int(batch.req_rows[b]), : pos + 1].to(torch.int64)
-            logits[j, next_token(keys[slots].to(torch.int64).tolist())] = 0.0
+            logits[j, self.next_fn(keys[slots].to(torch.int64).tolist())] = 0.0
         return logits
 
 
