@@ -86,17 +86,23 @@ class _Submission:
 class Engine:
     def __init__(self, model_path: str | None = None, **kwargs: Any):
         self.config = EngineConfig.from_kwargs(model_path=model_path, **kwargs)
-        self.runner = ModelRunner(self.config)
-        try:
-            self.tokenizer = load_tokenizer(self.runner.model_path, self.config.tokenizer_path)
-            self.context_length = self.runner.context_length
-            self.eos_token_ids = self._eos_ids()
-            self._rng = random.Random(self.config.random_seed)
-            self.core = EngineCore(self.runner, self.tokenizer, self.config)
-        except BaseException:  # e.g. an unreadable tokenizer: the tensor-parallel ranks must not linger
-            self.runner.close()
-            raise
+        # The model is loaded on the compute thread, where every forward runs (runtime/compute_thread.py:
+        # one thread does the process's parallel torch work).
+        self.core = EngineCore.launch(self._build, self.config)
+        self.runner = self.core.runner
+        self.tokenizer = self.core.tokenizer
+        self.context_length = self.runner.context_length
+        self.eos_token_ids = self._eos_ids()
+        self._rng = random.Random(self.config.random_seed)
         self._grammars: GrammarCache | None = None  # made on the first constrained request
+
+    def _build(self) -> tuple[ModelRunner, Any]:
+        runner = ModelRunner(self.config)
+        try:
+            return runner, load_tokenizer(runner.model_path, self.config.tokenizer_path)
+        except BaseException:  # e.g. an unreadable tokenizer: the tensor-parallel ranks must not linger
+            runner.close()
+            raise
 
     @property
     def grammars(self) -> GrammarCache:

@@ -7,9 +7,11 @@
     output.process(batch, logits, sampled)       # tokens -> text, finish, requeue, deliver
 
 Other threads talk to the loop only through `submit`, `abort` and `call` (a thread-safe inbox of
-`runtime/inbox.py` messages), so all request and memory state is touched by the loop thread alone.
-`EngineCore(..., start_loop=False)` makes a core whose loop thread is not started: a test then drives it
-on its own thread with `drain_inbox()` and `step()`.
+`runtime/inbox.py` messages), so all request and memory state is touched by the loop thread alone: the
+process's compute thread (`runtime/compute_thread.py`), which builds every engine's model and gives each
+busy engine a `turn` (its inbox, then one step) in rotation. `EngineCore(..., start_loop=False)` makes a
+core the compute thread does not step: a test then drives it on its own thread with `drain_inbox()` and
+`step()`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from loomlm.runtime.compute_thread import ComputeThread
 from loomlm.runtime.config import EngineConfig
 from loomlm.runtime.inbox import AbortRequest, AddRequests, CallOnLoop, Message, StopLoop
 from loomlm.runtime.output_processor import OutputProcessor
@@ -73,40 +76,70 @@ class EngineCore:
         jump_forward = not config.disable_jump_forward and not config.disable_radix_cache
         self.output = OutputProcessor(self.scheduler, self.stats, tokenizer, runner.context_length, jump_forward)
         self._inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="loomlm-scheduler", daemon=True)
+        self._stopped = threading.Event()  # no more steps (StopLoop handled, or stopped before starting)
+        self._done = threading.Event()  # stopped and everything queued or running ended
+        self._compute: ComputeThread | None = None  # set once the compute thread steps this core
         if start_loop:
-            self.start()
+            compute = ComputeThread.get()
+            compute.run(lambda: self._start_on(compute))
 
-    def start(self) -> None:
-        self._thread.start()
+    @classmethod
+    def launch(cls, build: Callable[[], tuple[Any, Any]], config: EngineConfig) -> EngineCore:
+        """Build `(runner, tokenizer)` on the process's compute thread (runtime/compute_thread.py: one
+        thread does all parallel torch work) and start stepping the core there; an exception of `build`
+        is raised here."""
+        compute = ComputeThread.get()
+
+        def build_and_start() -> EngineCore:
+            runner, tokenizer = build()
+            core = cls(runner, tokenizer, config, start_loop=False)
+            core._start_on(compute)
+            return core
+
+        return compute.run(build_and_start)
+
+    def _start_on(self, compute: ComputeThread) -> None:
+        self._compute = compute
+        compute.add(self)
 
     # ---- thread-safe entry points ------------------------------------------------------------
+    def _post(self, msg: Message) -> None:
+        self._inbox.put(msg)
+        if self._compute is not None:
+            self._compute.wake()
+
     def submit(self, *reqs: Req) -> None:
         """Queue requests; those of one call are all queued before the next step is scheduled, so they
         can share its batch (a select's choices are scored in one extend)."""
-        self._inbox.put(AddRequests(reqs))
+        self._post(AddRequests(reqs))
 
     def abort(self, rid: str) -> None:
-        self._inbox.put(AbortRequest(rid))
+        self._post(AbortRequest(rid))
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on the loop thread between steps and return its result."""
+        if self._compute is not None and threading.get_ident() == self._compute.ident:
+            return fn()  # already between steps (another engine's call): waiting would deadlock
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._inbox.put(CallOnLoop(fn, fut))
+        self._post(CallOnLoop(fn, fut))
         return fut.result()
 
     def shutdown(self) -> None:
-        if self._thread.ident is None:  # never started: end what is queued here
+        if self._compute is None:  # never started: end what is queued here
             self._stopped.set()
             self._abort_everything("engine shut down")
+            self._done.set()
+        elif threading.get_ident() == self._compute.ident:
+            self.stop_now("engine shut down")
         elif not self._stopped.is_set():
-            self._inbox.put(StopLoop())
-            self._thread.join()
+            self._post(StopLoop())
+            self._done.wait()
+        else:
+            self._done.wait()
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._compute is not None and not self._stopped.is_set()
 
     def check_integrity(self) -> None:
         """Every slot and row is accounted for (runs on the loop thread)."""
@@ -118,34 +151,49 @@ class EngineCore:
         self.sampler.check_rows((r.row for r in self.scheduler.holders()), self.scheduler.pending_released_rows)
 
     # ---- the loop ----------------------------------------------------------------------------
-    def _loop(self) -> None:
-        try:
-            idle = True
-            while not self._stopped.is_set():
-                self.drain_inbox(block=idle)
-                idle = not self.scheduler.has_work()
-                if not idle and not self._stopped.is_set():
-                    # Work that cannot be scheduled (never expected) waits for the inbox instead of spinning.
-                    idle = not self.step()
-        finally:
-            self._stopped.set()
-            self._abort_everything("engine shut down")
+    def turn(self) -> bool:
+        """The compute thread's turn at this core: handle the inbox, then one step if there is work.
+        Returns whether anything was done (False: the thread may wait for a wake-up)."""
+        handled = self.drain_inbox()
+        if self._stopped.is_set():
+            self.stop_now("engine shut down")
+            return True
+        if not self.scheduler.has_work():
+            return handled
+        # Work that cannot be scheduled (never expected) waits for the inbox instead of spinning.
+        return self.step() or handled
+
+    def stop_now(self, message: str) -> None:
+        """Stop stepping this core and end every request it holds (on the compute thread)."""
+        self._stopped.set()
+        if self._compute is not None:
+            self._compute.remove(self)
+        while True:  # what arrived after the stop: its callers must not wait forever
+            try:
+                msg = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(msg, AddRequests):
+                for req in msg.reqs:
+                    self.scheduler.add(req)
+            elif isinstance(msg, CallOnLoop):
+                msg.future.set_exception(RuntimeError("the engine is shut down"))
+        self._abort_everything(message)
+        self._done.set()
 
     def _abort_everything(self, message: str) -> None:
         self.output.abort(self.scheduler.waiting + self.scheduler.holders(), message)
 
-    def drain_inbox(self, block: bool = False) -> None:
-        """Handle every queued message (`block`: wait up to 0.5 s for the first one)."""
-        try:
-            msg = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
-        except queue.Empty:
-            return
+    def drain_inbox(self) -> bool:
+        """Handle every queued message; returns whether there was any."""
+        handled = False
         while True:
-            self._handle(msg)
             try:
                 msg = self._inbox.get_nowait()
             except queue.Empty:
-                return
+                return handled
+            handled = True
+            self._handle(msg)
 
     def _handle(self, msg: Message) -> None:
         if isinstance(msg, AddRequests):
