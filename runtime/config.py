@@ -26,7 +26,7 @@ JSON_WHITESPACE = ("default", "compact", "flexible")
 class EngineConfig:
     model_path: str | None = None  # None = the default model (SmolLM2-135M-Instruct GGUF)
     tokenizer_path: str | None = None  # None = the model's own tokenizer
-    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
+    dtype: str = "auto"  # auto: bfloat16 on CUDA; on CPU measured once per process (runtime/models/cpu_dtype.py)
     load_format: str = "auto"
     context_length: int | None = None  # None = the model's max positions
     max_total_tokens: int | None = None  # KV pool size in tokens; None = from mem_fraction_static
@@ -174,7 +174,7 @@ class EngineConfig:
     def resolved_dtype(self) -> torch.dtype:
         if self.dtype == "auto" and self.quantization == "int8":
             return torch.bfloat16
-        if self.dtype == "auto":
+        if self.dtype == "auto":  # on CPU the model runner measures; float32 is the fixed fallback
             return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
         return DTYPES[self.dtype]
 

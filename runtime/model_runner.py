@@ -16,9 +16,10 @@ from loomlm.runtime.distributed.group import TensorParallelGroup
 from loomlm.runtime.distributed.plan import TensorParallelPlan
 from loomlm.runtime.forward_context import ForwardBatch, ForwardContext
 from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
+from loomlm.runtime.models.cpu_dtype import choose_cpu_dtype
 from loomlm.runtime.models.cpu_linear import choose_cpu_linear, onednn_available
 from loomlm.runtime.models.int8_linear import int8_available
-from loomlm.runtime.models.loader import load_model, resolve_model_path
+from loomlm.runtime.models.loader import load_model, read_model_config, resolve_model_path
 from loomlm.runtime.models.ops import create_ops
 
 logger = logging.getLogger(__name__)
@@ -36,12 +37,12 @@ class ModelRunner:
         if self.device.type == "cuda" and config.tp_size > 1:
             self.device = torch.device("cuda", tp_rank)  # one GPU per rank
             torch.cuda.set_device(self.device)  # NCCL works on the current device
-        self.dtype = config.resolved_dtype()
         if self.device.type == "cpu" and config.cpu_threads:
             torch.set_num_threads(config.cpu_threads)
         elif self.device.type == "cpu" and config.tp_size > 1:  # the ranks share the machine's cores
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // config.tp_size))
         self.model_path = resolve_model_path(config.model_path)  # dummy weights still read its config
+        self.dtype = self._resolve_dtype(config)
         # Tensor parallel on GPUs: read the checkpoint into host memory and move only this rank's share.
         split_on_host = config.tp_size > 1 and self.device.type == "cuda"
         try:
@@ -68,6 +69,16 @@ class ModelRunner:
         except BaseException:
             self.close()
             raise
+
+    def _resolve_dtype(self, config: EngineConfig) -> torch.dtype:
+        """`dtype`, or for `auto` on CPU the measured choice (runtime/models/cpu_dtype.py). Tensor-parallel
+        ranks would each measure for themselves and could disagree: they keep the fixed default."""
+        if config.dtype != "auto" or self.device.type != "cpu" or config.quantization or config.tp_size > 1:
+            return config.resolved_dtype()
+        mc = read_model_config(self.model_path)
+        dtype, why = choose_cpu_dtype(mc.hidden_size, mc.intermediate_size)
+        logger.info("dtype auto on CPU: %s (%s)", str(dtype).removeprefix("torch."), why)
+        return dtype
 
     def _join_tensor_parallel(self, port: int | None) -> TensorParallelGroup:
         if self.tp_rank == 0:

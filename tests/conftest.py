@@ -5,7 +5,14 @@ against)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# dtype="auto" on CPU measures float32 against bfloat16 (runtime/models/cpu_dtype.py); the suite's numbers
+# (references, identical outputs across engines and servers) must not depend on the machine: float32.
+# Servers the tests start inherit it. tests/runtime/test_cpu_dtype.py tests the choice itself.
+os.environ.setdefault("LOOMLM_CPU_DTYPE", "float32")
 
 # First, so that a test module importing transformers at its top finds Hugging Face's `kernels` package and
 # not the repository's kernels/ folder (loomlm/unshadow.py).

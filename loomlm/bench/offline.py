@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         load_format_help="dummy: random weights of the model's shape on both sides",
         dtypes=("auto", *DTYPES),
         dtype_default="auto",
-        dtype_help="auto: float32 on CPU, bfloat16 on CUDA (the engine's own default)",
+        dtype_help="auto: the engine's own default (bfloat16 on CUDA; on CPU measured, float32 or bfloat16)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--max-running-requests", type=int, default=128, help="loomlm's batch limit")
@@ -247,6 +247,19 @@ def _fail(message: object) -> int:
     return 2
 
 
+def _auto_dtype(args: argparse.Namespace, device: torch.device) -> str:
+    """What the engine's dtype="auto" resolves to here (on CPU: measured, runtime/models/cpu_dtype.py)."""
+    if device.type == "cuda" or args.quantization:
+        return "bfloat16"
+    if args.tp_size > 1:
+        return "float32"
+    from loomlm.runtime.models.cpu_dtype import choose_cpu_dtype
+    from loomlm.runtime.models.loader import read_model_config, resolve_model_path
+
+    mc = read_model_config(resolve_model_path(args.model_path))
+    return str(choose_cpu_dtype(mc.hidden_size, mc.intermediate_size)[0]).removeprefix("torch.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -255,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         return _fail(exc)
     if args.dtype == "auto":  # the engine's choice (int8 weights run with bfloat16 activations)
-        args.dtype = "bfloat16" if device.type == "cuda" or args.quantization else "float32"
+        args.dtype = _auto_dtype(args, device)
     sizes = sweep.sweep_sizes(args, device)
     if args.sweep_only and not sizes:
         return _fail("--sweep-only needs a decode sweep (--decode-batch-sizes; off by default on CPU)")
