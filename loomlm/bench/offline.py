@@ -253,11 +253,15 @@ def _auto_dtype(args: argparse.Namespace, device: torch.device) -> str:
         return "bfloat16"
     if args.tp_size > 1:
         return "float32"
+    from loomlm.runtime.compute_thread import ComputeThread
     from loomlm.runtime.models.cpu_dtype import choose_cpu_dtype
     from loomlm.runtime.models.loader import read_model_config, resolve_model_path
 
     mc = read_model_config(resolve_model_path(args.model_path))
-    return str(choose_cpu_dtype(mc.hidden_size, mc.intermediate_size)[0]).removeprefix("torch.")
+    # Measured on the engines' compute thread: parallel torch work on this thread would give the process
+    # a second OpenMP pool and slow every engine step (runtime/compute_thread.py).
+    dtype, _ = ComputeThread.get().run(lambda: choose_cpu_dtype(mc.hidden_size, mc.intermediate_size))
+    return str(dtype).removeprefix("torch.")
 
 
 def main(argv: list[str] | None = None) -> int:
