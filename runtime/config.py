@@ -16,7 +16,9 @@ ATTENTION_BACKENDS = ("torch", "triton")
 SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
 CPU_LINEAR_BACKENDS = ("auto", "torch", "onednn")  # see runtime/models/cpu_linear.py
 SPECULATIVE_ALGORITHMS = ("NGRAM",)  # prompt-lookup drafting (runtime/speculative.py)
-QUANTIZATIONS = ("int8",)  # weight-only int8, bfloat16 activations (runtime/models/int8_linear.py; CPU)
+# Weight-only, bfloat16 activations, CPU: int8 per row (runtime/models/int8_linear.py), int4 in groups of
+# 32 (runtime/models/int4_linear.py).
+QUANTIZATIONS = ("int8", "int4")
 
 
 JSON_WHITESPACE = ("default", "compact", "flexible")
@@ -53,7 +55,7 @@ class EngineConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     cpu_threads: int | None = None  # torch intra-op threads on CPU; None = leave torch's default
     cpu_linear: str = "auto"  # CPU linear layers: auto (timed once per process) | torch | onednn (packed weights)
-    quantization: str | None = None  # int8: weight-only int8 linear layers (CPU, bfloat16 activations)
+    quantization: str | None = None  # int8 | int4: weight-only linear layers (CPU, bfloat16 activations)
     tp_size: int = 1  # tensor parallel ranks (processes; gloo on CPU, NCCL on CUDA); see runtime/distributed/
     tp_timeout_s: float = 300.0  # a tensor-parallel collective waiting longer than this fails the step
     speculative_algorithm: str | None = None  # NGRAM: drafts from each request's own context, verified in one pass
@@ -84,9 +86,9 @@ class EngineConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.quantization is not None and self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {QUANTIZATIONS} or None, got {self.quantization!r}")
-        if self.quantization == "int8" and self.dtype not in ("auto", "bfloat16"):
+        if self.quantization is not None and self.dtype not in ("auto", "bfloat16"):
             raise ValueError(
-                "quantization 'int8' runs with bfloat16 activations: dtype must be auto or bfloat16, "
+                f"quantization {self.quantization!r} runs with bfloat16 activations: dtype must be auto or bfloat16, "
                 f"got {self.dtype!r}"
             )
         self._check_speculative()
@@ -172,7 +174,7 @@ class EngineConfig:
         return torch.device(self.device)
 
     def resolved_dtype(self) -> torch.dtype:
-        if self.dtype == "auto" and self.quantization == "int8":
+        if self.dtype == "auto" and self.quantization is not None:
             return torch.bfloat16
         if self.dtype == "auto":  # on CPU the model runner measures; float32 is the fixed fallback
             return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32

@@ -18,6 +18,7 @@ from loomlm.runtime.forward_context import ForwardBatch, ForwardContext
 from loomlm.runtime.memory_pool import KVPool, ReqToTokenPool
 from loomlm.runtime.models.cpu_dtype import choose_cpu_dtype
 from loomlm.runtime.models.cpu_linear import choose_cpu_linear, onednn_available
+from loomlm.runtime.models.int4_linear import int4_available
 from loomlm.runtime.models.int8_linear import int8_available
 from loomlm.runtime.models.loader import load_model, read_model_config, resolve_model_path
 from loomlm.runtime.models.ops import create_ops
@@ -135,19 +136,23 @@ class ModelRunner:
 
     def _choose_cpu_linear(self, wanted: str) -> str | None:
         """Which path the linear layers take on CPU (None elsewhere), applied to the model and logged."""
-        if self.config.quantization == "int8":
+        quantization = self.config.quantization
+        if quantization is not None:
             if self.device.type != "cpu":
-                raise ValueError("quantization 'int8' runs on the CPU only (PyTorch's int8 weight-only kernel)")
-            if not int8_available():
+                raise ValueError(f"quantization {quantization!r} runs on the CPU only (PyTorch's weight-only kernels)")
+            if quantization == "int8" and not int8_available():
                 raise ValueError("quantization 'int8' needs torch._weight_int8pack_mm (PyTorch >= 2.3)")
+            if quantization == "int4" and not int4_available():
+                raise ValueError("quantization 'int4' needs torch._weight_int4pack_mm_for_cpu (PyTorch >= 2.6)")
             before = self.weight_bytes()
-            self.model.use_int8_weights()
+            self.model.use_quantized_weights(8 if quantization == "int8" else 4)
             logger.info(
-                "int8 weight-only linear layers: weights %.1f MiB (were %.1f)",
+                "%s weight-only linear layers: weights %.1f MiB (were %.1f)",
+                quantization,
                 self.weight_bytes() / 2**20,
                 before / 2**20,
             )
-            return "int8"
+            return quantization
         if self.device.type != "cpu":
             return None
         if wanted == "onednn" and not onednn_available():

@@ -80,9 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--disable-cuda-graph", action="store_true", help="loomlm: run decode eagerly on CUDA")
     p.add_argument("--tp-size", type=int, default=1, help="loomlm: tensor-parallel ranks (processes)")
-    p.add_argument(
-        "--quantization", choices=("int8",), default=None, help="loomlm: int8 weight-only layers (bfloat16 activations)"
-    )
+    p.add_argument("--quantization", choices=("int8", "int4"), default=None, help="loomlm: weight-only layers")
     p.add_argument(
         "--cpu-linear",
         choices=CPU_LINEAR_BACKENDS,

@@ -23,6 +23,7 @@ from loomlm.runtime.distributed.sharding import shard_llama
 from loomlm.runtime.forward_context import ForwardContext
 from loomlm.runtime.models.config import ModelConfig, RopeScaling
 from loomlm.runtime.models.cpu_linear import PackedLinear, onednn_linear, packed_weight
+from loomlm.runtime.models.int4_linear import Int4Linear
 from loomlm.runtime.models.int8_linear import Int8Linear, int8_linear, quantize_rows
 from loomlm.runtime.models.ops import TorchOps, TritonOps
 
@@ -164,7 +165,7 @@ class LlamaForCausalLM(nn.Module):
         # The LM head's oneDNN-packed weight when `use_packed_linears` ran (a plain tensor attribute:
         # not a parameter, so the state dict keeps its names).
         self.head_packed: torch.Tensor | None = None
-        # The tied LM head's int8 weight and scales when `use_int8_weights` ran (the embedding itself
+        # The tied LM head's int8 weight and scales when `use_quantized_weights` ran (the embedding itself
         # stays as it is: lookups need the rows).
         self.head_int8: tuple[torch.Tensor, torch.Tensor] | None = None
         # Tensor parallel (use_tensor_parallel): the group, this rank's vocabulary range and every
@@ -222,10 +223,13 @@ class LlamaForCausalLM(nn.Module):
         self._replace_projections(PackedLinear.of)
         self.head_packed = packed_weight(self.head_weight())
 
-    def use_int8_weights(self) -> None:
-        """Every projection and the LM head as int8 weight-only layers (CPU; `quantization="int8"`)."""
+    def use_quantized_weights(self, bits: int) -> None:
+        """Every projection as a weight-only int8 or int4 layer (CPU; `quantization`). The LM head is
+        int8 either way: tied, it is the embedding (the default model's is Q8_0), and int8 rows keep the
+        logits closer than 4-bit groups would."""
         dtype = self.embed_tokens.weight.dtype
-        self._replace_projections(lambda linear: Int8Linear.of(linear, dtype))
+        make = Int8Linear.of if bits == 8 else Int4Linear.of
+        self._replace_projections(lambda linear: make(linear, dtype))
         if self.lm_head is None:
             self.head_int8 = quantize_rows(self.embed_tokens.weight, dtype)
         else:

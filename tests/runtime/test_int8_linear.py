@@ -55,4 +55,4 @@ def test_int8_needs_bfloat16_activations_and_a_known_name():
     with pytest.raises(ValueError, match="bfloat16 activations"):
         loomlm.Engine(quantization="int8", dtype="float32")
     with pytest.raises(ValueError, match="quantization must be one of"):
-        loomlm.Engine(quantization="int4")
+        loomlm.Engine(quantization="int3")
