@@ -44,7 +44,9 @@ def resolve_target(args: argparse.Namespace) -> tuple[torch.device, int]:
 
 
 def use_threads(requested: int | None) -> int:
-    """Fix torch's CPU thread count for the whole run (both sides of a comparison); returns it."""
-    threads = requested or torch.get_num_threads()
-    torch.set_num_threads(threads)
-    return threads
+    """The torch CPU thread count of the whole run (both sides of a comparison): engines get it as
+    `cpu_threads`, in-process baselines call `torch.set_num_threads` once the engines are done.
+
+    Not set here: on this (the main) thread `torch.set_num_threads` starts an OpenMP pool, and a second
+    pool beside the engines' compute thread halves their speed (runtime/compute_thread.py)."""
+    return requested or torch.get_num_threads()

@@ -299,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     same = None
     hf_sweep = None
     if not args.skip_hf:
+        torch.set_num_threads(threads)  # the engines are done: this thread's OpenMP pool slows none of them
         model = load_hf(args, device)
         if not args.sweep_only:
             seq, bat, seq_out = run_hf(model, args, prompts, device)

@@ -196,8 +196,12 @@ def _log(message: str) -> None:
 
 
 def make_backend(kind: str, args: argparse.Namespace, device: Any, threads: int) -> Backend:
-    if kind == "naive":
+    if kind == "naive":  # the last backend: this thread's OpenMP pool slows no engine (compute_thread.py)
+        import torch
+
         from loomlm.bench.naive_hf import NaiveHFBackend
+
+        torch.set_num_threads(threads)
 
         return NaiveHFBackend(args.model_path, args.load_format, args.dtype, str(device), args.seed)
     from loomlm.lang.backends.local import Runtime

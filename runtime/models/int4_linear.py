@@ -5,10 +5,11 @@ one bfloat16 scale and zero point, w = (q - 8) * scale + zero (asymmetric, like 
 blocks are also 32 values: w = d * q + m, so zero = m + 8 d and a Q4_1 checkpoint such as the default
 model's keeps its own codes, up to bfloat16 rounding of d and m). Decoding is memory-bound: 4 bits per
 weight are an eighth of float32's bytes. Up to `KERNEL_MAX_ROWS` rows go through PyTorch's int4 CPU kernel
-(`torch._weight_int4pack_mm_for_cpu`, over its own packed layout); on a 2-core AMD EPYC it takes 18 us
-for 576 -> 1536 at one row (bfloat16 `F.linear`: 52 us) but 234 us at 32 rows (112 us). Larger batches
-(prefill, big decode batches) dequantize a second copy of the codes, two per byte, into a temporary
-bfloat16 matrix for `F.linear`. Resident bytes: 4 + 4 bits per weight plus the group scales.
+(`torch._weight_int4pack_mm_for_cpu`, over its own packed layout); on a 2-core AMD EPYC, for 576 -> 1536,
+it takes 18 us at one row (bfloat16 `F.linear`: 52 us), 167 us at 32 and 2.6 ms at 512, while
+dequantizing the weight alone takes 1.3 ms. Only longer prefill chunks (2,048 rows: 10.8 ms against 6.4
+ms) dequantize a second copy of the codes, two per byte, into a temporary bfloat16 matrix for
+`F.linear`. Resident bytes: 4 + 4 bits per weight plus the group scales.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 GROUP = 32  # input columns per scale / zero point (GGUF's Q4_0 / Q4_1 block size)
-KERNEL_MAX_ROWS = 8  # above this many rows dequantize-then-matmul is faster (see the docstring)
+KERNEL_MAX_ROWS = 1024  # above this many rows dequantize-then-matmul is faster (see the docstring)
 
 
 def int4_available() -> bool:
