@@ -106,6 +106,7 @@ def engine_kwargs(args: argparse.Namespace, device: torch.device, threads: int) 
         disable_cuda_graph=args.disable_cuda_graph,
         json_model_override_args=args.json_model_override_args,
         cpu_linear=args.cpu_linear,
+        quantization=getattr(args, "quantization", None),
     )
 
 

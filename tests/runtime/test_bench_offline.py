@@ -148,3 +148,17 @@ def test_decode_sweep_arguments():
         [sys.executable, "-m", "loomlm.bench", "offline", "--decode-batch-sizes", "1,0"], capture_output=True, text=True
     )
     assert out.returncode == 2 and "positive" in out.stderr
+
+
+@pytest.mark.parametrize("quantization", [None, "int8", "int4"])
+def test_every_engine_setting_reaches_the_engine(quantization):
+    """`--quantization` once only reached the report: the engine ran unquantised bfloat16."""
+    import torch
+
+    from loomlm.bench.offline import build_parser
+    from loomlm.bench.offline_decode import engine_kwargs
+    from loomlm.runtime.config import EngineConfig
+
+    argv = ["--quantization", quantization] if quantization else []
+    kwargs = engine_kwargs(build_parser().parse_args(argv), torch.device("cpu"), 2)
+    assert EngineConfig(**{**kwargs, "dtype": "auto"}).quantization == quantization
