@@ -188,6 +188,7 @@ def make_engines(args: argparse.Namespace) -> dict[str, Any]:
     from loomlm.runtime.engine import Engine
 
     common = {
+        "dtype": args.dtype,
         "cpu_threads": args.threads,
         "max_total_tokens": max(args.batch, 1) * (512 + args.max_new_tokens + args.draft_tokens) + 1024,
     }
@@ -250,6 +251,13 @@ def table(rows: list[dict[str, Any]]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loomlm.bench speculative", description=__doc__.split("\n")[0])
     p.add_argument("--draft-tokens", type=int, default=4, help="speculative_num_draft_tokens")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "auto"),
+        default="float32",
+        help="both engines' dtype. float32: greedy outputs must be identical; in bfloat16 a verify pass and a "
+        "decode step round differently, so greedy near-ties can part ways (same distribution, not the same bits)",
+    )
     p.add_argument("--threads", type=int, default=None, help="cpu_threads of both engines")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--prompts", type=int, default=len(COPY_TEXTS), help="requests per workload")
@@ -271,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, device = run(args)
     print(f"CPU: {_cpu_model()}, {os.cpu_count()} logical cores; device {device}; load average before {load:.2f}")
     print(
-        f"n-gram speculation ({args.draft_tokens} draft tokens) against none, greedy, max {args.max_new_tokens} "
+        f"n-gram speculation ({args.draft_tokens} draft tokens) against none, {args.dtype}, greedy, "
+        f"max {args.max_new_tokens} "
         f"new tokens, best of {args.repeats}; acc/verify: tokens per verify pass per request"
     )
     print(table(rows))
