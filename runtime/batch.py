@@ -164,6 +164,6 @@ def build_verify(
         logits_indices=torch.arange(T, dtype=torch.int64),
         sample_index=torch.arange(B, dtype=torch.int64),
         sample_rows=torch.cumsum(extend_lens, 0) - extend_lens,  # each request's first row
-        logprob_spans=[LogprobSpan(0, 0, 0)] * B,
+        logprob_spans=None,  # a verify pass scores no prompt tokens
         drafts=list(drafts),
     )

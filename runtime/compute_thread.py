@@ -64,6 +64,8 @@ class ComputeThread:
         """Run `fn` on the compute thread between steps and return its result (or raise its error)."""
         if threading.get_ident() == self._thread.ident:
             return fn()
+        if self._exiting:
+            raise RuntimeError("the process is exiting: no engine work runs any more")
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._jobs.put((fn, future))
         self._wake.set()

@@ -91,7 +91,6 @@ class EngineConfig:
                 f"quantization {self.quantization!r} runs with bfloat16 activations: dtype must be auto or bfloat16, "
                 f"got {self.dtype!r}"
             )
-        self._check_speculative()
         if self.cpu_linear not in CPU_LINEAR_BACKENDS:
             raise ValueError(f"cpu_linear must be one of {CPU_LINEAR_BACKENDS}, got {self.cpu_linear!r}")
         if self.schedule_policy not in SCHEDULE_POLICIES:
@@ -105,10 +104,14 @@ class EngineConfig:
             "cuda_graph_max_bs",
             "grammar_max_parser_items",
             "grammar_max_mask_fuel",
+            "speculative_num_draft_tokens",
+            "speculative_ngram_min_match_window_size",
+            "speculative_ngram_max_match_window_size",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self._check_speculative()
         if (
             isinstance(self.grammar_timeout_s, bool)
             or not isinstance(self.grammar_timeout_s, (int, float))
@@ -143,14 +146,6 @@ class EngineConfig:
         algo = self.speculative_algorithm
         if algo is not None and algo not in SPECULATIVE_ALGORITHMS:
             raise ValueError(f"speculative_algorithm must be one of {SPECULATIVE_ALGORITHMS} or None, got {algo!r}")
-        for name in (
-            "speculative_num_draft_tokens",
-            "speculative_ngram_min_match_window_size",
-            "speculative_ngram_max_match_window_size",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.speculative_ngram_min_match_window_size > self.speculative_ngram_max_match_window_size:
             raise ValueError(
                 "speculative_ngram_min_match_window_size "

@@ -78,6 +78,7 @@ class EngineCore:
         self._inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self._stopped = threading.Event()  # no more steps (StopLoop handled, or stopped before starting)
         self._done = threading.Event()  # stopped and everything queued or running ended
+        self._unread_lock = threading.Lock()  # a stopped core's inbox may be ended from two threads
         self._compute: ComputeThread | None = None  # set once the compute thread steps this core
         if start_loop:
             compute = ComputeThread.get()
@@ -107,6 +108,8 @@ class EngineCore:
         self._inbox.put(msg)
         if self._compute is not None:
             self._compute.wake()
+        if self._done.is_set():  # stopped: nobody reads the inbox any more, end the message here
+            self._end_unread("engine shut down")
 
     def submit(self, *reqs: Req) -> None:
         """Queue requests; those of one call are all queued before the next step is scheduled, so they
@@ -168,18 +171,28 @@ class EngineCore:
         self._stopped.set()
         if self._compute is not None:
             self._compute.remove(self)
-        while True:  # what arrived after the stop: its callers must not wait forever
+        self._abort_everything(message)
+        self._done.set()
+        self._end_unread(message)
+
+    def _end_unread(self, message: str) -> None:
+        """End the messages of a stopped core's inbox (its callers must not wait forever). Runs after
+        `_done` is set, on whichever thread gets a message: no step touches this core any more."""
+        with self._unread_lock:
+            self._end_messages(message)
+
+    def _end_messages(self, message: str) -> None:
+        while True:
             try:
                 msg = self._inbox.get_nowait()
             except queue.Empty:
-                break
+                return
             if isinstance(msg, AddRequests):
                 for req in msg.reqs:
                     self.scheduler.add(req)
+                    self.output.abort([req], message)
             elif isinstance(msg, CallOnLoop):
                 msg.future.set_exception(RuntimeError("the engine is shut down"))
-        self._abort_everything(message)
-        self._done.set()
 
     def _abort_everything(self, message: str) -> None:
         self.output.abort(self.scheduler.waiting + self.scheduler.holders(), message)

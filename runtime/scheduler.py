@@ -255,17 +255,17 @@ class Scheduler:
         self.req_pool.req_to_token[rows, kv_lens] = slots.to(torch.int32)
         self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
         if self.drafter is not None:
-            verify = self._schedule_verify(reqs, slots)
+            verify = self._schedule_verify(reqs)
             if verify is not None:
                 return verify
         if self._decode_groups is None:  # locked paths only change when the running set does
             self._decode_groups = self.cache.shared_prefix_groups(reqs)
         return build_decode(reqs, rows, kv_lens, slots, self._decode_groups)
 
-    def _schedule_verify(self, reqs: list[Req], slots: torch.Tensor) -> ScheduledBatch | None:
-        """A verify pass of the drafter's proposals (`slots` [B]: each request's slot for its last token,
-        already in its row). None when nothing was drafted or the pool has no room for the drafts (the
-        caller decodes normally then: drafts never cause an eviction of running work)."""
+    def _schedule_verify(self, reqs: list[Req]) -> ScheduledBatch | None:
+        """A verify pass of the drafter's proposals (each request's slot for its last token is already in
+        its row). None when nothing was drafted or the pool has no room for the drafts (the caller decodes
+        normally then: drafts never cause an eviction of running work)."""
         drafts = self.drafter.propose(reqs)
         extra = sum(len(d) for d in drafts)
         if not extra or not self.cache.make_room(extra):

@@ -136,7 +136,7 @@ class NgramDrafter:
     def _constrain(req: Req, tokens: list[int]) -> Draft:
         """The longest prefix of `tokens` the request's guide allows, with the state after each."""
         gs = req.grammar
-        if gs.rejected or gs.error is not None:
+        if gs.rejected:  # also set when a grammar limit was hit
             return NO_DRAFT
         guide, state = gs.guide, gs.state
         kept: list[int] = []

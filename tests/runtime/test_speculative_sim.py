@@ -18,11 +18,11 @@ from loomlm.runtime.engine_core import EngineCore
 from loomlm.runtime.request import ReqStatus
 from loomlm.runtime.speculative import NgramDrafter, NgramIndex
 from tests.runtime.test_scheduler_sim import (
-    LETTERS,
     VOCAB,
     FakeRunner,
     StubTokenizer,
     check_all_back,
+    check_delivered,
     make_reqs,
     next_token,
     run,
@@ -34,15 +34,6 @@ PERIOD = 5
 def periodic_next(tokens: list[int]) -> int:
     """A model that continues its context with period 5: n-gram drafts are right once a period is seen."""
     return tokens[-PERIOD] if len(tokens) >= PERIOD else next_token(tokens)
-
-
-def check_delivered(req, outs) -> None:
-    """The sink got every token once, the text of all but a final stop token, one final increment last."""
-    assert [o.finished for o in outs] == [False] * (len(outs) - 1) + [True], req.rid
-    assert sum((o.new_token_ids for o in outs), []) == req.output_ids
-    shown = req.output_ids[:-1] if req.finish_reason.type == "stop" else req.output_ids
-    assert "".join(o.text_delta for o in outs) == "".join(LETTERS[t] for t in shown)
-    assert outs[-1].meta_info["completion_tokens"] == len(req.output_ids)
 
 
 def make_spec_core(
