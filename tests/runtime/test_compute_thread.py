@@ -58,8 +58,6 @@ def test_a_stopped_engine_answers_instead_of_hanging():
 def test_the_interpreter_exits_cleanly_with_a_request_decoding():
     """A daemon thread still stepping while the interpreter finalizes aborts the process (torch frees a
     tensor, releases the GIL, and the thread's forced exit calls std::terminate): it is stopped first."""
-    proc = subprocess.run(
-        [sys.executable, "-c", EXIT_WHILE_DECODING], capture_output=True, text=True, timeout=300
-    )
+    proc = subprocess.run([sys.executable, "-c", EXIT_WHILE_DECODING], capture_output=True, text=True, timeout=300)
     assert "exiting mid-decode" in proc.stdout
     assert proc.returncode == 0, proc.stderr[-2000:]
