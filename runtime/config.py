@@ -12,7 +12,7 @@ import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LOAD_FORMATS = ("auto", "gguf", "safetensors", "dummy")
-ATTENTION_BACKENDS = ("torch", "triton")
+ATTENTION_BACKENDS = ("torch", "cpu", "triton")
 SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
 CPU_LINEAR_BACKENDS = ("auto", "torch", "onednn")  # see runtime/models/cpu_linear.py
 SPECULATIVE_ALGORITHMS = ("NGRAM",)  # prompt-lookup drafting (runtime/speculative.py)
@@ -47,7 +47,7 @@ class EngineConfig:
     grammar_max_mask_fuel: int = 2_000_000  # work units of one token mask (grammar engine, while decoding)
     grammar_cache_size: int = 128  # compiled grammars kept (LRU)
     json_whitespace: str = "default"  # JSON-schema whitespace: default | compact | flexible
-    attention_backend: str | None = None  # torch | triton; None = triton on CUDA, torch on CPU
+    attention_backend: str | None = None  # torch | cpu | triton; None = triton on CUDA, cpu on CPU (torch if unbuilt)
     disable_cuda_graph: bool = False  # CUDA: run decode eagerly instead of replaying captured graphs
     cuda_graph_max_bs: int = 256  # largest decode batch captured (bigger batches run eagerly)
     json_model_override_args: str | None = None  # JSON object of model-config fields to override
@@ -184,7 +184,7 @@ class EngineConfig:
     def resolved_attention_backend(self) -> str:
         if self.attention_backend is not None:
             return self.attention_backend
-        return "triton" if self.resolved_device().type == "cuda" else "torch"
+        return "triton" if self.resolved_device().type == "cuda" else "cpu"
 
     def model_overrides(self) -> dict[str, Any]:
         """`json_model_override_args` parsed (validated in __post_init__); {} when not given."""

@@ -8,6 +8,7 @@ import os
 import torch
 
 from loomlm.runtime.attention import create_attention_backend
+from loomlm.runtime.attention.cpu_backend import choose_cpu_attention
 from loomlm.runtime.batch import ScheduledBatch
 from loomlm.runtime.config import EngineConfig
 from loomlm.runtime.cuda_graph import DecodeGraphRunner
@@ -122,9 +123,19 @@ class ModelRunner:
         self.kv_pool = KVPool(num_slots, mc.num_layers, kv_heads, mc.head_dim, self.dtype, self.device)
         self.req_pool = ReqToTokenPool(config.max_running_requests, self.context_length, self.device)
         backend = config.resolved_attention_backend()
+        if backend == "cpu":
+            if self.device.type != "cpu":
+                raise ValueError(f"attention_backend 'cpu' runs on the CPU, not on {self.device}")
+            backend = choose_cpu_attention(config.attention_backend)
+        self.attention_backend = backend  # the resolved name (cpu falls back to torch without its kernels)
         self.attn_backend = create_attention_backend(backend, mc.head_dim**-0.5)
         self.model.use_ops(create_ops(backend))  # the Triton backend brings the fused element-wise ops
-        logger.info("KV pool: %d token slots (%.1f MiB)", num_slots, num_slots * per_token / 2**20)
+        logger.info(
+            "KV pool: %d token slots (%.1f MiB); attention backend %s",
+            num_slots,
+            num_slots * per_token / 2**20,
+            backend,
+        )
         self.graph_runner: DecodeGraphRunner | None = None
         if self.device.type == "cuda" and not config.disable_cuda_graph:
             if config.tp_size > 1:

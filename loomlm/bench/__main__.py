@@ -11,6 +11,7 @@ BENCHMARKS = {
     "grammar": "loomlm.bench.grammar",
     "grammar-corpus": "loomlm.bench.grammar_corpus",
     "kernels": "loomlm.bench.kernels",
+    "lowbit": "loomlm.bench.lowbit",
     "offline": "loomlm.bench.offline",
     "prefix": "loomlm.bench.prefix",
     "decode-stall": "loomlm.bench.decode_stall",

@@ -1,4 +1,5 @@
-"""Attention backends over the token-slot KV pool: `torch` (the CPU path) and `triton` (the CUDA path)."""
+"""Attention backends over the token-slot KV pool: `cpu` (C++ kernels, the CPU default), `torch` (the
+CPU fallback, aten ops) and `triton` (the CUDA path)."""
 
 from loomlm.runtime.attention.base import AttentionBackend, create_attention_backend
 

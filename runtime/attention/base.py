@@ -33,8 +33,12 @@ def create_attention_backend(name: str, scale: float) -> AttentionBackend:
         from loomlm.runtime.attention.torch_backend import TorchAttentionBackend
 
         return TorchAttentionBackend(scale)
+    if name == "cpu":
+        from loomlm.runtime.attention.cpu_backend import CpuAttentionBackend
+
+        return CpuAttentionBackend(scale)
     if name == "triton":
         from loomlm.runtime.attention.triton_backend import TritonAttentionBackend
 
         return TritonAttentionBackend(scale)
-    raise ValueError(f"unknown attention_backend {name!r}; available: 'torch', 'triton'")
+    raise ValueError(f"unknown attention_backend {name!r}; available: 'torch', 'cpu', 'triton'")

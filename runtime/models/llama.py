@@ -21,16 +21,15 @@ from torch import nn
 from loomlm.runtime.distributed.plan import TensorParallelPlan
 from loomlm.runtime.distributed.sharding import shard_llama
 from loomlm.runtime.forward_context import ForwardContext
+from loomlm.runtime.models import cpu_decode
 from loomlm.runtime.models.config import ModelConfig, RopeScaling
 from loomlm.runtime.models.cpu_linear import PackedLinear, onednn_linear, packed_weight
 from loomlm.runtime.models.int4_linear import Int4Linear
 from loomlm.runtime.models.int8_linear import Int8Linear, int8_linear, quantize_rows
-from loomlm.runtime.models.ops import TorchOps, TritonOps
+from loomlm.runtime.models.ops import Ops, TorchOps
 
 if TYPE_CHECKING:
     from loomlm.runtime.distributed.group import TensorParallelGroup
-
-Ops = TorchOps | TritonOps
 
 
 class RMSNorm(nn.Module):
@@ -107,12 +106,12 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: Any, ctx: ForwardContext, ops: Ops) -> torch.Tensor:
         T = x.shape[0]
         H, KVH, D = self.num_heads, self.num_kv_heads, self.head_dim
-        qkv = self.qkv_proj(x)  # [T, (H + 2 KVH) D]
-        qk, v = qkv.split([(H + KVH) * D, KVH * D], dim=-1)
-        qk = ops.rope(qk.view(T, H + KVH, D), rope)  # q and k in one pass
-        q, k = qk.split([H, KVH], dim=1)  # [T, H, D], [T, KVH, D]
-        out = ctx.attn_backend.forward(q, k, v.view(T, KVH, D), self.layer_id, ctx)  # [T, H, D]
-        out = self.o_proj(out.reshape(T, H * D))
+        qkv = self.qkv_proj.forward(x)  # [T, (H + 2 KVH) D]
+        qk_width = (H + KVH) * D  # slices, not Tensor.split: its Python wrapper costs more than the views
+        qk = ops.rope(qkv[:, :qk_width].view(T, H + KVH, D), rope)  # q and k in one pass
+        q, k = qk[:, :H], qk[:, H:]  # [T, H, D], [T, KVH, D]
+        out = ctx.attn_backend.forward(q, k, qkv[:, qk_width:].view(T, KVH, D), self.layer_id, ctx)  # [T, H, D]
+        out = self.o_proj.forward(out.reshape(T, H * D))
         return out if self.tp is None else self.tp.all_reduce(out)
 
 
@@ -125,7 +124,7 @@ class MLP(nn.Module):
         self.tp: TensorParallelGroup | None = None  # set by use_tensor_parallel: down_proj is row parallel
 
     def forward(self, x: torch.Tensor, ops: Ops) -> torch.Tensor:
-        out = self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))  # [T, 2I] -> [T, I] -> [T, hidden]
+        out = self.down_proj.forward(ops.silu_and_mul(self.gate_up_proj.forward(x)))  # [T, 2I] -> [T, I] -> [T, hidden]
         return out if self.tp is None else self.tp.all_reduce(out)
 
 
@@ -142,9 +141,9 @@ class DecoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """h: the previous layer's MLP output (or the embeddings, with residual None). Returns this
         layer's MLP output and the residual stream before it; their sum is the layer's output."""
-        x, residual = self.input_norm(h, ops, residual)
-        x, residual = self.post_attn_norm(self.attn(x, rope, ctx, ops), ops, residual)
-        return self.mlp(x, ops), residual
+        x, residual = self.input_norm.forward(h, ops, residual)
+        x, residual = self.post_attn_norm.forward(self.attn.forward(x, rope, ctx, ops), ops, residual)
+        return self.mlp.forward(x, ops), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -173,10 +172,17 @@ class LlamaForCausalLM(nn.Module):
         self.tp: TensorParallelGroup | None = None
         self.vocab_range = (0, config.vocab_size)
         self.vocab_widths = [config.vocab_size]
+        # The C++ decode loop's plan (runtime/models/cpu_decode.py): (KV pool, plan or None), built at the
+        # first CPU decode step; dropped whenever the projections, op set or split change.
+        self.decode_plan: tuple[Any, Any] | None = None
+
+    def forget_decode_plan(self) -> None:
+        self.decode_plan = None
 
     def use_tensor_parallel(self, group: TensorParallelGroup, plan: TensorParallelPlan) -> None:
         """Keep only `plan`'s share of the weights; the forward then sums and gathers over `group`."""
         shard_llama(self, plan)
+        self.forget_decode_plan()
         self.tp = group
         for layer in self.layers:
             layer.attn.tp = layer.mlp.tp = group
@@ -197,6 +203,7 @@ class LlamaForCausalLM(nn.Module):
 
     def use_ops(self, ops: Ops) -> None:
         """Run the element-wise ops with `ops` (e.g. the Triton kernels on CUDA)."""
+        self.forget_decode_plan()
         self.ops = ops
 
     def head_weight(self) -> torch.Tensor:
@@ -209,6 +216,7 @@ class LlamaForCausalLM(nn.Module):
 
     def _replace_projections(self, make: Any) -> None:
         """Every layer's four projections replaced by `make(linear)`."""
+        self.forget_decode_plan()
         for layer in self.layers:
             for parent, name in (
                 (layer.attn, "qkv_proj"),
@@ -242,10 +250,16 @@ class LlamaForCausalLM(nn.Module):
         h = self.embed(ctx.batch.input_ids)  # [T, hidden]
         rope = self.rotary.inputs(ctx.batch.positions, h.dtype, ops)
         residual = None
-        for layer in self.layers:
-            h, residual = layer(h, residual, rope, ctx, ops)
+        # Submodules' forward is called directly (here and in the layers): nn.Module.__call__ costs ~2 us
+        # of hook checks a call, and a decode step makes ~270 of them (no hooks are ever registered).
+        plan = cpu_decode.plan_for(self, ctx)
+        if plan is not None:  # every layer in one C++ call (CPU decode)
+            h, residual = cpu_decode.run_layers(plan, h, rope, ctx)
+        else:
+            for layer in self.layers:
+                h, residual = layer.forward(h, residual, rope, ctx, ops)
         idx = ctx.batch.logits_indices
-        h, _ = self.norm(h[idx], ops, residual[idx])  # [N, hidden]
+        h, _ = self.norm.forward(h[idx], ops, residual[idx])  # [N, hidden]
         if self.head_int8 is not None:
             logits = int8_linear(h, *self.head_int8)
         elif isinstance(self.lm_head, Int8Linear):

@@ -1,9 +1,10 @@
-"""The element-wise ops of the Llama forward, as two interchangeable sets: plain torch and Triton.
+"""The element-wise ops of the Llama forward, as interchangeable sets: plain torch, C++ on CPU, Triton.
 
 The model calls `ops.rms_norm`, `ops.silu_and_mul` and `ops.rope` and never knows which set it runs:
-`TorchOps` (the CPU path, eager torch) or `TritonOps` (the fused kernels of `loomlm.kernels`, chosen with
-the triton attention backend). Both sets compute the same arithmetic (`kernels/reference.py` states it),
-so their outputs agree to rounding.
+`TorchOps` (eager torch, the fallback), `CpuOps` (loomlm's C++ CPU kernels, `kernels/cpu_kernels.py`,
+chosen with the cpu attention backend) or `TritonOps` (the fused kernels of `loomlm.kernels`, chosen with
+the triton attention backend). All compute the same arithmetic (`kernels/reference.py` states it), so
+their outputs agree to rounding.
 
 RoPE needs per-forward inputs (the positions' rows of the cos/sin tables); `rope_inputs` prepares them
 once per forward and every layer's `rope` call reuses them.
@@ -82,10 +83,45 @@ class TritonOps:
         return self._rope.apply_rope_(qk, positions, cos, sin)
 
 
-def create_ops(name: str) -> TorchOps | TritonOps:
+class CpuOps:
+    """loomlm's C++ CPU kernels: one call per op where eager torch makes 5-10 (casts, chunks, cats);
+    RoPE in place on the strided q/k view of the fused qkv projection, as TritonOps does."""
+
+    name = "cpu"
+
+    def __init__(self) -> None:
+        from loomlm.kernels import cpu_kernels  # builds the extension on first use (cached per machine)
+
+        self.kernels = cpu_kernels.load()
+
+    def rms_norm(
+        self, x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out, summed = self.kernels.rms_norm(x.contiguous(), weight, residual, eps)
+        return out, summed
+
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        return self.kernels.silu_and_mul(x.contiguous())
+
+    @staticmethod
+    def rope_inputs(positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> Any:
+        """The kernel gathers table rows itself: positions [T] int64 and the float32 tables [P, D/2]."""
+        return positions, cos, sin
+
+    def rope(self, qk: torch.Tensor, inputs: Any) -> torch.Tensor:
+        positions, cos, sin = inputs
+        return self.kernels.rope_(qk, positions, cos, sin)
+
+
+Ops = TorchOps | CpuOps | TritonOps
+
+
+def create_ops(name: str) -> Ops:
     """The op set that goes with attention backend `name`."""
     if name == "triton":
         return TritonOps()
+    if name == "cpu":
+        return CpuOps()
     if name == "torch":
         return TorchOps()
-    raise ValueError(f"unknown op set {name!r}; available: 'torch', 'triton'")
+    raise ValueError(f"unknown op set {name!r}; available: 'torch', 'cpu', 'triton'")

@@ -109,6 +109,7 @@ def native_router(state: ServerState) -> APIRouter:
             "tp_size": getattr(engine.config, "tp_size", 1),
             "dp_size": 1,
             "max_total_tokens": engine.runner.kv_pool.num_slots,
+            "attention_backend": engine.runner.attention_backend,
             "context_length": engine.context_length,
             "version": _version(),
         }
