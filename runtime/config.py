@@ -15,7 +15,8 @@ LOAD_FORMATS = ("auto", "gguf", "safetensors", "dummy")
 ATTENTION_BACKENDS = ("torch", "cpu", "triton")
 SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
 CPU_LINEAR_BACKENDS = ("auto", "torch", "onednn")  # see runtime/models/cpu_linear.py
-SPECULATIVE_ALGORITHMS = ("NGRAM",)  # prompt-lookup drafting (runtime/speculative.py)
+# NGRAM: prompt-lookup drafting (runtime/speculative.py); STANDALONE: a small draft model (runtime/draft_model.py).
+SPECULATIVE_ALGORITHMS = ("NGRAM", "STANDALONE")
 # Weight-only, bfloat16 activations, CPU: int8 per row (runtime/models/int8_linear.py), int4 in groups of
 # 32 (runtime/models/int4_linear.py).
 QUANTIZATIONS = ("int8", "int4")
@@ -58,7 +59,8 @@ class EngineConfig:
     quantization: str | None = None  # int8 | int4: weight-only linear layers (CPU, bfloat16 activations)
     tp_size: int = 1  # tensor parallel ranks (processes; gloo on CPU, NCCL on CUDA); see runtime/distributed/
     tp_timeout_s: float = 300.0  # a tensor-parallel collective waiting longer than this fails the step
-    speculative_algorithm: str | None = None  # NGRAM: drafts from each request's own context, verified in one pass
+    speculative_algorithm: str | None = None  # NGRAM (own context) | STANDALONE (draft model); one verify pass
+    speculative_draft_model_path: str | None = None  # STANDALONE: the draft model (same tokenizer as the target)
     speculative_num_draft_tokens: int = 4  # most draft tokens per request and step (adapted to acceptance)
     speculative_ngram_min_match_window_size: int = 2  # shortest suffix matched in the context to draft
     speculative_ngram_max_match_window_size: int = 4  # longest suffix tried first
@@ -146,6 +148,10 @@ class EngineConfig:
         algo = self.speculative_algorithm
         if algo is not None and algo not in SPECULATIVE_ALGORITHMS:
             raise ValueError(f"speculative_algorithm must be one of {SPECULATIVE_ALGORITHMS} or None, got {algo!r}")
+        if algo == "STANDALONE" and not self.speculative_draft_model_path:
+            raise ValueError("speculative_algorithm 'STANDALONE' needs speculative_draft_model_path (the draft model)")
+        if self.speculative_draft_model_path and algo != "STANDALONE":
+            raise ValueError("speculative_draft_model_path is only read with speculative_algorithm 'STANDALONE'")
         if self.speculative_ngram_min_match_window_size > self.speculative_ngram_max_match_window_size:
             raise ValueError(
                 "speculative_ngram_min_match_window_size "

@@ -31,7 +31,7 @@ from loomlm.runtime.output_processor import OutputProcessor
 from loomlm.runtime.request import Req
 from loomlm.runtime.sampler import Sampler
 from loomlm.runtime.scheduler import Scheduler
-from loomlm.runtime.speculative import NgramDrafter
+from loomlm.runtime.speculative import Drafter, NgramDrafter
 from loomlm.runtime.stats import EngineStats
 
 if TYPE_CHECKING:
@@ -40,9 +40,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _drafter(config: EngineConfig, context_length: int) -> NgramDrafter | None:
+def _drafter(config: EngineConfig, runner: Any) -> Drafter | None:
     if config.speculative_algorithm is None:
         return None
+    context_length = runner.context_length
+    if config.speculative_algorithm == "STANDALONE":
+        from loomlm.runtime.draft_model import DraftModelDrafter  # loads a second model
+
+        return DraftModelDrafter(config, runner)
     return NgramDrafter(
         config.speculative_num_draft_tokens,
         config.speculative_ngram_min_match_window_size,
@@ -69,7 +74,7 @@ class EngineCore:
             stats=self.stats,
             mix_decodes=config.enable_mixed_chunk,
             mixed_budget=config.mixed_prefill_tokens,
-            drafter=_drafter(config, runner.context_length),
+            drafter=_drafter(config, runner),
         )
         # A jump sends the request back through an extend step that reuses its cached prefix; without
         # the radix cache that would recompute the whole sequence, so jump-forward needs the cache.

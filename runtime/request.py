@@ -13,7 +13,6 @@ if TYPE_CHECKING:
     from loomlm.runtime.constrained import GrammarState
     from loomlm.runtime.detokenizer import IncrementalDetokenizer, StopStringMatcher
     from loomlm.runtime.radix_cache import TreeNode
-    from loomlm.runtime.speculative import DraftState
 
 
 class ReqStatus(enum.Enum):
@@ -103,7 +102,9 @@ class Req:
     retractions: int = 0
     admissions: int = 0  # times admitted (again after a retraction or a jump-forward)
     grammar: GrammarState | None = None  # constrained output: its position in the guide
-    draft_state: DraftState | None = None  # speculative decoding: its n-gram index and draft length
+    # Speculative decoding: its drafting state (n-gram DraftState, or the draft model's DraftModelState);
+    # both count `verify_passes`.
+    draft_state: Any = None
     output_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     stop_matcher: StopStringMatcher | None = None  # stop strings, if any

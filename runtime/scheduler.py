@@ -33,7 +33,7 @@ from loomlm.runtime.policy import IN_BATCH_SHARE_MIN, SchedulePolicy
 from loomlm.runtime.prefix_cache import PrefixCache
 from loomlm.runtime.radix_cache import common_prefix_len
 from loomlm.runtime.request import FinishReason, Req, ReqStatus
-from loomlm.runtime.speculative import NgramDrafter
+from loomlm.runtime.speculative import Drafter
 from loomlm.runtime.stats import EngineStats
 
 INIT_NEW_TOKEN_RATIO = 0.7
@@ -57,7 +57,7 @@ class Scheduler:
         clock: Callable[[], float] = time.perf_counter,
         mix_decodes: bool = False,
         mixed_budget: int | None = None,
-        drafter: NgramDrafter | None = None,
+        drafter: Drafter | None = None,
     ):
         """`mix_decodes` (`enable_mixed_chunk`): an extend step also carries the running requests'
         decode tokens, so they do not wait while a prompt is prefilled; such a step prefills at most
@@ -294,6 +294,8 @@ class Scheduler:
     def retract(self, req: Req) -> None:
         """Send a holder back to the queue; its computed tokens stay in the tree for the recompute."""
         self._back_to_queue(req)
+        if self.drafter is not None:
+            self.drafter.forget(req)
         req.retractions += 1
         self.stats.retracted_requests += 1
         self.new_token_ratio = min(1.0, self.new_token_ratio + RETRACT_RATIO_STEP)
@@ -351,6 +353,8 @@ class Scheduler:
         """Release everything the request holds; safe in every state. Only requests that end normally
         leave their tokens in the cache (an abort may come from a failed step with garbage K/V)."""
         req.finish_reason = reason
+        if self.drafter is not None:
+            self.drafter.forget(req)
         if req.status == ReqStatus.WAITING:
             self.waiting.remove(req)
         elif req.status == ReqStatus.RUNNING:

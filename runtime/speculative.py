@@ -23,7 +23,7 @@ allows, and the guide states after each draft token travel with the draft, for t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from loomlm.grammars import REJECTED, GrammarError
 from loomlm.runtime.request import Req
@@ -44,6 +44,16 @@ class Draft:
 
 
 NO_DRAFT = Draft(())
+
+
+class Drafter(Protocol):
+    """What the scheduler and the output processor call: `NgramDrafter` or `DraftModelDrafter`."""
+
+    def propose(self, reqs: list[Req]) -> list[Draft]: ...
+
+    def observe(self, req: Req, drafted: int, accepted: int) -> None: ...
+
+    def forget(self, req: Req) -> None: ...
 
 
 class NgramIndex:
@@ -96,8 +106,7 @@ class NgramDrafter:
         return [self._propose(req) for req in reqs]
 
     def _propose(self, req: Req) -> Draft:
-        p = req.params
-        if p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0:
+        if has_penalties(req):
             return NO_DRAFT
         st: DraftState | None = req.draft_state
         if st is None:
@@ -116,7 +125,7 @@ class NgramDrafter:
             return NO_DRAFT
         if req.grammar is None:
             return Draft(tuple(tokens))
-        return self._constrain(req, tokens)
+        return constrain(req, tokens)
 
     @staticmethod
     def _history(st: DraftState, req: Req) -> list[int]:
@@ -132,44 +141,60 @@ class NgramDrafter:
         hist.extend(out[done:])
         return hist
 
-    @staticmethod
-    def _constrain(req: Req, tokens: list[int]) -> Draft:
-        """The longest prefix of `tokens` the request's guide allows, with the state after each."""
-        gs = req.grammar
-        if gs.rejected:  # also set when a grammar limit was hit
-            return NO_DRAFT
-        guide, state = gs.guide, gs.state
-        kept: list[int] = []
-        states: list[Any] = []
-        try:
-            if guide.is_finished(state):
-                return NO_DRAFT
-            for token in tokens:
-                if token in req.stop_token_ids:
-                    break
-                state = guide.advance(state, token)
-                if state is REJECTED:
-                    break
-                kept.append(token)
-                states.append(state)
-                if guide.is_finished(state):
-                    break
-        except GrammarError:  # a limit: draft what came before; decoding meets the error itself
-            pass
-        return Draft(tuple(kept), tuple(states)) if kept else NO_DRAFT
-
     def observe(self, req: Req, drafted: int, accepted: int) -> None:
         """Adapt the request's draft length to a verify that accepted `accepted` of `drafted` drafts."""
         st: DraftState | None = req.draft_state
         if st is None or not drafted:
             return
         st.verify_passes += 1
-        if accepted == drafted:
-            st.length = min(self.max_tokens, st.length + GROWTH_ON_FULL_ACCEPT)
-        else:
-            st.length = max(1, st.length - 1)
-        if accepted == 0:
-            st.misses += 1
-            st.pause = min(1 << (st.misses - 1), MAX_PAUSE_STEPS)
-        else:
-            st.misses = 0
+        adapt_length(st, drafted, accepted, self.max_tokens)
+
+    def forget(self, req: Req) -> None:
+        """Nothing to free: a request's n-gram state lives on the request."""
+
+
+def has_penalties(req: Req) -> bool:
+    """Penalised requests are not drafted: their token counts would change between the rows of a pass."""
+    p = req.params
+    return p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+
+
+def adapt_length(st: Any, drafted: int, accepted: int, max_tokens: int) -> None:
+    """A drafting state's (`length`, `pause`, `misses`) after a verify that accepted `accepted` of
+    `drafted` drafts: longer by 2 after a full accept, shorter by 1 otherwise; nothing accepted pauses
+    drafting for 1, 2, 4 .. 16 steps."""
+    if accepted == drafted:
+        st.length = min(max_tokens, st.length + GROWTH_ON_FULL_ACCEPT)
+    else:
+        st.length = max(1, st.length - 1)
+    if accepted == 0:
+        st.misses += 1
+        st.pause = min(1 << (st.misses - 1), MAX_PAUSE_STEPS)
+    else:
+        st.misses = 0
+
+
+def constrain(req: Req, tokens: list[int]) -> Draft:
+    """The longest prefix of `tokens` the request's guide allows, with the state after each."""
+    gs = req.grammar
+    if gs.rejected:  # also set when a grammar limit was hit
+        return NO_DRAFT
+    guide, state = gs.guide, gs.state
+    kept: list[int] = []
+    states: list[Any] = []
+    try:
+        if guide.is_finished(state):
+            return NO_DRAFT
+        for token in tokens:
+            if token in req.stop_token_ids:
+                break
+            state = guide.advance(state, token)
+            if state is REJECTED:
+                break
+            kept.append(token)
+            states.append(state)
+            if guide.is_finished(state):
+                break
+    except GrammarError:  # a limit: draft what came before; decoding meets the error itself
+        pass
+    return Draft(tuple(kept), tuple(states)) if kept else NO_DRAFT

@@ -1,6 +1,6 @@
 // Decode attention over the token-slot KV pool: one query token per request, its keys read straight
 // from the pool through req_to_token (no gather copy), float32 scores, softmax and sums, split-KV chunks
-// when a batch is too small to keep every thread busy. Built by kernels/cpu_kernels.py.
+// of a fixed number of keys. Built by kernels/cpu_kernels.py.
 #include <ATen/Parallel.h>
 
 #include <limits>
@@ -11,6 +11,11 @@
 
 namespace loomlm_cpu {
 namespace {
+
+// Keys per work unit. Fixed, so how a row's keys are split (and its sums rounded) depends on its own
+// length only, never on the batch or the thread count: a speculative verify row then computes exactly
+// what the decode step at its position computes.
+constexpr int64_t kKeyBlock = 256;
 
 // Keys ahead of the one being scored whose K and V rows are prefetched (cold rows come from DRAM:
 // the weights streamed through the caches since the previous layer read them).
@@ -52,10 +57,10 @@ void weighted_sum(const T* const* rows, const float* p, int64_t L, int64_t offse
 // seq_lens [B] int64 (keys per request, this token included). Query head h reads KV head h / (H / KVH).
 // Scores, softmax and sums in float32; returns [B, H, D] in q's dtype.
 //
-// Work units are (request, KV head, chunk of its keys). A small batch has fewer (request, KV head) pairs
-// than twice the threads, so its keys are cut into chunks (split-KV, as flash decoding does); each chunk
-// leaves its maximum, sum and unnormalised output per query head, and the merge rescales them to the
-// common maximum.
+// Work units are (request, KV head, block of kKeyBlock keys): split-KV, as flash decoding does, so a
+// batch of one long request still keeps every thread busy. Each block leaves its maximum, sum and
+// unnormalised output per query head; the merge rescales them to the common maximum, block by block in
+// order.
 template <typename T>
 void decode_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& k_buf,
                    at::Tensor& v_buf, const at::Tensor& out_slots, const at::Tensor& req_to_token,
@@ -83,9 +88,7 @@ void decode_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 
   int64_t longest = 1;
   for (int64_t b = 0; b < B; ++b) longest = std::max(longest, lens[b]);
-  const int64_t pairs = B * KVH, want = 2 * at::get_num_threads();
-  const int64_t chunks =
-      pairs >= want ? 1 : std::max<int64_t>(1, std::min((want + pairs - 1) / pairs, (longest + 63) / 64));
+  const int64_t pairs = B * KVH, chunks = (longest + kKeyBlock - 1) / kKeyBlock;
   const int64_t units = pairs * chunks;
   // Per unit and query head: running maximum, sum of exponentials, unnormalised output [D].
   std::vector<float> part_max(units * G), part_sum(units * G), part_out(units * G * D);
@@ -94,8 +97,7 @@ void decode_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
     std::vector<const T*> keys, values;
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t pair = unit / chunks, c = unit % chunks, b = pair / KVH, g = pair % KVH;
-      const int64_t per = (lens[b] + chunks - 1) / chunks;
-      const int64_t lo = std::min(lens[b], c * per), hi = std::min(lens[b], lo + per), L = hi - lo;
+      const int64_t lo = std::min(lens[b], c * kKeyBlock), hi = std::min(lens[b], lo + kKeyBlock), L = hi - lo;
       if (L == 0) {
         for (int64_t j = 0; j < G; ++j) {
           part_max[unit * G + j] = -std::numeric_limits<float>::infinity();

@@ -35,31 +35,30 @@ inline T cast(float v) {
   return static_cast<T>(v);
 }
 
-// Reductions the compiler may vectorise (omp simd allows reassociating the float sum).
-inline float sum_squares(const float* v, int64_t n) {
+// Dot product in a fixed order: 16 lanes (partial sums of every 16th element), then the lanes in a
+// fixed tree, then the tail. The order never depends on the buffers' addresses (a compiler's vectorised
+// reduction peels elements until an aligned address, so the same row rounded differently depending on
+// where its buffer happened to be allocated), nor on the batch a row is in.
+inline float dot(const float* a, const float* b, int64_t n) {
+  int64_t i = 0;
   float s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += v[i] * v[i];
+#if defined(__AVX512F__)
+  __m512 acc = _mm512_setzero_ps();
+  for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+  s = _mm512_reduce_add_ps(acc);
+#else
+  float part[16] = {0};
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; ++j) part[j] += a[i + j] * b[i + j];
+  for (int width = 8; width >= 1; width /= 2)
+    for (int j = 0; j < width; ++j) part[j] += part[j + width];
+  s = part[0];
+#endif
+  for (; i < n; ++i) s += a[i] * b[i];
   return s;
 }
 
-inline float dot(const float* a, const float* b, int64_t n) {
-#if defined(__AVX512F__)
-  // An explicit shuffle-tree reduction: the compiler's omp-simd one ends in 16 serial scalar adds,
-  // which made decode attention (three dots per key) several times slower.
-  __m512 acc = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
-  float s = _mm512_reduce_add_ps(acc);
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-#else
-  float s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-#endif
-}
+inline float sum_squares(const float* v, int64_t n) { return dot(v, v, n); }
 
 #if defined(__AVX512F__)
 // 16 values of the tensor dtype as float32 lanes.

@@ -2,10 +2,14 @@
 
 Decode (one query per request) is one kernel call per layer: it stores the new K/V into their slots and
 attends over each request's slots straight from the pool (`req_to_token`), float32 inside; the torch
-backend needs about fifteen aten ops for the same (casts, gathers, two matmuls, softmax). Everything
-else is the torch backend's: extend batches (prefill, verify passes, mixed batches) go through padded
-SDPA, and decode batches with shared prefixes keep their one-read-per-group cascade path, because reading
-a long common prefix once per group is worth more than the fused call.
+backend needs about fifteen aten ops for the same (casts, gathers, two matmuls, softmax). Short extends
+(at most `PER_ROW_MAX_EXTEND` new tokens per request: speculative verify passes, short prompts, a
+jump-forward's few tokens) go through the same kernel with one row per new token, whose keys end at its
+own position: a verify row then computes exactly what the decode step at that position would, bit for
+bit (the projections by oneDNN are row-independent too), so speculation leaves bfloat16 outputs as they
+were. Everything else is the torch backend's: long extends (prefill chunks, mixed batches) go through
+padded SDPA, and decode batches with shared prefixes keep their one-read-per-group cascade path, because
+reading a long common prefix once per group is worth more than the fused call.
 
 `choose_cpu_attention` picks this backend or, when the kernels cannot be built here, the torch backend,
 and says why.
@@ -24,10 +28,17 @@ from loomlm.runtime.forward_context import ForwardContext
 logger = logging.getLogger(__name__)
 
 
+# Longest extend (new tokens of one request) attended row by row with the decode kernel.
+PER_ROW_MAX_EXTEND = 16
+
+
 @dataclass
 class CpuDecodeMetadata:
-    req_rows: torch.Tensor  # [B] int64, rows of req_to_token
-    seq_lens: torch.Tensor  # [B] int64, keys per request (the new token included)
+    """One query row per new token: its request's row of req_to_token and its key count (keys 0 ..
+    its own position)."""
+
+    req_rows: torch.Tensor  # [T] int64
+    seq_lens: torch.Tensor  # [T] int64
 
 
 class CpuAttentionBackend(TorchAttentionBackend):
@@ -39,11 +50,17 @@ class CpuAttentionBackend(TorchAttentionBackend):
 
     def prepare(self, ctx: ForwardContext) -> None:
         batch = ctx.batch
-        if batch.num_tokens == batch.batch_size and not batch.shared_prefixes:
-            seq = batch.prefix_lens + batch.extend_lens
-            ctx.attn_metadata = CpuDecodeMetadata(batch.req_rows.to(torch.int64), seq.to(torch.int64))
+        if batch.shared_prefixes or int(batch.extend_lens.max()) > PER_ROW_MAX_EXTEND:
+            super().prepare(ctx)
             return
-        super().prepare(ctx)
+        rows, prefix, ext = batch.req_rows.to(torch.int64), batch.prefix_lens, batch.extend_lens
+        if batch.num_tokens == batch.batch_size:  # decode: one row per request
+            ctx.attn_metadata = CpuDecodeMetadata(rows, prefix + ext)
+            return
+        firsts = torch.cumsum(ext, 0) - ext  # each request's first row
+        offsets = torch.arange(batch.num_tokens) - torch.repeat_interleave(firsts, ext)
+        seq = torch.repeat_interleave(prefix, ext) + offsets + 1
+        ctx.attn_metadata = CpuDecodeMetadata(torch.repeat_interleave(rows, ext), seq)
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, ctx: ForwardContext

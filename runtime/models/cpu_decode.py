@@ -1,7 +1,8 @@
 """A CPU decode step's decoder layers in one C++ call (`kernels/cpu/decode_layers.cpp`).
 
-On the `cpu` attention backend, a decode batch (one new token per request, no shared-prefix groups) runs
-every layer through `DecodeLayers.run`: the same fused ops, attention kernel and projection ops as the
+On the `cpu` attention backend, a decode batch (one new token per request, no shared-prefix groups; or a
+short extend, which that backend attends row by row as decode rows) runs every layer through
+`DecodeLayers.run`: the same fused ops, attention kernel and projection ops as the
 Python loop of `LlamaForCausalLM.forward`, minus ~300 Python calls per token (~1 ms of a 5-10 ms step at
 batch 1). Each projection is described by its module's kind: a plain `nn.Linear`, oneDNN's packed
 weight (`PackedLinear`), int4 groups (`Int4Linear`) or int8 rows (`Int8Linear`).
@@ -87,7 +88,7 @@ def plan_for(model: LlamaForCausalLM, ctx: ForwardContext) -> DecodePlan | None:
     if cached is None or cached[0] is not ctx.kv_pool:
         cached = model.decode_plan = (ctx.kv_pool, build_plan(model, ctx.kv_pool, ops.kernels))
     plan = cached[1]
-    if plan is None or ctx.batch.batch_size > plan.max_rows:
+    if plan is None or ctx.batch.num_tokens > plan.max_rows:
         return None
     return plan
 
