@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.loomlm-installed
 TORCH_PIN ?= torch==2.13.0
 # Two workers (CI has two cores), a test file per worker, one torch thread each: about half the wall time.
-PYTEST_ARGS ?= -m "not slow" -n 2 --dist loadfile
+PYTEST_ARGS ?= -m "not slow" -n 2 --dist loadfile --durations=12
 
 .PHONY: run test lint setup clean
 

@@ -17,6 +17,7 @@ time take turns (torch's lock file in the build folder). `load()` raises `CpuKer
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import threading
@@ -25,6 +26,7 @@ from types import ModuleType
 
 import torch
 
+logger = logging.getLogger(__name__)
 SOURCE_DIR = Path(__file__).with_name("cpu")
 SOURCES = ("bindings.cpp", "elementwise.cpp", "decode_attention.cpp", "decode_layers.cpp")
 HEADERS = ("ops.h", "simd.h", "decode_layers.h")
@@ -70,6 +72,8 @@ def _build() -> ModuleType:
     key = build_key()
     folder = cache_dir() / key
     folder.mkdir(parents=True, exist_ok=True)
+    if not any(folder.glob("*.so")):
+        logger.warning("building loomlm's CPU kernels for this machine into %s (once; about a minute)", folder)
     return load_extension(
         name=f"loomlm_cpu_{key}",
         sources=[str(SOURCE_DIR / name) for name in SOURCES],

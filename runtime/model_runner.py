@@ -21,7 +21,7 @@ from loomlm.runtime.models.cpu_dtype import choose_cpu_dtype
 from loomlm.runtime.models.cpu_linear import choose_cpu_linear, onednn_available
 from loomlm.runtime.models.int4_linear import int4_available
 from loomlm.runtime.models.int8_linear import int8_available
-from loomlm.runtime.models.loader import load_model, read_model_config, resolve_model_path
+from loomlm.runtime.models.loader import checkpoint_int4_groups, load_model, read_model_config, resolve_model_path
 from loomlm.runtime.models.ops import create_ops
 
 logger = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ class ModelRunner:
     def _choose_cpu_linear(self, wanted: str) -> str | None:
         """Which path the linear layers take on CPU (None elsewhere), applied to the model and logged."""
         quantization = self.config.quantization
+        self.int4_checkpoint_projections = 0  # int4 projections made from the checkpoint's own codes
         if quantization is not None:
             if self.device.type != "cpu":
                 raise ValueError(f"quantization {quantization!r} runs on the CPU only (PyTorch's weight-only kernels)")
@@ -156,12 +157,20 @@ class ModelRunner:
             if quantization == "int4" and not int4_available():
                 raise ValueError("quantization 'int4' needs torch._weight_int4pack_mm_for_cpu (PyTorch >= 2.6)")
             before = self.weight_bytes()
-            self.model.use_quantized_weights(8 if quantization == "int8" else 4)
+            # int4 keeps a Q4_1 checkpoint's own codes (not with tensor parallelism: its shards are cut)
+            groups = {}
+            if quantization == "int4" and self.config.tp_size == 1:
+                groups = checkpoint_int4_groups(self.model_path, self.config.load_format, self.model_config)
+            kept = self.model.use_quantized_weights(8 if quantization == "int8" else 4, groups)
+            self.int4_checkpoint_projections = kept
             logger.info(
-                "%s weight-only linear layers: weights %.1f MiB (were %.1f)",
+                "%s weight-only linear layers: weights %.1f MiB (were %.1f); %d of %d projections keep the "
+                "checkpoint's own 4-bit codes",
                 quantization,
                 self.weight_bytes() / 2**20,
                 before / 2**20,
+                kept,
+                4 * len(self.model.layers),
             )
             return quantization
         if self.device.type != "cpu":

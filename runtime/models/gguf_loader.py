@@ -83,6 +83,41 @@ def iter_gguf_weights(reader, config: ModelConfig) -> Iterator[tuple[str, torch.
         yield name, w
 
 
+Q4_1_BLOCK = 32  # values per block: float16 d and m, then 16 bytes of 4-bit codes
+_Q4_1_BYTES = 4 + Q4_1_BLOCK // 2
+
+
+def q4_1_codes(tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # tensor: gguf.ReaderTensor
+    """A Q4_1 tensor's own codes, no float weights made: (codes [out, in] uint8 in 0..15, d and m
+    [out, in / 32] float32), w = d * q + m. In a block, byte j holds value j (low nibble) and value j + 16
+    (high nibble)."""
+    raw = np.asarray(tensor.data, dtype=np.uint8)
+    rows = raw.shape[0]
+    blocks = raw.reshape(-1, _Q4_1_BYTES)
+    d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32).reshape(rows, -1)
+    m = blocks[:, 2:4].copy().view(np.float16).astype(np.float32).reshape(rows, -1)
+    packed = blocks[:, 4:]
+    codes = np.concatenate([packed & 15, packed >> 4], axis=1).reshape(rows, -1)
+    return torch.from_numpy(codes), torch.from_numpy(d), torch.from_numpy(m)
+
+
+def iter_q4_1_codes(reader, config: ModelConfig) -> Iterator[tuple[str, tuple[torch.Tensor, ...]]]:
+    """(Hugging Face name, (codes, d, m)) for every Q4_1 tensor, q/k rows unpermuted as the weights are."""
+    import gguf
+
+    permute = config.architecture == "llama"
+    for tensor in reader.tensors:
+        if tensor.tensor_type != gguf.GGMLQuantizationType.Q4_1 or tensor.name == ROPE_FREQS:
+            continue
+        name = hf_name(tensor.name)
+        parts = q4_1_codes(tensor)
+        if permute and ".q_proj." in name:
+            parts = tuple(unpermute_rope_rows(p, config.num_heads) for p in parts)
+        elif permute and ".k_proj." in name:
+            parts = tuple(unpermute_rope_rows(p, config.num_kv_heads) for p in parts)
+        yield name, parts
+
+
 def rope_freq_factors(reader) -> torch.Tensor | None:
     """[head_dim // 2] divisors of the RoPE frequencies if the file carries them, else None."""
     for tensor in reader.tensors:

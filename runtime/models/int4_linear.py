@@ -45,6 +45,22 @@ def quantize_groups(weight: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Ten
     return packed, scales_zeros, nibbles
 
 
+def pack_groups(
+    codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A checkpoint's groups (codes [out, in] in 0..15, w = d * q + m per group of GROUP) in the layout
+    `quantize_groups` returns: the codes are kept as they are; scale = d, zero = m + 8 d (in `dtype`)."""
+    out_f, in_f = codes.shape
+    if in_f % GROUP or tuple(d.shape) != (out_f, in_f // GROUP) or tuple(m.shape) != tuple(d.shape):
+        raise ValueError(f"int4 groups: codes {tuple(codes.shape)} with scales {tuple(d.shape)}")
+    codes = codes.to(torch.int32)
+    packed = torch._convert_weight_to_int4pack_for_cpu(codes, 1)
+    scale, zero = d.float(), m.float() + 8 * d.float()
+    scales_zeros = torch.stack([scale.t(), zero.t()], dim=-1).to(dtype).contiguous()
+    nibbles = (codes[:, 0::2] | (codes[:, 1::2] << 4)).to(torch.uint8).contiguous()
+    return packed, scales_zeros, nibbles
+
+
 def dequantize(nibbles: torch.Tensor, scales_zeros: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The weight [out, in] in `dtype` from its codes and group scales (float32 arithmetic)."""
     out_f = nibbles.shape[0]
@@ -57,14 +73,24 @@ def dequantize(nibbles: torch.Tensor, scales_zeros: torch.Tensor, dtype: torch.d
 class Int4Linear(nn.Module):
     """Stands in for an `nn.Linear` (same in/out features, bias kept in the activation dtype)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
+    def __init__(
+        self,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        dtype: torch.dtype,
+        groups: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ):
+        """From a float `weight` [out, in] (quantized here), or from `groups` = (codes [out, in] in 0..15,
+        d, m [out, in / GROUP]), a checkpoint's own 4-bit groups with w = d * q + m."""
         super().__init__()
-        packed, scales_zeros, nibbles = quantize_groups(weight, dtype)
+        packed, scales_zeros, nibbles = (
+            quantize_groups(weight, dtype) if groups is None else pack_groups(*groups, dtype)
+        )
         self.register_buffer("packed", packed)
         self.register_buffer("scales_zeros", scales_zeros)
         self.register_buffer("nibbles", nibbles)
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(dtype), requires_grad=False)
-        self.out_features, self.in_features = weight.shape
+        self.out_features, self.in_features = nibbles.shape[0], nibbles.shape[1] * 2
         # The kernel's operands as a plain attribute too: reading registered buffers goes through
         # nn.Module.__getattr__ (~1 us), and a batch-1 decode step makes 120 of these calls. The layer is
         # CPU-only and never moved, so the two stay the same tensors.

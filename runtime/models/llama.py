@@ -214,34 +214,55 @@ class LlamaForCausalLM(nn.Module):
         projections = [m.weight for m in self.modules() if isinstance(m, nn.Linear)]
         return [*projections, self.head_weight()] if self.lm_head is None else projections
 
+    # Each fused projection and the checkpoint tensors it is made of, in row order.
+    PROJECTION_PARTS = {
+        "qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        "o_proj": ("self_attn.o_proj",),
+        "gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+        "down_proj": ("mlp.down_proj",),
+    }
+
     def _replace_projections(self, make: Any) -> None:
-        """Every layer's four projections replaced by `make(linear)`."""
+        """Every layer's four projections replaced by `make(linear, checkpoint names of its parts)`."""
         self.forget_decode_plan()
-        for layer in self.layers:
-            for parent, name in (
-                (layer.attn, "qkv_proj"),
-                (layer.attn, "o_proj"),
-                (layer.mlp, "gate_up_proj"),
-                (layer.mlp, "down_proj"),
-            ):
-                setattr(parent, name, make(getattr(parent, name)))
+        for i, layer in enumerate(self.layers):
+            for name, parts in self.PROJECTION_PARTS.items():
+                parent = layer.attn if name in ("qkv_proj", "o_proj") else layer.mlp
+                names = [f"model.layers.{i}.{part}.weight" for part in parts]
+                setattr(parent, name, make(getattr(parent, name), names))
 
     def use_packed_linears(self) -> None:
         """Run every projection and the LM head with oneDNN over packed weights (CPU; `cpu_linear`)."""
-        self._replace_projections(PackedLinear.of)
+        self._replace_projections(lambda linear, _names: PackedLinear.of(linear))
         self.head_packed = packed_weight(self.head_weight())
 
-    def use_quantized_weights(self, bits: int) -> None:
+    def use_quantized_weights(self, bits: int, groups: dict[str, tuple[torch.Tensor, ...]] | None = None) -> int:
         """Every projection as a weight-only int8 or int4 layer (CPU; `quantization`). The LM head is
         int8 either way: tied, it is the embedding (the default model's is Q8_0), and int8 rows keep the
-        logits closer than 4-bit groups would."""
+        logits closer than 4-bit groups would. `groups`: the checkpoint's own 4-bit groups by tensor
+        name (a Q4_1 GGUF's codes, d and m); an int4 projection whose parts all have them keeps those
+        codes instead of quantizing its float weight. Returns how many projections did."""
         dtype = self.embed_tokens.weight.dtype
-        make = Int8Linear.of if bits == 8 else Int4Linear.of
-        self._replace_projections(lambda linear: make(linear, dtype))
+        groups = groups or {}
+        kept = 0
+
+        def make(linear: nn.Linear, names: list[str]) -> nn.Module:
+            nonlocal kept
+            if bits == 8:
+                return Int8Linear.of(linear, dtype)
+            if not all(n in groups for n in names):
+                return Int4Linear.of(linear, dtype)
+            kept += 1
+            parts = [groups[n] for n in names]
+            joined = tuple(torch.cat([p[j] for p in parts]) for j in range(3))  # rows in the fused order
+            return Int4Linear(None, linear.bias, dtype, groups=joined)
+
+        self._replace_projections(make)
         if self.lm_head is None:
             self.head_int8 = quantize_rows(self.embed_tokens.weight, dtype)
         else:
             self.lm_head = Int8Linear.of(self.lm_head, dtype)
+        return kept
 
     @torch.inference_mode()
     def forward(self, ctx: ForwardContext) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 from loomlm.runtime.config import DTYPES, LOAD_FORMATS
 from loomlm.runtime.models import shared_weights
 from loomlm.runtime.models.config import ModelConfig
-from loomlm.runtime.models.gguf_loader import iter_gguf_weights, open_gguf, rope_freq_factors
+from loomlm.runtime.models.gguf_loader import iter_gguf_weights, iter_q4_1_codes, open_gguf, rope_freq_factors
 from loomlm.runtime.models.hf_loader import has_safetensors, iter_safetensors_weights, read_hf_config
 from loomlm.runtime.models.llama import LlamaForCausalLM, rope_inv_freq
 
@@ -145,6 +145,19 @@ def _read_checkpoint(
     model = _empty_model(config, dtype, device)
     model.load_weights(iter_safetensors_weights(path))
     return model, config, rope_inv_freq(config)
+
+
+def checkpoint_int4_groups(
+    model_path: str, load_format: str, config: ModelConfig
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The 4-bit groups a checkpoint stores itself, by Hugging Face tensor name: a GGUF file's Q4_1
+    tensors as (codes, d, m). Empty for other formats and for dummy weights."""
+    if load_format == "dummy":
+        return {}
+    fmt = _detect_format(model_path) if load_format == "auto" else load_format
+    if fmt != "gguf":
+        return {}
+    return dict(iter_q4_1_codes(open_gguf(model_path), config))
 
 
 def load_model(
