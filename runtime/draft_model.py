@@ -59,7 +59,10 @@ class DraftModelDrafter:
             quantization=None,
             random_seed=target.random_seed + 1,  # dummy draft weights differ from dummy target weights
         )
-        self.runner = ModelRunner(draft_config)
+        try:
+            self.runner = ModelRunner(draft_config)
+        except (ValueError, OSError) as exc:  # no such file, a format or config it cannot read
+            raise ValueError(f"speculative_draft_model_path: {exc}") from None
         if self.runner.vocab_size != target_runner.vocab_size:
             self.runner.close()
             raise ValueError(

@@ -3,8 +3,10 @@
 One engine per format (`--formats`, default float32, bfloat16, int8, int4: the last two are weight-only
 layers with bfloat16 activations, `quantization=`), all alive in one process on the default model. Each
 decodes `--output-len` greedy tokens (EOS ignored) after the same `--input-len`-token prompt at batch 1;
-the rounds are interleaved (fp32, bf16, int8, int4, fp32, ...), the prefix cache flushed before each,
-and the best of `--repeats` is kept. Per format: output tok/s, the ratio to bfloat16 and to float32,
+the rounds are interleaved (fp32, bf16, int8, int4, fp32, ...), the prefix cache flushed before each.
+Per format: the best output tok/s of `--repeats` rounds; the ratio to bfloat16 and to float32 as the
+median over rounds of that round's ratio (a round's formats run seconds apart, so a machine that speeds
+up or slows down for a while moves both sides of a ratio alike);
 resident weight bytes (parameters and buffers, each tensor once), and the accuracy cost: the prompt
 logprobs of a fixed English text against the float32 engine's (mean and largest absolute difference,
 nats per token). Prints a table, and with `--json` one JSON line.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from typing import Any
@@ -75,10 +78,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for engine in engines.values():  # warm-up: first-call set-up is not what decoding pays
             _decode_seconds(engine, prompt, 8)
-        best = {n: float("inf") for n in names}
+        rounds: list[dict[str, float]] = []
         for _ in range(args.repeats):
-            for n, engine in engines.items():
-                best[n] = min(best[n], _decode_seconds(engine, prompt, args.output_len))
+            rounds.append({n: _decode_seconds(engine, prompt, args.output_len) for n, engine in engines.items()})
+        best = {n: min(r[n] for r in rounds) for n in names}
         logprobs = {n: _prompt_logprobs(e) for n, e in engines.items()}
         weights = {n: e.runner.weight_bytes() for n, e in engines.items()}
         linear = {n: e.runner.cpu_linear for n, e in engines.items()}
@@ -97,7 +100,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         for base in ("bfloat16", "float32"):
             if base in rates:
-                row[f"vs_{base}"] = rates[n] / rates[base]
+                row[f"vs_{base}"] = statistics.median(r[base] / r[n] for r in rounds)
         if "float32" in logprobs and n != "float32":
             drift = (logprobs[n] - logprobs["float32"]).abs()
             row["drift_mean"], row["drift_max"] = float(drift.mean()), float(drift.max())
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     print(
         f"[bench lowbit] {result['cpu']}, {result['threads']} threads; batch 1, {args.input_len} prompt tokens, "
-        f"{args.output_len} new, best of {args.repeats}",
+        f"{args.output_len} new, best of {args.repeats}; ratios: median of the rounds' ratios",
         file=sys.stderr,
     )
     headers = ["format", "tok/s", "vs bf16", "vs fp32", "weights MiB", "drift mean", "drift max", "linear"]

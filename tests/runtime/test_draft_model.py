@@ -77,3 +77,7 @@ def test_settings_that_cannot_work_are_refused():
         loomlm.EngineConfig(speculative_algorithm="STANDALONE")
     with pytest.raises(ValueError, match="only read with speculative_algorithm 'STANDALONE'"):
         loomlm.EngineConfig(speculative_draft_model_path=default_model_path())
+    with pytest.raises(ValueError, match="speculative_draft_model_path: model path '/nope/draft.gguf' does not exist"):
+        loomlm.Engine(
+            max_total_tokens=256, speculative_algorithm="STANDALONE", speculative_draft_model_path="/nope/draft.gguf"
+        )
