@@ -7,9 +7,14 @@ backend needs about fifteen aten ops for the same (casts, gathers, two matmuls, 
 jump-forward's few tokens) go through the same kernel with one row per new token, whose keys end at its
 own position: a verify row then computes exactly what the decode step at that position would, bit for
 bit (the projections by oneDNN are row-independent too), so speculation leaves bfloat16 outputs as they
-were. Everything else is the torch backend's: long extends (prefill chunks, mixed batches) go through
-padded SDPA, and decode batches with shared prefixes keep their one-read-per-group cascade path, because
-reading a long common prefix once per group is worth more than the fused call.
+were. Long extends (prefill chunks, mixed batches) are the torch backend's: padded SDPA.
+
+Decode groups that share a cached prefix (`ctx.batch.shared_prefixes`) are attended like any other
+request, each member reading the prefix itself: the members read the same keys one after another, from
+cache, and the C++ decode loop beats the torch backend's one-read-per-group cascade path with its Python
+layer loop. Measured on a 2-core AMD EPYC: `bench prefix --output-len 64` (4 prefixes of 1,088 tokens,
+16 requests each) 19.1 s against 22.0 s with the cascade; tree of thought in `bench programs` 3.97 s
+against 5.42 s.
 
 `choose_cpu_attention` picks this backend or, when the kernels cannot be built here, the torch backend,
 and says why.
@@ -50,7 +55,7 @@ class CpuAttentionBackend(TorchAttentionBackend):
 
     def prepare(self, ctx: ForwardContext) -> None:
         batch = ctx.batch
-        if batch.shared_prefixes or int(batch.extend_lens.max()) > PER_ROW_MAX_EXTEND:
+        if int(batch.extend_lens.max()) > PER_ROW_MAX_EXTEND:
             super().prepare(ctx)
             return
         rows, prefix, ext = batch.req_rows.to(torch.int64), batch.prefix_lens, batch.extend_lens

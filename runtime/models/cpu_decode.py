@@ -1,7 +1,7 @@
 """A CPU decode step's decoder layers in one C++ call (`kernels/cpu/decode_layers.cpp`).
 
-On the `cpu` attention backend, a decode batch (one new token per request, no shared-prefix groups; or a
-short extend, which that backend attends row by row as decode rows) runs every layer through
+On the `cpu` attention backend, a decode batch (one new token per request; or a short extend, which that
+backend attends row by row as decode rows) runs every layer through
 `DecodeLayers.run`: the same fused ops, attention kernel and projection ops as the
 Python loop of `LlamaForCausalLM.forward`, minus ~300 Python calls per token (~1 ms of a 5-10 ms step at
 batch 1). Each projection is described by its module's kind: a plain `nn.Linear`, oneDNN's packed

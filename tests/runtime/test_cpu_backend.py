@@ -46,7 +46,8 @@ def _run(backend: str, n: int = 1) -> list[tuple[list[int], torch.Tensor]]:
     )
     try:
         engine.generate(input_ids=[PROMPTS[3]], sampling_params={**PARAMS, "max_new_tokens": 1})
-        # n copies of each prompt decode as shared-prefix groups (the torch backend's cascade path)
+        # n copies of each prompt decode as shared-prefix groups: the torch backend reads the prefix once per
+        # group (cascade), the cpu backend once per request
         outs = engine.generate(input_ids=PROMPTS, sampling_params={**PARAMS, "n": n}, return_logprob=True)
         engine.idle_integrity()
         assert engine.runner.attention_backend == backend
