@@ -9,7 +9,7 @@ follow `reference.py`'s arithmetic (float32 inside, one rounding at the end), as
 The source is compiled with `torch.utils.cpp_extension` (g++ and ninja) for the CPU it runs on
 (`-march=native`), into `$LOOMLM_CACHE_DIR/cpu-kernels/<key>` (default `~/.cache/loomlm`). The key hashes
 the source, the flags, the torch version and the CPU's feature flags, so a changed source or another CPU
-gets its own build; a build takes ~60 s on 2 cores, once per machine. Processes that build at the same
+gets its own build; a build takes ~25-40 s on 2 cores, once per machine. Processes that build at the same
 time take turns (torch's lock file in the build folder). `load()` raises `CpuKernelsUnavailable` saying why
 (no compiler, no ninja, a compile error); callers fall back to the aten ops.
 """
@@ -73,7 +73,7 @@ def _build() -> ModuleType:
     folder = cache_dir() / key
     folder.mkdir(parents=True, exist_ok=True)
     if not any(folder.glob("*.so")):
-        logger.warning("building loomlm's CPU kernels for this machine into %s (once; about a minute)", folder)
+        logger.warning("building loomlm's CPU kernels for this machine into %s (once; under a minute)", folder)
     return load_extension(
         name=f"loomlm_cpu_{key}",
         sources=[str(SOURCE_DIR / name) for name in SOURCES],

@@ -36,7 +36,7 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     rows=st.integers(1, 70),
     hidden=st.integers(1, 300),
@@ -58,14 +58,14 @@ def test_rms_norm_matches_the_reference(rows, hidden, dtype, with_residual, seed
         assert summed is x
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(rows=st.integers(1, 40), inter=st.integers(1, 200), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
 def test_silu_and_mul_matches_the_reference(rows, inter, dtype, seed):
     x = (torch.randn(rows, 2 * inter, generator=_gen(seed)) * 4).to(dtype)
     _close(K.silu_and_mul(x), reference.silu_and_mul(x), dtype)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     tokens=st.integers(1, 20),
     heads=st.integers(1, 6),
@@ -110,7 +110,7 @@ def _decode_case(seed, batch, kv_heads, group, head_dim, lengths, dtype):
     return q, k, v, k_buf, v_buf, out_slots, table, rows.to(torch.int64), torch.tensor(lengths)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     batch=st.integers(1, 6),
     kv_heads=st.integers(1, 3),

@@ -142,7 +142,8 @@ _TINY = {
 }
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
+# triton runs in its interpreter on CPU: the slowest of the three, outside the CI subset
+@pytest.mark.parametrize("backend", ["torch", "cpu", pytest.param("triton", marks=pytest.mark.slow)])
 def test_tp2_on_each_attention_backend(backend):
     tiny = dict(load_format="dummy", json_model_override_args=json.dumps(_TINY), attention_backend=backend)
     prompts = [list(range(10, 40)), list(range(10, 30)) + [3, 4]]
