@@ -38,10 +38,22 @@ from loomlm.runtime.speculative import NO_DRAFT, Draft, adapt_length, constrain,
 class DraftModelState:
     row: int  # the draft model's req_to_token row
     fed: list[int] = field(default_factory=list)  # tokens whose K/V the draft model holds, in order
+    # fed[:confirmed] are the request's own tokens (fed by a catch-up), the rest drafts. A sampled token
+    # is final once processed (a jump-forward replaces only the token of its own step), so only the
+    # drafts need comparing with the sequence: a step costs the new tokens, not the whole sequence.
+    confirmed: int = 0
     length: int = 1  # draft length to try next
     pause: int = 0
     misses: int = 0
     verify_passes: int = 0
+
+
+def _tokens(req: Req, start: int, end: int) -> list[int]:
+    """The request's tokens [start, end) of prompt + output, without building the whole sequence."""
+    n = len(req.prompt_ids)
+    if start >= n:
+        return req.output_ids[start - n : end - n]
+    return req.prompt_ids[start:end] + req.output_ids[: max(0, end - n)]
 
 
 class DraftModelDrafter:
@@ -82,6 +94,7 @@ class DraftModelDrafter:
             self.runner.req_pool.free(st.row)
 
     def _truncate(self, st: DraftModelState, keep: int) -> None:
+        st.confirmed = min(st.confirmed, keep)
         if len(st.fed) > keep:
             slots = self.runner.req_pool.req_to_token[st.row, keep : len(st.fed)].to(torch.int64)
             self.runner.kv_pool.free(slots)
@@ -89,6 +102,12 @@ class DraftModelDrafter:
 
     def held_slots(self) -> int:
         return sum(len(st.fed) for st in self.states.values())
+
+    def check_request(self, req: Req) -> None:
+        """The draft model's confirmed tokens for `req` are the request's own (tests, after a proposal)."""
+        st = self.states.get(req.rid)
+        if st is not None:
+            assert st.fed[: st.confirmed] == _tokens(req, 0, st.confirmed), f"{req.rid}: stale draft K/V"
 
     def check_integrity(self) -> None:
         kv = self.runner.kv_pool
@@ -144,18 +163,22 @@ class DraftModelDrafter:
 
     def _catch_up_and_draft(self, reqs: list[Req], ks: list[int]) -> list[list[int]]:
         states = [self.states[r.rid] for r in reqs]
-        seqs = [r.prompt_ids + r.output_ids for r in reqs]
-        for st, seq in zip(states, seqs):  # keep the computed prefix that is still the sequence
-            keep = 0
-            limit = min(len(st.fed), len(seq) - 1)
-            while keep < limit and st.fed[keep] == seq[keep]:
-                keep += 1
+        lens = [len(r.prompt_ids) + len(r.output_ids) for r in reqs]
+        for req, st, n in zip(reqs, states, lens):  # keep the drafts that became the sequence
+            keep = st.confirmed
+            limit = min(len(st.fed), n - 1)  # the newest token was never fed
+            if keep < limit:
+                actual = _tokens(req, keep, limit)
+                while keep < limit and st.fed[keep] == actual[keep - st.confirmed]:
+                    keep += 1
             self._truncate(st, keep)
-        need = sum(len(seq) - len(st.fed) for st, seq in zip(states, seqs)) + sum(ks)
+        need = sum(n - len(st.fed) for st, n in zip(states, lens)) + sum(ks)
         if need > self.runner.kv_pool.available():
             return [[] for _ in reqs]
-        new = [seq[len(st.fed) :] for st, seq in zip(states, seqs)]
+        new = [_tokens(req, len(st.fed), n) for req, st, n in zip(reqs, states, lens)]
         logits = self._forward(states, new, ForwardMode.EXTEND)
+        for st in states:
+            st.confirmed = len(st.fed)
         drafts = [[t] for t in logits.argmax(dim=-1).tolist()]
         for step in range(1, max(ks)):
             live = [i for i, k in enumerate(ks) if k > step]

@@ -52,6 +52,12 @@ class TorchOps:
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+def tables_for_kernel(positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> Any:
+    """RoPE inputs of the fused kernels (Triton and C++), which gather table rows themselves: positions [T]
+    int64 and the float32 tables [P, D/2]."""
+    return positions, cos, sin
+
+
 class TritonOps:
     """The fused Triton kernels: RMSNorm with the residual add, SiLU-and-mul, RoPE in place on the
     strided q/k view of the fused qkv projection (no copy)."""
@@ -73,10 +79,7 @@ class TritonOps:
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
         return self._fused.silu_and_mul(x)
 
-    @staticmethod
-    def rope_inputs(positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> Any:
-        """The kernel gathers table rows itself: positions [T] int64 and the float32 tables [P, D/2]."""
-        return positions, cos, sin
+    rope_inputs = staticmethod(tables_for_kernel)
 
     def rope(self, qk: torch.Tensor, inputs: Any) -> torch.Tensor:
         positions, cos, sin = inputs
@@ -98,15 +101,12 @@ class CpuOps:
         self, x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         out, summed = self.kernels.rms_norm(x.contiguous(), weight, residual, eps)
-        return out, summed
+        return out, summed  # a tuple, as the model unpacks the other op sets' results
 
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
         return self.kernels.silu_and_mul(x.contiguous())
 
-    @staticmethod
-    def rope_inputs(positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> Any:
-        """The kernel gathers table rows itself: positions [T] int64 and the float32 tables [P, D/2]."""
-        return positions, cos, sin
+    rope_inputs = staticmethod(tables_for_kernel)
 
     def rope(self, qk: torch.Tensor, inputs: Any) -> torch.Tensor:
         positions, cos, sin = inputs

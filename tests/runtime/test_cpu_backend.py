@@ -6,31 +6,21 @@ explicitly, it refuses with the reason."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
 import loomlm
 
-TINY = json.dumps(
-    {
-        "num_layers": 2,
-        "hidden_size": 96,
-        "intermediate_size": 160,
-        "num_heads": 3,
-        "num_kv_heads": 1,
-        "head_dim": 64,
-        "max_position_embeddings": 512,
-    }
-)
+sys.path.insert(0, str(Path(__file__).parent))
+from backend_workload import PROMPTS, TINY
+
 PARAMS = {"max_new_tokens": 8, "temperature": 0, "ignore_eos": True}
-SHARED = list(range(100, 140))
-PROMPTS = [[7], list(range(200, 219)), list(range(300, 371)), SHARED + [5, 6, 7], SHARED + [9] * 20]
 
 
 def _run(backend: str, n: int = 1) -> list[tuple[list[int], torch.Tensor]]:

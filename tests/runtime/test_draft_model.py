@@ -62,6 +62,16 @@ def test_a_draft_that_disagrees_changes_nothing_greedy_or_seeded(pool):
         want = [plain.generate(input_ids=prompts, sampling_params=p) for p in (greedy, seeded)]
     spec_args = {"speculative_algorithm": "STANDALONE", "speculative_draft_model_path": default_model_path()}
     with loomlm.Engine(max_total_tokens=pool, **common, **spec_args) as spec:
+        drafter = spec.core.scheduler.drafter
+        propose = drafter.propose
+
+        def checked_propose(reqs):  # after every catch-up: what the draft model holds is the sequence
+            drafts = propose(reqs)
+            for req in reqs:
+                drafter.check_request(req)
+            return drafts
+
+        drafter.propose = checked_propose
         got = [spec.generate(input_ids=prompts, sampling_params=p) for p in (greedy, seeded)]
         stats = spec.get_stats()
         _integrity(spec)

@@ -13,7 +13,8 @@ DEVICE = os.environ.get("LOOMLM_KERNEL_TEST_DEVICE", "cpu")
 if DEVICE == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
 
-import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -21,22 +22,10 @@ import torch  # noqa: E402
 import loomlm  # noqa: E402
 from loomlm.runtime.cuda_graph import DecodeGraphRunner, decode_buckets  # noqa: E402
 
-# The default model's attention shape (head_dim 64, 3 query heads per KV head), 2 small layers.
-TINY = json.dumps(
-    {
-        "num_layers": 2,
-        "hidden_size": 96,
-        "intermediate_size": 160,
-        "num_heads": 3,
-        "num_kv_heads": 1,
-        "head_dim": 64,
-        "max_position_embeddings": 512,
-    }
-)
+sys.path.insert(0, str(Path(__file__).parent))
+from backend_workload import PROMPTS, SHARED, TINY  # noqa: E402
+
 PARAMS = {"max_new_tokens": 6, "temperature": 0, "ignore_eos": True}
-SHARED = list(range(100, 140))
-# Ragged: a one-token prompt, short and long ones, and two sharing a 40-token prefix.
-PROMPTS = [[7], list(range(200, 219)), list(range(300, 371)), SHARED + [5, 6, 7], SHARED + [9] * 20]
 
 
 def _engine(backend: str) -> loomlm.Engine:
